@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv on first use
+# and install everything into it; afterwards the stamp file makes set-up a no-op.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.mtl-installed
+# Re-install only when one of these changes.
+SETUP_INPUTS := requirements.txt constraints.txt setup.py setup.cfg package.xml \
+                tools/build_vision_msgs.sh $(wildcard ros_interfaces/vision_msgs/msg/*.msg)
+
+.PHONY: venv test demo bench clean-venv help
+
+help:
+	@echo "make demo   - the whole pipeline on the built-in synthetic bag (creates .venv)"
+	@echo "make test   - the test suite (creates .venv)"
+	@echo "make bench  - every benchmark, one table"
+
+venv: $(STAMP)
+
+$(STAMP): $(SETUP_INPUTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	bash tools/build_vision_msgs.sh $(VENV)
+	@touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/mtl-demo $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

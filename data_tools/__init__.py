@@ -1,0 +1,1 @@
+"""data_tools: turn robot bags and annotation exports into a training dataset (``mtl-data``)."""

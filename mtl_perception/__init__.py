@@ -1,0 +1,3 @@
+"""mtl_perception: multi-task (detection + segmentation) perception for ROS 2 robots."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,66 @@
+"""Checkpoint files: what they contain, saving them atomically, loading them safely.
+
+A checkpoint is self-describing: architecture, class names, palette, input size and
+normalisation travel inside it, so inference needs only the file (see docs/CONTRACTS.md).
+Files are loaded with ``weights_only=True``: plain containers and tensors only, no pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtl_perception.atomic_io import atomic_path
+from mtl_perception.errors import UserError
+
+FORMAT = "mtl_perception.checkpoint"
+VERSION = 1
+
+# Keys every checkpoint must carry so a model can be rebuilt from the file alone.
+REQUIRED_KEYS = (
+    "format",
+    "version",
+    "arch",
+    "model_kwargs",
+    "detection_classes",
+    "segmentation_classes",
+    "palette",
+    "input_size",
+    "mean",
+    "std",
+    "model",
+)
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """Atomically save ``payload`` (must hold REQUIRED_KEYS except format/version)."""
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise ValueError(f"checkpoint payload lacks {missing}")
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate a checkpoint; every problem is one clear ``UserError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt/foreign files
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"checkpoint {path} cannot be read ({first_line})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"checkpoint {path} is not an mtl_perception checkpoint (no format={FORMAT!r} field)")
+    version = payload.get("version")
+    if version != VERSION:
+        raise UserError(f"checkpoint {path} has format version {version}; this mtl_perception reads version {VERSION}")
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise UserError(f"checkpoint {path} lacks field(s) {', '.join(missing)}")
+    return payload

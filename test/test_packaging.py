@@ -1,0 +1,81 @@
+"""The package installs like an ament_python package: wheel contents and entry points."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ["setup.py", "setup.cfg", "package.xml", "resource", "launch", "config", "mtl_perception", "data_tools"]
+EXECUTABLES = {"mtl-data", "mtl-train", "mtl-eval", "mtl-replay", "mtl-demo", "perception_node"}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
+    """Build a wheel from a copy of the sources (the build must not litter the checkout)."""
+    src = tmp_path_factory.mktemp("src")
+    for name in SOURCES:
+        path = ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, src / name)
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(src)],
+        check=True, capture_output=True,
+    )
+    (path,) = out.glob("mtl_perception-*.whl")
+    return zipfile.ZipFile(path)
+
+
+def test_wheel_installs_ament_files(wheel: zipfile.ZipFile) -> None:
+    names = wheel.namelist()
+    data = "mtl_perception-0.1.0.data/data/"
+    assert f"{data}share/ament_index/resource_index/packages/mtl_perception" in names
+    assert f"{data}share/mtl_perception/package.xml" in names
+    launch_files = sorted(p.name for p in (ROOT / "launch").glob("*.launch.py"))
+    assert launch_files, "no launch files in launch/"
+    for name in launch_files:
+        assert f"{data}share/mtl_perception/launch/{name}" in names
+    config_files = [p for p in (ROOT / "config").rglob("*") if p.is_file()]
+    assert config_files
+    for path in config_files:
+        assert f"{data}share/mtl_perception/{path.relative_to(ROOT)}" in names
+
+
+def test_wheel_has_console_scripts_and_packages(wheel: zipfile.ZipFile) -> None:
+    entry_points = wheel.read("mtl_perception-0.1.0.dist-info/entry_points.txt").decode()
+    declared = {line.split("=")[0].strip() for line in entry_points.splitlines() if "=" in line}
+    assert EXECUTABLES <= declared
+    names = wheel.namelist()
+    assert "mtl_perception/ros/node.py" in names
+    assert "data_tools/cli.py" in names
+
+
+def test_package_xml_is_format3_ament_python() -> None:
+    root = ElementTree.parse(ROOT / "package.xml").getroot()
+    assert root.get("format") == "3"
+    assert root.findtext("name") == "mtl_perception"
+    assert root.find("export/build_type").text == "ament_python"
+    depends = {e.text for e in root.findall("exec_depend")}
+    assert {"rclpy", "sensor_msgs", "std_msgs", "vision_msgs", "diagnostic_msgs"} <= depends
+
+
+def test_console_scripts_resolve_to_callables() -> None:
+    """Every entry point names an importable module with a ``main`` (catches renames)."""
+    import importlib
+    import re
+
+    text = (ROOT / "setup.py").read_text()
+    targets = re.findall(r'"[\w-]+ = ([\w.]+):(\w+)"', text)
+    assert len(targets) == len(EXECUTABLES)
+    for module_name, func in targets:
+        module = importlib.import_module(module_name)
+        assert callable(getattr(module, func)), f"{module_name}:{func}"
