@@ -27,6 +27,7 @@ $(STAMP): $(SETUP_INPUTS)
 	@touch $@
 
 test: $(STAMP)
+	@bash tools/ensure_chromium.sh
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
