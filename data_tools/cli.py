@@ -11,6 +11,10 @@ import importlib
 
 from mtl_perception.errors import run_cli
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep each module docstring's layout (tables, lists) in ``--help``."""
+
+
 # subcommand -> (module, one-line help). Modules are imported lazily so `--help` is fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("data_tools.synth", "write a deterministic labeled demo bag (+ COCO ground truth)"),
@@ -30,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         sub = subparsers.add_parser(
             name, help=help_text, description=(module.__doc__ or help_text).strip(),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run)

@@ -21,6 +21,7 @@ class JobSummary:
     counts: Counter[str] = field(default_factory=Counter)
     problems: Counter[str] = field(default_factory=Counter)
     first_example: dict[str, str] = field(default_factory=dict)
+    warnings: Counter[str] = field(default_factory=Counter)
 
     def add(self, counter: str, n: int = 1) -> None:
         """Increase a plain counter such as ``read``, ``written`` or ``skipped``."""
@@ -32,10 +33,17 @@ class JobSummary:
         self.problems[kind] += 1
         self.first_example.setdefault(kind, example)
 
+    def warn(self, kind: str, example: str) -> None:
+        """Record an item that was repaired or skipped by choice (e.g. a clipped box): reported
+        like a problem, but it does not make the job fail (``--strict`` commands may refuse)."""
+        self.warnings[kind] += 1
+        self.first_example.setdefault(kind, example)
+
     def merge(self, other: "JobSummary") -> None:
         """Fold the counters of a sub-job (e.g. one bag processed in a worker) into this one."""
         self.counts.update(other.counts)
         self.problems.update(other.problems)
+        self.warnings.update(other.warnings)
         for kind, example in other.first_example.items():
             self.first_example.setdefault(kind, example)
 
@@ -43,14 +51,18 @@ class JobSummary:
     def failed(self) -> int:
         return self.counts["failed"]
 
-    def print(self, stream: TextIO = sys.stderr) -> None:
-        """Print one summary line of counters, then one line per kind of problem."""
+    def print(self, stream: TextIO | None = None) -> None:
+        """Print one summary line of counters, then one line per kind of problem (to stderr
+        by default, looked up at call time so redirected/captured stderr is honoured)."""
+        stream = stream if stream is not None else sys.stderr
         order = ["read", "written", "kept", "dropped", "skipped", "failed"]
         keys = [k for k in order if k in self.counts] + sorted(k for k in self.counts if k not in order)
         parts = ", ".join(f"{k} {self.counts[k]}" for k in keys) or "nothing to do"
         print(f"{self.job}: {parts}", file=stream)
         for kind, n in self.problems.most_common():
             print(f"  {kind}: {n} (first: {self.first_example[kind]})", file=stream)
+        for kind, n in self.warnings.most_common():
+            print(f"  warning: {kind}: {n} (first: {self.first_example[kind]})", file=stream)
 
     def exit_code(self) -> int:
         return 1 if self.failed else 0
