@@ -53,3 +53,9 @@ def autocast(device: torch.device, enabled: bool) -> AbstractContextManager[obje
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
     return nullcontext()
+
+
+def release_memory(device: torch.device) -> None:
+    """Return cached GPU memory to the driver after a model was dropped (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -32,3 +32,45 @@ def _few_threads() -> None:
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (returns a factory)
+    """Factory: write a random-weights checkpoint (no download) and return its path.
+
+    ``make_checkpoint(arch="ssdlite_deeplabv3", detection_classes=("box", "cone"),
+    segmentation_classes=("background", "floor"), input_size=(64, 64))``.
+    """
+    from mtl_perception.checkpoint import save_checkpoint
+    from mtl_perception.nets import build_model
+    from mtl_perception.visualize import default_palette
+
+    def _make(
+        arch: str = "ssdlite_deeplabv3",
+        detection_classes: tuple[str, ...] = ("box", "cone", "ball"),
+        segmentation_classes: tuple[str, ...] = ("background", "floor", "wall"),
+        input_size: tuple[int, int] = (64, 64),
+        seed: int = 0,
+    ):
+        import torch
+
+        torch.manual_seed(seed)
+        model = build_model(arch, len(detection_classes), len(segmentation_classes), input_size)
+        path = tmp_path_factory.mktemp("ckpt") / f"{arch}.pt"
+        save_checkpoint(
+            path,
+            {
+                "arch": arch,
+                "model_kwargs": model.model_kwargs,
+                "detection_classes": list(detection_classes) if "detection" in model.tasks else [],
+                "segmentation_classes": list(segmentation_classes) if "segmentation" in model.tasks else [],
+                "palette": [list(c) for c in default_palette(len(segmentation_classes))],
+                "input_size": list(input_size),
+                "mean": list(model.mean),
+                "std": list(model.std),
+                "model": model.state_dict(),
+            },
+        )
+        return path
+
+    return _make

@@ -1,0 +1,108 @@
+"""Latency of each multi-task model relative to running its two single-task models.
+
+The point of the shared backbone is that one multi-task forward pass costs much less than a
+detector plus a segmenter. For every multi-task architecture this measures, in the same run
+on the same input (CPU, batch 1, random weights, no download), the median forward latency of
+the multi-task model and of its two single-task counterparts, and prints
+
+    RESULT latency_ratio_<arch>=<multi-task ms / (detector ms + segmenter ms)>
+    RESULT gflops_ratio_<arch>=<the same ratio of FLOPs, independent of machine load>
+
+(target for the latency ratio: at most 0.55). Models are timed round-robin (one run of each per round) so that
+load from other processes on a shared machine hits all of them alike.
+
+    .venv/bin/python bench/bench_latency.py [--size 320x240|640x480] [--runs 30] [--warmup 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mtl_perception.errors import UserError, run_cli  # noqa: E402
+from mtl_perception.evaluation.profiling import count_gflops, measure_latency  # noqa: E402
+from mtl_perception.nets import build_model, count_parameters  # noqa: E402
+
+# multi-task architecture -> (its detection-only model, its segmentation-only model)
+PAIRS: dict[str, tuple[str, str]] = {
+    "ssdlite_deeplabv3": ("ssdlite", "deeplabv3"),
+    "ssdlite_lraspp": ("ssdlite", "lraspp"),
+    "frcnn_deeplabv3": ("frcnn", "deeplabv3"),
+}
+TARGET_RATIO = 0.55
+NUM_DETECTION_CLASSES = 3
+NUM_SEGMENTATION_CLASSES = 3
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` (camera convention) -> ``(height, width)`` (model convention)."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 320x240") from None
+    return height, width
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=_size, default=(240, 320), help="input WIDTHxHEIGHT (default 320x240)")
+    parser.add_argument("--runs", type=int, default=30, help="timed rounds (median reported)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = stable on shared machines)")
+    parser.add_argument("--arch", nargs="+", choices=sorted(PAIRS), default=list(PAIRS), help="multi-task models to measure")
+    return parser
+
+
+def _median_latencies(models: dict[str, torch.nn.Module], size: tuple[int, int], runs: int, warmup: int) -> dict[str, float]:
+    """Median ms per model over ``runs`` round-robin rounds after ``warmup`` rounds."""
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    for round_index in range(warmup + runs):
+        for name, model in models.items():
+            latency = measure_latency(model, size, "cpu", warmup=0, runs=1).median_ms
+            if round_index >= warmup:
+                samples[name].append(latency)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1:
+        raise UserError("--runs and --threads must be >= 1, --warmup >= 0")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    size = args.size
+    names = sorted({name for arch in args.arch for name in (arch, *PAIRS[arch])})
+    models = {name: build_model(name, NUM_DETECTION_CLASSES, NUM_SEGMENTATION_CLASSES, size).eval() for name in names}
+    latency = _median_latencies(models, size, args.runs, args.warmup)
+
+    print(f"CPU, batch 1, input {size[1]}x{size[0]}, {args.threads} thread(s), median of {args.runs} after {args.warmup} warm-up rounds")
+    gflops = {name: count_gflops(model, size) for name, model in models.items()}
+    print(f"{'model':<20}{'ms/frame':>10}{'params (M)':>12}{'GFLOPs':>9}")
+    for name in names:
+        print(f"{name:<20}{latency[name]:>10.1f}{count_parameters(models[name]) / 1e6:>12.2f}{gflops[name]:>9.2f}")
+    print()
+    results = []
+    for arch in args.arch:
+        detector, segmenter = PAIRS[arch]
+        ratio = latency[arch] / (latency[detector] + latency[segmenter])
+        verdict = "meets" if ratio <= TARGET_RATIO else "misses"
+        print(f"{arch}: {latency[arch]:.1f} ms vs {detector} + {segmenter} = {latency[detector] + latency[segmenter]:.1f} ms "
+              f"-> ratio {ratio:.3f} ({verdict} the {TARGET_RATIO} target)")
+        results.append(f"RESULT latency_ratio_{arch}={ratio:.3f}")
+        # FLOPs do not depend on machine load: the noise-free view of the same saving.
+        results.append(f"RESULT gflops_ratio_{arch}={gflops[arch] / (gflops[detector] + gflops[segmenter]):.3f}")
+    print("\n".join(results))
+    return 0
+
+
+def main() -> None:
+    run_cli(lambda: run(build_parser().parse_args()), "bench_latency")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: metrics (shared with training), model profiling and the ``mtl-eval`` command."""

@@ -1,0 +1,147 @@
+"""Drawing predictions: colour a class-id mask, draw boxes with labels, blend the two.
+
+Used by the ROS node's overlay image, TensorBoard image grids and the demo report. Every
+function takes and returns RGB uint8 arrays (the package's in-memory convention) and never
+draws into its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+__all__ = ["colorize_mask", "default_palette", "draw_detections", "draw_prediction", "overlay_mask"]
+
+Color = tuple[int, int, int]
+
+
+class PredictionLike(Protocol):
+    """What ``draw_prediction`` reads (``mtl_perception.predictor.Prediction`` fits)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    label_names: list[str]
+    mask: np.ndarray | None
+
+
+def default_palette(num_classes: int) -> list[Color]:
+    """``num_classes`` distinct RGB colours, class 0 (background) black.
+
+    The PASCAL VOC label colour map: the bits of the class id are spread over the high bits
+    of R, G and B, so neighbouring ids get clearly different colours and the palette is the
+    same in every tool that uses VOC colours.
+    """
+    palette: list[Color] = []
+    for class_id in range(num_classes):
+        r = g = b = 0
+        value = class_id
+        for shift in range(7, -1, -1):
+            r |= ((value >> 0) & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def _lookup_table(palette: Sequence[Sequence[int]], ignore_index: int | None, ignore_color: Color) -> np.ndarray:
+    """A 256x3 colour table for indexing a uint8 mask; ids past the palette get VOC colours."""
+    table = np.array(default_palette(256), dtype=np.uint8)
+    if len(palette):
+        table[: min(len(palette), 256)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
+    if ignore_index is not None and 0 <= ignore_index < 256:
+        table[ignore_index] = ignore_color
+    return table
+
+
+def colorize_mask(
+    mask: np.ndarray,
+    palette: Sequence[Sequence[int]] | None = None,
+    ignore_index: int | None = 255,
+    ignore_color: Color = (0, 0, 0),
+) -> np.ndarray:
+    """RGB uint8 ``[H, W, 3]`` image of a class-id mask ``[H, W]`` (one colour per class)."""
+    if mask.ndim != 2:
+        raise ValueError(f"colorize_mask needs a [H, W] class-id mask, got shape {mask.shape}")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(f"class ids must be within 0..255 to colour a mask, got {mask.min()}..{mask.max()}")
+    table = _lookup_table(palette if palette is not None else default_palette(256), ignore_index, ignore_color)
+    return table[mask.astype(np.uint8)]
+
+
+def overlay_mask(
+    image: np.ndarray,
+    mask: np.ndarray,
+    palette: Sequence[Sequence[int]] | None = None,
+    alpha: float = 0.5,
+    skip_classes: Sequence[int] = (0, 255),
+) -> np.ndarray:
+    """Blend the coloured mask into ``image``; pixels of ``skip_classes`` (background,
+    ignore) stay untouched so the scene remains readable."""
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from image size {image.shape[:2]}")
+    colored = colorize_mask(mask, palette)
+    blended = cv2.addWeighted(image, 1.0 - alpha, colored, alpha, 0.0)
+    out = image.copy()
+    paint = ~np.isin(mask, np.asarray(skip_classes))
+    out[paint] = blended[paint]
+    return out
+
+
+def _text_style(image: np.ndarray) -> tuple[float, int]:
+    """Font scale and line thickness that stay legible from thumbnails to 1080p frames."""
+    short_side = min(image.shape[:2])
+    return max(0.35, short_side / 900.0), max(1, round(short_side / 320.0))
+
+
+def draw_detections(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    label_names: Sequence[str],
+    scores: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    palette: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray:
+    """Copy of ``image`` with one rectangle and a filled "name score" tag per box.
+
+    Box colours come from ``palette[label]`` (1-based labels; default VOC colours, which
+    skip black), or from the box index when ``labels`` is not given.
+    """
+    out = np.ascontiguousarray(image).copy()
+    colors = palette if palette is not None else default_palette(256)
+    font_scale, thickness = _text_style(out)
+    height, width = out.shape[:2]
+    for index, box in enumerate(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)):
+        color_id = int(labels[index]) if labels is not None else index + 1
+        color = tuple(int(c) for c in colors[color_id % len(colors)])
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness)  # axis-aligned: no anti-aliasing needed
+        text = label_names[index] if index < len(label_names) else "?"
+        if scores is not None:
+            text = f"{text} {float(scores[index]):.2f}"
+        (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        # Tag above the box, or inside it when the box touches the top edge; kept on-screen.
+        top = y1 - text_h - baseline if y1 - text_h - baseline >= 0 else y1
+        left = min(max(0, x1), max(0, width - text_w))
+        cv2.rectangle(out, (left, top), (left + text_w, top + text_h + baseline), color, cv2.FILLED)
+        text_color = (0, 0, 0) if sum(color) > 382 else (255, 255, 255)  # contrast on the tag
+        cv2.putText(out, text, (left, top + text_h), cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_color, thickness, cv2.LINE_AA)
+    return out
+
+
+def draw_prediction(
+    image: np.ndarray,
+    prediction: PredictionLike,
+    palette: Sequence[Sequence[int]] | None = None,
+    alpha: float = 0.5,
+    box_palette: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray:
+    """The overlay image: mask blended with ``palette`` (segmentation classes), then boxes."""
+    out = image
+    if prediction.mask is not None:
+        out = overlay_mask(out, prediction.mask, palette, alpha)
+    return draw_detections(out, prediction.boxes, prediction.label_names, prediction.scores, prediction.labels, box_palette)
