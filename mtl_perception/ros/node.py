@@ -1,0 +1,414 @@
+"""The ROS 2 perception node: camera frames in, detections and segmentation out.
+
+A lifecycle node (``rclpy.lifecycle.LifecycleNode``):
+
+- configure: load the checkpoint into a ``Predictor``, warm it up, create the publishers;
+- activate: subscribe to ``image`` (or, with ``compressed``, ``image/compressed`` when that is
+  remapped, else ``<remapped image>/compressed`` as image_transport names it) and start the
+  inference worker;
+- deactivate: unsubscribe, stop the worker and release the model (and its GPU memory);
+  a later activate loads it again;
+- cleanup / shutdown: drop publishers and model.
+
+With ``autostart`` (default) the node configures and activates itself, for plain
+``ros2 run mtl_perception perception_node``; a failure there is one fatal line and exit 2.
+
+Frames go through a one-slot ``Mailbox``: the subscription callback only stores the newest
+message (counting the one it replaces as dropped) and a worker thread decodes, infers and
+publishes, so the executor stays free for parameters, lifecycle services and diagnostics.
+Every output carries the input header unchanged. A bad frame (unknown encoding, truncated,
+empty, undecodable) is counted, logged with a throttled warning and skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import qos_profile_system_default
+from sensor_msgs.msg import CompressedImage, Image
+from vision_msgs.msg import Detection2DArray
+
+from mtl_perception.errors import UserError
+from mtl_perception.ros.conversions import ImageDecoder, UnsupportedEncoding, default_decoder, to_network_rgb
+from mtl_perception.ros.diagnostics import ERROR, WARN, FrameStats
+from mtl_perception.ros.mailbox import Mailbox
+from mtl_perception.ros.messages import color_mask_message, detections_message, mask_message, overlay_message
+from mtl_perception.ros.params import SPECS, Settings, declare_all, first_problem
+from mtl_perception.ros.qos import input_qos
+
+if TYPE_CHECKING:  # the predictor imports torch; see load_predictor
+    from mtl_perception.predictor import Prediction, Predictor
+
+NODE_NAME = "perception_node"
+WARN_THROTTLE_SEC = 5.0
+# Output topics, private to the node (``~/``) so several perception nodes can run side by side.
+DETECTIONS_TOPIC = "~/detections"
+SEGMENTATION_TOPIC = "~/segmentation"
+COLOR_TOPIC = "~/segmentation/color"
+OVERLAY_TOPIC = "~/overlay"
+
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """A received message and when it arrived (monotonic seconds, for latency)."""
+
+    msg: Image | CompressedImage
+    received: float
+
+
+def load_predictor(settings: Settings) -> Predictor:
+    """Build the ``Predictor`` the parameters ask for; every problem is one ``UserError``."""
+    if not settings.model_path:
+        raise UserError("parameter model_path is empty: set it to a checkpoint file written by mtl-train")
+    if settings.tensorrt and importlib.util.find_spec("torch_tensorrt") is None:
+        raise UserError("parameter tensorrt is true but torch-tensorrt is not installed "
+                        "(pip install torch-tensorrt, or set tensorrt:=false)")
+    # Imported here: torch and torchvision take seconds to import, and a node that fails on
+    # its parameters should say so at once.
+    from mtl_perception.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(
+        settings.model_path,
+        device=settings.device,
+        half=settings.half_flag,
+        score_threshold=settings.score_threshold,
+        max_detections=settings.max_detections,
+        class_filter=list(settings.class_filter) or None,
+        input_size=list(settings.input_size) or None,
+        compile_model=settings.compile and not settings.tensorrt,
+    )
+    if settings.tensorrt:
+        predictor.model = _tensorrt_compile(predictor)
+    return predictor
+
+
+def _tensorrt_compile(predictor: Predictor) -> Any:
+    """The predictor's model compiled by torch-tensorrt (through its ``torch.compile`` backend)."""
+    if predictor.device.type != "cuda":
+        raise UserError(f"parameter tensorrt is true but the device is {predictor.device}; TensorRT needs CUDA")
+    import torch
+    import torch_tensorrt  # noqa: F401  (registers the "torch_tensorrt" torch.compile backend)
+
+    return torch.compile(predictor.model, backend="torch_tensorrt", dynamic=False)
+
+
+def with_runtime_settings(predictor: Predictor, settings: Settings) -> Predictor:
+    """A predictor sharing ``predictor``'s model with new threshold / max detections / filter.
+
+    Re-wrapping through the public constructor (cheap: the model is reused as is) lets the
+    Predictor validate the values and keeps the swap atomic for the worker thread.
+    """
+    return type(predictor)(
+        predictor.model,
+        detection_classes=predictor.detection_classes,
+        segmentation_classes=predictor.segmentation_classes,
+        palette=predictor.palette,
+        input_size=predictor.input_size,
+        device=predictor.device,
+        half=predictor.half,
+        score_threshold=settings.score_threshold,
+        max_detections=settings.max_detections,
+        class_filter=list(settings.class_filter) or None,
+    )
+
+
+def model_problem(settings: Settings, detection_classes: Sequence[str], segmentation_classes: Sequence[str]) -> str | None:
+    """Why ``class_filter`` / ``palette`` do not fit the loaded model, or ``None``."""
+    unknown = [name for name in settings.class_filter if name not in detection_classes]
+    if unknown:
+        return f"parameter class_filter: {unknown} not among the model's detection classes {list(detection_classes)}"
+    if settings.palette and len(settings.palette) != 3 * len(segmentation_classes):
+        return (f"parameter palette: has {len(settings.palette) // 3} colours but the model has "
+                f"{len(segmentation_classes)} segmentation classes {list(segmentation_classes)}")
+    return None
+
+
+class PerceptionNode(LifecycleNode):
+    """Multi-task perception on a camera stream (see the module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.settings: Settings = declare_all(self)  # UserError on bad start-up values
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._stats = FrameStats()
+        self._mailbox: Mailbox[Frame] = Mailbox()
+        self._predictor: Predictor | None = None
+        self._decoder: ImageDecoder | None = None
+        self._outputs: dict[str, Any] = {}
+        self._subscription: Any = None
+        self._worker: threading.Thread | None = None
+        self._last_size: tuple[int, int] | None = None
+        self._active = False
+        self._fatal: str | None = None
+        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile_system_default)
+        self._diagnostics_timer = self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load and warm up the model, create the publishers."""
+        if not self._load_model():
+            return FAILURE
+        self._decoder = default_decoder()
+        self._outputs = {
+            "detections": self.create_lifecycle_publisher(Detection2DArray, DETECTIONS_TOPIC, 10),
+            "segmentation": self.create_lifecycle_publisher(Image, SEGMENTATION_TOPIC, 10),
+            "color": self.create_lifecycle_publisher(Image, COLOR_TOPIC, 10),
+            "overlay": self.create_lifecycle_publisher(Image, OVERLAY_TOPIC, 10),
+        }
+        self.get_logger().info(
+            f"configured: model {self.settings.model_path} on {self._predictor.device} "
+            f"(fp16 {self._predictor.half}, input {self._predictor.input_size}), images decoded by {self._decoder.name}")
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe to the camera and start the inference worker (reloading the model if released)."""
+        if self._predictor is None and not self._load_model():
+            return FAILURE
+        topic, msg_type = (self._compressed_topic(), CompressedImage) if self.settings.compressed else ("image", Image)
+        qos = input_qos(self.settings.reliability, self.settings.depth)
+        self._mailbox.reopen()
+        self._last_size = None
+        self._worker = threading.Thread(target=self._run_worker, name="inference", daemon=True)
+        self._worker.start()
+        self._subscription = self.create_subscription(msg_type, topic, self._on_image, qos)
+        self._active = True
+        self.get_logger().info(f"active: listening on {self._subscription.topic_name} ({msg_type.__name__})")
+        return super().on_activate(state)
+
+    def _compressed_topic(self) -> str:
+        """``image/compressed`` if remapped explicitly, else ``<remapped image>/compressed``.
+
+        The second is image_transport's naming, so remapping ``image`` alone is enough.
+        """
+        if self.resolve_topic_name("image/compressed") != self.resolve_topic_name("image/compressed", only_expand=True):
+            return "image/compressed"
+        return f"{self.resolve_topic_name('image')}/compressed"
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop listening and inferring; release the model so the GPU is free while inactive."""
+        self.stop_processing()
+        self._release_model()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Back to unconfigured: drop publishers, model and statistics."""
+        self._destroy_publishers()
+        self._release_model()
+        self._stats.reset()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop everything (from any primary state)."""
+        self.stop_processing()
+        self._destroy_publishers()
+        self._release_model()
+        return super().on_shutdown(state)
+
+    @property
+    def fatal_error(self) -> str | None:
+        """The reason of the last failed configure/activate (for ``main``'s exit status)."""
+        return self._fatal
+
+    def _load_model(self) -> bool:
+        """Load + warm up the predictor; on a user error log one fatal line and return False."""
+        try:
+            predictor = load_predictor(self.settings)
+            problem = model_problem(self.settings, predictor.detection_classes, predictor.segmentation_classes)
+            if problem:
+                raise UserError(problem)
+            predictor.warmup(self.settings.warmup_iterations)
+        except UserError as err:
+            self._fatal = str(err)
+            self.get_logger().fatal(self._fatal)
+            return False
+        self._predictor, self._fatal = predictor, None
+        return True
+
+    def _release_model(self) -> None:
+        from mtl_perception.device import release_memory  # imports torch: only once a model exists
+
+        if self._predictor is not None:
+            device = self._predictor.device
+            self._predictor = None
+            release_memory(device)
+
+    def stop_processing(self) -> None:
+        """Unsubscribe and stop the worker (idempotent)."""
+        self._active = False
+        if self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        self._mailbox.close()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+
+    def _destroy_publishers(self) -> None:
+        for publisher in self._outputs.values():
+            self.destroy_lifecycle_publisher(publisher)
+        self._outputs = {}
+
+    # ------------------------------------------------------------------ frames
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        """Subscription callback: keep only the newest frame for the worker."""
+        self._stats.received()
+        if self._mailbox.put(Frame(msg, time.monotonic())):
+            self._stats.dropped()
+
+    def _run_worker(self) -> None:
+        while (frame := self._mailbox.take()) is not None:
+            self._process(frame)
+
+    def _process(self, frame: Frame) -> None:
+        """Decode, infer and publish one frame; a bad frame is counted and skipped."""
+        settings, predictor = self.settings, self._predictor
+        if predictor is None:
+            return
+        try:
+            rgb = to_network_rgb(self._decoder, frame.msg, settings.compressed)
+        except UnsupportedEncoding as err:
+            self._frame_error("unsupported encoding", err)
+            return
+        except ValueError as err:
+            self._frame_error("bad image", err)
+            return
+        self._check_size(rgb.shape[:2])
+        try:
+            prediction = predictor.predict(rgb)
+        except Exception as err:  # keep running: one failed frame must not stop the robot's perception
+            self._frame_error("inference failed", err)
+            return
+        self._publish(frame.msg.header, rgb, prediction, settings)
+        self._stats.processed(time.monotonic() - frame.received)
+
+    def _check_size(self, size: tuple[int, int]) -> None:
+        """Count and warn when the stream's resolution changes (the frame is still processed)."""
+        if self._last_size is not None and size != self._last_size:
+            self._stats.error("size changed")
+            self.get_logger().warning(f"input size changed from {self._last_size} to {size} (HxW)",
+                                      throttle_duration_sec=WARN_THROTTLE_SEC)
+        self._last_size = size
+
+    def _frame_error(self, kind: str, err: Exception) -> None:
+        self._stats.error(kind)
+        self.get_logger().warning(f"skipped a frame: {kind}: {err}", throttle_duration_sec=WARN_THROTTLE_SEC)
+
+    def _publish(self, header: Any, rgb: np.ndarray, prediction: Prediction, settings: Settings) -> None:
+        """Publish every enabled output for one frame, all with the input's ``header``."""
+        pubs = self._outputs
+        palette = _triplets(settings.palette) or self._predictor_palette()
+        if settings.publish_detections and "detection" in self._tasks():
+            pubs["detections"].publish(detections_message(prediction, header))
+        if prediction.mask is not None:
+            if settings.publish_segmentation:
+                pubs["segmentation"].publish(mask_message(prediction.mask, header))
+            if settings.publish_color:
+                pubs["color"].publish(color_mask_message(prediction.mask, palette, header))
+        # Drawing costs a few ms per frame: only while someone is looking.
+        if settings.publish_overlay and pubs["overlay"].get_subscription_count() > 0:
+            pubs["overlay"].publish(overlay_message(rgb, prediction, palette, settings.overlay_alpha, header))
+
+    def _predictor_palette(self) -> list[tuple[int, ...]]:
+        predictor = self._predictor
+        return predictor.palette if predictor is not None else []
+
+    def _tasks(self) -> tuple[str, ...]:
+        predictor = self._predictor
+        return predictor.tasks if predictor is not None else ()
+
+    # ------------------------------------------------------------------ parameters
+    def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Reject a run-time change with a reason (ranges and read-only are checked by rclpy)."""
+        problem = first_problem((p.name, p.value) for p in parameters)
+        if problem is None:
+            candidate = self._settings_with(parameters)
+            predictor = self._predictor
+            if predictor is not None:
+                problem = model_problem(candidate, predictor.detection_classes, predictor.segmentation_classes)
+        return SetParametersResult(successful=problem is None, reason=problem or "")
+
+    def _apply_parameters(self, parameters: list[Parameter]) -> None:
+        """Take accepted values into use; the worker sees them from its next frame on."""
+        self.settings = self._settings_with(parameters)
+        if self._predictor is not None and {p.name for p in parameters} & {"score_threshold", "max_detections", "class_filter"}:
+            self._predictor = with_runtime_settings(self._predictor, self.settings)
+
+    def _settings_with(self, parameters: list[Parameter]) -> Settings:
+        """The settings if ``parameters`` were applied on top of the current values."""
+        values = {name: self.get_parameter(name).value for name in SPECS}
+        values.update((p.name, p.value) for p in parameters if p.name in SPECS)
+        return Settings.from_values(values)
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        report = self._stats.report()
+        status = DiagnosticStatus(name=f"{self.get_name()}: perception", hardware_id=self._device_name())
+        if self._active:
+            status.level = bytes([report.level])
+            status.message = (f"{report.processed_rate_hz:.1f} Hz, {report.new_errors} new errors"
+                              if report.new_errors else f"{report.processed_rate_hz:.1f} Hz")
+        else:
+            status.level = bytes([ERROR if self._fatal else WARN])
+            status.message = self._fatal or "inactive"
+        pairs = [("model", self.settings.model_path), ("device", self._device_name()), *report.key_values()]
+        status.values = [KeyValue(key=key, value=value) for key, value in pairs]
+        self._diagnostics.publish(DiagnosticArray(header=_stamped(self), status=[status]))
+
+    def _device_name(self) -> str:
+        predictor = self._predictor
+        return str(predictor.device) if predictor is not None else self.settings.device
+
+
+def _triplets(flat: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Flat ``[r, g, b, r, g, b, ...]`` -> list of colours."""
+    return [tuple(flat[i: i + 3]) for i in range(0, len(flat), 3)]  # type: ignore[misc]
+
+
+def _stamped(node: LifecycleNode) -> Any:
+    from std_msgs.msg import Header
+
+    return Header(stamp=node.get_clock().now().to_msg())
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """``ros2 run mtl_perception perception_node``: exit 0 on shutdown, 2 on a fatal user error."""
+    rclpy.init(args=args)
+    node: PerceptionNode | None = None
+    try:
+        try:
+            node = PerceptionNode()
+        except UserError as err:
+            print(f"{NODE_NAME}: error: {err}", file=sys.stderr)
+            return 2
+        if node.settings.autostart:
+            if node.trigger_configure() != SUCCESS or node.trigger_activate() != SUCCESS:
+                return 2  # the reason was logged as one fatal line
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop_processing()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
