@@ -1,0 +1,507 @@
+"""Turn pruned frames plus annotation exports into a training dataset with grouped splits.
+
+Inputs: ``--frames`` is a folder of interim frames (``manifest.csv`` per topic, see
+docs/CONTRACTS.md §2) or a plain folder of images (stills labeled by hand: bag = first
+sub-folder, stamp = file stem when it is an integer). ``--labels`` takes COCO json and/or CVAT
+"for images 1.1" XML files; an image labeled in several files gets the union of its regions.
+
+Matching a labeled image to a frame, in this order: the same file stem (folders and extension
+are ignored, since tools export ``images/x.jpg`` for a frame ``x.png``; Label Studio's
+``<8 hex>-`` upload prefix is dropped if needed), then the stamp (the COCO image's
+``stamp_ns`` field, or a stem that is an integer). Several candidate frames (same stem in two
+bags, ``a.png`` next to ``a.jpg``) are narrowed by the exact file name, then by the folders
+in the labeled name (bag/topic), else reported as ambiguous.
+
+Classes: ``--det-classes`` and ``--seg-classes`` (comma lists), or a YAML ``--classes-file``::
+
+    detection_classes: [box, cone, ball]
+    segmentation_classes: [floor, wall]      # "background" (id 0) is added in front
+    palette: {floor: [128, 64, 128]}         # optional RGB per segmentation class
+
+A category may be in both lists; categories in neither are ignored (counted). ``iscrowd``
+regions are never detection targets and are painted 255 (ignore) when their class is a
+segmentation class. Masks: 0 = background, i = i-th segmentation class, 255 = ignore; larger
+regions are painted first so small objects stay on top (see ``data_tools.rasterize``).
+
+Validation: boxes with zero area or entirely outside the image, unknown categories, malformed
+or < 3 point polygons, ambiguous matches are problems (counted, first example shown, item
+skipped, exit status 1). Reported as warnings (exit status 0): labels for images not among the
+frames (typically dropped by ``prune``; the rest is built), boxes partly outside the image
+(clipped), frames without labels, which are skipped (``--unlabeled skip``) or kept as
+all-background images (``--unlabeled background``, then not a warning). A labeled image
+without regions is a labeled empty frame and is kept. ``--strict`` turns every problem and
+warning into an error: nothing is written.
+
+Output (CONTRACTS §4): ``<out>/<name>/`` with ``images/`` (hard links, copies across file
+systems), ``masks/``, ``annotations.json``, ``classes.json``, ``splits.json``. It is built in a
+temporary folder and renamed into place, so an existing dataset is complete; it is skipped
+unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import cv2
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from tqdm import tqdm
+
+from data_tools.labels import LabeledImage, Region, label_files, read_labels
+from data_tools.rasterize import BoxMaskMode, BoxStatus, detection_box, rasterize
+from data_tools.split import SplitItem, assign_splits, parse_fractions
+from data_tools.summary import JobSummary
+from mtl_perception import atomic_io
+from mtl_perception.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+MARKER_NAME = ".build_complete"
+# Label Studio renames uploads to "<8 hex digits>-<original name>".
+LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}-")
+# Distinct colours for segmentation classes after background (black), cycled if needed.
+DEFAULT_PALETTE = [[128, 64, 128], [70, 70, 70], [220, 20, 60], [255, 160, 0], [0, 142, 70],
+                   [0, 80, 200], [190, 150, 255], [250, 240, 50], [0, 200, 200], [150, 100, 50]]
+
+
+# --------------------------------------------------------------------------- classes
+
+
+class ClassConfig(BaseModel):
+    """Configured classes; the YAML ``--classes-file`` has exactly these keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detection_classes: list[str] = []
+    segmentation_classes: list[str] = []  # without "background"
+    palette: dict[str, tuple[int, int, int]] = {}
+
+    @field_validator("detection_classes", "segmentation_classes")
+    @classmethod
+    def _unique_names(cls, names: list[str]) -> list[str]:
+        names = [n.strip() for n in names]
+        if any(not n for n in names):
+            raise ValueError("empty class name")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate class name in {names}")
+        if "background" in names:
+            raise ValueError("'background' is implicit (id 0); do not list it")
+        return names
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ClassConfig":
+        if not self.detection_classes and not self.segmentation_classes:
+            raise ValueError("no detection and no segmentation classes configured")
+        if len(self.segmentation_classes) > 254:
+            raise ValueError("at most 254 segmentation classes (255 = ignore)")
+        unknown = set(self.palette) - {"background", *self.segmentation_classes}
+        if unknown:
+            raise ValueError(f"palette names classes that are not segmentation classes: {sorted(unknown)}")
+        return self
+
+    def palette_rgb(self) -> list[list[int]]:
+        """One RGB colour per segmentation class, background first."""
+        names = ["background", *self.segmentation_classes]
+        defaults = [[0, 0, 0]] + [DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)] for i in range(len(names) - 1)]
+        return [list(self.palette.get(n, d)) for n, d in zip(names, defaults)]
+
+
+def load_class_config(det: str | None, seg: str | None, classes_file: Path | None) -> ClassConfig:
+    """Classes from the YAML file, with ``--det-classes``/``--seg-classes`` overriding its lists."""
+    raw: dict = {}
+    where = "--det-classes/--seg-classes"
+    if classes_file is not None:
+        where = str(classes_file)
+        try:
+            raw = yaml.safe_load(classes_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise UserError(f"{classes_file}: cannot read classes file ({err})".replace("\n", " ")) from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{classes_file}: expected a mapping with detection_classes/segmentation_classes")
+    if det is not None:
+        raw["detection_classes"] = [n for n in det.split(",") if n.strip()]
+    if seg is not None:
+        raw["segmentation_classes"] = [n for n in seg.split(",") if n.strip()]
+    try:
+        return ClassConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "classes"
+        raise UserError(f"{where}: {loc}: {first['msg']}") from None
+
+
+# --------------------------------------------------------------------------- frames
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One candidate image on disk."""
+
+    path: Path
+    bag: str
+    topic: str            # topic folder (or sub-folder of a plain image folder)
+    stamp_ns: int | None
+    width: int | None     # from the manifest; None for plain folders until read
+    height: int | None
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def discover_frames(root: Path, summary: JobSummary) -> list[Frame]:
+    """Frames under ``root``: manifest rows where a ``manifest.csv`` exists, else image files."""
+    if not root.is_dir():
+        raise UserError(f"--frames {root}: not a folder")
+    frames: list[Frame] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # no hidden/partial outputs
+        here = Path(folder)
+        rel = here.relative_to(root)
+        if "manifest.csv" in files:
+            frames += _manifest_frames(here / "manifest.csv", summary)
+            continue
+        for name in sorted(files):
+            path = here / name
+            if path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+                bag = rel.parts[0] if rel.parts else root.resolve().name
+                frames.append(Frame(path=path, bag=bag, topic="/".join(rel.parts[1:]), stamp_ns=_int_or_none(path.stem),
+                                    width=None, height=None))
+    return frames
+
+
+def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
+    frames = []
+    with manifest.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"file", "stamp_ns", "bag"} - set(reader.fieldnames or ())
+        if missing:
+            summary.fail("manifest without required columns", f"{manifest}: missing {sorted(missing)}")
+            return []
+        for row in reader:
+            path = manifest.parent / row["file"]
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue  # depth arrays (.npy) are not labelable images
+            if not path.is_file():
+                summary.fail("manifest row without its file", str(path))
+                continue
+            frames.append(Frame(path=path, bag=row["bag"] or manifest.parent.parent.name, topic=manifest.parent.name,
+                                stamp_ns=_int_or_none(row["stamp_ns"]), width=_int_or_none(row.get("width")),
+                                height=_int_or_none(row.get("height"))))
+    return frames
+
+
+# --------------------------------------------------------------------------- matching
+
+
+class FrameIndex:
+    """Looks up the frame a labeled image refers to (see the module docstring)."""
+
+    def __init__(self, frames: Iterable[Frame]) -> None:
+        self.by_stem: dict[str, list[Frame]] = defaultdict(list)
+        self.by_stamp: dict[int, list[Frame]] = defaultdict(list)
+        for frame in frames:
+            self.by_stem[frame.stem].append(frame)
+            if frame.stamp_ns is not None:
+                self.by_stamp[frame.stamp_ns].append(frame)
+
+    def match(self, image: LabeledImage) -> list[Frame]:
+        """Candidate frames, best rule first; more than one means ambiguous."""
+        candidates = self.by_stem.get(image.stem) or self.by_stem.get(LABEL_STUDIO_PREFIX.sub("", image.stem), [])
+        if not candidates:
+            stamp = image.stamp_ns if image.stamp_ns is not None else _int_or_none(image.stem)
+            candidates = self.by_stamp.get(stamp, []) if stamp is not None else []
+        exported = PurePosixPath(image.name.replace("\\", "/"))
+        for same in (lambda f: f.path.name == exported.name,          # same extension too
+                     lambda f: bool({f.bag, f.topic} & set(exported.parts[:-1]))):  # bag/topic folders
+            if len(candidates) > 1:
+                candidates = [f for f in candidates if same(f)] or candidates
+        return candidates
+
+
+@dataclass
+class Sample:
+    """A frame selected for the dataset with the labeled regions that apply to it."""
+
+    frame: Frame
+    regions: list[Region] = field(default_factory=list)
+    labeled: bool = False
+
+
+def match_labels(frames: Sequence[Frame], labeled: Iterable[LabeledImage], summary: JobSummary) -> dict[Path, Sample]:
+    """Attach every labeled image's regions to its frame; record unmatched and ambiguous ones."""
+    index = FrameIndex(frames)
+    samples = {frame.path: Sample(frame) for frame in frames}
+    for image in labeled:
+        candidates = index.match(image)
+        if not candidates:
+            # Usually a frame the pruner dropped (labels cover the raw frames): reported, not fatal.
+            summary.warn("labels for an image not among the frames (pruned or missing)", f"{image.source}: {image.name}")
+            continue
+        if len(candidates) > 1:
+            summary.fail("labels match several frames", f"{image.source}: {image.name} -> "
+                                                         f"{candidates[0].path}, {candidates[1].path}")
+            continue
+        sample = samples[candidates[0].path]
+        if image.width is not None and sample.frame.width is not None and (
+                (image.width, image.height) != (sample.frame.width, sample.frame.height)):
+            summary.fail("labeled image size differs from the frame",
+                         f"{image.source}: {image.name} {image.width}x{image.height} vs "
+                         f"{sample.frame.width}x{sample.frame.height}")
+            continue
+        sample.labeled = True
+        sample.regions.extend(image.regions)
+    return samples
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass
+class BuildOptions:
+    classes: ClassConfig
+    fractions: tuple[float, float, float]
+    group_by: str          # "auto" | "bag" | "time"
+    window_s: float
+    seed: int
+    unlabeled: str         # "skip" | "background"
+    box_masks: BoxMaskMode
+
+
+def _image_size(frame: Frame) -> tuple[int, int]:
+    """(height, width) from the manifest, else from the file (plain image folders)."""
+    if frame.width is not None and frame.height is not None:
+        return frame.height, frame.width
+    image = cv2.imread(str(frame.path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError("unreadable image")
+    return image.shape[0], image.shape[1]
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (never move); copy when linking is impossible."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _output_names(frames: Sequence[Frame]) -> dict[Path, str]:
+    """Output file names with unique stems (masks are ``<stem>.png``).
+
+    A frame keeps its own name; names whose stem occurs more than once (the same stamp in two
+    bags, ``a.jpg`` next to ``a.png``) get the bag and topic as prefix, then the extension.
+    """
+    def qualified(frame: Frame) -> str:
+        return "__".join(p for p in (frame.bag, frame.topic.replace("/", "__"), frame.path.name) if p)
+
+    names = {f.path: f.path.name for f in frames}
+    for rename in (qualified, lambda f: f"{Path(qualified(f)).stem}-{f.path.suffix.lstrip('.')}{f.path.suffix}"):
+        stems = Counter(Path(n).stem for n in names.values())
+        names = {f.path: rename(f) if stems[Path(names[f.path]).stem] > 1 else names[f.path] for f in frames}
+    return names
+
+
+def _resolve_group_by(group_by: str, samples: Sequence[Sample], fractions: Sequence[float]) -> str:
+    """``auto``: by bag when there are enough bags for every wanted split, else by time."""
+    if group_by != "auto":
+        return group_by
+    bags = {s.frame.bag for s in samples}
+    return "bag" if len(bags) >= sum(1 for f in fractions if f > 0) else "time"
+
+
+def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Path, summary: JobSummary) -> dict:
+    """Write images, masks and annotations of ``samples`` into ``out_dir``; return splits.json."""
+    det = {name: k + 1 for k, name in enumerate(options.classes.detection_classes)}
+    seg = {name: k + 1 for k, name in enumerate(options.classes.segmentation_classes)}
+    names = _output_names([s.frame for s in samples])
+    images, annotations, split_items = [], [], []
+    for sample in tqdm(samples, desc="build", unit="image", disable=len(samples) < 50):
+        frame = sample.frame
+        try:
+            height, width = _image_size(frame)
+        except ValueError as err:
+            summary.fail("unreadable image", f"{frame.path}: {err}")
+            continue
+        image_id = len(images) + 1
+        file_name = names[frame.path]
+        mask_name = f"{Path(file_name).stem}.png"
+        mask, detections = _sample_targets(sample, det, seg, (height, width), options.box_masks, summary)
+        annotations += [{"id": len(annotations) + k + 1, "image_id": image_id, **ann} for k, ann in enumerate(detections)]
+        atomic_io.write_with(out_dir / "masks" / mask_name, lambda p, m=mask: _imwrite(p, m))
+        _link_or_copy(frame.path, out_dir / "images" / file_name)
+        images.append({"id": image_id, "file_name": f"images/{file_name}", "width": width, "height": height,
+                       "stamp_ns": frame.stamp_ns, "bag": frame.bag, "mask_file": f"masks/{mask_name}"})
+        split_items.append(SplitItem(key=image_id, bag=frame.bag, stamp_ns=frame.stamp_ns, name=file_name))
+        summary.add("written")
+
+    classes = options.classes
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": k, "name": n} for n, k in det.items()]}
+    group_by = _resolve_group_by(options.group_by, samples, options.fractions)
+    splits, n_groups = assign_splits(split_items, options.fractions, group_by, options.window_s, options.seed)
+    for name, frac in zip(("train", "val", "test"), options.fractions):
+        if frac > 0 and not splits[name]:
+            summary.warn("empty split (too few groups)", f"{name}: {n_groups} {group_by} group(s) for "
+                                                         f"{len(images)} images; use more bags or a shorter --window-s")
+    split_doc = {**splits, "group_by": group_by, "seed": options.seed}
+    atomic_io.write_json(out_dir / "annotations.json", coco)
+    atomic_io.write_json(out_dir / "classes.json", {
+        "detection_classes": classes.detection_classes,
+        "segmentation_classes": ["background", *classes.segmentation_classes],
+        "palette": classes.palette_rgb()})
+    atomic_io.write_json(out_dir / "splits.json", split_doc)
+    return split_doc
+
+
+def _sample_targets(sample: Sample, det: dict[str, int], seg: dict[str, int], size: tuple[int, int],
+                    box_masks: BoxMaskMode, summary: JobSummary) -> tuple[np.ndarray, list[dict]]:
+    """Class-id mask and detection annotations (without ids) of one sample's regions."""
+    height, width = size
+    seg_regions, detections = [], []
+    for region in sample.regions:
+        if region.label not in det and region.label not in seg:
+            summary.add(f"ignored regions ({region.label})")
+            continue
+        if region.rle is not None and list(region.rle["size"]) != [height, width]:  # export without sizes
+            summary.fail("RLE size differs from the image size", f"{region.source}: {region.rle['size']} vs "
+                                                                 f"{[height, width]}")
+            continue
+        if region.label in seg:
+            seg_regions.append((seg[region.label], region))
+        if region.label in det and not region.iscrowd:  # crowds are never detection targets
+            ann = _detection_annotation(region, det[region.label], height, width, summary)
+            if ann is not None:
+                detections.append(ann)
+    return rasterize(seg_regions, height, width, box_masks), detections
+
+
+def _imwrite(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"{path}: OpenCV could not write the mask")
+
+
+def _detection_annotation(region: Region, category_id: int, height: int, width: int,
+                          summary: JobSummary) -> dict | None:
+    """COCO detection annotation of a region, or None (recorded) when its box is unusable."""
+    box = detection_box(region, height, width)
+    if box.status is BoxStatus.ZERO_AREA:
+        summary.fail("box with zero area", f"{region.source}: {list(box.bbox)}")
+        return None
+    if box.status is BoxStatus.OUTSIDE:
+        summary.fail("box outside the image", f"{region.source}: {list(region.bbox or box.bbox)} in {width}x{height}")
+        return None
+    if box.status is BoxStatus.CLIPPED:
+        summary.warn("box partly outside the image (clipped)", f"{region.source}: {list(region.bbox or ())}")
+    return {"category_id": category_id, "bbox": [round(v, 2) for v in box.bbox], "area": round(box.area, 2),
+            "iscrowd": 0}
+
+
+def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSummary) -> list[Sample]:
+    """Labeled samples plus, with ``--unlabeled background``, the unlabeled ones; stable order."""
+    ordered = sorted(samples.values(), key=lambda s: (s.frame.bag, s.frame.topic, s.frame.stamp_ns or 0, s.frame.path.name))
+    chosen = []
+    for sample in ordered:
+        if sample.labeled or unlabeled == "background":
+            chosen.append(sample)
+            if not sample.labeled:
+                summary.add("unlabeled kept as background")
+        else:
+            summary.warn("frames without labels (skipped)", str(sample.frame.path))
+    return chosen
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", type=Path, default=Path("data/interim"),
+                        help="interim frames (manifest.csv per topic) or a plain folder of images")
+    parser.add_argument("--labels", type=Path, nargs="+", required=True,
+                        help="COCO json and/or CVAT XML files, or folders holding them")
+    parser.add_argument("--name", required=True, help="dataset name: output goes to <out>/<name>/")
+    parser.add_argument("--out", type=Path, default=Path("data/processed"), help="parent folder of datasets")
+    parser.add_argument("--det-classes", help="comma list of detection classes, e.g. box,cone,ball")
+    parser.add_argument("--seg-classes", help="comma list of segmentation classes (background is implicit)")
+    parser.add_argument("--classes-file", type=Path,
+                        help="YAML with detection_classes, segmentation_classes and optional palette")
+    parser.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions")
+    parser.add_argument("--group-by", choices=("auto", "bag", "time"), default="auto",
+                        help="keep these groups within one split; auto = bag if there are enough bags, else time")
+    parser.add_argument("--window-s", type=float, default=10.0, help="time-window length for --group-by time")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the group shuffle")
+    parser.add_argument("--unlabeled", choices=("skip", "background"), default="skip",
+                        help="frames without labels: leave out, or keep as images with no objects and all-background masks")
+    parser.add_argument("--box-masks", choices=("ignore", "fill"), default="ignore",
+                        help="segmentation regions known only by a box: paint 255 (ignore) or the class")
+    parser.add_argument("--strict", action="store_true", help="any problem or warning is an error; write nothing")
+    parser.add_argument("--force", action="store_true", help="rebuild an existing dataset")
+
+
+def run(args: argparse.Namespace) -> int:
+    classes = load_class_config(args.det_classes, args.seg_classes, args.classes_file)
+    if args.window_s <= 0:
+        raise UserError(f"--window-s {args.window_s}: must be positive")
+    if not args.name or args.name in (".", "..") or "/" in args.name or "\\" in args.name:
+        raise UserError(f"--name {args.name!r}: must be a plain folder name")
+    options = BuildOptions(classes=classes, fractions=parse_fractions(args.split), group_by=args.group_by,
+                           window_s=args.window_s, seed=args.seed, unlabeled=args.unlabeled, box_masks=args.box_masks)
+    target = args.out / args.name
+    if target.exists() and not args.force:
+        print(f"build: {target} exists, skipping (use --force to rebuild)")
+        return 0
+
+    summary = JobSummary("build")
+    frames = discover_frames(args.frames, summary)
+    summary.add("read", len(frames))
+    labeled = [image for path in label_files(args.labels) for image in read_labels(path, summary)]
+    samples = select_samples(match_labels(frames, labeled, summary), options.unlabeled, summary)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{args.name}.partial-", dir=args.out) as tmp:
+        staging = Path(tmp) / args.name
+        staging.mkdir()
+        splits = build_dataset(samples, options, staging, summary)
+        if args.strict and (summary.failed or summary.warnings):
+            summary.print()
+            print(f"build: --strict: {summary.failed} problem(s), {sum(summary.warnings.values())} warning(s); "
+                  f"nothing written", flush=True)
+            return 1
+        if not samples:
+            summary.print()
+            print("build: no labeled frames matched; nothing written")
+            return 1
+        atomic_io.write_text(staging / MARKER_NAME, "complete\n")
+        _replace_dir(staging, target)
+    summary.print()
+    print(f"build: {target}: " + ", ".join(f"{k} {len(splits[k])}" for k in ("train", "val", "test"))
+          + f" (grouped by {splits['group_by']})")
+    return summary.exit_code()
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move the finished ``new`` folder to ``target``, replacing an older build of it."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old)
+    else:
+        new.rename(target)
