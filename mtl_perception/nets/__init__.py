@@ -1,0 +1,42 @@
+"""The networks: one shared MobileNetV3-Large body with detection and/or segmentation heads.
+
+Public API (docs/CONTRACTS.md section 6): ``build_model``, ``ARCHITECTURES``, ``MultiTaskModel``,
+``load_weights``, ``model_from_checkpoint``, ``count_parameters``.
+"""
+
+from mtl_perception.nets.backbone import IMAGENET, MobileNetV3Body
+from mtl_perception.nets.multitask import MultiTaskModel
+from mtl_perception.nets.registry import (
+    ARCHITECTURES,
+    DEFAULT_ARCH,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Architecture,
+    build_model,
+    count_parameters,
+    load_weights,
+    model_from_checkpoint,
+    parameter_breakdown,
+)
+from mtl_perception.nets.segmentation import IGNORE_INDEX
+from mtl_perception.nets.task_head import DETECTION, SEGMENTATION, TASKS
+
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_ARCH",
+    "DETECTION",
+    "IGNORE_INDEX",
+    "IMAGENET",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SEGMENTATION",
+    "TASKS",
+    "Architecture",
+    "MobileNetV3Body",
+    "MultiTaskModel",
+    "build_model",
+    "count_parameters",
+    "load_weights",
+    "model_from_checkpoint",
+    "parameter_breakdown",
+]

@@ -1,0 +1,116 @@
+"""The model class shared by every architecture: one backbone pass feeding one head per task.
+
+Single-task baselines are the same class with one head, so multi- and single-task models differ
+only in the task set (same body, input size, normalisation and trainable layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtl_perception.nets.backbone import MobileNetV3Body
+from mtl_perception.nets.task_head import TASKS, Targets, TaskHead
+
+
+class MultiTaskModel(nn.Module):
+    """Shared MobileNetV3-Large body + task heads (see docs/CONTRACTS.md section 6).
+
+    Train mode: ``model(images, targets)`` -> ``{task: loss}``. Eval mode: ``model(images)`` -> one
+    dict per image with ``boxes``/``labels``/``scores`` and/or ``mask``. ``images`` is a list of
+    ``[3, H, W]`` tensors in ``[0, 1]`` (or one ``[B, 3, H, W]`` tensor) at ``input_size``.
+    """
+
+    def __init__(
+        self,
+        backbone: MobileNetV3Body,
+        heads: Mapping[str, TaskHead],
+        *,
+        input_size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_detection_classes: int,
+        num_segmentation_classes: int,
+        model_kwargs: Mapping[str, Any],
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        # Fixed task order (detection first) so loss dicts and parameter groups are always ordered alike.
+        self.heads = nn.ModuleDict({task: heads[task] for task in TASKS if task in heads})
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.mean = [float(v) for v in mean]
+        self.std = [float(v) for v in std]
+        self.num_detection_classes = num_detection_classes
+        self.num_segmentation_classes = num_segmentation_classes
+        self.arch = str(model_kwargs["arch"])
+        # What ``build_model(**model_kwargs)`` needs to rebuild this structure (stored in checkpoints).
+        self.model_kwargs = dict(model_kwargs)
+        # Not persistent: the statistics travel in the checkpoint's mean/std and model_kwargs, not the state_dict.
+        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks this model solves, in ``("detection", "segmentation")`` order."""
+        return tuple(self.heads.keys())
+
+    def forward(
+        self, images: Sequence[Tensor] | Tensor, targets: Targets | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Losses per task in training mode, predictions per image in eval mode."""
+        if self.training:
+            losses, _ = self.forward_train(images, targets)
+            return losses
+        return self.predict(images)
+
+    def forward_train(
+        self, images: Sequence[Tensor] | Tensor, targets: Targets | None
+    ) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """``({task: loss}, shared features)``; the features are the backbone taps that the heads
+        consume, i.e. the last shared representation, as torchjd's ``mtl_backward`` wants it."""
+        if not self.training:
+            raise RuntimeError("forward_train needs training mode (model.train()): detectors give losses only then")
+        if targets is None or len(targets) != len(images):
+            got = "no" if targets is None else len(targets)
+            raise ValueError(f"training needs one target per image: {len(images)} images, {got} targets")
+        batch = self.preprocess(images)
+        features = self.backbone(batch)
+        losses = {task: head(features, batch, targets) for task, head in self.heads.items()}
+        return losses, list(features.values())
+
+    def predict(self, images: Sequence[Tensor] | Tensor) -> list[dict[str, Tensor]]:
+        """Per-image outputs of every head merged into one dict (call under ``torch.inference_mode``)."""
+        batch = self.preprocess(images)
+        features = self.backbone(batch)
+        outputs: list[dict[str, Tensor]] = [{} for _ in range(batch.shape[0])]
+        for head in self.heads.values():
+            for merged, output in zip(outputs, head(features, batch)):
+                merged.update(output)
+        return outputs
+
+    def preprocess(self, images: Sequence[Tensor] | Tensor) -> Tensor:
+        """The batch the body and heads see: stacked, size-checked, normalised once with
+        ``mean``/``std``, in the model's dtype and (if the model is channels_last) memory format."""
+        batch = images if isinstance(images, Tensor) else torch.stack(list(images))
+        if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[-2:]) != self.input_size:
+            raise ValueError(
+                f"images must be [3, H, W] with (H, W) = input_size {self.input_size}; got batch {tuple(batch.shape)}"
+            )
+        batch = (batch.to(self._mean.dtype) - self._mean) / self._std
+        stem_weight = self.backbone.features[0][0].weight
+        if stem_weight.is_contiguous(memory_format=torch.channels_last) and not stem_weight.is_contiguous():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the shared backbone."""
+        return [p for p in self.backbone.parameters() if p.requires_grad]
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """Trainable parameters of one task's head (for Faster R-CNN including its FPN)."""
+        if task not in self.heads:
+            raise KeyError(f"task {task!r} is not one of this model's tasks {self.tasks}")
+        return [p for p in self.heads[task].parameters() if p.requires_grad]

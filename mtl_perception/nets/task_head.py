@@ -1,0 +1,39 @@
+"""The interface every task head implements, so the multi-task model treats all heads alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from torch import Tensor
+
+DETECTION = "detection"
+SEGMENTATION = "segmentation"
+TASKS = (DETECTION, SEGMENTATION)
+
+Targets = Sequence[Mapping[str, Tensor]]
+
+
+class TaskHead(Protocol):
+    """A task-specific head on the shared backbone taps.
+
+    ``images`` is the normalised input batch ``[B, 3, H, W]``: heads read its size (anchors, the
+    resolution masks are produced at) but never run a backbone on it.
+    """
+
+    task: str
+    feature_taps: tuple[str, ...]
+
+    def __call__(
+        self, features: Mapping[str, Tensor], images: Tensor, targets: Targets | None = None
+    ) -> Tensor | list[dict[str, Tensor]]:
+        """``loss`` when ``targets`` are given, else ``predict`` (through ``nn.Module`` hooks)."""
+        ...
+
+    def loss(self, features: Mapping[str, Tensor], images: Tensor, targets: Targets) -> Tensor:
+        """The task's scalar training loss."""
+        ...
+
+    def predict(self, features: Mapping[str, Tensor], images: Tensor) -> list[dict[str, Tensor]]:
+        """Per-image outputs in input pixels (detection: boxes/labels/scores; segmentation: mask)."""
+        ...
