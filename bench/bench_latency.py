@@ -12,6 +12,10 @@ the multi-task model and of its two single-task counterparts, and prints
 load from other processes on a shared machine hits all of them alike.
 
     .venv/bin/python bench/bench_latency.py [--size 320x240|640x480] [--runs 30] [--warmup 5]
+        [--aspp-separable true|false] [--aspp-channels N]
+
+The DeepLabv3 head options go to both the multi-task and the single-task ``deeplabv3`` model, so
+the comparison stays like for like; without them every model has ``build_model``'s defaults.
 """
 
 from __future__ import annotations
@@ -56,7 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = stable on shared machines)")
     parser.add_argument("--arch", nargs="+", choices=sorted(PAIRS), default=list(PAIRS), help="multi-task models to measure")
+    parser.add_argument("--aspp-separable", type=_bool, default=None, help="DeepLabv3 ASPP option (default: the model's)")
+    parser.add_argument("--aspp-channels", type=int, default=None, help="DeepLabv3 ASPP width (default: the model's)")
     return parser
+
+
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return text.lower() == "true"
+
+
+def _build(name: str, size: tuple[int, int], args: argparse.Namespace) -> torch.nn.Module:
+    """An eval-mode model of architecture ``name``; DeepLabv3 models get the ASPP options asked for."""
+    options = {"aspp_separable": args.aspp_separable, "aspp_channels": args.aspp_channels} if "deeplabv3" in name else {}
+    return build_model(name, NUM_DETECTION_CLASSES, NUM_SEGMENTATION_CLASSES, size, **options).eval()
 
 
 def _median_latencies(models: dict[str, torch.nn.Module], size: tuple[int, int], runs: int, warmup: int) -> dict[str, float]:
@@ -77,10 +95,12 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     size = args.size
     names = sorted({name for arch in args.arch for name in (arch, *PAIRS[arch])})
-    models = {name: build_model(name, NUM_DETECTION_CLASSES, NUM_SEGMENTATION_CLASSES, size).eval() for name in names}
+    models = {name: _build(name, size, args) for name in names}
     latency = _median_latencies(models, size, args.runs, args.warmup)
 
     print(f"CPU, batch 1, input {size[1]}x{size[0]}, {args.threads} thread(s), median of {args.runs} after {args.warmup} warm-up rounds")
+    if "deeplabv3" in models:
+        print(f"DeepLabv3 head options: {models['deeplabv3'].heads['segmentation'].options}")
     gflops = {name: count_gflops(model, size) for name, model in models.items()}
     print(f"{'model':<20}{'ms/frame':>10}{'params (M)':>12}{'GFLOPs':>9}")
     for name in names:

@@ -162,5 +162,7 @@ def test_bad_build_options_are_user_errors(kwargs: dict, message: str) -> None:
 
 def test_deeplab_atrous_rates_suit_the_undilated_stride32_map() -> None:
     aspp = build_model("deeplabv3", 0, 2, SIZE).heads[SEGMENTATION].head[0]
-    dilations = [branch[0].dilation[0] for branch in aspp.convs[1:-1]]  # skip the 1x1 and pooling branches
+    branches = aspp.convs[1:-1]  # skip the 1x1 and pooling branches
+    # The first conv of each branch is the atrous one (full or depthwise, depending on aspp_separable).
+    dilations = [next(m for m in branch.modules() if isinstance(m, torch.nn.Conv2d)).dilation[0] for branch in branches]
     assert dilations == [3, 6, 9]

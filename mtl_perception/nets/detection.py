@@ -24,6 +24,7 @@ from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _nor
 from torchvision.ops import FeaturePyramidNetwork, box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from mtl_perception.errors import UserError
 from mtl_perception.nets.backbone import TAP_STRIDE16_EXPAND, TAP_STRIDE32, TAP_STRIDE32_BLOCK
 from mtl_perception.nets.task_head import DETECTION, Targets
 
@@ -68,6 +69,13 @@ def detection_targets(targets: Targets, num_classes: int) -> list[dict[str, Tens
     return checked
 
 
+def _positive_int(name: str, value: object) -> int:
+    """``value`` if it is an integer >= 1, else a ``UserError`` naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{name}={value!r} must be an integer >= 1")
+    return value
+
+
 class SSDLiteDetector(SSD):
     """SSDLite (MobileNetV3 paper, section 6.3) on the stride-16 expansion and stride-32 taps.
 
@@ -78,6 +86,7 @@ class SSDLiteDetector(SSD):
 
     task = DETECTION
     feature_taps = (TAP_STRIDE16_EXPAND, TAP_STRIDE32)
+    option_names: tuple[str, ...] = ()
 
     def __init__(self, tap_channels: Mapping[str, int], num_classes: int, input_size: tuple[int, int]) -> None:
         """``num_classes`` counts real classes; background is added here."""
@@ -106,6 +115,7 @@ class SSDLiteDetector(SSD):
         del self.backbone
         self.extra = extra
         self.num_classes = num_classes
+        self.options: dict[str, object] = {}
 
     def forward(
         self, features: Mapping[str, Tensor], images: Tensor, targets: Targets | None = None
@@ -174,18 +184,42 @@ class TapFeaturePyramid(nn.Module):
         return self.fpn(OrderedDict((str(i), features[tap]) for i, tap in enumerate(self.taps)))
 
 
+# Test-time RPN proposals kept before / after NMS. torchvision's default (1000 / 1000) is meant for
+# 800-px images; its low-resolution mobile model (``fasterrcnn_mobilenet_v3_large_320_fpn``) keeps
+# 150 / 150. The RoI box head runs once per proposal, so at 320x240 1000 proposals cost ~29 GFLOPs
+# there (>20x the whole backbone); 150 bring it to ~4. Training keeps torchvision's 2000 / 2000
+# (the RoI head then samples 512 per image anyway, so it is not the training bottleneck).
+DEFAULT_RPN_PRE_NMS_TOP_N_TEST = 150
+DEFAULT_RPN_POST_NMS_TOP_N_TEST = 150
+
+
 class FasterRCNNDetector(FasterRCNN):
     """Faster R-CNN with FPN, RPN and RoI heads as torchvision's MobileNetV3-Large FPN model.
 
     The FPN belongs to the detection task (its parameters are detection parameters); its inputs
-    are the two stride-32 taps, as in torchvision.
+    are the two stride-32 taps, as in torchvision. torchvision's resize transform (``min_size``)
+    never runs: images arrive at the model's input size.
     """
 
     task = DETECTION
     feature_taps = (TAP_STRIDE32_BLOCK, TAP_STRIDE32)
+    option_names = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")
 
-    def __init__(self, tap_channels: Mapping[str, int], num_classes: int, input_size: tuple[int, int]) -> None:
-        """``num_classes`` counts real classes; background is added here."""
+    def __init__(
+        self,
+        tap_channels: Mapping[str, int],
+        num_classes: int,
+        input_size: tuple[int, int],
+        *,
+        rpn_pre_nms_top_n_test: int = DEFAULT_RPN_PRE_NMS_TOP_N_TEST,
+        rpn_post_nms_top_n_test: int = DEFAULT_RPN_POST_NMS_TOP_N_TEST,
+    ) -> None:
+        """``num_classes`` counts real classes; background is added here. ``rpn_*_test``: proposals
+        per FPN level kept before NMS / per image after NMS in eval mode (see the defaults)."""
+        options = {
+            "rpn_pre_nms_top_n_test": _positive_int("rpn_pre_nms_top_n_test", rpn_pre_nms_top_n_test),
+            "rpn_post_nms_top_n_test": _positive_int("rpn_post_nms_top_n_test", rpn_post_nms_top_n_test),
+        }
         fpn = TapFeaturePyramid(self.feature_taps, [tap_channels[tap] for tap in self.feature_taps])
         anchor_sizes = ((32, 64, 128, 256, 512),) * 3
         super().__init__(
@@ -196,11 +230,13 @@ class FasterRCNNDetector(FasterRCNN):
             image_mean=_IDENTITY_MEAN,
             image_std=_IDENTITY_STD,
             rpn_anchor_generator=AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes)),
+            **options,
         )
         # In this package "backbone" means the shared body only; torchvision's slot holds the FPN.
         del self.backbone
         self.fpn = fpn
         self.num_classes = num_classes
+        self.options = options
 
     def forward(  # type: ignore[override]
         self, features: Mapping[str, Tensor], images: Tensor, targets: Targets | None = None

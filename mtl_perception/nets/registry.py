@@ -26,6 +26,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_ARCH = "ssdlite_deeplabv3"
 # Below this the stride-32 feature map would be empty.
 MIN_INPUT_SIDE = 32
+# Structure options introduced after the first checkpoints, at the values those checkpoints were
+# built with (torchvision's full-width DeepLabHead); see ``model_from_checkpoint``.
+PRE_OPTION_VALUES: dict[str, Any] = {"aspp_channels": 256, "aspp_separable": False}
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,11 @@ def build_model(
     trainable_backbone_layers: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    bn_momentum: float | None = None,
+    aspp_channels: int | None = None,
+    aspp_separable: bool | None = None,
+    rpn_pre_nms_top_n_test: int | None = None,
+    rpn_post_nms_top_n_test: int | None = None,
 ) -> MultiTaskModel:
     """Build ``arch`` for the dataset's classes and the input size ``(H, W)``.
 
@@ -69,6 +77,14 @@ def build_model(
     ``num_segmentation_classes`` includes background. ``backbone_weights``: ``None`` (random),
     ``"imagenet"`` (torchvision's, only from the local cache) or a local state_dict file; it only
     initialises, so ``model.model_kwargs`` (what checkpoints store) leaves it out.
+
+    ``bn_momentum``: momentum of every BatchNorm in the model; ``None`` keeps torchvision's (0.01 in
+    the body, 0.03 in SSDLite, 0.1 elsewhere), tuned for long runs from ImageNet weights. Short
+    from-scratch runs want 0.1: with 0.01 the running statistics lag the weights and eval-mode
+    outputs look washed out. Head options (``None`` = the head's default; an option the
+    architecture has no head for is a ``UserError``): ``aspp_channels`` / ``aspp_separable``
+    (DeepLabv3, see ``segmentation.DEFAULT_ASPP_SEPARABLE``), ``rpn_pre_nms_top_n_test`` /
+    ``rpn_post_nms_top_n_test`` (Faster R-CNN test-time proposals, see ``detection``).
     """
     spec = ARCHITECTURES.get(arch)
     if spec is None:
@@ -84,15 +100,23 @@ def build_model(
             f"arch {arch!r} segments: num_segmentation_classes={num_segmentation_classes} "
             "must be >= 2 (incl. background)"
         )
+    bn_momentum = _check_bn_momentum(bn_momentum)
+    given = {
+        "aspp_channels": aspp_channels,
+        "aspp_separable": aspp_separable,
+        "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
+        "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
+    }
+    detection_options, segmentation_options = _route_head_options(arch, spec, given)
     taps = {tap for head in (spec.detection, spec.segmentation) if head for tap in head.feature_taps}
     backbone = MobileNetV3Body(taps, trainable_backbone_layers)
     if backbone_weights is not None:
         backbone.load_weights(backbone_weights)
     heads: dict[str, TaskHead] = {}
     if spec.detection:
-        heads[DETECTION] = spec.detection(backbone.channels, num_detection_classes, size)
+        heads[DETECTION] = spec.detection(backbone.channels, num_detection_classes, size, **detection_options)
     if spec.segmentation:
-        heads[SEGMENTATION] = spec.segmentation(backbone.channels, num_segmentation_classes)
+        heads[SEGMENTATION] = spec.segmentation(backbone.channels, num_segmentation_classes, **segmentation_options)
     model_kwargs = {
         "arch": arch,
         "num_detection_classes": int(num_detection_classes) if spec.detection else 0,
@@ -101,8 +125,11 @@ def build_model(
         "trainable_backbone_layers": trainable_backbone_layers,
         "mean": mean,
         "std": std,
+        "bn_momentum": bn_momentum,
     }
-    return MultiTaskModel(
+    for head in heads.values():
+        model_kwargs.update(head.options)  # resolved values, so a checkpoint rebuilds the same head
+    model = MultiTaskModel(
         backbone,
         heads,
         input_size=size,
@@ -112,6 +139,35 @@ def build_model(
         num_segmentation_classes=model_kwargs["num_segmentation_classes"],
         model_kwargs=model_kwargs,
     )
+    if bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = bn_momentum
+    return model
+
+
+def _check_bn_momentum(value: float | None) -> float | None:
+    """``None`` or a number in (0, 1], as a float; else a ``UserError`` naming the value."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise UserError(f"bn_momentum={value!r} must be a number in (0, 1] (or null for torchvision's)")
+    return float(value)
+
+
+def _route_head_options(
+    arch: str, spec: Architecture, given: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split the head options that were given (not ``None``) into detection / segmentation kwargs."""
+    routed: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    for name, value in given.items():
+        if value is None:
+            continue
+        owners = [index for index, head in enumerate((spec.detection, spec.segmentation)) if head and name in head.option_names]
+        if not owners:
+            raise UserError(f"{name}={value!r} does not apply to arch {arch!r} (it has no head with that option)")
+        routed[owners[0]][name] = value
+    return routed
 
 
 def _check_input_size(input_size: Sequence[int]) -> tuple[int, int]:
@@ -157,12 +213,23 @@ def model_from_checkpoint(payload: Mapping[str, Any], source: str | os.PathLike[
     kwargs = payload["model_kwargs"]
     if not isinstance(kwargs, Mapping):
         raise UserError(f"checkpoint {source}: model_kwargs is not a mapping")
+    kwargs = {**_pre_option_values(kwargs.get("arch")), **kwargs}
     try:
         model = build_model(**kwargs)
     except TypeError as err:  # unknown/missing keyword: a checkpoint from another version
         raise UserError(f"checkpoint {source}: model_kwargs {sorted(kwargs)} do not fit build_model ({err})") from None
     load_weights(model, payload["model"], f"checkpoint {source}", payload.get("arch"))
     return model
+
+
+def _pre_option_values(arch: object) -> dict[str, Any]:
+    """Head options whose default changed structure, at the values of models built before they
+    existed: a checkpoint whose ``model_kwargs`` lack them was built that way."""
+    spec = ARCHITECTURES.get(arch) if isinstance(arch, str) else None
+    if spec is None:
+        return {}
+    names = {name for head in (spec.detection, spec.segmentation) if head for name in head.option_names}
+    return {name: value for name, value in PRE_OPTION_VALUES.items() if name in names}
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -23,6 +23,10 @@ class TaskHead(Protocol):
 
     task: str
     feature_taps: tuple[str, ...]
+    # Keyword options the head's constructor takes (``build_model`` routes them by name) and the
+    # values this instance was built with (stored in ``model_kwargs`` so checkpoints rebuild it).
+    option_names: tuple[str, ...]
+    options: dict[str, object]
 
     def __call__(
         self, features: Mapping[str, Tensor], images: Tensor, targets: Targets | None = None

@@ -1,0 +1,179 @@
+"""The demo's steps: the same commands a user types, run one after another.
+
+Each step is a command line of one of the package's tools (``mtl-data``, ``mtl-train``,
+``mtl-eval``, ``mtl-replay``) built from ``config/demo.yaml``, so the demo doubles as a worked
+example: it prints every command before running it. The tools are idempotent themselves (an
+existing output is reused), so a second ``make demo`` only redoes what is missing.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mtl_perception.errors import UserError
+
+
+_PROGRESS_BAR = re.compile(r"\d+%\|")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SynthSettings(_Strict):
+    frames: int = 300
+    size: str = "320x240"
+    seed: int = 0
+    storage: str = "mcap"
+    encoding: str = "rgb8"
+
+
+class PruneSettings(_Strict):
+    threshold: float = 0.9
+
+
+class BuildSettings(_Strict):
+    name: str = "demo"
+    det_classes: list[str] = ["box", "cone", "ball"]
+    seg_classes: list[str] = ["floor", "wall"]
+    split: list[float] = [0.8, 0.2, 0.0]
+    group_by: str = "time"
+    window_s: float = 1.0
+
+
+class ReplaySettings(_Strict):
+    lockstep: bool = True
+    max_frames: int = 0
+
+
+class DemoConfig(_Strict):
+    """``config/demo.yaml``: what the demo runs and where it writes."""
+
+    workdir: Path = Path("data/demo")
+    run_dir: Path = Path("runs/demo")
+    report_dir: Path = Path("reports/demo")
+    synth: SynthSettings = SynthSettings()
+    prune: PruneSettings = PruneSettings()
+    build: BuildSettings = BuildSettings()
+    train_config: Path = Path("config/train/demo_cpu.yaml")
+    train_overrides: list[str] = []
+    replay: ReplaySettings = ReplaySettings()
+
+    @property
+    def synth_dir(self) -> Path:
+        return self.workdir / "synth"
+
+    @property
+    def bag(self) -> Path:
+        return self.synth_dir / "synth_bag"
+
+    @property
+    def coco(self) -> Path:
+        return self.synth_dir / "synth_coco.json"
+
+    @property
+    def dataset(self) -> Path:
+        return self.workdir / "processed" / self.build.name
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.report_dir / "metrics.json"
+
+    @property
+    def replay_dir(self) -> Path:
+        return self.report_dir / "replay"
+
+
+def load_demo_config(path: Path) -> DemoConfig:
+    """Read and validate the demo config; a bad key or value is one clear error."""
+    try:
+        raw: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise UserError(f"demo config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"demo config {path} is not valid YAML ({err})") from None
+    try:
+        return DemoConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"demo config {path}: {where}: {first['msg']}") from None
+
+
+@dataclass
+class Step:
+    """One command of the demo and what it produced."""
+
+    name: str
+    argv: list[str]
+    status: str = "pending"
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _tool(module: str, *args: object) -> list[str]:
+    """Command line of one of our tools, run with this interpreter (no PATH lookup needed)."""
+    return [sys.executable, "-m", module, *(str(a) for a in args)]
+
+
+def plan(config: DemoConfig) -> list[Step]:
+    """The demo's commands, in order."""
+    work, build = config.workdir, config.build
+    train_name = config.run_dir.name
+    return [
+        Step("synth", _tool("data_tools.cli", "synth", "--out", config.synth_dir, "--frames", config.synth.frames,
+                            "--size", config.synth.size, "--seed", config.synth.seed,
+                            "--storage", config.synth.storage, "--encoding", config.synth.encoding)),
+        Step("unpack", _tool("data_tools.cli", "unpack", config.bag, "--out", work / "raw")),
+        Step("prune", _tool("data_tools.cli", "prune", "--raw", work / "raw", "--out", work / "interim",
+                            "--threshold", config.prune.threshold)),
+        Step("build", _tool("data_tools.cli", "build", "--frames", work / "interim", "--labels", config.coco,
+                            "--name", build.name, "--out", work / "processed",
+                            "--det-classes", ",".join(build.det_classes), "--seg-classes", ",".join(build.seg_classes),
+                            "--split", ",".join(str(f) for f in build.split), "--group-by", build.group_by,
+                            "--window-s", build.window_s)),
+        Step("train", _tool("mtl_perception.train", "--config", config.train_config, f"data.root={config.dataset}",
+                            f"output_dir={config.run_dir.parent}", f"name={train_name}", *config.train_overrides)),
+        Step("eval", _tool("mtl_perception.evaluation.cli", "--checkpoint", config.run_dir / "best.pt",
+                           "--data", config.dataset, "--split", "val", "--out", config.metrics_json)),
+        Step("replay", _tool("mtl_perception.ros.replay", config.bag, "--model", config.run_dir / "best.pt",
+                             "--ground-truth", config.dataset, "--out", config.replay_dir,
+                             *(["--lockstep"] if config.replay.lockstep else []),
+                             *(["--max-frames", config.replay.max_frames] if config.replay.max_frames else []))),
+    ]
+
+
+def run_step(step: Step, log_dir: Path) -> bool:
+    """Run one step, echoing its command; its full output goes to ``<log_dir>/<name>.log``."""
+    print(f"\n[{step.name}] $ {' '.join(_shell_words(step.argv))}", flush=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with open(log_dir / f"{step.name}.log", "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(step.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if line.strip() and not _PROGRESS_BAR.search(line):  # bars only in the log file
+                sys.stdout.write(f"  {line}")
+        code = proc.wait()
+    step.seconds = time.monotonic() - start
+    step.status = "ok" if code == 0 else f"failed (exit {code})"
+    return code == 0
+
+
+def _shell_words(argv: list[str]) -> list[str]:
+    """The command as a user would type it: our console scripts instead of ``python -m``."""
+    names = {"data_tools.cli": "mtl-data", "mtl_perception.train": "mtl-train",
+             "mtl_perception.evaluation.cli": "mtl-eval", "mtl_perception.ros.replay": "mtl-replay"}
+    if len(argv) > 2 and argv[1] == "-m" and argv[2] in names:
+        argv = [names[argv[2]], *argv[3:]]
+    return [a if a and " " not in a else repr(a) for a in argv]
