@@ -1,0 +1,70 @@
+"""The replay report folder: ``report.json``, a latency histogram and example overlays.
+
+Figures reuse ``mtl_perception.demo.figures`` (matplotlib, Agg) and overlays are drawn with
+``mtl_perception.visualize.draw_prediction``; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from mtl_perception import atomic_io
+from mtl_perception.demo.figures import example_strip, latency_histogram
+from mtl_perception.replay.outputs import Answer
+from mtl_perception.visualize import draw_prediction
+
+__all__ = ["json_ready", "write_report"]
+
+REPORT_NAME = "report.json"
+
+
+def json_ready(value: Any) -> Any:
+    """NaN/inf -> None and numpy scalars -> Python, recursively (strict JSON for other tools)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_overlays(out_dir: Path, frames: Mapping[int, np.ndarray], answers: Mapping[int, Answer],
+                   palette: Sequence[Sequence[int]] | None) -> list[Path]:
+    """One ``overlay_<stamp>.png`` per example frame, plus ``examples.png`` side by side."""
+    drawn, captions, paths = [], [], []
+    for stamp, rgb in sorted(frames.items()):
+        answer = answers.get(stamp)
+        if answer is None:
+            continue
+        mask = answer.mask if answer.mask is not None and answer.mask.shape == rgb.shape[:2] else None
+        overlay = draw_prediction(rgb, Answer(answer.boxes, answer.scores, answer.labels, answer.label_names, mask), palette)
+        path = out_dir / f"overlay_{stamp}.png"
+        atomic_io.write_with(path, lambda tmp, img=overlay: cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)))
+        drawn.append(overlay)
+        captions.append(f"stamp {stamp}: {len(answer.label_names)} detections")
+        paths.append(path)
+    if drawn:
+        paths.append(example_strip(drawn, captions, out_dir / "examples.png"))
+    return paths
+
+
+def write_report(out_dir: Path, report: dict[str, Any], latencies_ms: Sequence[float],
+                 frames: Mapping[int, np.ndarray], answers: Mapping[int, Answer],
+                 palette: Sequence[Sequence[int]] | None) -> Path:
+    """Write the figures, then ``report.json`` listing them; returns the JSON path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = [latency_histogram(latencies_ms, out_dir / "latency_histogram.png")]
+    figures += write_overlays(out_dir, frames, answers, palette)
+    report = {**report, "figures": [p.name for p in figures]}
+    path = out_dir / REPORT_NAME
+    atomic_io.write_json(path, json_ready(report))
+    return path

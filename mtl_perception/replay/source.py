@@ -1,0 +1,119 @@
+"""The frames a replay publishes: one image topic of one bag (ROS 1 or 2, any storage).
+
+Bag access goes through ``data_tools.bags`` (rosbags ``AnyReader``). Frames come out as the
+rosbags message plus its header stamp and bag time, and are turned into rclpy messages only
+in ``mtl_perception.ros.replay`` (so this module stays free of rclpy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rosbags.highlevel import AnyReader
+from rosbags.interfaces import Connection
+
+from data_tools.bags import COMPRESSED_TYPE, image_connections, is_bag, open_bag
+from data_tools.images import decode_compressed, decode_image, to_rgb8
+from mtl_perception.errors import UserError
+
+__all__ = ["BagFrame", "ImageBag", "open_image_bag"]
+
+
+@dataclass(frozen=True)
+class BagFrame:
+    """One image message of the replayed topic."""
+
+    index: int  # position within the topic
+    stamp_ns: int  # header stamp (the key the node's answers carry)
+    bag_time_ns: int  # when it was recorded (drives the replay rate)
+    msg: Any  # rosbags message (sensor_msgs Image or CompressedImage fields)
+    compressed: bool
+
+    def rgb(self) -> Any:
+        """The frame as RGB uint8 (for example overlays); raises ``ValueError`` if undecodable."""
+        return to_rgb8(decode_compressed(self.msg) if self.compressed else decode_image(self.msg))
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """``builtin_interfaces/Time`` (rosbags or rclpy) -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+@dataclass
+class ImageBag:
+    """An open bag restricted to one image connection."""
+
+    path: Path
+    reader: AnyReader
+    connection: Connection
+
+    @property
+    def topic(self) -> str:
+        return self.connection.topic
+
+    @property
+    def compressed(self) -> bool:
+        return self.connection.msgtype == COMPRESSED_TYPE
+
+    @property
+    def msgtype(self) -> str:
+        return self.connection.msgtype
+
+    def __len__(self) -> int:
+        return int(self.connection.msgcount)
+
+    def frames(self) -> Iterator[BagFrame | ValueError]:
+        """Frames in bag order; a message that cannot be deserialised yields its error instead."""
+        for index, (conn, bag_time, raw) in enumerate(self.reader.messages(connections=[self.connection])):
+            try:
+                msg = self.reader.deserialize(raw, conn.msgtype)
+            except Exception as err:  # rosbags raises several types for truncated/foreign data
+                yield ValueError(f"message {index} of {self.topic}: cannot be deserialised ({err})")
+                continue
+            yield BagFrame(index, stamp_to_ns(msg.header.stamp), int(bag_time), msg, self.compressed)
+
+
+def _choose_connection(path: Path, reader: AnyReader, topic: str | None) -> Connection:
+    images = image_connections(reader)
+    listing = ", ".join(sorted({f"{c.topic} ({c.msgtype.rsplit('/', 1)[-1]})" for c in images})) or "none"
+    if topic is not None:
+        matches = image_connections(reader, [topic])
+        if not matches:
+            raise UserError(f"{path}: no image topic {topic!r}; image topics in the bag: {listing}")
+    else:
+        matches = images
+        if not matches:
+            raise UserError(f"{path}: the bag has no sensor_msgs/Image or CompressedImage topic")
+        if len({c.topic for c in matches}) > 1:
+            raise UserError(f"{path}: several image topics, choose one with --topic: {listing}")
+    if len({c.msgtype for c in matches}) > 1:
+        raise UserError(f"{path}: topic {matches[0].topic} has several message types; cannot replay it")
+    # One topic can have several connections (e.g. split recordings); replay the busiest.
+    return max(matches, key=lambda c: c.msgcount)
+
+
+@contextmanager
+def open_image_bag(path: str | Path, topic: str | None = None) -> Iterator[ImageBag]:
+    """Open ``path`` and pick the image topic (``topic``, or the only one in the bag)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: bag not found")
+    if not is_bag(path):
+        raise UserError(f"{path}: not a bag (expected .bag, .db3, .mcap or a rosbag2 folder)")
+    stack = ExitStack()
+    try:
+        reader = stack.enter_context(open_bag(path))
+        connection = _choose_connection(path, reader, topic)
+    except UserError:
+        stack.close()
+        raise
+    except Exception as err:  # rosbags' reader errors: corrupt or foreign files
+        stack.close()
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: cannot read the bag ({first})") from None
+    with stack:  # errors of the caller's code inside the with-block pass through unchanged
+        yield ImageBag(path, reader, connection)
