@@ -41,7 +41,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from sequence import camera_frames  # noqa: E402
 
 from data_tools.images import rgb8_to_image_fields  # noqa: E402
-from mtl_perception.checkpoint import save_checkpoint  # noqa: E402
+from mtl_perception.checkpoint import model_fields, save_checkpoint  # noqa: E402
 from mtl_perception.errors import run_cli  # noqa: E402
 from mtl_perception.predictor import Predictor  # noqa: E402
 from mtl_perception.replay.outputs import OutputSink  # noqa: E402
@@ -79,17 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 def random_checkpoint(folder: Path, input_size: tuple[int, int]) -> Path:
     """A random-weights multi-task checkpoint (the bench measures speed, not accuracy)."""
     from mtl_perception.nets import build_model
-    from mtl_perception.visualize import default_palette
 
     torch.manual_seed(0)
     detection, segmentation = ["box", "cone", "ball"], ["background", "floor", "wall"]
     model = build_model("ssdlite_deeplabv3", len(detection), len(segmentation), input_size)
     path = folder / "bench_model.pt"
-    save_checkpoint(path, {
-        "arch": "ssdlite_deeplabv3", "model_kwargs": model.model_kwargs, "detection_classes": detection,
-        "segmentation_classes": segmentation, "palette": [list(c) for c in default_palette(len(segmentation))],
-        "input_size": list(input_size), "mean": list(model.mean), "std": list(model.std), "model": model.state_dict(),
-    })
+    save_checkpoint(path, model_fields(model, detection, segmentation))
     return path
 
 

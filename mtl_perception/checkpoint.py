@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -64,3 +65,32 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if missing:
         raise UserError(f"checkpoint {path} lacks field(s) {', '.join(missing)}")
     return payload
+
+
+def model_fields(
+    model: Any,
+    detection_classes: Sequence[str],
+    segmentation_classes: Sequence[str],
+    palette: Sequence[Sequence[int]] | None = None,
+) -> dict[str, Any]:
+    """The self-describing part of a checkpoint: everything ``Predictor`` needs to rebuild ``model``.
+
+    ``model`` is a ``mtl_perception.nets`` model (arch, model_kwargs, input_size, mean, std);
+    classes of a task the model lacks are stored as an empty list. Without a palette, the
+    default one (``visualize.default_palette``) is stored so the node can colour masks.
+    """
+    from mtl_perception.visualize import default_palette
+
+    tasks = set(model.tasks)
+    segmentation = list(segmentation_classes) if "segmentation" in tasks else []
+    return {
+        "arch": model.arch,
+        "model_kwargs": dict(model.model_kwargs),
+        "detection_classes": list(detection_classes) if "detection" in tasks else [],
+        "segmentation_classes": segmentation,
+        "palette": [list(c) for c in (palette if palette is not None else default_palette(len(segmentation)))],
+        "input_size": list(model.input_size),
+        "mean": [float(v) for v in model.mean],
+        "std": [float(v) for v in model.std],
+        "model": model.state_dict(),
+    }

@@ -41,9 +41,8 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (
     ``make_checkpoint(arch="ssdlite_deeplabv3", detection_classes=("box", "cone"),
     segmentation_classes=("background", "floor"), input_size=(64, 64))``.
     """
-    from mtl_perception.checkpoint import save_checkpoint
+    from mtl_perception.checkpoint import model_fields, save_checkpoint
     from mtl_perception.nets import build_model
-    from mtl_perception.visualize import default_palette
 
     def _make(
         arch: str = "ssdlite_deeplabv3",
@@ -57,20 +56,7 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (
         torch.manual_seed(seed)
         model = build_model(arch, len(detection_classes), len(segmentation_classes), input_size)
         path = tmp_path_factory.mktemp("ckpt") / f"{arch}.pt"
-        save_checkpoint(
-            path,
-            {
-                "arch": arch,
-                "model_kwargs": model.model_kwargs,
-                "detection_classes": list(detection_classes) if "detection" in model.tasks else [],
-                "segmentation_classes": list(segmentation_classes) if "segmentation" in model.tasks else [],
-                "palette": [list(c) for c in default_palette(len(segmentation_classes))],
-                "input_size": list(input_size),
-                "mean": list(model.mean),
-                "std": list(model.std),
-                "model": model.state_dict(),
-            },
-        )
+        save_checkpoint(path, model_fields(model, detection_classes, segmentation_classes))
         return path
 
     return _make

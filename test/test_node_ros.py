@@ -34,7 +34,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
-from mtl_perception.checkpoint import save_checkpoint
+from mtl_perception.checkpoint import model_fields, save_checkpoint
 from mtl_perception.nets import build_model
 
 pytestmark = pytest.mark.ros
@@ -56,11 +56,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
               "input_size": [HEIGHT, WIDTH]}
     model = build_model(**kwargs)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, {
-        "arch": kwargs["arch"], "model_kwargs": kwargs, "detection_classes": DETECTION_CLASSES,
-        "segmentation_classes": SEGMENTATION_CLASSES, "palette": [[0, 0, 0], [0, 200, 0], [0, 0, 200]],
-        "input_size": [HEIGHT, WIDTH], "mean": list(model.mean), "std": list(model.std), "model": model.state_dict(),
-    })
+    save_checkpoint(path, model_fields(model, DETECTION_CLASSES, SEGMENTATION_CLASSES, [[0, 0, 0], [0, 200, 0], [0, 0, 200]]))
     return path
 
 
