@@ -1,0 +1,66 @@
+"""Multi-task balancing: loss weightings and gradient methods, chosen independently.
+
+``build_weighting`` gives the module that turns per-task losses into weighted losses;
+``build_gradient_balancer`` the backward pass that turns those into parameter gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor
+
+from mtl_perception.balancing.gradient import GRAD_METHODS, BackwardStats, GradientBalancer, GradientSync
+from mtl_perception.balancing.weighting import WEIGHTINGS, LossWeighting, WeightedLosses
+from mtl_perception.errors import UserError
+
+__all__ = [
+    "GRAD_METHODS",
+    "WEIGHTINGS",
+    "BackwardStats",
+    "GradientBalancer",
+    "LossWeighting",
+    "WeightedLosses",
+    "build_gradient_balancer",
+    "build_weighting",
+]
+
+
+def build_weighting(name: str, tasks: Sequence[str], options: Mapping[str, Any] | None = None) -> LossWeighting:
+    """Loss weighting ``name`` for ``tasks``; ``options`` is the balancing config section."""
+    options = options or {}
+    if name not in WEIGHTINGS:
+        raise UserError(f"balancing.weighting: {name!r} is not one of {', '.join(WEIGHTINGS)}")
+    try:
+        if name == "constant":
+            return WEIGHTINGS[name](tasks, weights=options.get("task_weights"))
+        if name == "uncertainty":
+            return WEIGHTINGS[name](tasks, init_log_var=float(options.get("init_log_var", 0.0)))
+        if name == "dwa":
+            return WEIGHTINGS[name](tasks, temperature=float(options.get("dwa_temperature", 2.0)))
+        if name == "bmtl":
+            return WEIGHTINGS[name](tasks, temperature=float(options.get("bmtl_temperature", 1.0)))
+        return WEIGHTINGS[name](tasks)
+    except ValueError as err:
+        raise UserError(f"balancing: {err}") from None
+
+
+def build_gradient_balancer(
+    method: str,
+    weighting: LossWeighting,
+    shared_params: Sequence[Tensor],
+    head_params: Mapping[str, Sequence[Tensor]],
+    options: Mapping[str, Any] | None = None,
+    cosine_every: int = 0,
+    sync: GradientSync | None = None,
+) -> GradientBalancer:
+    """Backward pass for ``method`` over the model's shared and per-task (head) parameters.
+
+    Each task's weighting parameters join that task's head parameters, so they are trained by
+    the same backward and synchronised the same way across ranks.
+    """
+    task_params = {task: [*head_params[task], *weighting.task_parameters(task)] for task in weighting.tasks}
+    return GradientBalancer(
+        method, weighting.tasks, shared_params, task_params, options=options, cosine_every=cosine_every, sync=sync
+    )

@@ -1,0 +1,1 @@
+"""Training: config, dataset, transforms, loops, checkpoints, distributed helpers, ``mtl-train``."""

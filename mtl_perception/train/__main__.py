@@ -1,0 +1,5 @@
+"""``python -m mtl_perception.train`` = ``mtl-train``."""
+
+from mtl_perception.train.cli import main
+
+main()

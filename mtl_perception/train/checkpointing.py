@@ -1,0 +1,130 @@
+"""Training-state checkpoints on top of ``mtl_perception.checkpoint`` (CONTRACTS section 5).
+
+``training_payload`` collects everything needed to continue a run exactly (model, optimiser,
+scheduler, AMP scaler, balancer, position in the epoch, RNG state, best score) next to the
+self-describing model fields that inference needs; ``restore_training_state`` puts it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtl_perception.errors import UserError
+
+
+@dataclass
+class Progress:
+    """Where training stands. ``step_in_epoch`` batches of ``epoch`` are done."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_score: float = float("-inf")
+    metrics: dict[str, Any] = field(default_factory=dict)
+    epoch_loss_sums: dict[str, float] = field(default_factory=dict)  # raw loss per task, this epoch
+
+    def epoch_mean_losses(self) -> dict[str, float]:
+        """Mean raw loss per task over the steps of the current epoch (for DWA)."""
+        count = max(self.step_in_epoch, 1)
+        return {task: total / count for task, total in self.epoch_loss_sums.items()}
+
+    def next_epoch(self) -> None:
+        """Advance to the start of the next epoch."""
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_loss_sums = {}
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch RNG state (CPU and every CUDA device) as tensors, loadable with weights_only."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured (CUDA states only when CUDA is present)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def model_fields(model: nn.Module, info: Any) -> dict[str, Any]:
+    """The self-describing part of a checkpoint (what ``Predictor`` needs)."""
+    return {
+        "arch": model.arch,
+        "model_kwargs": dict(model.model_kwargs),
+        "detection_classes": list(info.detection_classes),
+        "segmentation_classes": list(info.segmentation_classes),
+        "palette": [list(c) for c in info.palette],
+        "input_size": list(model.input_size),
+        "mean": [float(v) for v in model.mean],
+        "std": [float(v) for v in model.std],
+        "model": model.state_dict(),
+    }
+
+
+def training_payload(
+    model: nn.Module,
+    info: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    weighting: nn.Module,
+    progress: Progress,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Full checkpoint dict for ``save_checkpoint``."""
+    return {
+        **model_fields(model, info),
+        "epoch": progress.epoch,
+        "step_in_epoch": progress.step_in_epoch,
+        "epoch_loss_sums": dict(progress.epoch_loss_sums),
+        "global_step": progress.global_step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "balancer": weighting.state_dict(),
+        "config": config,
+        "metrics": progress.metrics,
+        "best_score": progress.best_score,
+        "rng": rng_state(),
+    }
+
+
+def restore_training_state(
+    checkpoint: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    weighting: nn.Module,
+    source: str,
+) -> Progress:
+    """Load every training component from ``checkpoint``; UserError if it is not a training one."""
+    missing = [key for key in ("optimizer", "scheduler", "balancer", "epoch", "global_step", "rng") if key not in checkpoint]
+    if missing:
+        raise UserError(f"{source}: cannot resume, checkpoint lacks training field(s) {', '.join(missing)}")
+    try:
+        model.load_state_dict(checkpoint["model"])
+        weighting.load_state_dict(checkpoint["balancer"])
+    except RuntimeError as err:
+        raise UserError(f"{source}: weights do not fit this configuration ({str(err).splitlines()[0]})") from None
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    set_rng_state(checkpoint["rng"])
+    return Progress(
+        epoch=int(checkpoint["epoch"]),
+        step_in_epoch=int(checkpoint.get("step_in_epoch", 0)),
+        global_step=int(checkpoint["global_step"]),
+        best_score=float(checkpoint.get("best_score", float("-inf"))),
+        metrics=dict(checkpoint.get("metrics") or {}),
+        epoch_loss_sums={k: float(v) for k, v in (checkpoint.get("epoch_loss_sums") or {}).items()},
+    )

@@ -1,0 +1,132 @@
+"""The training and validation loops: one optimiser step, one epoch, one evaluation pass."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from mtl_perception.balancing import GradientBalancer, LossWeighting
+from mtl_perception.device import autocast
+from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
+
+Batch = tuple[list[Tensor], list[dict[str, Any]]]
+
+
+@dataclass
+class StepContext:
+    """Everything one optimiser step needs (identical for every balancing method)."""
+
+    model: nn.Module
+    weighting: LossWeighting
+    balancer: GradientBalancer
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp: bool
+    grad_clip_norm: float | None
+    before_forward: Callable[[], None] = lambda: None  # e.g. broadcast BatchNorm buffers (DDP)
+    clip_params: list[nn.Parameter] = field(default_factory=list)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move images and the tensor fields of every target to ``device``."""
+    images, targets = batch
+    moved = [{k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
+    return [image.to(device, non_blocking=True) for image in images], moved
+
+
+def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
+    """Forward, balanced backward, clip, optimiser and scheduler step; returns scalars to log."""
+    images, targets = to_device(batch, ctx.device)
+    ctx.before_forward()
+    with autocast(ctx.device, ctx.amp):
+        losses, features = ctx.model.forward_train(images, targets)
+    losses = {task: loss.float() for task, loss in losses.items()}
+    result = ctx.weighting.weigh(losses)
+    # Under AMP the aggregator sees loss-scaled Jacobian rows. Most aggregators are positively
+    # homogeneous (scaling every row scales the result), so unscaling afterwards gives the
+    # aggregate of the unscaled Jacobian; nash_mtl is not (its weights and max-norm clip depend on
+    # the scale). inf/NaN from an overflow still reach .grad and make the scaler skip the step.
+    stats = ctx.balancer.backward(result.weighted, features, step, scale=ctx.scaler.scale)
+    ctx.scaler.unscale_(ctx.optimizer)
+    grad_norm = math.nan
+    if ctx.grad_clip_norm is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(ctx.clip_params, ctx.grad_clip_norm))
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    scalars = {f"loss/{task}": float(loss.detach()) for task, loss in losses.items()}
+    scalars |= {f"weighted_loss/{task}": float(loss.detach()) for task, loss in result.weighted.items()}
+    scalars |= {f"weight/{task}": value for task, value in result.weights.items()}
+    scalars |= {f"cosine/{pair}": value for pair, value in stats.cosine.items()}
+    scalars |= {f"aggregator_weight/{task}": value for task, value in stats.aggregator_weights.items()}
+    scalars["loss/total"] = float(result.total.detach())
+    scalars["lr"] = float(ctx.optimizer.param_groups[0]["lr"])
+    if not math.isnan(grad_norm):
+        scalars["grad_norm"] = grad_norm
+    return scalars
+
+
+def train_one_epoch(
+    ctx: StepContext,
+    batches: Iterable[Batch],
+    first_step: int,
+    on_step: Callable[[int, dict[str, float]], bool],
+    total: int | None = None,
+    progress: bool = True,
+    description: str = "train",
+) -> int:
+    """Run the batches; ``on_step(global_step, scalars)`` after each returns False to stop early.
+
+    Returns the number of steps run.
+    """
+    ctx.model.train()
+    step = first_step
+    bar = tqdm(batches, total=total, desc=description, disable=not progress, leave=False)
+    for batch in bar:
+        scalars = train_step(ctx, batch, step)
+        step += 1
+        bar.set_postfix(loss=f"{scalars['loss/total']:.3f}")
+        if not on_step(step, scalars):
+            break
+    return step - first_step
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    device: torch.device,
+    detection_classes: Sequence[str],
+    num_segmentation_classes: int,
+    amp: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Validation metrics at input resolution: ``{"detection": ..., "segmentation": ..., "score"}``."""
+    model.eval()
+    detector = DetectionEvaluator(detection_classes) if "detection" in model.tasks else None
+    confusion = ConfusionMatrix(num_segmentation_classes) if "segmentation" in model.tasks else None
+    for batch in tqdm(batches, desc="val", disable=not progress, leave=False):
+        images, targets = to_device(batch, device)
+        with autocast(device, amp):
+            predictions = model(images)
+        if detector is not None:
+            detector.update(predictions, targets)
+        if confusion is not None:
+            for prediction, target in zip(predictions, targets, strict=True):
+                confusion.update(prediction["mask"], target["mask"])
+    metrics: dict[str, Any] = {}
+    if detector is not None:
+        metrics["detection"] = detector.compute()
+    if confusion is not None:
+        metrics["segmentation"] = confusion.compute()
+    metrics["score"] = combined_score(metrics)
+    return metrics
