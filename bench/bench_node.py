@@ -41,7 +41,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from sequence import camera_frames  # noqa: E402
 
 from data_tools.images import rgb8_to_image_fields  # noqa: E402
-from mtl_perception.checkpoint import model_fields, save_checkpoint  # noqa: E402
+from mtl_perception.checkpoint import inference_fields, save_checkpoint  # noqa: E402
 from mtl_perception.errors import run_cli  # noqa: E402
 from mtl_perception.predictor import Predictor  # noqa: E402
 from mtl_perception.replay.outputs import OutputSink  # noqa: E402
@@ -84,7 +84,7 @@ def random_checkpoint(folder: Path, input_size: tuple[int, int]) -> Path:
     detection, segmentation = ["box", "cone", "ball"], ["background", "floor", "wall"]
     model = build_model("ssdlite_deeplabv3", len(detection), len(segmentation), input_size)
     path = folder / "bench_model.pt"
-    save_checkpoint(path, model_fields(model, detection, segmentation))
+    save_checkpoint(path, inference_fields(model, detection, segmentation))
     return path
 
 

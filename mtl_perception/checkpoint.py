@@ -67,7 +67,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return payload
 
 
-def model_fields(
+def inference_fields(
     model: Any,
     detection_classes: Sequence[str],
     segmentation_classes: Sequence[str],

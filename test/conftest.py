@@ -41,7 +41,7 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (
     ``make_checkpoint(arch="ssdlite_deeplabv3", detection_classes=("box", "cone"),
     segmentation_classes=("background", "floor"), input_size=(64, 64))``.
     """
-    from mtl_perception.checkpoint import model_fields, save_checkpoint
+    from mtl_perception.checkpoint import inference_fields, save_checkpoint
     from mtl_perception.nets import build_model
 
     def _make(
@@ -56,7 +56,7 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (
         torch.manual_seed(seed)
         model = build_model(arch, len(detection_classes), len(segmentation_classes), input_size)
         path = tmp_path_factory.mktemp("ckpt") / f"{arch}.pt"
-        save_checkpoint(path, model_fields(model, detection_classes, segmentation_classes))
+        save_checkpoint(path, inference_fields(model, detection_classes, segmentation_classes))
         return path
 
     return _make

@@ -34,7 +34,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 
-from mtl_perception.checkpoint import model_fields, save_checkpoint
+from mtl_perception.checkpoint import inference_fields, save_checkpoint
 from mtl_perception.nets import build_model
 
 pytestmark = pytest.mark.ros
@@ -56,7 +56,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
               "input_size": [HEIGHT, WIDTH]}
     model = build_model(**kwargs)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, model_fields(model, DETECTION_CLASSES, SEGMENTATION_CLASSES, [[0, 0, 0], [0, 200, 0], [0, 0, 200]]))
+    save_checkpoint(path, inference_fields(model, DETECTION_CLASSES, SEGMENTATION_CLASSES, [[0, 0, 0], [0, 200, 0], [0, 0, 200]]))
     return path
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtl_perception.checkpoint import inference_fields
 from mtl_perception.errors import UserError
 
 
@@ -54,21 +55,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def model_fields(model: nn.Module, info: Any) -> dict[str, Any]:
-    """The self-describing part of a checkpoint (what ``Predictor`` needs)."""
-    return {
-        "arch": model.arch,
-        "model_kwargs": dict(model.model_kwargs),
-        "detection_classes": list(info.detection_classes),
-        "segmentation_classes": list(info.segmentation_classes),
-        "palette": [list(c) for c in info.palette],
-        "input_size": list(model.input_size),
-        "mean": [float(v) for v in model.mean],
-        "std": [float(v) for v in model.std],
-        "model": model.state_dict(),
-    }
-
-
 def training_payload(
     model: nn.Module,
     info: Any,
@@ -81,7 +67,7 @@ def training_payload(
 ) -> dict[str, Any]:
     """Full checkpoint dict for ``save_checkpoint``."""
     return {
-        **model_fields(model, info),
+        **inference_fields(model, info.detection_classes, info.segmentation_classes, info.palette),
         "epoch": progress.epoch,
         "step_in_epoch": progress.step_in_epoch,
         "epoch_loss_sums": dict(progress.epoch_loss_sums),
