@@ -15,6 +15,8 @@ help:
 	@echo "make demo   - the whole pipeline on the built-in synthetic bag (creates .venv)"
 	@echo "make test   - the test suite (creates .venv)"
 	@echo "make bench  - every benchmark, one table"
+	@echo "make venv   - only create/update .venv (both commands above do it themselves)"
+	@echo "make clean-venv - delete .venv"
 
 venv: $(STAMP)
 

@@ -55,6 +55,9 @@ def test_killed_run_resumes_to_identical_parameters(dataset_root: Path, tmp_path
     cli.run(_args(dataset_root, tmp_path, "resumed", *common, "max_steps=4"))  # stops mid epoch 2
     stopped = load_checkpoint(tmp_path / "resumed" / "last.pt")
     assert (stopped["epoch"], stopped["step_in_epoch"], stopped["global_step"]) == (1, 1, 4)
+    # Resuming with the same step limit has nothing left to do (overrides after a flag work too).
+    cli.run(_args(dataset_root, tmp_path, "resumed", "--resume", "max_steps=4"))
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["global_step"] == 4
     cli.run(_args(dataset_root, tmp_path, "resumed", "max_steps=0", "--resume"))
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")
     resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")

@@ -40,7 +40,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and train; returns the exit status (UserError propagates)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may stand on both sides of flags
     config = resolve_config(args)
     if args.print_config:
         import yaml

@@ -185,7 +185,6 @@ class Trainer:
         config = self.config
         if self.context.is_main:
             save_config(config, self.run_dir / "config.yaml")
-        stopped = False
 
         def on_step(step: int, scalars: dict[str, float]) -> bool:
             nonlocal stopped
@@ -203,6 +202,8 @@ class Trainer:
                 return False
             return True
 
+        # A run resumed after it reached max_steps has nothing left to do.
+        stopped = bool(config.max_steps) and self.progress.global_step >= config.max_steps
         while self.progress.epoch < config.optim.epochs and not stopped:
             epoch = self.progress.epoch
             self.train_set.set_epoch(epoch)
