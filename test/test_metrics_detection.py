@@ -158,3 +158,24 @@ def test_combined_score() -> None:
     assert combined_score({"map": 0.3}) == pytest.approx(0.3)
     assert combined_score({"map": float("nan"), "miou": 0.7}) == pytest.approx(0.7)
     assert math.isnan(combined_score({}))
+
+
+def test_only_the_best_max_detections_per_image_count() -> None:
+    """Like COCOeval: a flood of low-score boxes beyond the limit changes nothing, and no warning."""
+    import warnings
+
+    target = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "labels": torch.tensor([1])}]
+    good = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
+    flood = {
+        "boxes": torch.cat([good["boxes"], torch.tensor([[60.0, 60.0, 70.0, 70.0]]).repeat(150, 1)]),
+        "scores": torch.cat([good["scores"], torch.full((150,), 0.1)]),
+        "labels": torch.cat([good["labels"], torch.ones(150, dtype=torch.int64)]),
+    }
+    clean, flooded = DetectionEvaluator(["a"], max_detections=100), DetectionEvaluator(["a"], max_detections=100)
+    clean.update([good], target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flooded.update([flood], target)
+        result = flooded.compute()
+    assert result["map"] == pytest.approx(clean.compute()["map"])
+    assert result["map_50"] == pytest.approx(1.0)

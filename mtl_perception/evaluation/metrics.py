@@ -81,14 +81,7 @@ class DetectionEvaluator:
         """Add one batch of per-image predictions and ground truth (moved to the CPU)."""
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predictions for {len(targets)} targets")
-        cpu_preds = [
-            {
-                "boxes": torch.as_tensor(p["boxes"], dtype=torch.float32).reshape(-1, 4).cpu(),
-                "scores": torch.as_tensor(p["scores"], dtype=torch.float32).reshape(-1).cpu(),
-                "labels": torch.as_tensor(p["labels"], dtype=torch.int64).reshape(-1).cpu(),
-            }
-            for p in preds
-        ]
+        cpu_preds = [self._top_detections(p) for p in preds]
         cpu_targets = []
         for t in targets:
             target = {
@@ -100,6 +93,17 @@ class DetectionEvaluator:
             cpu_targets.append(target)
         self._metric.update(cpu_preds, cpu_targets)
         self._num_images += len(preds)
+
+    def _top_detections(self, pred: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One image's predictions on the CPU, only the ``max_detections`` best (COCO's rule:
+        COCOeval keeps the top-scoring ones too; cutting here keeps torchmetrics from warning)."""
+        scores = torch.as_tensor(pred["scores"], dtype=torch.float32).reshape(-1).cpu()
+        keep = torch.argsort(scores, descending=True, stable=True)[: self.max_detections]
+        return {
+            "boxes": torch.as_tensor(pred["boxes"], dtype=torch.float32).reshape(-1, 4).cpu()[keep],
+            "scores": scores[keep],
+            "labels": torch.as_tensor(pred["labels"], dtype=torch.int64).reshape(-1).cpu()[keep],
+        }
 
     def compute(self) -> dict[str, Any]:
         """COCO summary of everything added since the last reset (see the class docstring)."""
