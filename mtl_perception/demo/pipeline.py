@@ -8,6 +8,7 @@ existing output is reused), so a second ``make demo`` only redoes what is missin
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -158,7 +159,8 @@ def run_step(step: Step, log_dir: Path) -> bool:
     log_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with open(log_dir / f"{step.name}.log", "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(step.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # stream the child's lines as they come
+        proc = subprocess.Popen(step.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
