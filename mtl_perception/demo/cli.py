@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from mtl_perception.demo.pipeline import DemoConfig, Step, load_demo_config, plan, run_step
+from mtl_perception.demo.pipeline import DemoConfig, Step, is_up_to_date, load_demo_config, plan, run_step
 from mtl_perception.demo.report import build_report, fmt
 from mtl_perception.errors import UserError, run_cli
 
@@ -71,6 +71,10 @@ def _main() -> int:
     for step in steps:
         if step.name == "train":
             _train_step(step, config)
+        if is_up_to_date(step):
+            print(f"\n[{step.name}] reusing {step.result} (newer than {step.source})")
+            step.status = "reused"
+            continue
         if not run_step(step, config.report_dir / "logs"):
             print(f"\n[{step.name}] failed; see {config.report_dir / 'logs' / (step.name + '.log')}", file=sys.stderr)
             break
@@ -79,7 +83,7 @@ def _main() -> int:
             step.status = "not run"
     page, summary = build_report(config, steps)
     _print_summary(steps, summary, page, time.monotonic() - start)
-    return 0 if all(s.status == "ok" for s in steps) else 1
+    return 0 if all(s.status in ("ok", "reused") for s in steps) else 1
 
 
 def main() -> None:

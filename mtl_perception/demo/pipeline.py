@@ -116,6 +116,10 @@ class Step:
 
     name: str
     argv: list[str]
+    # The step's result file and what it is computed from: when the result is newer than its
+    # source, a second demo run reuses it instead of running the step again.
+    result: Path | None = None
+    source: Path | None = None
     status: str = "pending"
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -145,12 +149,21 @@ def plan(config: DemoConfig) -> list[Step]:
         Step("train", _tool("mtl_perception.train", "--config", config.train_config, f"data.root={config.dataset}",
                             f"output_dir={config.run_dir.parent}", f"name={train_name}", *config.train_overrides)),
         Step("eval", _tool("mtl_perception.evaluation.cli", "--checkpoint", config.run_dir / "best.pt",
-                           "--data", config.dataset, "--split", "val", "--out", config.metrics_json)),
+                           "--data", config.dataset, "--split", "val", "--out", config.metrics_json),
+             result=config.metrics_json, source=config.run_dir / "best.pt"),
         Step("replay", _tool("mtl_perception.ros.replay", config.bag, "--model", config.run_dir / "best.pt",
                              "--ground-truth", config.dataset, "--out", config.replay_dir,
                              *(["--lockstep"] if config.replay.lockstep else []),
-                             *(["--max-frames", config.replay.max_frames] if config.replay.max_frames else []))),
+                             *(["--max-frames", config.replay.max_frames] if config.replay.max_frames else [])),
+             result=config.replay_dir / "report.json", source=config.run_dir / "best.pt"),
     ]
+
+
+def is_up_to_date(step: Step) -> bool:
+    """True when the step's result exists and is newer than what it was computed from."""
+    if step.result is None or step.source is None or not step.result.is_file() or not step.source.is_file():
+        return False
+    return step.result.stat().st_mtime >= step.source.stat().st_mtime
 
 
 def run_step(step: Step, log_dir: Path) -> bool:

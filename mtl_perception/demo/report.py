@@ -71,7 +71,7 @@ def headline(metrics: Mapping[str, Any] | None, replay: Mapping[str, Any] | None
         "pixel accuracy": segmentation.get("pixel_accuracy"),
         "model latency ms/frame": model.get("latency_ms"),
         "replay p50 latency ms": latency.get("p50"),
-        "replay frames in/out": f"{(replay or {}).get('frames_in', 'n/a')}/{(replay or {}).get('frames_out', 'n/a')}",
+        "replay frames sent/answered": f"{(replay or {}).get('frames_sent', 'n/a')}/{(replay or {}).get('frames_answered', 'n/a')}",
     }
 
 
