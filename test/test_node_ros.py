@@ -30,6 +30,7 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter, parameter_value_to_python
+from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
@@ -304,14 +305,17 @@ def test_bad_frames_are_counted_and_do_not_kill_the_node(yaml_node: tuple[NodePr
     truncated.data = bytes(truncated.data)[:100]
     empty = Image(header=_header(306, "front_camera"), encoding="rgb8")
     resized = _rgb8(_header(307, "front_camera"), _frame(HEIGHT * 2, WIDTH * 2))
-    for bad in (bad_encoding, truncated, empty, resized):
+    # Serialized bytes that are no valid Image (rclpy publishes bytes as they are): the node
+    # subscribes raw and deserialises in its worker, so this is a bad frame, not a crash.
+    malformed = serialize_message(good)[:64]
+    for bad in (bad_encoding, truncated, empty, malformed, resized):
         publisher.publish(bad)
         client.spin_until(lambda: False, timeout=0.4)  # let the worker take each frame (no drops)
 
     def counted() -> bool:
         values = _diagnostic_values(diagnostics)
         return (int(values.get("errors: unsupported encoding", 0)) >= 1 and int(values.get("errors: bad image", 0)) >= 2
-                and int(values.get("errors: size changed", 0)) >= 1)
+                and int(values.get("errors: bad message", 0)) >= 1 and int(values.get("errors: size changed", 0)) >= 1)
 
     assert client.spin_until(counted, timeout=20.0), (_diagnostic_values(diagnostics), node.output())
     # The resized frame is valid: it is processed at its own resolution.
@@ -321,7 +325,7 @@ def test_bad_frames_are_counted_and_do_not_kill_the_node(yaml_node: tuple[NodePr
     values = _diagnostic_values(diagnostics)
     assert values["device"] == "cpu" and values["model"].endswith("tiny.pt")
     assert float(values["processed rate (Hz)"]) >= 0.0 and values["latency p50 (ms)"] != "n/a"
-    assert int(values["frames received"]) >= 6 and "frames dropped" in values
+    assert int(values["frames received"]) >= 7 and "frames dropped" in values
     assert "skipped a frame: unsupported encoding" in node.output()
 
 
@@ -373,13 +377,15 @@ def test_bad_start_is_one_clear_line_and_exit_2(case: str, bad_starts: dict[str,
 
 def test_lifecycle_transitions_and_overlay_on_demand(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process: autostart off, configure/activate/deactivate/re-activate/cleanup; the overlay
-    is drawn only while someone subscribes to it."""
+    and the colour mask are drawn only while someone subscribes to them."""
     import mtl_perception.ros.node as node_module
     from mtl_perception.ros.node import PerceptionNode
 
     drawn: list[int] = []
-    real_overlay = node_module.overlay_message
+    colourised: list[int] = []
+    real_overlay, real_color = node_module.overlay_message, node_module.color_mask_message
     monkeypatch.setattr(node_module, "overlay_message", lambda *a, **k: drawn.append(1) or real_overlay(*a, **k))
+    monkeypatch.setattr(node_module, "color_mask_message", lambda *a, **k: colourised.append(1) or real_color(*a, **k))
     context = Context()
     rclpy.init(context=context, args=["--ros-args", "-p", f"model_path:={checkpoint}", "-p", "device:=cpu",
                                       "-p", "autostart:=false", "-p", "warmup_iterations:=0",
@@ -411,15 +417,17 @@ def test_lifecycle_transitions_and_overlay_on_demand(checkpoint: Path, monkeypat
         assert not round_trip(1, timeout=1.0)  # configured but inactive: no subscription yet
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         assert round_trip(2)
-        assert drawn == []  # nobody subscribed to ~/overlay: never drawn
+        assert drawn == [] and colourised == []  # nobody subscribed to ~/overlay, ~/segmentation/color
         overlays: list[Image] = []
+        colors: list[Image] = []
         helper.create_subscription(Image, "/inproc/perception_node/overlay", overlays.append, 10)
+        helper.create_subscription(Image, "/inproc/perception_node/segmentation/color", colors.append, 10)
         assert round_trip(3)
         deadline = time.monotonic() + 20.0
-        while not overlays and time.monotonic() < deadline:
+        while not (overlays and colors) and time.monotonic() < deadline:
             publisher.publish(_rgb8(_header(4, "inproc"), _frame()))
             executor.spin_once(timeout_sec=0.1)
-        assert overlays and drawn
+        assert overlays and drawn and colors and colourised
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert not round_trip(5, timeout=1.0)
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS  # reloads the released model

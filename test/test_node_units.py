@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -164,6 +165,19 @@ def test_mailbox_keeps_only_the_newest_item() -> None:
     assert box.put(2) is True  # 1 was never read: dropped
     assert box.take(timeout=0.1) == 2
     assert box.take(timeout=0.01) is None  # empty: times out
+
+
+def test_mailbox_put_wakes_a_waiting_worker_at_once() -> None:
+    """The worker blocks without a timeout and is notified by ``put`` (no polling delay)."""
+    box: Mailbox[float] = Mailbox()
+    woken: list[float] = []
+    worker = threading.Thread(target=lambda: woken.append(time.monotonic() - box.take()))
+    worker.start()
+    time.sleep(0.05)  # let the worker block in take()
+    box.put(time.monotonic())
+    worker.join(timeout=2.0)
+    assert not worker.is_alive() and len(woken) == 1
+    assert woken[0] < 0.5  # a polling loop would add its period; a notify is immediate (generous bound: shared CI)
 
 
 def test_mailbox_close_wakes_a_waiting_worker() -> None:

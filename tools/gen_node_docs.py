@@ -106,7 +106,7 @@ def topic_rows() -> tuple[list[list[str]], list[list[str]]]:
          "`score`; `id` = index in the frame"],
         [f"`{node.SEGMENTATION_TOPIC}`", ros_type(Image), "`publish_segmentation`",
          "`mono8` class ids at input resolution (0 = background)"],
-        [f"`{node.COLOR_TOPIC}`", ros_type(Image), "`publish_color`", "`rgb8` mask coloured with `palette`"],
+        [f"`{node.COLOR_TOPIC}`", ros_type(Image), "`publish_color`", "`rgb8` mask coloured with `palette`; drawn only while someone subscribes"],
         [f"`{node.OVERLAY_TOPIC}`", ros_type(Image), "`publish_overlay`",
          "`rgb8` frame with boxes and the blended mask; drawn only while someone subscribes"],
         ["`/diagnostics`", ros_type(DiagnosticArray), "always",
