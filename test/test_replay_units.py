@@ -90,7 +90,7 @@ def test_processed_dataset_ground_truth(tmp_path: Path) -> None:
     ("make", "message"),
     [
         (lambda p: p / "missing.json", "not found"),
-        (lambda p: (p / "bad.json").write_text("{oops") and p / "bad.json", "not readable JSON"),
+        (lambda p: (p / "bad.json").write_text("{oops") and p / "bad.json", "not valid JSON"),
         (lambda p: _coco_file(p / "nostamp.json", images=[{"id": 1, "file_name": "a.png"}]), "no image has a 'stamp_ns'"),
         (lambda p: p, "not a processed dataset"),
     ],

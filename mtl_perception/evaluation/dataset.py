@@ -10,7 +10,6 @@ dataset's ids mean nothing to our model. Problems with single items are counted 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from data_tools.summary import JobSummary
 from mtl_perception.errors import UserError
+from mtl_perception.json_files import read_json
 
 __all__ = ["EvalDataset", "EvalSample", "IGNORE_INDEX", "SPLITS"]
 
@@ -38,15 +38,6 @@ class EvalSample:
     rgb: np.ndarray  # [H, W, 3] uint8
     target: dict[str, torch.Tensor]  # boxes xyxy float32, labels int64 (1-based), iscrowd int64
     mask: np.ndarray | None  # [H, W] uint8 checkpoint segmentation ids, 255 = ignore; None = no mask
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
 
 
 def _key(name: str) -> str:
@@ -90,7 +81,7 @@ class EvalDataset:
         if split not in SPLITS:
             raise UserError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
         annotations_path = self.root / "annotations.json"
-        coco = _read_json(annotations_path)
+        coco = read_json(annotations_path)
         if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
             raise UserError(f"{annotations_path}: not a COCO file (no 'images' list)")
         images = {image["id"]: image for image in coco["images"] if isinstance(image, dict) and "id" in image}
@@ -120,7 +111,7 @@ class EvalDataset:
         if split == "all":
             return list(images.values())
         splits_path = self.root / "splits.json"
-        splits = _read_json(splits_path)
+        splits = read_json(splits_path)
         if not isinstance(splits, dict) or not isinstance(splits.get(split), list):
             raise UserError(f"{splits_path}: no {split!r} list (use --split all to evaluate every image)")
         selected = []
@@ -137,7 +128,7 @@ class EvalDataset:
         if not classes_path.is_file():
             self.summary.add("segmentation not scored (no classes.json)")
             return None
-        classes = _read_json(classes_path)
+        classes = read_json(classes_path)
         dataset_classes = classes.get("segmentation_classes") if isinstance(classes, dict) else None
         if not isinstance(dataset_classes, list) or not dataset_classes:
             raise UserError(f"{classes_path}: no 'segmentation_classes' list")

@@ -15,7 +15,6 @@ Masks are produced lazily (one frame at a time) so long bags do not hold every m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from pycocotools import mask as mask_utils
 
 from data_tools.summary import JobSummary
 from mtl_perception.errors import UserError
+from mtl_perception.json_files import read_json
 
 __all__ = ["FrameTruth", "GroundTruth", "load_ground_truth"]
 
@@ -59,15 +59,6 @@ class GroundTruth:
 
     def __len__(self) -> int:
         return len(self.frames)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not readable JSON ({err})") from None
 
 
 def _xywh_to_xyxy(bbox: Any) -> list[float] | None:
@@ -133,8 +124,8 @@ def _boxes(anns: list[dict[str, Any]], category_names: dict[int, str], detection
 def _load_processed(folder: Path) -> GroundTruth:
     """A ``mtl-data build`` dataset folder (CONTRACTS §4)."""
     summary = JobSummary("ground truth")
-    classes = _read_json(folder / "classes.json")
-    coco = _read_json(folder / "annotations.json")
+    classes = read_json(folder / "classes.json")
+    coco = read_json(folder / "annotations.json")
     detection_classes = list(classes.get("detection_classes") or [])
     segmentation_classes = list(classes.get("segmentation_classes") or []) or None
     category_names = {c["id"]: c["name"] for c in coco.get("categories", [])}
@@ -179,7 +170,7 @@ def _rasterise(anns: list[dict[str, Any]], height: int, width: int, class_of: di
 def _load_coco(path: Path) -> GroundTruth:
     """A COCO file whose images carry ``stamp_ns`` (e.g. the synth bag's ``synth_coco.json``)."""
     summary = JobSummary("ground truth")
-    coco = _read_json(path)
+    coco = read_json(path)
     if not isinstance(coco, dict) or not isinstance(coco.get("categories"), list):
         raise UserError(f"{path}: not a COCO file (no 'categories' list)")
     categories = sorted(coco["categories"], key=lambda c: c["id"])

@@ -7,7 +7,6 @@ fails with one clear line before training starts rather than in a worker mid-epo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision import tv_tensors
 
 from mtl_perception.errors import UserError
+from mtl_perception.json_files import read_json
 
 IGNORE_INDEX = 255
 
@@ -34,12 +34,7 @@ class DatasetInfo:
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise UserError(f"{path} does not exist (is {path.parent} a processed dataset from `mtl-data build`?)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    return read_json(path, hint=f"is {path.parent} a processed dataset from `mtl-data build`?")
 
 
 def read_dataset_info(root: str | Path) -> DatasetInfo:
