@@ -62,7 +62,7 @@ def headline(metrics: Mapping[str, Any] | None, replay: Mapping[str, Any] | None
     metrics = metrics or {}
     detection = metrics.get("detection", {}) or {}
     segmentation = metrics.get("segmentation", {}) or {}
-    model = metrics.get("model", {}) or {}
+    model = metrics.get("profile", {}) or {}
     latency = (replay or {}).get("latency_ms", {}) or {}
     return {
         "mAP@[.5:.95]": detection.get("map"),
