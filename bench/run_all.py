@@ -24,7 +24,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 SCRIPTS = ["bench_prune.py", "bench_balancing.py", "bench_latency.py", "bench_node.py"]
-RESULT_RE = re.compile(r"^RESULT\s+([\w.]+)=([-+0-9.eEnaif]+)\s*$")
+RESULT_PAIR = re.compile(r"([\w.]+)=([-+0-9.eEnaif]+)")  # one or more per "RESULT ..." line
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ def run_script(script: str, quick: bool) -> tuple[list[tuple[str, float]], str]:
     print(f"== {script}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCH_DIR.parent)
     sys.stdout.write(proc.stdout)
-    results = [(m.group(1), float(m.group(2))) for line in proc.stdout.splitlines() if (m := RESULT_RE.match(line))]
+    results = [(name, float(value)) for line in proc.stdout.splitlines() if line.startswith("RESULT ")
+               for name, value in RESULT_PAIR.findall(line)]
     error = "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["failed"])[-1]
     return results, error
 
