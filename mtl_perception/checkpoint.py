@@ -46,6 +46,16 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
         torch.save(payload, tmp)
 
 
+def _load_failure_reason(err: Exception) -> str:
+    """A short reason for a failed ``torch.load`` (torch's own messages run over many lines)."""
+    text = str(err).strip()
+    if "Weights only load failed" in text:
+        # Either not a torch file at all, or one holding pickled Python objects, which
+        # weights_only loading refuses on purpose (they could run code).
+        return "not a torch checkpoint, or it holds Python objects that are not loaded for safety"
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate a checkpoint; every problem is one clear ``UserError``."""
     path = Path(path)
@@ -54,8 +64,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for corrupt/foreign files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"checkpoint {path} cannot be read ({first_line})") from None
+        raise UserError(f"checkpoint {path} cannot be read ({_load_failure_reason(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"checkpoint {path} is not an mtl_perception checkpoint (no format={FORMAT!r} field)")
     version = payload.get("version")
