@@ -400,11 +400,15 @@ def test_lifecycle_transitions_and_overlay_on_demand(checkpoint: Path, monkeypat
     publisher = helper.create_publisher(Image, "/inproc/camera", 10)
 
     def round_trip(sec: int, timeout: float = 20.0) -> bool:
+        # Publish, then give the executor time to deliver the answer before publishing again: a
+        # frame per spin would keep the node's subscription always ready and starve the helper's.
         msg = _rgb8(_header(sec, "inproc"), _frame())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not _with_stamp(masks, sec):
             publisher.publish(msg)
-            executor.spin_once(timeout_sec=0.1)
+            resend = min(deadline, time.monotonic() + 0.5)
+            while time.monotonic() < resend and not _with_stamp(masks, sec):
+                executor.spin_once(timeout_sec=0.05)
         return bool(_with_stamp(masks, sec))
 
     try:
@@ -426,7 +430,8 @@ def test_lifecycle_transitions_and_overlay_on_demand(checkpoint: Path, monkeypat
         deadline = time.monotonic() + 20.0
         while not (overlays and colors) and time.monotonic() < deadline:
             publisher.publish(_rgb8(_header(4, "inproc"), _frame()))
-            executor.spin_once(timeout_sec=0.1)
+            for _ in range(10):
+                executor.spin_once(timeout_sec=0.05)
         assert overlays and drawn and colors and colourised
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert not round_trip(5, timeout=1.0)
