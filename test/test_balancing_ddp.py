@@ -59,6 +59,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             **{f"w.{k}": v.detach().clone() for k, v in weighting.named_parameters()},
         }
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    dist.barrier()  # leave together: gloo aborts a rank whose peer tears down mid-operation
     dist.destroy_process_group()
 
 

@@ -51,13 +51,15 @@ def run(argv: Sequence[str] | None = None) -> int:
     from mtl_perception.train.trainer import Trainer
 
     context = init_distributed()
+    finished = False
     try:
         trainer = Trainer(config, context)
         if args.resume:
             trainer.resume()
         result = trainer.train()
+        finished = True
     finally:
-        shutdown_distributed()
+        shutdown_distributed(wait_for_peers=finished)
     if context.is_main:
         best = result.progress.best_score
         print(f"{PROG}: {result.progress.global_step} steps, {result.progress.epoch} epochs; best score {best:.4f}; run in {result.run_dir}")

@@ -58,9 +58,16 @@ def device_spec_for_rank(spec: str, context: DistributedContext) -> str:
     return spec
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group (safe to call without one)."""
+def shutdown_distributed(wait_for_peers: bool = True) -> None:
+    """Leave the process group (safe to call without one).
+
+    After a normal finish all ranks meet at a barrier first: gloo aborts a process ("terminate
+    called without an active exception") whose peer destroys the group while it is still
+    communicating. After an error there is no barrier, since the peers may never reach it.
+    """
     if dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 
