@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from mtl_perception.atomic_io import write_text
 from mtl_perception.balancing import GRAD_METHODS, WEIGHTINGS
@@ -73,18 +73,12 @@ class BalancingConfig(Section):
     nash_optim_niter: int = Field(20, ge=1)
     cosine_every: int = Field(50, ge=0)  # plain backward only; 0 = never
 
-    @field_validator("weighting")
+    @field_validator("weighting", "grad_method")
     @classmethod
-    def _known_weighting(cls, value: str) -> str:
-        if value not in WEIGHTINGS:
-            raise ValueError(f"{value!r} is not one of {', '.join(WEIGHTINGS)}")
-        return value
-
-    @field_validator("grad_method")
-    @classmethod
-    def _known_method(cls, value: str) -> str:
-        if value not in GRAD_METHODS:
-            raise ValueError(f"{value!r} is not one of {', '.join(GRAD_METHODS)}")
+    def _known_name(cls, value: str, info: ValidationInfo) -> str:
+        known = WEIGHTINGS if info.field_name == "weighting" else GRAD_METHODS
+        if value not in known:
+            raise ValueError(f"{value!r} is not one of {', '.join(known)}")
         return value
 
 
