@@ -9,7 +9,9 @@ from torch import Tensor
 
 DETECTION = "detection"
 SEGMENTATION = "segmentation"
-TASKS = (DETECTION, SEGMENTATION)
+DEPTH = "depth"
+# The order of tasks everywhere (loss dicts, parameter groups, reports).
+TASKS = (DETECTION, SEGMENTATION, DEPTH)
 
 Targets = Sequence[Mapping[str, Tensor]]
 
@@ -39,5 +41,6 @@ class TaskHead(Protocol):
         ...
 
     def predict(self, features: Mapping[str, Tensor], images: Tensor) -> list[dict[str, Tensor]]:
-        """Per-image outputs in input pixels (detection: boxes/labels/scores; segmentation: mask)."""
+        """Per-image outputs in input pixels (detection: boxes/labels/scores; segmentation: mask;
+        depth: depth)."""
         ...
