@@ -146,7 +146,7 @@ def test_losses_ignore_invalid_pixels_and_survive_an_all_invalid_batch(loss) -> 
     assert float(pred.grad[~valid].abs().sum()) == 0.0 and float(pred.grad[valid].abs().sum()) > 0
     empty = torch.zeros_like(target)
     zero = loss(pred, empty, valid_depth(empty))
-    assert float(zero) == 0.0 and zero.requires_grad
+    assert float(zero.detach()) == 0.0 and zero.requires_grad
 
 
 # ----------------------------------------------------------------------------- task masking

@@ -139,11 +139,15 @@ class DepthHead(nn.Module):
 
     @staticmethod
     def _target_depth(targets: Targets, images: Tensor) -> Tensor:
-        """Stack the targets' depth maps (``[H, W]`` or ``[1, H, W]``) to ``[B, 1, H, W]`` float32."""
+        """Stack the targets' depth maps (``[H, W]`` or ``[1, H, W]``) to ``[B, 1, H, W]`` float32;
+        a target without one is all invalid (adds nothing to the loss)."""
         size = tuple(images.shape[-2:])
         maps = []
         for index, target in enumerate(targets):
-            depth = target["depth"]
+            depth = target.get("depth")
+            if depth is None:
+                maps.append(images.new_zeros((1, *size), dtype=torch.float32))
+                continue
             if tuple(depth.shape[-2:]) != size or depth.numel() != size[0] * size[1]:
                 raise ValueError(f"target {index}: depth shape {tuple(depth.shape)} must equal the input size {size}")
             maps.append(depth.reshape(1, *size).float())

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from mtl_perception.nets.backbone import MobileNetV3Body
-from mtl_perception.nets.task_head import DEPTH, TASKS, Targets, TaskHead
+from mtl_perception.nets.task_head import DEPTH, TASKS, Targets, TaskHead, is_labeled
 
 
 class MultiTaskModel(nn.Module):
@@ -23,11 +23,13 @@ class MultiTaskModel(nn.Module):
     dict per image with ``boxes``/``labels``/``scores``, ``mask`` and/or ``depth``. ``images`` is a
     list of ``[3, H, W]`` tensors in ``[0, 1]`` (or one ``[B, 3, H, W]`` tensor) at ``input_size``.
 
-    Each task's loss is computed over the samples labelled for it (``task_samples``): a target
-    with ``"labeled": False`` (a depth-only frame) adds nothing to the detection and segmentation
-    losses, and one without a ``"depth"`` map nothing to the depth loss. A task with no such
-    sample in the batch gets a zero loss that is still connected to its head and the backbone,
-    so every balancing method sees all tasks and gets zero gradients for that one.
+    Each task's loss counts only the samples labelled for it (``task_samples``): a target with
+    ``"labeled": False`` (a depth-only frame) adds nothing to the detection and segmentation
+    losses, and one without a ``"depth"`` map nothing to the depth loss. The heads still see the
+    whole batch (their BatchNorm layers cannot train on a single sample) and mask those samples
+    out of their losses. A task with no such sample in the batch gets a zero loss that is still
+    connected to its head and the backbone, so every balancing method sees all tasks and gets
+    zero gradients for that one.
     """
 
     def __init__(
@@ -84,17 +86,10 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"training needs one target per image: {len(images)} images, {got} targets")
         batch = self.preprocess(images)
         features = self.backbone(batch)
-        losses = {}
-        for task, head in self.heads.items():
-            samples = task_samples(task, targets)
-            if len(samples) == len(targets):
-                losses[task] = head(features, batch, targets)
-            elif samples:
-                index = torch.tensor(samples, device=batch.device)
-                subset = {tap: features[tap].index_select(0, index) for tap in head.feature_taps}
-                losses[task] = head(subset, batch.index_select(0, index), [targets[i] for i in samples])
-            else:
-                losses[task] = _zero_loss(head, features)
+        losses = {
+            task: head(features, batch, targets) if task_samples(task, targets) else _zero_loss(head, features)
+            for task, head in self.heads.items()
+        }
         return losses, list(features.values())
 
     def predict(self, images: Sequence[Tensor] | Tensor) -> list[dict[str, Tensor]]:
@@ -141,7 +136,7 @@ def task_samples(task: str, targets: Targets) -> list[int]:
     """
     if task == DEPTH:
         return [i for i, target in enumerate(targets) if target.get("depth") is not None]
-    return [i for i, target in enumerate(targets) if bool(target.get("labeled", True))]
+    return [i for i, target in enumerate(targets) if is_labeled(target)]
 
 
 def _zero_loss(head: nn.Module, features: Mapping[str, Tensor]) -> Tensor:

@@ -16,6 +16,11 @@ TASKS = (DETECTION, SEGMENTATION, DEPTH)
 Targets = Sequence[Mapping[str, Tensor]]
 
 
+def is_labeled(target: Mapping[str, object]) -> bool:
+    """Whether a target has detection/segmentation labels (``"labeled": False`` = depth only)."""
+    return bool(target.get("labeled", True))
+
+
 class TaskHead(Protocol):
     """A task-specific head on the shared backbone taps.
 
