@@ -26,6 +26,7 @@ import numpy as np
 from data_tools.bags import topic_dirname
 from data_tools.summary import JobSummary
 from mtl_perception.core.depth import (
+    DEFAULT_DEPTH_TOLERANCE_MS,
     DEFAULT_DEPTH_UNIT_M,
     is_depth_encoding,
     metres_to_depth_png,
@@ -34,7 +35,6 @@ from mtl_perception.core.depth import (
 )
 from mtl_perception.errors import UserError
 
-DEFAULT_TOLERANCE_MS = 20.0
 # Relative aspect-ratio difference above which depth cannot be aligned to the colour image.
 ASPECT_TOLERANCE = 0.01
 
@@ -45,7 +45,7 @@ class DepthOptions:
 
     topic: str | None = None
     color_topic: str | None = None
-    tolerance_ns: int = round(DEFAULT_TOLERANCE_MS * 1e6)
+    tolerance_ns: int = round(DEFAULT_DEPTH_TOLERANCE_MS * 1e6)
     resize: str = "none"  # "none" | "nearest"
     unit_m: float = DEFAULT_DEPTH_UNIT_M
     max_depth: float | None = None
@@ -190,7 +190,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "/camera/aligned_depth_to_color/image_raw; writes depth/ targets")
     group.add_argument("--color-topic",
                        help="only frames of this topic get depth (default: every colour topic of the bag)")
-    group.add_argument("--depth-tolerance-ms", type=float, default=DEFAULT_TOLERANCE_MS,
+    group.add_argument("--depth-tolerance-ms", type=float, default=DEFAULT_DEPTH_TOLERANCE_MS,
                        help="largest stamp difference between a colour frame and its depth frame")
     group.add_argument("--depth-resize", choices=("none", "nearest"), default="none",
                        help="depth of another size than its image: refuse it, or resample by nearest neighbour")

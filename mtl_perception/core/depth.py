@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "DEFAULT_DEPTH_TOLERANCE_MS",
     "DEFAULT_DEPTH_UNIT_M",
     "DEPTH_ENCODINGS",
     "MAX_DEPTH_PNG_M",
@@ -32,6 +33,9 @@ __all__ = [
 DEPTH_ENCODINGS = frozenset({"16UC1", "32FC1"})
 #: Metres per unit of integer depth images (REP 118: millimetres). Some sensors differ (L515: 0.25 mm).
 DEFAULT_DEPTH_UNIT_M = 0.001
+#: Largest stamp gap between a colour frame and "its" depth frame: under a frame period at 30 Hz
+#: (33 ms), so a dropped depth frame is reported instead of being replaced by its neighbour.
+DEFAULT_DEPTH_TOLERANCE_MS = 20.0
 #: Farthest depth a millimetre uint16 PNG can hold.
 MAX_DEPTH_PNG_M = np.iinfo(np.uint16).max / 1000.0
 
