@@ -93,7 +93,7 @@ def test_bad_depth_files_are_clear_errors(tmp_path: Path) -> None:
     path = root / record["depth_file"]
     cv2.imwrite(str(path), np.zeros((48, 64), np.uint8))  # 8-bit, not millimetres
     data = ProcessedDataset(root, "train")
-    with pytest.raises(UserError, match=f"{path.name}: expected a uint16 depth PNG"):
+    with pytest.raises(UserError, match=f"{path.name}: depth targets are single-channel uint16"):
         data[data.images.index(next(r for r in data.images if r["id"] == record["id"]))]
     path.unlink()
     with pytest.raises(UserError, match=f"missing, first {record['depth_file']}"):
