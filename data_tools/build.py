@@ -60,9 +60,9 @@ from tqdm import tqdm
 from data_tools.labels import LabeledImage, Region, label_files, read_labels
 from data_tools.rasterize import BoxMaskMode, BoxStatus, detection_box, rasterize
 from data_tools.split import SplitItem, assign_splits, parse_fractions
-from data_tools.summary import JobSummary
-from mtl_perception import atomic_io
-from mtl_perception.errors import UserError
+from mtl_perception.core.summary import JobSummary
+from mtl_perception.core import atomic_io
+from mtl_perception.core.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MARKER_NAME = ".build_complete"

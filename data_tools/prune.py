@@ -43,9 +43,9 @@ import numpy as np
 from tqdm import tqdm
 
 from data_tools.ssim import DEFAULT_WIN_SIZE, WindowStats, ssim_from_stats, to_gray, window_stats
-from data_tools.summary import JobSummary
-from mtl_perception.atomic_io import atomic_path, write_json, write_text
-from mtl_perception.errors import UserError
+from mtl_perception.core.summary import JobSummary
+from mtl_perception.core.atomic_io import atomic_path, write_json, write_text
+from mtl_perception.core.errors import UserError
 
 DEFAULT_THRESHOLD = 0.90
 MANIFEST = "manifest.csv"

@@ -37,8 +37,8 @@ from rosbags.typesys import Stores, get_typestore
 from skimage import data as skdata
 from tqdm import tqdm
 
-from mtl_perception import atomic_io
-from mtl_perception.errors import UserError
+from mtl_perception.core import atomic_io
+from mtl_perception.core.errors import UserError
 
 OBJECT_CLASSES: tuple[str, ...] = ("box", "cone", "ball")
 STUFF_CLASSES: tuple[str, ...] = ("floor", "wall")

@@ -42,13 +42,13 @@ from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection
 from tqdm import tqdm
 
-from data_tools.bags import (
+from mtl_perception.core.bags import (
     COMPRESSED_TYPE, IMAGE_TYPES, bag_name, find_bags, image_connections, open_bag, same_topic, topic_dirname,
 )
-from data_tools.images import UnsupportedEncoding, compressed_kind, decode_compressed, decode_image
-from data_tools.summary import JobSummary
-from mtl_perception import atomic_io
-from mtl_perception.errors import UserError
+from mtl_perception.core.images import UnsupportedEncoding, compressed_kind, decode_compressed, decode_image
+from mtl_perception.core.summary import JobSummary
+from mtl_perception.core import atomic_io
+from mtl_perception.core.errors import UserError
 
 MANIFEST = "manifest.csv"
 MARKER = ".unpack_complete"

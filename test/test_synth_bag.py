@@ -14,7 +14,7 @@ from rosbags.highlevel import AnyReader
 from data_tools import synth
 from data_tools.labels import Region
 from data_tools.rasterize import region_mask
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 W, H, N = 64, 48, 12
 

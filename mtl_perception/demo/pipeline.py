@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 
 _PROGRESS_BAR = re.compile(r"\d+%\|")

@@ -18,14 +18,12 @@ from mtl_perception.nets.registry import (
     model_from_checkpoint,
     parameter_breakdown,
 )
-from mtl_perception.nets.segmentation import IGNORE_INDEX
 from mtl_perception.nets.task_head import DETECTION, SEGMENTATION, TASKS
 
 __all__ = [
     "ARCHITECTURES",
     "DEFAULT_ARCH",
     "DETECTION",
-    "IGNORE_INDEX",
     "IMAGENET",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
