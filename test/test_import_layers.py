@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "mtl_perception.balancing": 3,
     "mtl_perception.checkpoint": 3,
     "mtl_perception.predictor": 3,
+    "mtl_perception.preprocessing": 3,
     "mtl_perception.device": 3,
     "mtl_perception.visualize": 3,
     "mtl_perception.figures": 3,

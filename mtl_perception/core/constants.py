@@ -11,6 +11,12 @@ IGNORE_INDEX = 255
 MIN_INPUT_SIDE = 32
 """Smallest network input height/width: below it the stride-32 feature map is empty."""
 
+SYNTH_CAMERA_TOPIC = "/camera/image_raw"
+"""Colour topic of ``mtl-data synth``'s bag (``/compressed`` appended for jpeg/png)."""
+
+SYNTH_DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"
+"""Aligned 16UC1 depth topic of ``mtl-data synth``'s bag."""
+
 
 def parse_hw(text: str, what: str = "size", min_side: int = 1) -> tuple[int, int]:
     """Parse ``"480x640"`` (height x width) into ``(480, 640)``.
