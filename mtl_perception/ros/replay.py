@@ -13,6 +13,10 @@ end-to-end latency (publish -> answer received: p50/p95/p99/max) and throughput;
 ``--ground-truth`` (a ``mtl-data build`` folder or a COCO file with ``stamp_ns``, such as
 ``synth_coco.json``) also mAP and mIoU. Plots: a latency histogram and example overlays.
 
+A damaged bag (cut short by a power loss, or with a damaged chunk) is salvaged as by
+``mtl-data unpack``: every complete frame before the damage is replayed, and a warning (also
+``"salvaged"`` in report.json) says what was recovered (docs/SALVAGE.md).
+
 Exit status: 0 when every frame was replayed (and, in lockstep, answered), 1 when frames
 failed or went unanswered, 2 for a usage error (bag/topic/model missing, node not up).
 """
@@ -371,8 +375,11 @@ def _replay(args: argparse.Namespace) -> int:
     summary.merge(sink.summary)
     if truth is not None:
         summary.merge(truth.summary)
+    if bag.salvaged:
+        summary.warn("damaged bag, salvaged", bag.salvaged)
     report = {
         "bag": str(args.bag),
+        "salvaged": bag.salvaged or None,
         "topic": bag.topic,
         "published_on": publish_topic,
         "mode": "lockstep" if args.lockstep else "timed",
