@@ -21,6 +21,10 @@ estimate (its error is below 0.004 on camera footage). Every other frame, so eve
 gets the exact value, which is what the manifest records. ``--exact`` computes the exact value
 for every frame (about 3x slower; decisions then equal skimage's).
 
+Depth topics (manifest ``encoding`` 16UC1, 32FC1 or compressedDepth) are not pruned: they are
+linked whole, so every kept colour frame still finds its aligned depth frame when ``mtl-data
+build --depth-topic`` pairs them by stamp (docs/CONTRACTS.md §11).
+
 Unreadable frame files are counted, reported and treated as if they did not exist. A topic
 folder finished with the same threshold (``.prune_complete`` marker) and an unchanged raw
 manifest is skipped, so an interrupted job can simply be run again; ``--force`` redoes it.
@@ -53,6 +57,7 @@ from data_tools.ssim import (
 )
 from data_tools.summary import JobSummary
 from mtl_perception.atomic_io import atomic_path, write_json, write_text
+from mtl_perception.core.depth import is_depth_encoding
 from mtl_perception.errors import UserError
 
 DEFAULT_THRESHOLD = 0.90
@@ -338,6 +343,10 @@ def prune_topic(topic: Topic, args: argparse.Namespace, summary: JobSummary) -> 
         summary.add("topics skipped (already done)")
         return
 
+    if rows and all(is_depth_encoding(row.get("encoding") or "") for row in rows):
+        _keep_depth_topic(topic, columns, rows, marker, args.dry_run, summary)
+        return
+
     paths: list[Path] = []
     usable: list[int] = []  # manifest rows whose file entry is valid
     for i, row in enumerate(rows):
@@ -368,6 +377,28 @@ def prune_topic(topic: Topic, args: argparse.Namespace, summary: JobSummary) -> 
 
     if args.dry_run:
         print(f"{topic.name}: would keep {len(kept_rows)} of {len(rows)} frames")
+        return
+    write_topic(topic, columns, kept_rows, marker)
+    summary.add("topics done")
+
+
+def _keep_depth_topic(topic: Topic, columns: list[str], rows: list[dict[str, str]], marker: dict[str, object],
+                     dry_run: bool, summary: JobSummary) -> None:
+    """Keep every frame of a depth topic: depth is paired with colour frames later, not pruned."""
+    kept_rows: list[dict[str, str]] = []
+    for row in rows:
+        try:
+            path = frame_path(topic.raw, row.get("file") or "")
+        except FrameError as err:
+            summary.fail(err.kind, err.detail)
+            continue
+        if not path.is_file():
+            summary.fail("missing frame file", str(path))
+            continue
+        kept_rows.append({**{c: row.get(c, "") for c in columns}, "ssim": "", "compared_to": ""})
+    summary.add("depth frames kept (not pruned)", len(kept_rows))
+    if dry_run:
+        print(f"{topic.name}: depth topic, would keep all {len(kept_rows)} frames")
         return
     write_topic(topic, columns, kept_rows, marker)
     summary.add("topics done")
