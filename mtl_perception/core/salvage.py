@@ -772,9 +772,16 @@ class SalvageReader:
         return store
 
     def messages(
-        self, connections: Sequence[Connection] = ()
+        self,
+        connections: Sequence[Connection] = (),
+        start: int | None = None,
+        stop: int | None = None,
     ) -> Iterator[tuple[Connection, int, bytes]]:
-        """``(connection, timestamp_ns, raw)`` of the complete messages, in file order."""
+        """``(connection, timestamp_ns, raw)`` of the complete messages, in file order.
+
+        ``start``/``stop``: only messages with ``start <= timestamp < stop`` (the file is still
+        scanned from its beginning: there is no index to seek with).
+        """
         wanted = {c.id for c in connections} if connections else {c.id for c in self.connections}
         by_id = {c.id: c for c in self.connections}
         for first in self.reports:
@@ -789,7 +796,11 @@ class SalvageReader:
                     break
                 left -= 1
                 uid = keys[item.key]
-                if uid in wanted:
+                if (
+                    uid in wanted
+                    and (start is None or item.timestamp >= start)
+                    and (stop is None or item.timestamp < stop)
+                ):
                     yield by_id[uid], item.timestamp, item.data
 
     def deserialize(self, raw: bytes, msgtype: str) -> object:
@@ -874,14 +885,17 @@ class RecoveringReader:
         )
 
     def messages(
-        self, connections: Sequence[Connection] = ()
+        self,
+        connections: Sequence[Connection] = (),
+        start: int | None = None,
+        stop: int | None = None,
     ) -> Iterator[tuple[Connection, int, bytes]]:
         """``(connection, timestamp_ns, raw)`` as ``AnyReader.messages`` (see the class)."""
         wanted = list(connections) or self.connections
         delivered: dict[tuple[str, str], int] = {}
         if self.salvage is None:
             try:
-                for conn, stamp, raw in self.normal.messages(connections=wanted):
+                for conn, stamp, raw in self.normal.messages(wanted, start=start, stop=stop):
                     yield conn, stamp, raw
                     key = (conn.topic, conn.msgtype)
                     delivered[key] = delivered.get(key, 0) + 1
@@ -891,7 +905,9 @@ class RecoveringReader:
         assert self.salvage is not None
         ours = {(c.topic, c.msgtype): c for c in wanted}
         theirs = [c for c in self.salvage.connections if (c.topic, c.msgtype) in ours]
-        for conn, stamp, raw in self.salvage.messages(theirs):
+        if not theirs:
+            return
+        for conn, stamp, raw in self.salvage.messages(theirs, start, stop):
             key = (conn.topic, conn.msgtype)
             if delivered.get(key, 0) > 0:
                 delivered[key] -= 1
