@@ -101,6 +101,8 @@ def discover_depth(root: Path, options: DepthOptions, summary: JobSummary) -> De
     by_bag: dict[str, list[DepthFrame]] = {}
     seen_topics: set[str] = set()
     for manifest in sorted(root.rglob("manifest.csv")):
+        if any(part.startswith(".") for part in manifest.relative_to(root).parts):
+            continue  # hidden: partial outputs of an interrupted job
         seen_topics.add(manifest.parent.name)
         if manifest.parent.name != options.folder:
             continue

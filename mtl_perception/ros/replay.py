@@ -16,6 +16,10 @@ e.g. ``/camera/aligned_depth_to_color/image_raw``) the node's ``~/depth`` answer
 against the bag's own depth matched by stamp (AbsRel, RMSE, δ<1.25, ...). Plots: a latency
 histogram and example overlays.
 
+A damaged bag (cut short by a power loss, or with a damaged chunk) is salvaged as by
+``mtl-data unpack``: every complete frame before the damage is replayed, and a warning (also
+``"salvaged"`` in report.json) says what was recovered (docs/SALVAGE.md).
+
 Exit status: 0 when every frame was replayed (and, in lockstep, answered), 1 when frames
 failed or went unanswered, 2 for a usage error (bag/topic/model missing, node not up).
 """
@@ -393,8 +397,11 @@ def _replay(args: argparse.Namespace) -> int:
     summary.merge(sink.summary)
     if truth is not None:
         summary.merge(truth.summary)
+    if bag.salvaged:
+        summary.warn("damaged bag, salvaged", bag.salvaged)
     report = {
         "bag": str(args.bag),
+        "salvaged": bag.salvaged or None,
         "topic": bag.topic,
         "published_on": publish_topic,
         "mode": "lockstep" if args.lockstep else "timed",
