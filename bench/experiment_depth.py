@@ -44,9 +44,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from experiment_mtl import QUICK_OVERRIDES, RunSpec, build_dataset, train  # noqa: E402
 
-from data_tools.summary import JobSummary  # noqa: E402
-from mtl_perception.atomic_io import write_json, write_text  # noqa: E402
-from mtl_perception.errors import UserError, run_cli  # noqa: E402
+from mtl_perception.core.summary import JobSummary  # noqa: E402
+from mtl_perception.core.atomic_io import write_json, write_text  # noqa: E402
+from mtl_perception.core.errors import UserError, run_cli  # noqa: E402
 from mtl_perception.evaluation.cli import evaluate  # noqa: E402
 from mtl_perception.evaluation.dataset import EvalDataset  # noqa: E402
 from mtl_perception.predictor import Predictor  # noqa: E402

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data_tools.summary import JobSummary
+from mtl_perception.core.summary import JobSummary
 from datasets import DETECTION_CLASSES, SEGMENTATION_CLASSES, make_processed_dataset
 from mtl_perception.evaluation.cli import evaluate, main
 from mtl_perception.evaluation.dataset import EvalDataset

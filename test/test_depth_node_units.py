@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from std_msgs.msg import Header
 
-from data_tools.images import decode_image
+from mtl_perception.core.images import decode_image
 from mtl_perception.ros.messages import color_depth_message, depth_message
 from mtl_perception.ros.params import SPECS
 from mtl_perception.visualize import colorize_depth

@@ -269,7 +269,7 @@ def test_frames_in_results_out_with_the_same_header(yaml_node: tuple[NodeProcess
 
 def test_depth_in_metres_with_the_input_header(yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient,
                                                checkpoint: Path) -> None:
-    from data_tools.images import decode_image
+    from mtl_perception.core.images import decode_image
     from mtl_perception.predictor import Predictor
 
     node, _ = yaml_node

@@ -22,11 +22,10 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision import tv_tensors
 
+from mtl_perception.core.constants import IGNORE_INDEX
 from mtl_perception.core.depth import read_depth_png_m
-from mtl_perception.errors import UserError
-from mtl_perception.json_files import read_json
-
-IGNORE_INDEX = 255
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.json_io import read_json
 
 
 @dataclass(frozen=True)
