@@ -31,7 +31,7 @@ class OraclePredictor:
         return [self.answers[frame.tobytes()] for frame in frames]
 
 
-def test_depth_metrics_match_an_independent_computation_and_depth_only_frames_are_not_scored_for_boxes(
+def test_depth_metrics_match_an_independent_computation_and_skip_depth_only_frames_for_boxes(
     tmp_path: Path,
 ) -> None:
     root = make_processed_dataset(tmp_path / "ds", depth=True, depth_only=2)
@@ -55,11 +55,17 @@ def test_depth_metrics_match_an_independent_computation_and_depth_only_frames_ar
             pairs.append((pred.astype(np.float64), target))
         own = boxes.get(record["id"], [])
         if record.get("labeled") is False:
-            own = [([0, 0, 30, 30], 1)]  # would be a false positive if depth-only frames were scored
+            own = [
+                ([0, 0, 30, 30], 1)
+            ]  # would be a false positive if depth-only frames were scored
         answers[rgb.tobytes()] = Prediction(
-            boxes=np.array([b for b, _ in own], np.float32).reshape(-1, 4), scores=np.ones(len(own), np.float32),
-            labels=np.array([c for _, c in own], np.int64), label_names=[""] * len(own),
-            mask=None, image_size=shape, depth=pred,
+            boxes=np.array([b for b, _ in own], np.float32).reshape(-1, 4),
+            scores=np.ones(len(own), np.float32),
+            labels=np.array([c for _, c in own], np.int64),
+            label_names=[""] * len(own),
+            mask=None,
+            image_size=shape,
+            depth=pred,
         )
     summary = JobSummary("t")
     dataset = EvalDataset(root, "all", DETECTION_CLASSES, None, summary, depth=True)
@@ -80,22 +86,41 @@ def test_depth_metrics_match_an_independent_computation_and_depth_only_frames_ar
     assert summary.counts["depth-only frames (not scored for detection/segmentation)"] == 2
 
 
-def test_cli_reports_depth_for_a_three_task_checkpoint(make_checkpoint, tmp_path: Path, capsys) -> None:
+def test_cli_reports_depth_for_a_three_task_checkpoint(
+    make_checkpoint, tmp_path: Path, capsys
+) -> None:
     root = make_processed_dataset(tmp_path / "ds", depth=True, depth_only=1)
     (root / "depth" / "broken.png").write_bytes(b"")
     annotations = json.loads((root / "annotations.json").read_text())
     annotations["images"][0]["depth_file"] = "depth/broken.png"
     (root / "annotations.json").write_text(json.dumps(annotations))
     checkpoint = make_checkpoint(
-        detection_classes=tuple(DETECTION_CLASSES), segmentation_classes=tuple(SEGMENTATION_CLASSES),
+        detection_classes=tuple(DETECTION_CLASSES),
+        segmentation_classes=tuple(SEGMENTATION_CLASSES),
         tasks=("detection", "segmentation", "depth"),
     )
     out = tmp_path / "m.json"
     with pytest.raises(SystemExit) as exit_info:
-        main(["--checkpoint", str(checkpoint), "--data", str(root), "--split", "all", "--out", str(out),
-              "--device", "cpu", "--profile-runs", "0"])
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(root),
+                "--split",
+                "all",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--profile-runs",
+                "0",
+            ]
+        )
     captured = capsys.readouterr()
-    assert exit_info.value.code == 1  # the broken depth file is a reported failure, the rest scored
+    assert (
+        exit_info.value.code == 1
+    )  # the broken depth file is a reported failure, the rest scored
     report = json.loads(out.read_text())
     assert report["tasks"] == ["detection", "segmentation", "depth"]
     assert report["depth"]["frames"] == 7 and report["depth"]["valid_pixels"] > 0
@@ -113,7 +138,9 @@ def test_model_without_depth_ignores_depth_files(make_checkpoint, tmp_path: Path
 def test_demo_report_shows_the_depth_metrics_of_mtl_eval() -> None:
     from mtl_perception.demo.report import _per_class_tables, headline
 
-    metrics = {"depth": {"abs_rel": 0.125, "rmse": 0.5, "delta1": 0.875, "frames": 3, "valid_pixels": 10}}
+    metrics = {
+        "depth": {"abs_rel": 0.125, "rmse": 0.5, "delta1": 0.875, "frames": 3, "valid_pixels": 10}
+    }
     summary = headline(metrics, None)
     assert summary["depth AbsRel"] == 0.125 and summary["depth δ<1.25"] == 0.875
     tables, _ = _per_class_tables(metrics)

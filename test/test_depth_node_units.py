@@ -21,8 +21,18 @@ def _header() -> Header:
 def test_depth_message_is_32fc1_metres_that_decode_back_exactly() -> None:
     depth = np.random.default_rng(0).uniform(0.3, 12.0, (30, 40)).astype(np.float32)
     msg = depth_message(depth[:, ::-1], _header())  # a non-contiguous view, as a resize may give
-    assert (msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian) == ("32FC1", 30, 40, 160, 0)
-    assert (msg.header.frame_id, msg.header.stamp.sec, msg.header.stamp.nanosec) == ("camera_depth_optical", 7, 99)
+    assert (msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian) == (
+        "32FC1",
+        30,
+        40,
+        160,
+        0,
+    )
+    assert (msg.header.frame_id, msg.header.stamp.sec, msg.header.stamp.nanosec) == (
+        "camera_depth_optical",
+        7,
+        99,
+    )
     decoded = decode_image(msg)  # the package's reader of sensor_msgs/Image (unpack, replay)
     assert decoded.dtype == np.float32 and np.array_equal(decoded, depth[:, ::-1])
 
