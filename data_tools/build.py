@@ -72,6 +72,7 @@ from tqdm import tqdm
 from data_tools import depth_targets
 from data_tools.depth_targets import DepthFrame, DepthIndex, DepthOptions, DepthStats
 from data_tools.labels import LabeledImage, Region, label_files, read_labels
+from mtl_perception.core.names import inside, safe_component
 from data_tools.rasterize import IGNORE, BoxMaskMode, BoxStatus, detection_box, rasterize
 from data_tools.split import SplitItem, assign_splits, parse_fractions
 from data_tools.summary import JobSummary
@@ -227,7 +228,11 @@ def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
             summary.fail("manifest without required columns", f"{manifest}: missing {sorted(missing)}")
             return []
         for row in reader:
-            path = manifest.parent / row["file"]
+            try:
+                path = inside(manifest.parent, row["file"] or "")
+            except ValueError as err:
+                summary.fail("bad file entry in manifest", f"{manifest}: {err}")
+                continue
             if path.suffix.lower() not in IMAGE_SUFFIXES or depth_targets.is_depth_row(row):
                 continue  # depth (.npy arrays, 16UC1 PNGs) is not a labelable image
             if not path.is_file():
@@ -344,8 +349,8 @@ def _output_names(frames: Sequence[Frame]) -> dict[Path, str]:
     A frame keeps its own name; names whose stem occurs more than once (the same stamp in two
     bags, ``a.jpg`` next to ``a.png``) get the bag and topic as prefix, then the extension.
     """
-    def qualified(frame: Frame) -> str:
-        return "__".join(p for p in (frame.bag, frame.topic.replace("/", "__"), frame.path.name) if p)
+    def qualified(frame: Frame) -> str:  # bag and topic come from manifests: data, made safe
+        return "__".join(safe_component(p) for p in (frame.bag, frame.topic, frame.path.name) if p)
 
     names = {f.path: f.path.name for f in frames}
     for rename in (qualified, lambda f: f"{Path(qualified(f)).stem}-{f.path.suffix.lstrip('.')}{f.path.suffix}"):
