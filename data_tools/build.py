@@ -72,12 +72,13 @@ from tqdm import tqdm
 from data_tools import depth_targets
 from data_tools.depth_targets import DepthFrame, DepthIndex, DepthOptions, DepthStats
 from data_tools.labels import LabeledImage, Region, label_files, read_labels
-from mtl_perception.core.names import inside, safe_component
-from data_tools.rasterize import IGNORE, BoxMaskMode, BoxStatus, detection_box, rasterize
+from data_tools.rasterize import BoxMaskMode, BoxStatus, detection_box, rasterize
 from data_tools.split import SplitItem, assign_splits, parse_fractions
-from data_tools.summary import JobSummary
-from mtl_perception import atomic_io
-from mtl_perception.errors import UserError
+from mtl_perception.core import atomic_io
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.names import inside, safe_component
+from mtl_perception.core.summary import JobSummary
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MARKER_NAME = ".build_complete"
@@ -392,7 +393,7 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         stem = Path(file_name).stem
         mask_name = f"{stem}.png"
         if sample.depth_only:  # no labels: every pixel ignored, no boxes
-            mask, detections = np.full((height, width), IGNORE, np.uint8), []
+            mask, detections = np.full((height, width), IGNORE_INDEX, np.uint8), []
             summary.add("depth-only frames")
         else:
             mask, detections = _sample_targets(sample, det, seg, (height, width), options.box_masks, summary)

@@ -52,15 +52,15 @@ import numpy as np
 from rosbags.interfaces import Connection
 from tqdm import tqdm
 
-from data_tools.bags import (
+from mtl_perception.core.bags import (
     COMPRESSED_TYPE, IMAGE_TYPES, find_bags, image_connections, open_bag, output_names, same_topic, topic_dirname,
 )
-from data_tools.images import UnsupportedEncoding, compressed_kind, decode_compressed, decode_image
-from data_tools.summary import JobSummary
-from mtl_perception.core.salvage import BagSalvageError, RecoveringReader
-from mtl_perception import atomic_io
+from mtl_perception.core import atomic_io
 from mtl_perception.core.depth import metres_to_depth_png
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.images import UnsupportedEncoding, compressed_kind, decode_compressed, decode_image
+from mtl_perception.core.salvage import BagSalvageError, RecoveringReader
+from mtl_perception.core.summary import JobSummary
 
 MANIFEST = "manifest.csv"
 MARKER = ".unpack_complete"

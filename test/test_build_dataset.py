@@ -13,7 +13,7 @@ import pytest
 
 from data_tools import build
 from data_tools.split import SplitItem, assign_splits, parse_fractions
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 H, W = 24, 32
 T0 = 1_700_000_000_000_000_000

@@ -16,8 +16,8 @@ import pytest
 from bagfactory import COMPRESSED, IMAGE, ROS2_TYPES, compressed_msg, image_msg, single_file_bag, write_bag
 
 from data_tools import unpack
-from data_tools.bags import find_bags, output_names, topic_dirname
-from mtl_perception.errors import UserError
+from mtl_perception.core.bags import find_bags, output_names, topic_dirname
+from mtl_perception.core.errors import UserError
 
 H, W = 6, 8
 BASE = 1_700_000_000_000_000_000

@@ -68,7 +68,7 @@ from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_
 from rosbags.typesys.msg import normalize_msgtype
 from rosbags.typesys.store import Typestore
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 __all__ = ["BagSalvageError", "FileReport", "RecoveringReader", "SalvageReader", "storage_files"]
 

@@ -1,7 +1,7 @@
 """The frames a replay publishes: one image topic of one bag (ROS 1 or 2, any storage).
 
-Bag access goes through ``data_tools.bags`` (rosbags ``AnyReader``; a damaged bag is salvaged,
-see ``mtl_perception.core.salvage``). Frames come out as the
+Bag access goes through ``mtl_perception.core.bags`` (rosbags ``AnyReader``; a damaged bag is
+salvaged, see ``mtl_perception.core.salvage``). Frames come out as the
 rosbags message plus its header stamp and bag time, and are turned into rclpy messages only
 in ``mtl_perception.ros.replay`` (so this module stays free of rclpy).
 """
@@ -16,10 +16,10 @@ from typing import Any
 
 from rosbags.interfaces import Connection
 
-from data_tools.bags import COMPRESSED_TYPE, image_connections, is_bag, open_bag
-from data_tools.images import decode_compressed, decode_image, to_rgb8
+from mtl_perception.core.bags import COMPRESSED_TYPE, image_connections, is_bag, open_bag
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.images import decode_compressed, decode_image, to_rgb8
 from mtl_perception.core.salvage import RecoveringReader
-from mtl_perception.errors import UserError
 from mtl_perception.replay.depth_scoring import DepthReference
 
 __all__ = ["BagFrame", "ImageBag", "open_depth_reference", "open_image_bag"]

@@ -51,10 +51,10 @@ from std_msgs.msg import Header
 from tqdm import tqdm
 from vision_msgs.msg import Detection2DArray
 
-from data_tools.summary import JobSummary
+from mtl_perception.core.summary import JobSummary
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.core.depth import DEFAULT_DEPTH_TOLERANCE_MS, DEFAULT_DEPTH_UNIT_M
-from mtl_perception.errors import UserError, run_cli
+from mtl_perception.core.errors import UserError, run_cli
 from mtl_perception.replay.ground_truth import GroundTruth, load_ground_truth
 from mtl_perception.replay.outputs import DETECTIONS_TYPE, IMAGE_TYPE, OutputSink, header_stamp_ns
 from mtl_perception.replay.recorder import OutputRecorder

@@ -15,9 +15,9 @@ from pathlib import Path
 from rosbags.interfaces import Connection
 from rosbags.typesys import Stores, get_typestore
 
+from mtl_perception.core.errors import UserError
 from mtl_perception.core.names import safe_component
 from mtl_perception.core.salvage import RecoveringReader
-from mtl_perception.errors import UserError
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
