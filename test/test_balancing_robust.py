@@ -265,6 +265,23 @@ def test_a_task_missing_from_a_batch_breaks_no_method(method: str, jacobian: str
     train_step(ctx, make_batch(2), 2)  # and back to three tasks
 
 
+@pytest.mark.parametrize("jacobian", ["exact", "rep"])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_zero_gradient_row_sits_out_of_the_aggregation(method: str, jacobian: str) -> None:
+    """The model's stand-in zero loss for a task without labels reaches the balancer as a row of
+    zeros: it must not count (MGDA's min-norm point of a hull containing 0 is 0)."""
+    torch.manual_seed(0)
+    model = ToyModel()
+    model.masked_as_zero = True
+    ctx = make_context(model, method=method, options={"jacobian": jacobian})
+    losses, features = model.forward_train(*make_batch(drop="depth"))
+    assert float(losses["depth"]) == 0.0 and losses["depth"].requires_grad
+    stats = ctx.balancer.backward(ctx.weighting.weigh(losses).weighted, features, 0)
+    assert stats.finite and stats.tasks == ("detection", "segmentation")
+    assert set(stats.cosine) == {"detection~segmentation"}
+    assert float(torch.cat([p.grad.flatten() for p in model.shared_parameters()]).norm()) > 1e-4
+
+
 def test_uncertainty_uses_the_regression_form_for_depth() -> None:
     weighting = build_weighting("uncertainty", TASKS, {"init_log_var": 0.3})
     assert weighting.regression_tasks == ("depth",)

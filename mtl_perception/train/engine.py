@@ -11,9 +11,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from mtl_perception.balancing import GradientBalancer, LossWeighting
+from mtl_perception.balancing import GradientBalancer, LossWeighting, WeightedLosses
 from mtl_perception.device import autocast
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
+from mtl_perception.nets.multitask import task_samples
 
 Batch = tuple[list[Tensor], list[dict[str, Any]]]
 
@@ -48,8 +49,14 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
     ctx.before_forward()
     with autocast(ctx.device, ctx.amp):
         losses, features = ctx.model.forward_train(images, targets)
-    losses = {task: loss.float() for task, loss in losses.items()}
-    result = ctx.weighting.weigh(losses)
+    # A task with no sample labelled for it in this batch gets a stand-in zero loss from the
+    # model; it sits this step out, or it would still move uncertainty's log-variance, DWA's epoch
+    # means and GradNorm's training rates.
+    losses = {task: loss.float() for task, loss in losses.items() if task_samples(task, targets)}
+    if losses:
+        result = ctx.weighting.weigh(losses)
+    else:  # nothing supervised in this batch: no gradient, but every rank takes part in the step
+        result = WeightedLosses(torch.zeros((), device=ctx.device), {}, {})
     # Under AMP the losses are multiplied by the scaler's scale; the balancer aggregates the
     # unscaled Jacobian and leaves every .grad scaled, as the scaler expects. (scale() of a one
     # is the scale itself, and also initialises it on the first step; 1 without AMP.)
