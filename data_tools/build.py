@@ -2,7 +2,11 @@
 
 Inputs: ``--frames`` is a folder of interim frames (``manifest.csv`` per topic, see
 docs/CONTRACTS.md §2) or a plain folder of images (stills labeled by hand: bag = first
-sub-folder, stamp = file stem when it is an integer). ``--labels`` takes COCO json and/or CVAT
+sub-folder). A still's file stem is its time stamp only when the integer stems of its folder
+look like nanosecond stamps (frames at least 1 ms apart); numbered photos (``0.jpg`` ...
+``17.jpg``, as annotation tools export them) have no stamp, so each is its own split group:
+a plain folder of photos splits into train/val/test with no extra flags (with enough
+sub-folders, ``--group-by auto`` keeps each sub-folder in one split instead). ``--labels`` takes COCO json and/or CVAT
 "for images 1.1" XML files; an image labeled in several files gets the union of its regions.
 
 Matching a labeled image to a frame, in this order: the same file stem (folders and extension
@@ -68,11 +72,13 @@ from tqdm import tqdm
 from data_tools import depth_targets
 from data_tools.depth_targets import DepthFrame, DepthIndex, DepthOptions, DepthStats
 from data_tools.labels import LabeledImage, Region, label_files, read_labels
-from data_tools.rasterize import IGNORE, BoxMaskMode, BoxStatus, detection_box, rasterize
+from data_tools.rasterize import BoxMaskMode, BoxStatus, detection_box, rasterize
 from data_tools.split import SplitItem, assign_splits, parse_fractions
-from data_tools.summary import JobSummary
-from mtl_perception import atomic_io
-from mtl_perception.errors import UserError
+from mtl_perception.core import atomic_io
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.names import inside, safe_component
+from mtl_perception.core.summary import JobSummary
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MARKER_NAME = ".build_complete"
@@ -192,13 +198,26 @@ def discover_frames(root: Path, summary: JobSummary, skip_folder: str | None = N
         if "manifest.csv" in files:
             frames += _manifest_frames(here / "manifest.csv", summary)
             continue
-        for name in sorted(files):
-            path = here / name
-            if path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
-                bag = rel.parts[0] if rel.parts else root.resolve().name
-                frames.append(Frame(path=path, bag=bag, topic="/".join(rel.parts[1:]), stamp_ns=_int_or_none(path.stem),
-                                    width=None, height=None))
+        images = [here / n for n in sorted(files) if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith(".")]
+        stamps = _still_stamps([p.stem for p in images])
+        for path in images:
+            bag = rel.parts[0] if rel.parts else root.resolve().name
+            frames.append(Frame(path=path, bag=bag, topic="/".join(rel.parts[1:]), stamp_ns=stamps.get(path.stem),
+                                width=None, height=None))
     return frames
+
+
+MIN_FRAME_GAP_NS = 1_000_000
+"""No camera runs above 1 kHz: integer stems closer together than this are a numbering."""
+
+
+def _still_stamps(stems: Sequence[str]) -> dict[str, int]:
+    """The stems of one plain folder that are time stamps (see the module docstring)."""
+    values = {stem: value for stem in stems if (value := _int_or_none(stem)) is not None}
+    ordered = sorted(set(values.values()))
+    gaps = np.diff(ordered)
+    is_time = bool(ordered) and (float(np.median(gaps)) if len(gaps) else ordered[0]) >= MIN_FRAME_GAP_NS
+    return values if is_time else {}
 
 
 def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
@@ -210,7 +229,11 @@ def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
             summary.fail("manifest without required columns", f"{manifest}: missing {sorted(missing)}")
             return []
         for row in reader:
-            path = manifest.parent / row["file"]
+            try:
+                path = inside(manifest.parent, row["file"] or "")
+            except ValueError as err:
+                summary.fail("bad file entry in manifest", f"{manifest}: {err}")
+                continue
             if path.suffix.lower() not in IMAGE_SUFFIXES or depth_targets.is_depth_row(row):
                 continue  # depth (.npy arrays, 16UC1 PNGs) is not a labelable image
             if not path.is_file():
@@ -327,8 +350,8 @@ def _output_names(frames: Sequence[Frame]) -> dict[Path, str]:
     A frame keeps its own name; names whose stem occurs more than once (the same stamp in two
     bags, ``a.jpg`` next to ``a.png``) get the bag and topic as prefix, then the extension.
     """
-    def qualified(frame: Frame) -> str:
-        return "__".join(p for p in (frame.bag, frame.topic.replace("/", "__"), frame.path.name) if p)
+    def qualified(frame: Frame) -> str:  # bag and topic come from manifests: data, made safe
+        return "__".join(safe_component(p) for p in (frame.bag, frame.topic, frame.path.name) if p)
 
     names = {f.path: f.path.name for f in frames}
     for rename in (qualified, lambda f: f"{Path(qualified(f)).stem}-{f.path.suffix.lstrip('.')}{f.path.suffix}"):
@@ -363,6 +386,10 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         if sample.depth is not None:
             depth = depth_targets.depth_target(sample.depth, frame.path, (height, width), options.depth, summary,
                                                depth_stats)
+        elif options.depth.topic is not None and options.depth.color_folder in (None, frame.topic):
+            depth_stats.unmatched += 1
+            summary.warn("no depth frame within the tolerance (kept without depth)",
+                         f"{frame.path} (stamp {frame.stamp_ns})")
         if sample.depth_only and depth is None:
             continue  # nothing left to learn from this frame (its depth was refused, and recorded)
         image_id = len(images) + 1
@@ -370,7 +397,7 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         stem = Path(file_name).stem
         mask_name = f"{stem}.png"
         if sample.depth_only:  # no labels: every pixel ignored, no boxes
-            mask, detections = np.full((height, width), IGNORE, np.uint8), []
+            mask, detections = np.full((height, width), IGNORE_INDEX, np.uint8), []
             summary.add("depth-only frames")
         else:
             mask, detections = _sample_targets(sample, det, seg, (height, width), options.box_masks, summary)
@@ -382,7 +409,7 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         if depth is not None:
             atomic_io.write_with(out_dir / "depth" / f"{stem}.png", lambda p, d=depth: _imwrite(p, d))
             entry["depth_file"] = f"depth/{stem}.png"
-            summary.add("depth paired")
+            depth_stats.paired += 1
         if sample.depth_only:
             entry["labeled"] = False
         images.append(entry)
@@ -405,8 +432,8 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         "segmentation_classes": ["background", *classes.segmentation_classes],
         "palette": classes.palette_rgb()})
     atomic_io.write_json(out_dir / "splits.json", split_doc)
-    if depth_stats.pixels:
-        print(f"build: {depth_stats.line()}")
+    if options.depth.topic is not None:
+        print(f"build: {depth_stats.line(options.depth)}")
     return split_doc
 
 
@@ -462,13 +489,11 @@ def _detection_annotation(region: Region, category_id: int, height: int, width: 
             "iscrowd": 0}
 
 
-def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSummary,
-                   depth: DepthOptions | None = None) -> list[Sample]:
+def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSummary) -> list[Sample]:
     """Labeled samples plus the unlabeled ones ``--unlabeled`` asks for; stable order.
 
     ``background`` keeps every unlabeled frame as all-background; ``depth-only`` keeps those
-    with a paired depth frame for the depth task only. With a depth topic, a chosen frame of
-    the paired colour topic(s) without a depth frame within the tolerance is reported.
+    with a paired depth frame for the depth task only.
     """
     ordered = sorted(samples.values(), key=lambda s: (s.frame.bag, s.frame.topic, s.frame.stamp_ns or 0, s.frame.path.name))
     chosen = []
@@ -482,11 +507,6 @@ def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSumm
             chosen.append(sample)
         else:
             summary.warn("frames without labels (skipped)", str(sample.frame.path))
-            continue
-        if depth is not None and depth.topic is not None and sample.depth is None and (
-                depth.color_folder is None or sample.frame.topic == depth.color_folder):
-            summary.warn("no depth frame within the tolerance (kept without depth)",
-                         f"{sample.frame.path} (stamp {sample.frame.stamp_ns})")
     return chosen
 
 
@@ -506,7 +526,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML with detection_classes, segmentation_classes and optional palette")
     parser.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions")
     parser.add_argument("--group-by", choices=("auto", "bag", "time"), default="auto",
-                        help="keep these groups within one split; auto = bag if there are enough bags, else time")
+                        help="keep these groups within one split; auto = bag if there are enough bags, else time "
+                             "(stills without a time stamp are each their own group)")
     parser.add_argument("--window-s", type=float, default=10.0, help="time-window length for --group-by time")
     parser.add_argument("--seed", type=int, default=0, help="seed of the group shuffle")
     parser.add_argument("--unlabeled", choices=("skip", "background", "depth-only"), default="skip",
@@ -544,7 +565,7 @@ def run(args: argparse.Namespace) -> int:
     matched = match_labels(frames, labeled, summary)
     if depth_index is not None:
         pair_depth(matched, depth_index, depth)
-    samples = select_samples(matched, options.unlabeled, summary, depth)
+    samples = select_samples(matched, options.unlabeled, summary)
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{args.name}.partial-", dir=args.out) as tmp:

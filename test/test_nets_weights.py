@@ -9,7 +9,7 @@ import torch
 from torchvision.models import mobilenet_v3_large, resnet18
 
 from mtl_perception.checkpoint import load_checkpoint, save_checkpoint
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import IMAGENET, build_model, load_weights, model_from_checkpoint
 
 SIZE = (64, 64)

@@ -25,7 +25,7 @@ from mtl_perception.balancing.weighting import (
     LossWeighting,
     WeightedLosses,
 )
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 __all__ = [
     "GRAD_METHODS",

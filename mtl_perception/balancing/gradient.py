@@ -55,7 +55,7 @@ from torch import Tensor
 from torchjd import aggregation
 from torchjd.autojac import mtl_backward
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 if TYPE_CHECKING:
     from mtl_perception.balancing.weighting import LossWeighting

@@ -19,7 +19,6 @@ from mtl_perception.nets.registry import (
     model_from_checkpoint,
     parameter_breakdown,
 )
-from mtl_perception.nets.segmentation import IGNORE_INDEX
 from mtl_perception.nets.task_head import DEPTH, DETECTION, SEGMENTATION, TASKS
 
 __all__ = [
@@ -28,7 +27,6 @@ __all__ = [
     "DEPTH",
     "DEPTH_LOSSES",
     "DETECTION",
-    "IGNORE_INDEX",
     "IMAGENET",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

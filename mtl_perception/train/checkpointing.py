@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mtl_perception.checkpoint import inference_fields
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 
 @dataclass
