@@ -77,6 +77,7 @@ from data_tools.split import SplitItem, assign_splits, parse_fractions
 from mtl_perception.core import atomic_io
 from mtl_perception.core.constants import IGNORE_INDEX
 from mtl_perception.core.errors import UserError
+from mtl_perception.core.names import inside, safe_component
 from mtl_perception.core.summary import JobSummary
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -228,7 +229,11 @@ def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
             summary.fail("manifest without required columns", f"{manifest}: missing {sorted(missing)}")
             return []
         for row in reader:
-            path = manifest.parent / row["file"]
+            try:
+                path = inside(manifest.parent, row["file"] or "")
+            except ValueError as err:
+                summary.fail("bad file entry in manifest", f"{manifest}: {err}")
+                continue
             if path.suffix.lower() not in IMAGE_SUFFIXES or depth_targets.is_depth_row(row):
                 continue  # depth (.npy arrays, 16UC1 PNGs) is not a labelable image
             if not path.is_file():
@@ -345,8 +350,8 @@ def _output_names(frames: Sequence[Frame]) -> dict[Path, str]:
     A frame keeps its own name; names whose stem occurs more than once (the same stamp in two
     bags, ``a.jpg`` next to ``a.png``) get the bag and topic as prefix, then the extension.
     """
-    def qualified(frame: Frame) -> str:
-        return "__".join(p for p in (frame.bag, frame.topic.replace("/", "__"), frame.path.name) if p)
+    def qualified(frame: Frame) -> str:  # bag and topic come from manifests: data, made safe
+        return "__".join(safe_component(p) for p in (frame.bag, frame.topic, frame.path.name) if p)
 
     names = {f.path: f.path.name for f in frames}
     for rename in (qualified, lambda f: f"{Path(qualified(f)).stem}-{f.path.suffix.lstrip('.')}{f.path.suffix}"):
