@@ -74,7 +74,7 @@ def test_single_task_depth_baseline_shares_body_and_head_with_the_multitask_mode
     assert set(solo(images, targets)) == {"depth"}
 
 
-def test_old_checkpoints_without_a_task_set_keep_the_architecture_tasks() -> None:
+def test_model_kwargs_without_a_task_set_build_the_architecture_tasks() -> None:
     model = build_model("ssdlite_lraspp", 2, 3, SIZE)
     assert model.tasks == ("detection", "segmentation")
     payload = inference_fields(model, ["a", "b"], ["x", "y", "z"])

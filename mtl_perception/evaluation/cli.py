@@ -6,8 +6,8 @@ low score threshold (mAP needs the whole precision/recall curve), compares again
 background), pixel accuracy, depth metrics (AbsRel, SqRel, RMSE, RMSE log, delta thresholds,
 MAE over every valid pixel of the split, at the frames' resolution) and the model's cost
 (latency at batch 1, parameters, GFLOPs). Depth-only frames (``"labeled": false``) are scored
-for depth only. The report is written
-as JSON (atomically) and printed as a table; the exit status is 1 if any item failed.
+for depth only. The report is written as JSON (atomically) and printed as a table; the exit
+status is 1 if any item failed.
 """
 
 from __future__ import annotations
