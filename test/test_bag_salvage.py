@@ -389,12 +389,13 @@ def synth_bags(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.parametrize("storage", ["mcap", "db3"])
 @pytest.mark.parametrize("share", [0.35, 0.6, 0.9])
-def test_unpack_salvages_a_cut_synth_bag(synth_bags, tmp_path, capsys, share) -> None:
+def test_unpack_salvages_a_cut_synth_bag(synth_bags, tmp_path, capsys, storage, share) -> None:
     intact_out, cut_out = tmp_path / "intact", tmp_path / "cut"
-    assert run_unpack(synth_bags["mcap"], "--out", intact_out, "--jobs", "1") == 0
-    data = synth_bags["mcap"].read_bytes()
-    damaged = tmp_path / "bags" / "synth_bag.mcap"
+    assert run_unpack(synth_bags[storage], "--out", intact_out, "--jobs", "1") == 0
+    data = synth_bags[storage].read_bytes()
+    damaged = tmp_path / "bags" / f"synth_bag.{storage}"
     damaged.parent.mkdir()
     damaged.write_bytes(data[: int(len(data) * share)])
     digest = hashlib.sha256(damaged.read_bytes()).hexdigest()
