@@ -102,6 +102,7 @@ class Trainer:
             options=options,
             cosine_every=config.balancing.cosine_every,
             sync=self.sync,
+            last_shared_params=self.model.last_shared_parameters(),
         )
         params = [*self.model.parameters(), *self.weighting.parameters()]
         self.optimizer = build_optimizer(config.optim, params)
@@ -196,8 +197,10 @@ class Trainer:
             nonlocal stopped
             self.progress.global_step = step
             self.progress.step_in_epoch += 1
-            for task in self.weighting.tasks:  # running epoch sums (checkpointed) for DWA
-                self.progress.epoch_loss_sums[task] = self.progress.epoch_loss_sums.get(task, 0.0) + scalars[f"loss/{task}"]
+            # Running epoch sums (checkpointed) for DWA, over the tasks that had a loss this step.
+            self.progress.add_losses(
+                {task: scalars[f"loss/{task}"] for task in self.weighting.tasks if f"loss/{task}" in scalars}
+            )
             if step % config.logging.log_every == 0 or any(key.startswith("cosine/") for key in scalars):
                 self.logger.scalars(scalars, step)
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
@@ -221,7 +224,9 @@ class Trainer:
             )
             if stopped and self.progress.step_in_epoch < self.steps_per_epoch:
                 break  # mid-epoch stop: last.pt already holds the position
-            self.weighting.epoch_end(self.sync.all_reduce_scalars(self.progress.epoch_mean_losses()))
+            self.weighting.epoch_end(
+                self.sync.all_reduce_scalars(self.progress.epoch_mean_losses(self.weighting.tasks))
+            )
             self.progress.next_epoch()
             metrics = self.validate()
             if metrics:
