@@ -219,6 +219,19 @@ def test_cut_bag_gives_exactly_the_complete_messages_before_the_cut(
     assert damaged.read_bytes() == data[:offset]  # input untouched
 
 
+def test_unchunked_mcap_cut_anywhere(tmp_path) -> None:
+    """``ros2 bag record``'s fastwrite preset writes no chunks: messages are top-level records."""
+    source = write_recorder_mcap(tmp_path / "fast.mcap", messages(), compression="", chunked=False)
+    data = source.read_bytes()
+    ends = message_ends(data)
+    for offset in (ends[3] - 1, ends[3], ends[N // 2] - 7, ends[-1], len(data) - 1):
+        damaged = tmp_path / "cut.mcap"
+        damaged.write_bytes(data[:offset])
+        got, reader = salvaged(damaged)
+        assert_prefix(got)
+        assert len(got) == sum(end <= offset for end in ends) and reader.salvage is not None
+
+
 @pytest.mark.parametrize("kind", ["ros1-lz4", "mcap-zstd", "mcap-lz4"])
 def test_messages_of_a_partly_written_compressed_chunk_are_recovered(tmp_path, kind) -> None:
     """One large chunk cut in the middle: lz4 and zstd decode the part that is there."""
