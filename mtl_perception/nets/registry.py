@@ -60,7 +60,6 @@ def build_model(
     num_detection_classes: int = 0,
     num_segmentation_classes: int = 0,
     input_size: Sequence[int] = (320, 320),
-    backbone_weights: str | os.PathLike[str] | None = None,
     *,
     trainable_backbone_layers: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -74,9 +73,8 @@ def build_model(
     """Build ``arch`` for the dataset's classes and the input size ``(H, W)``.
 
     ``num_detection_classes`` counts real classes (background is added inside);
-    ``num_segmentation_classes`` includes background. ``backbone_weights``: ``None`` (random),
-    ``"imagenet"`` (torchvision's, only from the local cache) or a local state_dict file; it only
-    initialises, so ``model.model_kwargs`` (what checkpoints store) leaves it out.
+    ``num_segmentation_classes`` includes background. Weights are random (torchvision's
+    initialisation); ``pretrained.load_pretrained`` starts parts from pretrained ones.
 
     ``bn_momentum``: momentum of every BatchNorm in the model; ``None`` keeps torchvision's (0.01 in
     the body, 0.03 in SSDLite, 0.1 elsewhere), tuned for long runs from ImageNet weights. Short
@@ -110,8 +108,6 @@ def build_model(
     detection_options, segmentation_options = _route_head_options(arch, spec, given)
     taps = {tap for head in (spec.detection, spec.segmentation) if head for tap in head.feature_taps}
     backbone = MobileNetV3Body(taps, trainable_backbone_layers)
-    if backbone_weights is not None:
-        backbone.load_weights(backbone_weights)
     heads: dict[str, TaskHead] = {}
     if spec.detection:
         heads[DETECTION] = spec.detection(backbone.channels, num_detection_classes, size, **detection_options)
