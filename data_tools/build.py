@@ -32,8 +32,16 @@ all-background images (``--unlabeled background``, then not a warning). A labele
 without regions is a labeled empty frame and is kept. ``--strict`` turns every problem and
 warning into an error: nothing is written.
 
+Depth (RGB-D, CONTRACTS §11): with ``--depth-topic`` every frame is paired with the aligned
+depth frame of the same bag nearest in stamp (``--depth-tolerance-ms``, default 20) and gets a
+``depth/<stem>.png`` target (uint16 mm, 0 = invalid) and ``depth_file``; see
+``data_tools.depth_targets``. ``--unlabeled depth-only`` lets frames without labels join for
+the depth task only (``"labeled": false``, all-ignore mask, no boxes). Topic folders of depth
+encodings (16UC1, 32FC1, compressedDepth) are never labelable images.
+
 Output (CONTRACTS §4): ``<out>/<name>/`` with ``images/`` (hard links, copies across file
-systems), ``masks/``, ``annotations.json``, ``classes.json``, ``splits.json``. It is built in a
+systems), ``masks/``, ``depth/`` (with ``--depth-topic``), ``annotations.json``, ``classes.json``,
+``splits.json``. It is built in a
 temporary folder and renamed into place, so an existing dataset is complete; it is skipped
 unless ``--force``.
 """
@@ -57,8 +65,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
+from data_tools import depth_targets
+from data_tools.depth_targets import DepthFrame, DepthIndex, DepthOptions, DepthStats
 from data_tools.labels import LabeledImage, Region, label_files, read_labels
-from data_tools.rasterize import BoxMaskMode, BoxStatus, detection_box, rasterize
+from data_tools.rasterize import IGNORE, BoxMaskMode, BoxStatus, detection_box, rasterize
 from data_tools.split import SplitItem, assign_splits, parse_fractions
 from data_tools.summary import JobSummary
 from mtl_perception import atomic_io
@@ -165,8 +175,11 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
-def discover_frames(root: Path, summary: JobSummary) -> list[Frame]:
-    """Frames under ``root``: manifest rows where a ``manifest.csv`` exists, else image files."""
+def discover_frames(root: Path, summary: JobSummary, skip_folder: str | None = None) -> list[Frame]:
+    """Frames under ``root``: manifest rows where a ``manifest.csv`` exists, else image files.
+
+    Topic folders named ``skip_folder`` (the depth topic) and depth-encoded rows are left out.
+    """
     if not root.is_dir():
         raise UserError(f"--frames {root}: not a folder")
     frames: list[Frame] = []
@@ -174,6 +187,8 @@ def discover_frames(root: Path, summary: JobSummary) -> list[Frame]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # no hidden/partial outputs
         here = Path(folder)
         rel = here.relative_to(root)
+        if "manifest.csv" in files and here.name == skip_folder:
+            continue
         if "manifest.csv" in files:
             frames += _manifest_frames(here / "manifest.csv", summary)
             continue
@@ -196,8 +211,8 @@ def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
             return []
         for row in reader:
             path = manifest.parent / row["file"]
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue  # depth arrays (.npy) are not labelable images
+            if path.suffix.lower() not in IMAGE_SUFFIXES or depth_targets.is_depth_row(row):
+                continue  # depth (.npy arrays, 16UC1 PNGs) is not a labelable image
             if not path.is_file():
                 summary.fail("manifest row without its file", str(path))
                 continue
@@ -242,6 +257,8 @@ class Sample:
     frame: Frame
     regions: list[Region] = field(default_factory=list)
     labeled: bool = False
+    depth: DepthFrame | None = None
+    depth_only: bool = False  # joins for the depth task only (no detection/segmentation labels)
 
 
 def match_labels(frames: Sequence[Frame], labeled: Iterable[LabeledImage], summary: JobSummary) -> dict[Path, Sample]:
@@ -280,8 +297,9 @@ class BuildOptions:
     group_by: str          # "auto" | "bag" | "time"
     window_s: float
     seed: int
-    unlabeled: str         # "skip" | "background"
+    unlabeled: str         # "skip" | "background" | "depth-only"
     box_masks: BoxMaskMode
+    depth: DepthOptions = field(default_factory=DepthOptions)
 
 
 def _image_size(frame: Frame) -> tuple[int, int]:
@@ -333,6 +351,7 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
     seg = {name: k + 1 for k, name in enumerate(options.classes.segmentation_classes)}
     names = _output_names([s.frame for s in samples])
     images, annotations, split_items = [], [], []
+    depth_stats = DepthStats()
     for sample in tqdm(samples, desc="build", unit="image", disable=len(samples) < 50):
         frame = sample.frame
         try:
@@ -340,15 +359,33 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         except ValueError as err:
             summary.fail("unreadable image", f"{frame.path}: {err}")
             continue
+        depth = None
+        if sample.depth is not None:
+            depth = depth_targets.depth_target(sample.depth, frame.path, (height, width), options.depth, summary,
+                                               depth_stats)
+        if sample.depth_only and depth is None:
+            continue  # nothing left to learn from this frame (its depth was refused, and recorded)
         image_id = len(images) + 1
         file_name = names[frame.path]
-        mask_name = f"{Path(file_name).stem}.png"
-        mask, detections = _sample_targets(sample, det, seg, (height, width), options.box_masks, summary)
+        stem = Path(file_name).stem
+        mask_name = f"{stem}.png"
+        if sample.depth_only:  # no labels: every pixel ignored, no boxes
+            mask, detections = np.full((height, width), IGNORE, np.uint8), []
+            summary.add("depth-only frames")
+        else:
+            mask, detections = _sample_targets(sample, det, seg, (height, width), options.box_masks, summary)
         annotations += [{"id": len(annotations) + k + 1, "image_id": image_id, **ann} for k, ann in enumerate(detections)]
         atomic_io.write_with(out_dir / "masks" / mask_name, lambda p, m=mask: _imwrite(p, m))
         _link_or_copy(frame.path, out_dir / "images" / file_name)
-        images.append({"id": image_id, "file_name": f"images/{file_name}", "width": width, "height": height,
-                       "stamp_ns": frame.stamp_ns, "bag": frame.bag, "mask_file": f"masks/{mask_name}"})
+        entry = {"id": image_id, "file_name": f"images/{file_name}", "width": width, "height": height,
+                 "stamp_ns": frame.stamp_ns, "bag": frame.bag, "mask_file": f"masks/{mask_name}"}
+        if depth is not None:
+            atomic_io.write_with(out_dir / "depth" / f"{stem}.png", lambda p, d=depth: _imwrite(p, d))
+            entry["depth_file"] = f"depth/{stem}.png"
+            summary.add("depth paired")
+        if sample.depth_only:
+            entry["labeled"] = False
+        images.append(entry)
         split_items.append(SplitItem(key=image_id, bag=frame.bag, stamp_ns=frame.stamp_ns, name=file_name))
         summary.add("written")
 
@@ -368,7 +405,18 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         "segmentation_classes": ["background", *classes.segmentation_classes],
         "palette": classes.palette_rgb()})
     atomic_io.write_json(out_dir / "splits.json", split_doc)
+    if depth_stats.pixels:
+        print(f"build: {depth_stats.line()}")
     return split_doc
+
+
+def pair_depth(samples: dict[Path, Sample], index: DepthIndex, options: DepthOptions) -> None:
+    """Give every sample (of ``--color-topic``, if set) its nearest depth frame within the tolerance."""
+    for sample in samples.values():
+        frame = sample.frame
+        if options.color_folder is not None and frame.topic != options.color_folder:
+            continue
+        sample.depth = index.nearest(frame.bag, frame.stamp_ns, options.tolerance_ns)
 
 
 def _sample_targets(sample: Sample, det: dict[str, int], seg: dict[str, int], size: tuple[int, int],
@@ -414,8 +462,14 @@ def _detection_annotation(region: Region, category_id: int, height: int, width: 
             "iscrowd": 0}
 
 
-def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSummary) -> list[Sample]:
-    """Labeled samples plus, with ``--unlabeled background``, the unlabeled ones; stable order."""
+def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSummary,
+                   depth: DepthOptions | None = None) -> list[Sample]:
+    """Labeled samples plus the unlabeled ones ``--unlabeled`` asks for; stable order.
+
+    ``background`` keeps every unlabeled frame as all-background; ``depth-only`` keeps those
+    with a paired depth frame for the depth task only. With a depth topic, a chosen frame of
+    the paired colour topic(s) without a depth frame within the tolerance is reported.
+    """
     ordered = sorted(samples.values(), key=lambda s: (s.frame.bag, s.frame.topic, s.frame.stamp_ns or 0, s.frame.path.name))
     chosen = []
     for sample in ordered:
@@ -423,8 +477,16 @@ def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSumm
             chosen.append(sample)
             if not sample.labeled:
                 summary.add("unlabeled kept as background")
+        elif unlabeled == "depth-only" and sample.depth is not None:
+            sample.depth_only = True
+            chosen.append(sample)
         else:
             summary.warn("frames without labels (skipped)", str(sample.frame.path))
+            continue
+        if depth is not None and depth.topic is not None and sample.depth is None and (
+                depth.color_folder is None or sample.frame.topic == depth.color_folder):
+            summary.warn("no depth frame within the tolerance (kept without depth)",
+                         f"{sample.frame.path} (stamp {sample.frame.stamp_ns})")
     return chosen
 
 
@@ -447,12 +509,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep these groups within one split; auto = bag if there are enough bags, else time")
     parser.add_argument("--window-s", type=float, default=10.0, help="time-window length for --group-by time")
     parser.add_argument("--seed", type=int, default=0, help="seed of the group shuffle")
-    parser.add_argument("--unlabeled", choices=("skip", "background"), default="skip",
-                        help="frames without labels: leave out, or keep as images with no objects and all-background masks")
+    parser.add_argument("--unlabeled", choices=("skip", "background", "depth-only"), default="skip",
+                        help="frames without labels: leave out, keep as images with no objects and all-background "
+                             "masks, or (with --depth-topic) keep those with depth for the depth task only")
     parser.add_argument("--box-masks", choices=("ignore", "fill"), default="ignore",
                         help="segmentation regions known only by a box: paint 255 (ignore) or the class")
     parser.add_argument("--strict", action="store_true", help="any problem or warning is an error; write nothing")
     parser.add_argument("--force", action="store_true", help="rebuild an existing dataset")
+    depth_targets.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -461,18 +525,26 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--window-s {args.window_s}: must be positive")
     if not args.name or args.name in (".", "..") or "/" in args.name or "\\" in args.name:
         raise UserError(f"--name {args.name!r}: must be a plain folder name")
+    depth = depth_targets.options_from_args(args)
+    if args.unlabeled == "depth-only" and depth.topic is None:
+        raise UserError("--unlabeled depth-only needs --depth-topic")
     options = BuildOptions(classes=classes, fractions=parse_fractions(args.split), group_by=args.group_by,
-                           window_s=args.window_s, seed=args.seed, unlabeled=args.unlabeled, box_masks=args.box_masks)
+                           window_s=args.window_s, seed=args.seed, unlabeled=args.unlabeled, box_masks=args.box_masks,
+                           depth=depth)
     target = args.out / args.name
     if target.exists() and not args.force:
         print(f"build: {target} exists, skipping (use --force to rebuild)")
         return 0
 
     summary = JobSummary("build")
-    frames = discover_frames(args.frames, summary)
+    frames = discover_frames(args.frames, summary, skip_folder=depth.folder)
     summary.add("read", len(frames))
+    depth_index = depth_targets.discover_depth(args.frames, depth, summary) if depth.topic is not None else None
     labeled = [image for path in label_files(args.labels) for image in read_labels(path, summary)]
-    samples = select_samples(match_labels(frames, labeled, summary), options.unlabeled, summary)
+    matched = match_labels(frames, labeled, summary)
+    if depth_index is not None:
+        pair_depth(matched, depth_index, depth)
+    samples = select_samples(matched, options.unlabeled, summary, depth)
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{args.name}.partial-", dir=args.out) as tmp:

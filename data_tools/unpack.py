@@ -8,8 +8,8 @@ File formats:
   colour / mono 8-bit      PNG (or JPEG with --format jpg; alpha is dropped in JPEG)
   16-bit (mono16, 16UC1)   16-bit PNG, lossless
   32FC1 depth              .npy float32 (default, lossless) or, with --depth-float scaled,
-                           16-bit PNG in millimetres (value*1000 rounded; NaN, inf, <=0 -> 0;
-                           clipped at 65535 mm)
+                           16-bit PNG in millimetres (value*1000 rounded; NaN, inf, <=0 and
+                           beyond 65.535 m -> 0, i.e. invalid rather than a wrong clipped value)
   CompressedImage          the received JPEG/PNG bytes unchanged (never re-encoded)
   compressedDepth          decoded: 16UC1 -> 16-bit PNG, 32FC1 -> as 32FC1 depth above
 
@@ -48,6 +48,7 @@ from data_tools.bags import (
 from data_tools.images import UnsupportedEncoding, compressed_kind, decode_compressed, decode_image
 from data_tools.summary import JobSummary
 from mtl_perception import atomic_io
+from mtl_perception.core.depth import metres_to_depth_png
 from mtl_perception.errors import UserError
 
 MANIFEST = "manifest.csv"
@@ -56,7 +57,6 @@ MANIFEST_COLUMNS = ("index", "stamp_ns", "bag_time_ns", "frame_id", "encoding", 
 # Files this command writes into a topic folder (frames and temporary files of atomic writes);
 # only these are ever removed, when a re-run no longer produces them.
 _OWN_FILE_RE = re.compile(r"^(\d+(-\d+)?\.(png|jpg|npy)|\..+\.tmp\.\w+)$")
-_MAX_DEPTH_MM = np.iinfo(np.uint16).max
 
 
 @dataclass(frozen=True)
@@ -117,12 +117,6 @@ def _imwrite(path: Path, image: np.ndarray, params: Sequence[int] = ()) -> None:
     atomic_io.write_with(path, write)
 
 
-def _depth_to_mm(depth_m: np.ndarray) -> np.ndarray:
-    """Float depth in metres -> uint16 millimetres (invalid or non-positive -> 0, clipped)."""
-    mm = np.nan_to_num(depth_m.astype(np.float64) * 1000.0, nan=0.0, posinf=0.0, neginf=0.0)
-    return np.clip(np.rint(mm), 0, _MAX_DEPTH_MM).astype(np.uint16)
-
-
 def write_array(array: np.ndarray, stem_path: Path, options: UnpackOptions) -> Path:
     """Write a decoded array losslessly (or as JPEG for 8-bit with --format jpg); return the path."""
     if array.dtype == np.float32:
@@ -130,7 +124,7 @@ def write_array(array: np.ndarray, stem_path: Path, options: UnpackOptions) -> P
             path = stem_path.with_suffix(".npy")
             atomic_io.write_with(path, lambda tmp: np.save(tmp, array, allow_pickle=False))
             return path
-        array = _depth_to_mm(array)
+        array = metres_to_depth_png(array)
     if array.dtype not in (np.uint8, np.uint16):
         raise UnsupportedEncoding(f"cannot store {array.dtype} images")
     jpeg = options.image_format == "jpg" and array.dtype == np.uint8

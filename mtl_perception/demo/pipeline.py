@@ -132,7 +132,10 @@ def _tool(module: str, *args: object) -> list[str]:
 
 def plan(config: DemoConfig) -> list[Step]:
     """The demo's commands, in order."""
+    from data_tools.synth import CAMERA_TOPIC, DEPTH_TOPIC  # the synth bag's topic names
+
     work, build = config.workdir, config.build
+    camera_topic = f"{CAMERA_TOPIC}/compressed" if config.synth.encoding in ("jpeg", "png") else CAMERA_TOPIC
     train_name = config.run_dir.name
     return [
         Step("synth", _tool("data_tools.cli", "synth", "--out", config.synth_dir, "--frames", config.synth.frames,
@@ -145,14 +148,16 @@ def plan(config: DemoConfig) -> list[Step]:
                             "--name", build.name, "--out", work / "processed",
                             "--det-classes", ",".join(build.det_classes), "--seg-classes", ",".join(build.seg_classes),
                             "--split", ",".join(str(f) for f in build.split), "--group-by", build.group_by,
-                            "--window-s", build.window_s)),
+                            "--window-s", build.window_s, "--depth-topic", DEPTH_TOPIC)),
         Step("train", _tool("mtl_perception.train", "--config", config.train_config, f"data.root={config.dataset}",
                             f"output_dir={config.run_dir.parent}", f"name={train_name}", *config.train_overrides)),
         Step("eval", _tool("mtl_perception.evaluation.cli", "--checkpoint", config.run_dir / "best.pt",
                            "--data", config.dataset, "--split", "val", "--out", config.metrics_json),
              result=config.metrics_json, source=config.run_dir / "best.pt"),
-        Step("replay", _tool("mtl_perception.ros.replay", config.bag, "--model", config.run_dir / "best.pt",
-                             "--ground-truth", config.dataset, "--out", config.replay_dir,
+        Step("replay", _tool("mtl_perception.ros.replay", config.bag, "--topic", camera_topic,
+                             "--model", config.run_dir / "best.pt",
+                             "--ground-truth", config.dataset, "--depth-topic", DEPTH_TOPIC,
+                             "--out", config.replay_dir,
                              *(["--lockstep"] if config.replay.lockstep else []),
                              *(["--max-frames", config.replay.max_frames] if config.replay.max_frames else [])),
              result=config.replay_dir / "report.json", source=config.run_dir / "best.pt"),

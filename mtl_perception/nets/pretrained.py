@@ -172,7 +172,10 @@ def _resolve(model: MultiTaskModel, part: str, choice: str) -> tuple[str, str, d
     if choice.lower() == IMAGENET and part == BACKBONE:
         source = _IMAGENET
     elif choice.lower() == COCO:
-        task = part if part != BACKBONE else (DETECTION if DETECTION in model.tasks else SEGMENTATION)
+        task = part if part != BACKBONE else next((t for t in (DETECTION, SEGMENTATION) if t in model.tasks), None)
+        if task is None:
+            raise UserError(f"model.pretrained.backbone={choice!r} takes the body of a COCO detector or segmenter; "
+                            f"this model has neither head (tasks {list(model.tasks)}): use {IMAGENET!r}")
         source = coco_source(model, task)
     else:
         raise UserError(f"model.pretrained.{part}={choice!r} must be {allowed}")

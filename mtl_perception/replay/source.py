@@ -19,8 +19,9 @@ from rosbags.interfaces import Connection
 from data_tools.bags import COMPRESSED_TYPE, image_connections, is_bag, open_bag
 from data_tools.images import decode_compressed, decode_image, to_rgb8
 from mtl_perception.errors import UserError
+from mtl_perception.replay.depth_scoring import DepthReference
 
-__all__ = ["BagFrame", "ImageBag", "open_image_bag"]
+__all__ = ["BagFrame", "ImageBag", "open_depth_reference", "open_image_bag"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,59 @@ def _choose_connection(path: Path, reader: AnyReader, topic: str | None) -> Conn
         raise UserError(f"{path}: topic {matches[0].topic} has several message types; cannot replay it")
     # One topic can have several connections (e.g. split recordings); replay the busiest.
     return max(matches, key=lambda c: c.msgcount)
+
+
+def _open_reader(path: Path, stack: ExitStack) -> AnyReader:
+    """Open ``path`` on ``stack``; ``UserError`` for a missing, foreign or corrupt bag."""
+    if not path.exists():
+        raise UserError(f"{path}: bag not found")
+    if not is_bag(path):
+        raise UserError(f"{path}: not a bag (expected .bag, .db3, .mcap or a rosbag2 folder)")
+    try:
+        return stack.enter_context(open_bag(path))
+    except Exception as err:  # rosbags' reader errors: corrupt or foreign files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path}: cannot read the bag ({first})") from None
+
+
+@contextmanager
+def open_depth_reference(path: str | Path, topic: str) -> Iterator[DepthReference]:
+    """The bag's depth topic (``16UC1``/``32FC1`` Image or compressedDepth) indexed by header stamp.
+
+    The bag is opened with a reader of its own (the replay's frame reader runs on another
+    thread). Stamps are read in one pass; frames are read back and decoded one at a time by
+    bag time, so a long bag's depth is never held in memory.
+
+    Raises:
+        UserError: Missing/unreadable bag or no image topic ``topic`` in it.
+    """
+    path = Path(path)
+    with ExitStack() as stack:
+        reader = _open_reader(path, stack)
+        connections = image_connections(reader, [topic])
+        if not connections:
+            listing = ", ".join(sorted({c.topic for c in image_connections(reader)})) or "none"
+            raise UserError(f"--depth-topic {topic}: not an image topic of {path} (image topics: {listing})")
+        stamps: list[int] = []
+        bag_times: list[int] = []
+        skipped = 0
+        for conn, bag_time, raw in reader.messages(connections=connections):
+            try:
+                stamps.append(stamp_to_ns(reader.deserialize(raw, conn.msgtype).header.stamp))
+            except Exception:  # rosbags raises several types for truncated/foreign data
+                skipped += 1  # such a frame has no depth reference; counted in the report
+                continue
+            bag_times.append(int(bag_time))
+
+        def load(position: int) -> Any:
+            stamp, bag_time = stamps[position], bag_times[position]
+            for conn, _, raw in reader.messages(connections=connections, start=bag_time, stop=bag_time + 1):
+                msg = reader.deserialize(raw, conn.msgtype)
+                if stamp_to_ns(msg.header.stamp) == stamp:
+                    return decode_compressed(msg) if conn.msgtype == COMPRESSED_TYPE else decode_image(msg)
+            raise ValueError(f"{topic}: depth frame with stamp {stamp} not found again in the bag")
+
+        yield DepthReference(connections[0].topic, stamps, load, skipped=skipped)
 
 
 @contextmanager

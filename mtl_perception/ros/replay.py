@@ -11,7 +11,10 @@ that Foxglove, rviz and rosbags read) and frames are matched to answers by heade
 (the node copies the input header). ``<out>/report.json`` gives frames in/out, dropped frames,
 end-to-end latency (publish -> answer received: p50/p95/p99/max) and throughput; with
 ``--ground-truth`` (a ``mtl-data build`` folder or a COCO file with ``stamp_ns``, such as
-``synth_coco.json``) also mAP and mIoU. Plots: a latency histogram and example overlays.
+``synth_coco.json``) also mAP and mIoU; with ``--depth-topic`` (an RGB-D bag's aligned depth,
+e.g. ``/camera/aligned_depth_to_color/image_raw``) the node's ``~/depth`` answers are scored
+against the bag's own depth matched by stamp (AbsRel, RMSE, δ<1.25, ...). Plots: a latency
+histogram and example overlays.
 
 Exit status: 0 when every frame was replayed (and, in lockstep, answered), 1 when frames
 failed or went unanswered, 2 for a usage error (bag/topic/model missing, node not up).
@@ -46,13 +49,15 @@ from vision_msgs.msg import Detection2DArray
 
 from data_tools.summary import JobSummary
 from mtl_perception.checkpoint import load_checkpoint
+from mtl_perception.core.depth import DEFAULT_DEPTH_TOLERANCE_MS, DEFAULT_DEPTH_UNIT_M
 from mtl_perception.errors import UserError, run_cli
 from mtl_perception.replay.ground_truth import GroundTruth, load_ground_truth
 from mtl_perception.replay.outputs import DETECTIONS_TYPE, IMAGE_TYPE, OutputSink, header_stamp_ns
 from mtl_perception.replay.recorder import OutputRecorder
+from mtl_perception.replay.depth_scoring import DepthScorer
 from mtl_perception.replay.report import write_report
 from mtl_perception.replay.scoring import StampScorer
-from mtl_perception.replay.source import BagFrame, ImageBag, open_image_bag
+from mtl_perception.replay.source import BagFrame, ImageBag, open_depth_reference, open_image_bag
 from mtl_perception.replay.stats import ReplayStats
 from mtl_perception.ros.replay_launch import NodeProcess, dds_environment
 
@@ -84,6 +89,7 @@ def output_topics(namespace: str, record_color: bool, record_overlay: bool) -> l
     topics = [
         OutputTopic(f"{ns}/detections", Detection2DArray, DETECTIONS_TYPE, True),
         OutputTopic(f"{ns}/segmentation", Image, IMAGE_TYPE, True),
+        OutputTopic(f"{ns}/depth", Image, IMAGE_TYPE, True),  # 32FC1 metres (models with depth)
         OutputTopic("/diagnostics", DiagnosticArray, DIAGNOSTICS_TYPE, False),
     ]
     if record_color:
@@ -287,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--max-frames", type=int, default=0, help="replay at most this many frames (0 = all)")
     output = parser.add_argument_group("output")
     output.add_argument("--ground-truth", type=Path, help="mtl-data build folder or COCO .json with stamp_ns: adds mAP/mIoU")
+    depth = parser.add_argument_group("depth (RGB-D bags)")
+    depth.add_argument("--depth-topic", help="the bag's aligned depth topic to score ~/depth against, "
+                                             "e.g. /camera/aligned_depth_to_color/image_raw")
+    depth.add_argument("--depth-tolerance-ms", type=float, default=DEFAULT_DEPTH_TOLERANCE_MS,
+                       help="largest stamp difference between an answer and the bag's depth frame")
+    depth.add_argument("--depth-unit-m", type=_positive, default=DEFAULT_DEPTH_UNIT_M,
+                       help="metres per unit of 16-bit depth (16UC1 is millimetres)")
+    depth.add_argument("--max-depth", type=_positive, help="depth beyond this many metres is not scored")
     output.add_argument("--out", type=Path, default=Path("reports/replay"), help="report folder")
     output.add_argument("--examples", type=int, default=4, help="number of example overlays in the report")
     output.add_argument("--no-record", action="store_true", help="do not write the outputs bag")
@@ -321,6 +335,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--params-file {args.params_file}: no such file")
     if args.max_frames < 0 or args.examples < 0:
         raise UserError("--max-frames and --examples must be >= 0")
+    if args.depth_tolerance_ms < 0:
+        raise UserError(f"--depth-tolerance-ms {args.depth_tolerance_ms}: must not be negative")
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -331,7 +347,12 @@ def _replay(args: argparse.Namespace) -> int:
     stats = ReplayStats()
     out: Path = args.out
     os.environ.update(dds_environment())  # before rclpy.init: Fast DDS reads the profile once
-    with open_image_bag(args.bag, args.topic) as bag:
+    with open_image_bag(args.bag, args.topic) as bag, contextlib.ExitStack() as depth_stack:
+        depth_scorer = None
+        if args.depth_topic is not None:
+            reference = depth_stack.enter_context(open_depth_reference(args.bag, args.depth_topic))
+            depth_scorer = DepthScorer(reference, round(args.depth_tolerance_ms * 1e6), args.depth_unit_m,
+                                       args.max_depth)
         publish_topic = args.publish_topic or bag.topic
         node = None
         if not args.attach:
@@ -342,7 +363,8 @@ def _replay(args: argparse.Namespace) -> int:
         topics = output_topics(namespace, not args.no_record_color, args.record_overlay)
         recorder = None if args.no_record else OutputRecorder(out / "outputs")
         scorer = StampScorer(truth, info.segmentation_classes) if truth is not None else None
-        sink = OutputSink(recorder, scorer, topics[0].name, topics[1].name, info.detection_classes)
+        sink = OutputSink(recorder, scorer, topics[0].name, topics[1].name, info.detection_classes,
+                          depth_topic=topics[2].name, depth_scorer=depth_scorer)
         context = Context()
         rclpy.init(args=[], context=context)  # our argv is argparse's, not ROS's
         session = None
@@ -379,7 +401,7 @@ def _replay(args: argparse.Namespace) -> int:
         "rate": None if args.lockstep else args.rate,
         "node": {"started": node is not None, "namespace": namespace, "model": str(args.model) if args.model else None},
         **stats.summary(wall_time),
-        "accuracy": scorer.compute() if scorer is not None else None,
+        "accuracy": _accuracy(scorer, depth_scorer),
         "ground_truth": str(args.ground_truth) if args.ground_truth else None,
         "ground_truth_frames_matched": sum(1 for s in stats.answered_at if truth is not None and s in truth),
         "output_bag": "outputs" if recorder is not None else None,
@@ -390,6 +412,16 @@ def _replay(args: argparse.Namespace) -> int:
     _print_summary(report, path)
     summary.print()
     return summary.exit_code()
+
+
+def _accuracy(scorer: StampScorer | None, depth_scorer: DepthScorer | None) -> dict[str, Any] | None:
+    """``report.json``'s ``accuracy``: ``null`` when nothing was scored against anything."""
+    if scorer is None and depth_scorer is None:
+        return None
+    accuracy = scorer.compute() if scorer is not None else {}
+    if depth_scorer is not None:
+        accuracy["depth"] = depth_scorer.compute()
+    return accuracy
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -411,6 +443,11 @@ def _print_summary(report: dict[str, Any], path: Path) -> None:
     if "segmentation" in accuracy:
         segmentation = accuracy["segmentation"]
         print(f"{PROG}: segmentation mIoU {fmt(segmentation['miou'], 3)} over {segmentation['frames']} frames")
+    if "depth" in accuracy:
+        depth = accuracy["depth"]
+        print(f"{PROG}: depth AbsRel {fmt(depth['abs_rel'], 3)} RMSE {fmt(depth['rmse'], 3)} m "
+              f"delta<1.25 {fmt(depth['delta1'], 3)} over {depth['frames']} frames "
+              f"({depth['frames_without_depth']} without bag depth, {depth['size_mismatches']} size mismatches)")
 
 
 def run(argv: Sequence[str] | None = None) -> int:

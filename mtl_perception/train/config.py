@@ -44,6 +44,8 @@ class PretrainedConfig(Section):
 
 class ModelConfig(Section):
     arch: str = "ssdlite_deeplabv3"
+    # Heads to train: a non-empty subset of detection, segmentation, depth; null = the arch's own.
+    tasks: list[Literal["detection", "segmentation", "depth"]] | None = None
     input_size: tuple[int, int] = (320, 320)
     pretrained: PretrainedConfig = Field(default_factory=PretrainedConfig)
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -53,6 +55,13 @@ class ModelConfig(Section):
     def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
         if min(value) < 16:
             raise ValueError(f"input_size {list(value)} must be at least 16 px on each side")
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_set(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"tasks {value} must be a non-empty list of distinct task names")
         return value
 
 

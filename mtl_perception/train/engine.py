@@ -169,23 +169,35 @@ def evaluate(
     amp: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Validation metrics at input resolution: ``{"detection": ..., "segmentation": ..., "score"}``."""
+    """Validation metrics at input resolution: ``{"detection", "segmentation", "depth", "score"}``
+    (the model's tasks; depth over the frames that have a depth map, see ``DepthMetrics``)."""
+    from mtl_perception.evaluation.depth_metrics import DepthMetrics
+
     model.eval()
     detector = DetectionEvaluator(detection_classes) if "detection" in model.tasks else None
     confusion = ConfusionMatrix(num_segmentation_classes) if "segmentation" in model.tasks else None
+    depth = DepthMetrics() if "depth" in model.tasks else None
     for batch in tqdm(batches, desc="val", disable=not progress, leave=False):
         images, targets = to_device(batch, device)
         with autocast(device, amp):
             predictions = model(images)
-        if detector is not None:
-            detector.update(predictions, targets)
+        if detector is not None:  # depth-only frames have no boxes to score against
+            labeled = [i for i, target in enumerate(targets) if target.get("labeled", True)]
+            if labeled:
+                detector.update([predictions[i] for i in labeled], [targets[i] for i in labeled])
         if confusion is not None:
             for prediction, target in zip(predictions, targets, strict=True):
                 confusion.update(prediction["mask"], target["mask"])
+        if depth is not None:
+            for prediction, target in zip(predictions, targets, strict=True):
+                if target.get("depth") is not None:
+                    depth.update(prediction["depth"][0].float(), target["depth"])
     metrics: dict[str, Any] = {}
     if detector is not None:
         metrics["detection"] = detector.compute()
     if confusion is not None:
         metrics["segmentation"] = confusion.compute()
+    if depth is not None:
+        metrics["depth"] = depth.compute()
     metrics["score"] = combined_score(metrics)
     return metrics

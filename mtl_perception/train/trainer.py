@@ -2,8 +2,8 @@
 
 The run folder ``<output_dir>/<name>/`` holds ``config.yaml`` (the resolved config),
 ``last.pt`` (every epoch, and every ``checkpoint_every_steps`` steps), ``best.pt`` (highest
-validation combined score: mean of detection mAP@[.5:.95] and segmentation mIoU over the
-model's tasks, see ``evaluation.metrics.combined_score``) and ``tb/`` (TensorBoard).
+validation combined score: mean of detection mAP@[.5:.95], segmentation mIoU and depth delta1
+over the model's tasks, see ``evaluation.metrics.combined_score``) and ``tb/`` (TensorBoard).
 """
 
 from __future__ import annotations
@@ -81,10 +81,16 @@ class Trainer:
                 num_detection_classes=len(self.info.detection_classes),
                 num_segmentation_classes=len(self.info.segmentation_classes),
                 input_size=size,
+                tasks=config.model.tasks,
                 **config.model.kwargs,
             )
         except TypeError as err:  # an unknown name in model.kwargs
             raise UserError(f"model.kwargs {config.model.kwargs}: {err}") from None
+        if "depth" in model.tasks and not self.train_set.has_depth:
+            raise UserError(
+                f"{root}: model.tasks includes depth but no train image has a depth_file "
+                "(build the dataset from bags with an aligned depth topic)"
+            )
         # What was loaded from where is printed and stored in every checkpoint of the run.
         self.pretrained = load_pretrained(model, config.model.pretrained.model_dump())
         if self.context.is_main:
