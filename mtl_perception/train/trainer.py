@@ -139,6 +139,8 @@ class Trainer:
             ema=self.ema,
         )
         self.progress = Progress()
+        # Per finished epoch (this process's run only): mean raw losses, task weights, val score.
+        self.history: list[dict[str, Any]] = []
         self.logger = RunLogger(config, enabled=self.context.is_main)
 
     @property
@@ -245,10 +247,12 @@ class Trainer:
             self.weighting.epoch_end(mean_losses)
             self.progress.next_epoch()
             metrics = self.validate()
+            weights = {task: last_scalars.get(f"weight/{task}", math.nan) for task in self.weighting.tasks}
+            self.history.append({"epoch": epoch + 1, "losses": dict(mean_losses), "weights": weights,
+                                 "score": metrics.get("score", math.nan)})
             self.logger.epoch_line(
-                epoch + 1, config.optim.epochs, mean_losses,
-                {task: last_scalars.get(f"weight/{task}", math.nan) for task in self.weighting.tasks},
-                metrics, time.monotonic() - started, self.step_context.skipped_steps,
+                epoch + 1, config.optim.epochs, mean_losses, weights, metrics,
+                time.monotonic() - started, self.step_context.skipped_steps,
             )
             if metrics:
                 self.progress.metrics = metrics
