@@ -2,7 +2,11 @@
 
 Inputs: ``--frames`` is a folder of interim frames (``manifest.csv`` per topic, see
 docs/CONTRACTS.md §2) or a plain folder of images (stills labeled by hand: bag = first
-sub-folder, stamp = file stem when it is an integer). ``--labels`` takes COCO json and/or CVAT
+sub-folder). A still's file stem is its time stamp only when the integer stems of its folder
+look like nanosecond stamps (frames at least 1 ms apart); numbered photos (``0.jpg`` ...
+``17.jpg``, as annotation tools export them) have no stamp, so each is its own split group:
+a plain folder of photos splits into train/val/test with no extra flags (with enough
+sub-folders, ``--group-by auto`` keeps each sub-folder in one split instead). ``--labels`` takes COCO json and/or CVAT
 "for images 1.1" XML files; an image labeled in several files gets the union of its regions.
 
 Matching a labeled image to a frame, in this order: the same file stem (folders and extension
@@ -68,11 +72,12 @@ from tqdm import tqdm
 from data_tools import depth_targets
 from data_tools.depth_targets import DepthFrame, DepthIndex, DepthOptions, DepthStats
 from data_tools.labels import LabeledImage, Region, label_files, read_labels
-from data_tools.rasterize import IGNORE, BoxMaskMode, BoxStatus, detection_box, rasterize
+from data_tools.rasterize import BoxMaskMode, BoxStatus, detection_box, rasterize
 from data_tools.split import SplitItem, assign_splits, parse_fractions
-from data_tools.summary import JobSummary
-from mtl_perception import atomic_io
-from mtl_perception.errors import UserError
+from mtl_perception.core import atomic_io
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.summary import JobSummary
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MARKER_NAME = ".build_complete"
@@ -192,13 +197,26 @@ def discover_frames(root: Path, summary: JobSummary, skip_folder: str | None = N
         if "manifest.csv" in files:
             frames += _manifest_frames(here / "manifest.csv", summary)
             continue
-        for name in sorted(files):
-            path = here / name
-            if path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
-                bag = rel.parts[0] if rel.parts else root.resolve().name
-                frames.append(Frame(path=path, bag=bag, topic="/".join(rel.parts[1:]), stamp_ns=_int_or_none(path.stem),
-                                    width=None, height=None))
+        images = [here / n for n in sorted(files) if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith(".")]
+        stamps = _still_stamps([p.stem for p in images])
+        for path in images:
+            bag = rel.parts[0] if rel.parts else root.resolve().name
+            frames.append(Frame(path=path, bag=bag, topic="/".join(rel.parts[1:]), stamp_ns=stamps.get(path.stem),
+                                width=None, height=None))
     return frames
+
+
+MIN_FRAME_GAP_NS = 1_000_000
+"""No camera runs above 1 kHz: integer stems closer together than this are a numbering."""
+
+
+def _still_stamps(stems: Sequence[str]) -> dict[str, int]:
+    """The stems of one plain folder that are time stamps (see the module docstring)."""
+    values = {stem: value for stem in stems if (value := _int_or_none(stem)) is not None}
+    ordered = sorted(set(values.values()))
+    gaps = np.diff(ordered)
+    is_time = bool(ordered) and (float(np.median(gaps)) if len(gaps) else ordered[0]) >= MIN_FRAME_GAP_NS
+    return values if is_time else {}
 
 
 def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
@@ -370,7 +388,7 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         stem = Path(file_name).stem
         mask_name = f"{stem}.png"
         if sample.depth_only:  # no labels: every pixel ignored, no boxes
-            mask, detections = np.full((height, width), IGNORE, np.uint8), []
+            mask, detections = np.full((height, width), IGNORE_INDEX, np.uint8), []
             summary.add("depth-only frames")
         else:
             mask, detections = _sample_targets(sample, det, seg, (height, width), options.box_masks, summary)
@@ -506,7 +524,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML with detection_classes, segmentation_classes and optional palette")
     parser.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions")
     parser.add_argument("--group-by", choices=("auto", "bag", "time"), default="auto",
-                        help="keep these groups within one split; auto = bag if there are enough bags, else time")
+                        help="keep these groups within one split; auto = bag if there are enough bags, else time "
+                             "(stills without a time stamp are each their own group)")
     parser.add_argument("--window-s", type=float, default=10.0, help="time-window length for --group-by time")
     parser.add_argument("--seed", type=int, default=0, help="seed of the group shuffle")
     parser.add_argument("--unlabeled", choices=("skip", "background", "depth-only"), default="skip",

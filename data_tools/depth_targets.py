@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_tools.bags import topic_dirname
-from data_tools.summary import JobSummary
+from mtl_perception.core.bags import topic_dirname
+from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.depth import (
     DEFAULT_DEPTH_TOLERANCE_MS,
     DEFAULT_DEPTH_UNIT_M,
@@ -33,7 +33,7 @@ from mtl_perception.core.depth import (
     nearest_stamp,
     read_depth_file,
 )
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 # Relative aspect-ratio difference above which depth cannot be aligned to the colour image.
 ASPECT_TOLERANCE = 0.01

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from data_tools.summary import JobSummary
-from mtl_perception.errors import UserError
+from mtl_perception.core.summary import JobSummary
+from mtl_perception.core.errors import UserError
 
 BBox = tuple[float, float, float, float]  # COCO x, y, width, height in pixels
 

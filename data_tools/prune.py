@@ -55,10 +55,10 @@ from tqdm import tqdm
 from data_tools.ssim import (
     DEFAULT_WIN_SIZE, BlockStats, WindowStats, block_stats, sampled_ssim, ssim_from_stats, to_gray, window_stats,
 )
-from data_tools.summary import JobSummary
-from mtl_perception.atomic_io import atomic_path, write_json, write_text
+from mtl_perception.core.atomic_io import atomic_path, write_json, write_text
 from mtl_perception.core.depth import is_depth_encoding
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.summary import JobSummary
 
 DEFAULT_THRESHOLD = 0.90
 SETTLE_MARGIN = 0.02

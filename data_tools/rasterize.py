@@ -5,8 +5,8 @@ painted here matches what any COCO tool shows for the annotation.
 
 Paint order: regions are painted largest first, so a small object lying on a large stuff
 region (a cone on the floor) stays on top instead of being painted over; ``iscrowd`` regions
-are painted as ``IGNORE`` (255) in the same order. A region known only by its box has no exact
-shape: by default its box is painted ``IGNORE`` (the pixels are neither surely the class nor
+are painted as ``IGNORE_INDEX`` (255) in the same order. A region known only by its box has no exact
+shape: by default its box is painted ``IGNORE_INDEX`` (the pixels are neither surely the class nor
 surely background); ``box_masks="fill"`` paints the box with the class instead.
 """
 
@@ -21,8 +21,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from data_tools.labels import BBox, Region
+from mtl_perception.core.constants import IGNORE_INDEX
 
-IGNORE = 255
 BoxMaskMode = Literal["ignore", "fill"]
 
 
@@ -116,7 +116,7 @@ def rasterize(regions: list[tuple[int, Region]], height: int, width: int,
     for class_id, region in regions:
         mask = region_mask(region, height, width)
         if region.iscrowd or (not region.has_shape and box_masks == "ignore"):
-            value = IGNORE
+            value = IGNORE_INDEX
         else:
             value = class_id
         layers.append((int(mask.sum()), value, mask))

@@ -40,8 +40,9 @@ from rosbags.typesys import Stores, get_typestore
 from skimage import data as skdata
 from tqdm import tqdm
 
-from mtl_perception import atomic_io
-from mtl_perception.errors import UserError
+from mtl_perception.core import atomic_io
+from mtl_perception.core.constants import SYNTH_CAMERA_TOPIC, SYNTH_DEPTH_TOPIC
+from mtl_perception.core.errors import UserError
 
 OBJECT_CLASSES: tuple[str, ...] = ("box", "cone", "ball")
 STUFF_CLASSES: tuple[str, ...] = ("floor", "wall")
@@ -55,8 +56,8 @@ OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {  # RGB, chosen far apart fro
     "cone": (245, 85, 15),   # traffic orange
     "ball": (35, 85, 225),   # blue
 }
-CAMERA_TOPIC = "/camera/image_raw"
-DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"
+CAMERA_TOPIC = SYNTH_CAMERA_TOPIC
+DEPTH_TOPIC = SYNTH_DEPTH_TOPIC
 BAG_DIRNAME = "synth_bag"
 COCO_NAME = "synth_coco.json"
 MARKER_NAME = ".synth_complete"

@@ -1,6 +1,7 @@
 """Extract every image message of ROS 1 / ROS 2 bags to image files plus a manifest per topic.
 
-Inputs are bag files (.bag, .db3, .mcap), rosbag2 folders, or folders searched for both.
+Inputs are bag files (.bag, .bag.active, .db3, .mcap), rosbag2 folders (with or without
+metadata.yaml), or folders searched for both.
 Output: ``<out>/<bag>/<topic_dir>/<stamp_ns>.<ext>`` (``<stamp_ns>-<index>.<ext>`` when the
 header stamp repeats), ``manifest.csv`` and an ``.unpack_complete`` marker per topic.
 
@@ -13,9 +14,15 @@ File formats:
   CompressedImage          the received JPEG/PNG bytes unchanged (never re-encoded)
   compressedDepth          decoded: 16UC1 -> 16-bit PNG, 32FC1 -> as 32FC1 depth above
 
+Damaged bags are salvaged automatically: a bag cut short by a power loss (ROS 1 without its
+index, MCAP without summary and footer, a .db3 with a damaged tail) or with a damaged chunk
+gives every complete message before the damage, in order, never a partial one. A warning says
+how much was salvaged and where the damage is; the bag itself is never modified. When nothing
+can be read, the bag is reported as unreadable (exit status 1). Details: docs/SALVAGE.md.
+
 Topics already unpacked with the same settings are skipped (use --force to redo them);
 interrupted runs resume. Unsupported encodings and corrupt messages are counted, reported
-and skipped; the exit status is 1 when anything failed.
+and skipped; the exit status is 1 when anything failed (a salvaged bag alone is a warning).
 """
 
 from __future__ import annotations
@@ -38,18 +45,18 @@ from typing import Any
 
 import cv2
 import numpy as np
-from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection
 from tqdm import tqdm
 
-from data_tools.bags import (
+from mtl_perception.core.bags import (
     COMPRESSED_TYPE, IMAGE_TYPES, bag_name, find_bags, image_connections, open_bag, same_topic, topic_dirname,
 )
-from data_tools.images import UnsupportedEncoding, compressed_kind, decode_compressed, decode_image
-from data_tools.summary import JobSummary
-from mtl_perception import atomic_io
+from mtl_perception.core import atomic_io
 from mtl_perception.core.depth import metres_to_depth_png
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.images import UnsupportedEncoding, compressed_kind, decode_compressed, decode_image
+from mtl_perception.core.salvage import BagSalvageError, RecoveringReader
+from mtl_perception.core.summary import JobSummary
 
 MANIFEST = "manifest.csv"
 MARKER = ".unpack_complete"
@@ -234,7 +241,7 @@ def _stamp_ns(msg: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def _read_messages(reader: AnyReader, connections: list[Connection]) -> Iterator[tuple[Connection, int, bytes]]:
+def _read_messages(reader: RecoveringReader, connections: list[Connection]) -> Iterator[tuple[Connection, int, bytes]]:
     """``reader.messages`` with any failure of the bag itself turned into ``BagReadError``."""
     iterator = reader.messages(connections=connections)
     while True:
@@ -243,7 +250,7 @@ def _read_messages(reader: AnyReader, connections: list[Connection]) -> Iterator
         except StopIteration:
             return
         except Exception as err:  # storage backends raise many types (sqlite3, struct, lz4, ...)
-            raise BagReadError(f"{type(err).__name__}: {err}") from err
+            raise BagReadError(f"cannot read the bag: {type(err).__name__}: {err}") from err
         yield item
 
 
@@ -253,7 +260,7 @@ def _fail_message(summary: JobSummary, out: TopicOutput, index: int, err: Except
     summary.fail(kind, f"{out.bag} {out.topic} index {index}: {err}")
 
 
-def _extract(reader: AnyReader, outputs: dict[str, TopicOutput], connections: list[Connection],
+def _extract(reader: RecoveringReader, outputs: dict[str, TopicOutput], connections: list[Connection],
              options: UnpackOptions, summary: JobSummary) -> None:
     """Read the selected connections in bag order; decode+write frames in a bounded thread pool."""
     total = sum(conn.msgcount for conn in connections)
@@ -291,7 +298,7 @@ def _extract(reader: AnyReader, outputs: dict[str, TopicOutput], connections: li
             collect()
 
 
-def _plan(reader: AnyReader, name: str, options: UnpackOptions,
+def _plan(reader: RecoveringReader, name: str, options: UnpackOptions,
           summary: JobSummary) -> tuple[dict[str, TopicOutput], list[Connection]]:
     """Pick the connections to extract; topics already unpacked with the same settings are skipped."""
     settings = options.settings()
@@ -330,16 +337,18 @@ def unpack_bag(path: Path, options: UnpackOptions) -> BagResult:
         with ExitStack() as stack:
             try:
                 reader = stack.enter_context(open_bag(path))
-            except Exception as err:  # truncated/corrupt bags fail inside rosbags with many error types
-                raise BagReadError(f"{type(err).__name__}: {err}") from err
+            except BagSalvageError as err:  # rosbags failed and nothing could be salvaged
+                raise BagReadError(str(err).removeprefix(f"{path}: ")) from err
             result.topics = {conn.topic for conn in reader.connections}
             outputs, selected = _plan(reader, bag_name(path), options, result.summary)
             if selected:
                 _extract(reader, outputs, selected, options, result.summary)
                 for out in outputs.values():
                     out.finish(options.settings())
+            if reader.salvage is not None:
+                result.summary.warn("damaged bag, salvaged", reader.describe())
     except BagReadError as err:
-        result.error = f"{path}: cannot read bag: {err}"
+        result.error = f"{path}: {err}"
         result.summary.fail("unreadable bag", result.error)
     return result
 
@@ -359,7 +368,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mtl-data unpack``."""
     parser.formatter_class = _HelpFormatter
     parser.add_argument("inputs", nargs="+", type=Path, metavar="BAG_OR_FOLDER",
-                        help="bag files (.bag, .db3, .mcap), rosbag2 folders, or folders containing them")
+                        help="bag files (.bag, .bag.active, .db3, .mcap), rosbag2 folders, or folders containing "
+                             "them; damaged bags are salvaged (see above)")
     parser.add_argument("--out", type=Path, default=Path("data/raw"), help="output folder")
     parser.add_argument("--topics", type=_topic_list, action="extend", default=[], metavar="T1,T2",
                         help="image topics to extract (comma-separated or repeated; leading / optional); "

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from mtl_perception.atomic_io import atomic_path
-from mtl_perception.errors import UserError
+from mtl_perception.core.atomic_io import atomic_path
+from mtl_perception.core.errors import UserError
 
 FORMAT = "mtl_perception.checkpoint"
 VERSION = 1

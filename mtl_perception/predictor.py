@@ -21,7 +21,7 @@ import torch
 
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.device import autocast, configure_backend, resolve_device, use_half
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import model_from_checkpoint
 from mtl_perception.preprocessing import resize_to_input, to_float
 

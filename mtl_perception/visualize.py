@@ -8,12 +8,13 @@ draws into its input.
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Sequence
 from typing import Protocol
 
 import cv2
 import numpy as np
+
+from mtl_perception.core.constants import IGNORE_INDEX
 
 __all__ = ["colorize_mask", "default_palette", "draw_detections", "draw_prediction", "overlay_mask"]
 
@@ -74,7 +75,7 @@ def _lookup_table(palette: Sequence[Sequence[int]], ignore_index: int | None, ig
 def colorize_mask(
     mask: np.ndarray,
     palette: Sequence[Sequence[int]] | None = None,
-    ignore_index: int | None = 255,
+    ignore_index: int | None = IGNORE_INDEX,
     ignore_color: Color = (0, 0, 0),
 ) -> np.ndarray:
     """RGB uint8 ``[H, W, 3]`` image of a class-id mask ``[H, W]`` (one colour per class)."""

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mtl_perception.demo.pipeline import load_demo_config, plan
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

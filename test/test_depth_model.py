@@ -11,7 +11,7 @@ from torch import nn
 from torchjd.autojac import mtl_backward
 
 from mtl_perception.checkpoint import inference_fields
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import ARCHITECTURES, build_model, model_from_checkpoint
 from mtl_perception.nets.depth import berhu_loss, l1_loss, silog_loss, valid_depth
 

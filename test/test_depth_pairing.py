@@ -19,7 +19,7 @@ from mtl_perception.core.depth import (
     read_depth_file,
     read_depth_png_m,
 )
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 DEPTH_DIR = "camera__aligned_depth_to_color__image_raw"
 DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"

@@ -12,7 +12,7 @@ import torch
 
 from datasets import make_processed_dataset
 from mtl_perception.checkpoint import load_checkpoint
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.train import cli
 from mtl_perception.train.config import AugmentConfig, load_config
 from mtl_perception.train.dataset import IGNORE_INDEX, ProcessedDataset, collate

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtl_perception import atomic_io
+from mtl_perception.core import atomic_io
 from mtl_perception.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from mtl_perception.device import resolve_device, use_half
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 
 def _payload() -> dict:
@@ -98,7 +98,7 @@ def test_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
 
 def test_cli_user_error_is_one_line_and_nonzero(tmp_path: Path) -> None:
     code = (
-        "from mtl_perception.errors import UserError, run_cli\n"
+        "from mtl_perception.core.errors import UserError, run_cli\n"
         "def main():\n    raise UserError('file x.bag: truncated')\n"
         "run_cli(main, 'prog')\n"
     )

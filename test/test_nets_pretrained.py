@@ -16,7 +16,7 @@ import torch
 from torchvision.models import MobileNet_V3_Large_Weights, get_model
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import ARCHITECTURES, build_model, load_pretrained
 from mtl_perception.nets.detection import FasterRCNNDetector, SSDLiteDetector
 from mtl_perception.nets.pretrained import COCO_SOURCES, describe

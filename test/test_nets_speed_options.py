@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import DETECTION, SEGMENTATION, build_model, count_parameters, model_from_checkpoint
 from mtl_perception.nets.segmentation import ASPP_RATES_STRIDE32, SegmentationHead
 

@@ -10,7 +10,7 @@ import torch
 from torchvision.models import mobilenet_v3_large, resnet18
 
 from mtl_perception.checkpoint import load_checkpoint, save_checkpoint
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import build_model, load_pretrained, load_weights, model_from_checkpoint
 
 SIZE = (64, 64)

@@ -14,7 +14,7 @@ from skimage.metrics import structural_similarity as reference
 
 from data_tools import prune
 from data_tools.ssim import structural_similarity
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 COLUMNS = ["index", "stamp_ns", "bag_time_ns", "frame_id", "encoding", "width", "height", "bag", "file"]
 BAG, TOPIC = "run1", "camera__image_raw"

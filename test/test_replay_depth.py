@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from bagfactory import COMPRESSED, IMAGE, ROS2_STORE, compressed_msg, image_msg, write_bag
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.evaluation.depth_metrics import DEPTH_METRIC_KEYS, DepthMetrics
 from mtl_perception.replay.depth_scoring import DepthReference, DepthScorer
 from mtl_perception.replay.outputs import OutputSink

@@ -13,8 +13,9 @@ import pytest
 from bagfactory import COMPRESSED, IMAGE, ROS2_STORE, ROS2_TYPES, compressed_msg, header, image_msg, write_bag
 from rosbags.highlevel import AnyReader
 
-from mtl_perception.errors import UserError
-from mtl_perception.replay.ground_truth import IGNORE, load_ground_truth
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.replay.ground_truth import load_ground_truth
 from mtl_perception.replay.outputs import DETECTIONS_TYPE, OutputSink, detections_to_arrays, header_stamp_ns
 from mtl_perception.replay.recorder import OutputRecorder, replay_typestore, vision_msgs_msg_dir
 from mtl_perception.replay.report import json_ready, write_report
@@ -49,7 +50,7 @@ def _processed(folder: Path) -> Path:
     (folder / "masks").mkdir(parents=True)
     mask = np.zeros((6, 8), np.uint8)
     mask[3:] = 1
-    mask[0, 0] = IGNORE
+    mask[0, 0] = IGNORE_INDEX
     cv2.imwrite(str(folder / "masks" / "a.png"), mask)
     classes = {"detection_classes": ["cone"], "segmentation_classes": ["background", "floor"], "palette": [[0, 0, 0], [1, 2, 3]]}
     (folder / "classes.json").write_text(json.dumps(classes))
@@ -83,7 +84,7 @@ def test_processed_dataset_ground_truth(tmp_path: Path) -> None:
     assert truth.detection_classes == ["cone"] and truth.segmentation_classes == ["background", "floor"]
     np.testing.assert_allclose(truth.frames[STAMP].boxes, [[1, 1, 3, 3]])
     mask = truth.frames[STAMP].load_mask()
-    assert mask[0, 0] == IGNORE and mask[4, 4] == 1
+    assert mask[0, 0] == IGNORE_INDEX and mask[4, 4] == 1
 
 
 @pytest.mark.parametrize(

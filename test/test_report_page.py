@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtl_perception.demo import figures
+from mtl_perception import figures
 from mtl_perception.demo.html import Figure, Table, write_page
 
 

@@ -14,7 +14,7 @@ from rosbags.highlevel import AnyReader
 from data_tools import synth
 from data_tools.labels import Region
 from data_tools.rasterize import region_mask
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 W, H, N = 64, 48, 12
 
@@ -187,7 +187,7 @@ def test_depth_topic_is_aligned_16uc1_millimetres_with_colour_stamps(rgb_out: Pa
 
 def test_depth_is_consistent_with_the_rendered_scene(rgb_out: Path) -> None:
     """The bag's depth (decoded as unpack would) against the scene: floor, wall, objects, holes."""
-    from data_tools.images import decode_image
+    from mtl_perception.core.images import decode_image
 
     scene = synth.Scene(synth.SynthConfig(frames=N, width=W, height=H))
     for index, (_, _, msg) in enumerate(read_bag(rgb_out / synth.BAG_DIRNAME, depth=True)[:3]):

@@ -16,8 +16,8 @@ import pytest
 from bagfactory import COMPRESSED, IMAGE, ROS2_TYPES, compressed_msg, image_msg, single_file_bag, write_bag
 
 from data_tools import unpack
-from data_tools.bags import find_bags, topic_dirname
-from mtl_perception.errors import UserError
+from mtl_perception.core.bags import find_bags, topic_dirname
+from mtl_perception.core.errors import UserError
 
 H, W = 6, 8
 BASE = 1_700_000_000_000_000_000
@@ -282,7 +282,7 @@ def test_console_command_exit_statuses(tmp_path):
     cwd = Path(__file__).resolve().parents[1]
     (bags / "broken.mcap").write_bytes(b"\x89MCAP0\r\n" + b"\0" * 30)
     done = subprocess.run([*command, "--jobs", "2", str(bags)], cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and "broken.mcap: cannot read bag" in done.stderr
+    assert done.returncode == 1 and "broken.mcap: cannot read the bag" in done.stderr
     assert len(read_manifest(tmp_path / "raw" / "ok" / "cam")) == 1
     (tmp_path / "empty").mkdir()
     done = subprocess.run([*command, str(tmp_path / "empty")], cwd=cwd, capture_output=True, text=True, timeout=60)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from mtl_perception.balancing.gradient import GRAD_METHODS, BackwardStats, GradientBalancer, GradientSync
 from mtl_perception.balancing.weighting import WEIGHTINGS, LossWeighting, WeightedLosses
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 __all__ = [
     "GRAD_METHODS",

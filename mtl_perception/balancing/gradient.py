@@ -29,7 +29,7 @@ from torch import Tensor
 from torchjd import aggregation
 from torchjd.autojac import jac_to_grad, mtl_backward
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 
 class GradientSync(Protocol):

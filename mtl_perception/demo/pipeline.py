@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.constants import SYNTH_CAMERA_TOPIC, SYNTH_DEPTH_TOPIC
+from mtl_perception.core.errors import UserError
 
 
 _PROGRESS_BAR = re.compile(r"\d+%\|")
@@ -132,10 +133,9 @@ def _tool(module: str, *args: object) -> list[str]:
 
 def plan(config: DemoConfig) -> list[Step]:
     """The demo's commands, in order."""
-    from data_tools.synth import CAMERA_TOPIC, DEPTH_TOPIC  # the synth bag's topic names
-
     work, build = config.workdir, config.build
-    camera_topic = f"{CAMERA_TOPIC}/compressed" if config.synth.encoding in ("jpeg", "png") else CAMERA_TOPIC
+    camera_topic = (f"{SYNTH_CAMERA_TOPIC}/compressed" if config.synth.encoding in ("jpeg", "png")
+                    else SYNTH_CAMERA_TOPIC)
     train_name = config.run_dir.name
     return [
         Step("synth", _tool("data_tools.cli", "synth", "--out", config.synth_dir, "--frames", config.synth.frames,
@@ -148,7 +148,7 @@ def plan(config: DemoConfig) -> list[Step]:
                             "--name", build.name, "--out", work / "processed",
                             "--det-classes", ",".join(build.det_classes), "--seg-classes", ",".join(build.seg_classes),
                             "--split", ",".join(str(f) for f in build.split), "--group-by", build.group_by,
-                            "--window-s", build.window_s, "--depth-topic", DEPTH_TOPIC)),
+                            "--window-s", build.window_s, "--depth-topic", SYNTH_DEPTH_TOPIC)),
         Step("train", _tool("mtl_perception.train", "--config", config.train_config, f"data.root={config.dataset}",
                             f"output_dir={config.run_dir.parent}", f"name={train_name}", *config.train_overrides)),
         Step("eval", _tool("mtl_perception.evaluation.cli", "--checkpoint", config.run_dir / "best.pt",

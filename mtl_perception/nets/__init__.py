@@ -20,7 +20,6 @@ from mtl_perception.nets.registry import (
     model_from_checkpoint,
     parameter_breakdown,
 )
-from mtl_perception.nets.segmentation import IGNORE_INDEX
 from mtl_perception.nets.task_head import DEPTH, DETECTION, SEGMENTATION, TASKS
 
 __all__ = [
@@ -30,7 +29,6 @@ __all__ = [
     "DEPTH",
     "DEPTH_LOSSES",
     "DETECTION",
-    "IGNORE_INDEX",
     "IMAGENET",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

@@ -18,7 +18,7 @@ from collections.abc import Collection
 from torch import Tensor, nn
 from torchvision.models import mobilenet_v3_large
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 TAP_STRIDE8 = "stride8"
 TAP_STRIDE16_EXPAND = "stride16_expand"

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets.backbone import TAP_STRIDE8, TAP_STRIDE32
 from mtl_perception.nets.task_head import DEPTH, Targets
 

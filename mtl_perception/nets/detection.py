@@ -24,7 +24,7 @@ from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _nor
 from torchvision.ops import FeaturePyramidNetwork, box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets.backbone import TAP_STRIDE16_EXPAND, TAP_STRIDE32, TAP_STRIDE32_BLOCK
 from mtl_perception.nets.task_head import DETECTION, Targets, is_labeled
 

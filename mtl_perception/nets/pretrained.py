@@ -38,7 +38,7 @@ from torchvision.models import MobileNet_V3_Large_Weights, WeightsEnum
 from torchvision.models.detection import FasterRCNN_MobileNet_V3_Large_320_FPN_Weights, SSDLite320_MobileNet_V3_Large_Weights
 from torchvision.models.segmentation import DeepLabV3_MobileNet_V3_Large_Weights, LRASPP_MobileNet_V3_Large_Weights
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets.detection import FasterRCNNDetector, SSDLiteDetector
 from mtl_perception.nets.multitask import MultiTaskModel
 from mtl_perception.nets.segmentation import DeepLabV3Segmenter, LRASPPSegmenter

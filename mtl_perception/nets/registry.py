@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.constants import MIN_INPUT_SIDE
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets.backbone import MobileNetV3Body
 from mtl_perception.nets.depth import DepthHead
 from mtl_perception.nets.detection import FasterRCNNDetector, SSDLiteDetector
@@ -25,8 +26,6 @@ from mtl_perception.nets.weights import state_dict_problems
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_ARCH = "ssdlite_deeplabv3"
-# Below this the stride-32 feature map would be empty.
-MIN_INPUT_SIDE = 32
 # Structure options introduced after the first checkpoints, at the values those checkpoints were
 # built with (torchvision's full-width DeepLabHead); see ``model_from_checkpoint``.
 PRE_OPTION_VALUES: dict[str, Any] = {"aspp_channels": 256, "aspp_separable": False}

@@ -18,11 +18,11 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.lraspp import LRASPPHead
 from torchvision.ops.misc import Conv2dNormActivation
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets.backbone import TAP_STRIDE8, TAP_STRIDE32
 from mtl_perception.nets.task_head import SEGMENTATION, Targets, is_labeled
 
-IGNORE_INDEX = 255
 
 
 class SegmentationHead(nn.Module):

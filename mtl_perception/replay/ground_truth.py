@@ -24,14 +24,14 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from data_tools.summary import JobSummary
-from mtl_perception.errors import UserError
-from mtl_perception.json_files import read_json
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.summary import JobSummary
+from mtl_perception.core.json_io import read_json
 
 __all__ = ["FrameTruth", "GroundTruth", "load_ground_truth"]
 
 BACKGROUND = "background"
-IGNORE = 255
 
 
 @dataclass(frozen=True)

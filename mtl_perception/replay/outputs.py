@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from rosbags.serde import SerdeError
 
-from data_tools.images import decode_image
-from data_tools.summary import JobSummary
+from mtl_perception.core.images import decode_image
+from mtl_perception.core.summary import JobSummary
 from mtl_perception.replay.depth_scoring import DepthScorer
 from mtl_perception.replay.recorder import OutputRecorder, replay_typestore
 from mtl_perception.replay.scoring import StampScorer

@@ -1,6 +1,7 @@
 """The frames a replay publishes: one image topic of one bag (ROS 1 or 2, any storage).
 
-Bag access goes through ``data_tools.bags`` (rosbags ``AnyReader``). Frames come out as the
+Bag access goes through ``mtl_perception.core.bags`` (rosbags ``AnyReader``; a damaged bag is
+salvaged, see ``mtl_perception.core.salvage``). Frames come out as the
 rosbags message plus its header stamp and bag time, and are turned into rclpy messages only
 in ``mtl_perception.ros.replay`` (so this module stays free of rclpy).
 """
@@ -13,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection
 
-from data_tools.bags import COMPRESSED_TYPE, image_connections, is_bag, open_bag
-from data_tools.images import decode_compressed, decode_image, to_rgb8
-from mtl_perception.errors import UserError
+from mtl_perception.core.bags import COMPRESSED_TYPE, image_connections, is_bag, open_bag
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.images import decode_compressed, decode_image, to_rgb8
+from mtl_perception.core.salvage import RecoveringReader
 from mtl_perception.replay.depth_scoring import DepthReference
 
 __all__ = ["BagFrame", "ImageBag", "open_depth_reference", "open_image_bag"]
@@ -49,7 +50,7 @@ class ImageBag:
     """An open bag restricted to one image connection."""
 
     path: Path
-    reader: AnyReader
+    reader: RecoveringReader
     connection: Connection
 
     @property
@@ -67,6 +68,11 @@ class ImageBag:
     def __len__(self) -> int:
         return int(self.connection.msgcount)
 
+    @property
+    def salvaged(self) -> str:
+        """What salvage recovered from a damaged bag, for a warning (empty for an intact bag)."""
+        return self.reader.describe()
+
     def frames(self) -> Iterator[BagFrame | ValueError]:
         """Frames in bag order; a message that cannot be deserialised yields its error instead."""
         for index, (conn, bag_time, raw) in enumerate(self.reader.messages(connections=[self.connection])):
@@ -78,7 +84,7 @@ class ImageBag:
             yield BagFrame(index, stamp_to_ns(msg.header.stamp), int(bag_time), msg, self.compressed)
 
 
-def _choose_connection(path: Path, reader: AnyReader, topic: str | None) -> Connection:
+def _choose_connection(path: Path, reader: RecoveringReader, topic: str | None) -> Connection:
     images = image_connections(reader)
     listing = ", ".join(sorted({f"{c.topic} ({c.msgtype.rsplit('/', 1)[-1]})" for c in images})) or "none"
     if topic is not None:
@@ -157,7 +163,7 @@ def open_image_bag(path: str | Path, topic: str | None = None) -> Iterator[Image
     if not path.exists():
         raise UserError(f"{path}: bag not found")
     if not is_bag(path):
-        raise UserError(f"{path}: not a bag (expected .bag, .db3, .mcap or a rosbag2 folder)")
+        raise UserError(f"{path}: not a bag (expected .bag, .bag.active, .db3, .mcap or a rosbag2 folder)")
     stack = ExitStack()
     try:
         reader = stack.enter_context(open_bag(path))

@@ -1,11 +1,11 @@
 """ROS image messages <-> numpy arrays for the node: the only place the node touches encodings.
 
 Decoding uses ``cv_bridge`` when it is importable (the robot's ROS install) and the package's
-own ``data_tools.images`` otherwise (PyPI wheels, CI). Both paths return the same layout:
-the natural array of ``data_tools.images.decode_image`` (colour as RGB, alpha kept, mono 2-D),
+own ``mtl_perception.core.images`` otherwise (PyPI wheels, CI). Both paths return the same layout:
+the natural array of ``mtl_perception.core.images.decode_image`` (colour as RGB, alpha kept, mono 2-D),
 which ``to_rgb8`` turns into the network's RGB uint8 input. cv_bridge hands out OpenCV's BGR
 order, so its adapter swaps channels back. Publishing always goes through
-``data_tools.images.rgb8_to_image_fields`` (``msg.data = bytes`` is fast; cv_bridge's
+``mtl_perception.core.images.rgb8_to_image_fields`` (``msg.data = bytes`` is fast; cv_bridge's
 ``cv2_to_imgmsg`` is not needed for rgb8/mono8).
 """
 
@@ -18,12 +18,12 @@ from typing import Any, Protocol
 import numpy as np
 from sensor_msgs.msg import Image
 
-from data_tools import images
-from data_tools.images import UnsupportedEncoding
+from mtl_perception.core import images
+from mtl_perception.core.images import UnsupportedEncoding
 
 __all__ = [
     "CvBridgeDecoder",
-    "DataToolsDecoder",
+    "CoreDecoder",
     "ImageDecoder",
     "UnsupportedEncoding",
     "default_decoder",
@@ -49,10 +49,10 @@ class ImageDecoder(Protocol):
     def decode_compressed(self, msg: Any) -> np.ndarray: ...
 
 
-class DataToolsDecoder:
+class CoreDecoder:
     """The package's own decoder (docs/CONTRACTS.md section 8)."""
 
-    name = "data_tools.images"
+    name = "mtl_perception.core.images"
 
     def decode_image(self, msg: Any) -> np.ndarray:
         return images.decode_image(msg)
@@ -62,7 +62,7 @@ class DataToolsDecoder:
 
 
 class CvBridgeDecoder:
-    """cv_bridge adapter giving the same arrays (RGB order) and errors as ``DataToolsDecoder``."""
+    """cv_bridge adapter giving the same arrays (RGB order) and errors as ``CoreDecoder``."""
 
     name = "cv_bridge"
 
@@ -105,7 +105,7 @@ def default_decoder() -> ImageDecoder:
     try:
         return CvBridgeDecoder()
     except ImportError:
-        return DataToolsDecoder()
+        return CoreDecoder()
 
 
 def to_network_rgb(decoder: ImageDecoder, msg: Any, compressed: bool) -> np.ndarray:

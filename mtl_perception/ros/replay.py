@@ -16,6 +16,10 @@ e.g. ``/camera/aligned_depth_to_color/image_raw``) the node's ``~/depth`` answer
 against the bag's own depth matched by stamp (AbsRel, RMSE, δ<1.25, ...). Plots: a latency
 histogram and example overlays.
 
+A damaged bag (cut short by a power loss, or with a damaged chunk) is salvaged as by
+``mtl-data unpack``: every complete frame before the damage is replayed, and a warning (also
+``"salvaged"`` in report.json) says what was recovered (docs/SALVAGE.md).
+
 Exit status: 0 when every frame was replayed (and, in lockstep, answered), 1 when frames
 failed or went unanswered, 2 for a usage error (bag/topic/model missing, node not up).
 """
@@ -47,10 +51,10 @@ from std_msgs.msg import Header
 from tqdm import tqdm
 from vision_msgs.msg import Detection2DArray
 
-from data_tools.summary import JobSummary
+from mtl_perception.core.summary import JobSummary
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.core.depth import DEFAULT_DEPTH_TOLERANCE_MS, DEFAULT_DEPTH_UNIT_M
-from mtl_perception.errors import UserError, run_cli
+from mtl_perception.core.errors import UserError, run_cli
 from mtl_perception.replay.ground_truth import GroundTruth, load_ground_truth
 from mtl_perception.replay.outputs import DETECTIONS_TYPE, IMAGE_TYPE, OutputSink, header_stamp_ns
 from mtl_perception.replay.recorder import OutputRecorder
@@ -393,8 +397,11 @@ def _replay(args: argparse.Namespace) -> int:
     summary.merge(sink.summary)
     if truth is not None:
         summary.merge(truth.summary)
+    if bag.salvaged:
+        summary.warn("damaged bag, salvaged", bag.salvaged)
     report = {
         "bag": str(args.bag),
+        "salvaged": bag.salvaged or None,
         "topic": bag.topic,
         "published_on": publish_topic,
         "mode": "lockstep" if args.lockstep else "timed",

@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from mtl_perception.checkpoint import inference_fields
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 
 @dataclass

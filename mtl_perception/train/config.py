@@ -16,9 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from mtl_perception.atomic_io import write_text
+from mtl_perception.core.atomic_io import write_text
 from mtl_perception.balancing import GRAD_METHODS, WEIGHTINGS
-from mtl_perception.errors import UserError
+from mtl_perception.core.constants import MIN_INPUT_SIDE
+from mtl_perception.core.errors import UserError
 
 
 class Section(BaseModel):
@@ -53,8 +54,8 @@ class ModelConfig(Section):
     @field_validator("input_size")
     @classmethod
     def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if min(value) < 16:
-            raise ValueError(f"input_size {list(value)} must be at least 16 px on each side")
+        if min(value) < MIN_INPUT_SIDE:
+            raise ValueError(f"input_size {list(value)} must be at least {MIN_INPUT_SIDE} px on each side")
         return value
 
     @field_validator("tasks")

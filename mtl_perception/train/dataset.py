@@ -22,10 +22,10 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision import tv_tensors
 
-from mtl_perception.errors import UserError
-from mtl_perception.json_files import read_json
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.json_io import read_json
 
-IGNORE_INDEX = 255
 # Depth PNGs store uint16 millimetres (docs/CONTRACTS.md section 4); 0 = invalid.
 DEPTH_PNG_MM_PER_M = 1000.0
 

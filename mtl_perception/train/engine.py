@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from mtl_perception.balancing import GradientBalancer, LossWeighting
 from mtl_perception.device import autocast
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
 
 Batch = tuple[list[Tensor], list[dict[str, Any]]]

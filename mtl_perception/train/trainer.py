@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from mtl_perception.balancing import build_gradient_balancer, build_weighting
 from mtl_perception.checkpoint import load_checkpoint, save_checkpoint
 from mtl_perception.device import configure_backend, resolve_device
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import build_model, load_pretrained
 from mtl_perception.nets.pretrained import describe as describe_pretrained
 from mtl_perception.train.checkpointing import Progress, restore_training_state, training_payload

@@ -1,7 +1,8 @@
 """Finding and opening robot bags: ROS 1 ``.bag``, ROS 2 folders, bare ``.db3``/``.mcap`` files.
 
-Everything goes through rosbags' ``AnyReader``. ROS 1 bags carry their message definitions;
-ROS 2 bags may not, so the Jazzy typestore is the default for those.
+Everything goes through rosbags' ``AnyReader``; a bag it cannot read (cut short, damaged, a
+``.bag.active`` left by a killed recorder) is salvaged (``mtl_perception.core.salvage``). ROS 1
+bags carry their message definitions; ROS 2 bags may not, so the Jazzy typestore is the default.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection
 from rosbags.typesys import Stores, get_typestore
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.salvage import RecoveringReader
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = frozenset({IMAGE_TYPE, COMPRESSED_TYPE})
 BAG_FILE_SUFFIXES = (".bag", ".db3", ".mcap")
+ACTIVE_ROS1_SUFFIX = ".bag.active"  # a ROS 1 bag whose recorder never closed it (no index)
 ROS2_METADATA = "metadata.yaml"
 
 
@@ -35,14 +37,17 @@ def same_topic(a: str, b: str) -> bool:
 
 def bag_name(path: Path) -> str:
     """Output name of a bag: the file name without extension, or the rosbag2 folder name."""
-    return path.name if path.is_dir() else path.stem
+    if path.is_dir():
+        return path.name
+    return path.name.removesuffix(ACTIVE_ROS1_SUFFIX) if path.name.endswith(ACTIVE_ROS1_SUFFIX) else path.stem
 
 
 def is_bag(path: Path) -> bool:
     """True for a bag file (by suffix) or a rosbag2 folder (with ``metadata.yaml``)."""
     if path.is_dir():
         return (path / ROS2_METADATA).is_file()
-    return path.is_file() and path.suffix in BAG_FILE_SUFFIXES  # case as rosbags expects it
+    # case as rosbags expects it
+    return path.is_file() and (path.suffix in BAG_FILE_SUFFIXES or path.name.endswith(ACTIVE_ROS1_SUFFIX))
 
 
 def _walk_bags(folder: Path) -> Iterator[Path]:
@@ -85,13 +90,17 @@ def find_bags(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 @contextmanager
-def open_bag(path: Path) -> Iterator[AnyReader]:
-    """Open one bag with ``AnyReader`` (Jazzy types for ROS 2 bags without definitions)."""
-    with AnyReader([path], default_typestore=get_typestore(Stores.ROS2_JAZZY)) as reader:
+def open_bag(path: Path) -> Iterator[RecoveringReader]:
+    """Open one bag (Jazzy types for ROS 2 bags without definitions), salvaging a damaged one.
+
+    Raises:
+        BagSalvageError: rosbags cannot read the bag and salvage finds no complete message.
+    """
+    with RecoveringReader(path, default_typestore=get_typestore(Stores.ROS2_JAZZY)) as reader:
         yield reader
 
 
-def image_connections(reader: AnyReader, topics: Sequence[str] = ()) -> list[Connection]:
+def image_connections(reader: RecoveringReader, topics: Sequence[str] = ()) -> list[Connection]:
     """The reader's image connections: all of them, or those on ``topics`` (leading ``/`` optional)."""
     return [
         conn for conn in reader.connections
