@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 
 from mtl_perception.core.bags import topic_dirname
-from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.depth import (
     DEFAULT_DEPTH_TOLERANCE_MS,
     DEFAULT_DEPTH_UNIT_M,
@@ -34,6 +33,7 @@ from mtl_perception.core.depth import (
     read_depth_file,
 )
 from mtl_perception.core.errors import UserError
+from mtl_perception.core.summary import JobSummary
 
 # Relative aspect-ratio difference above which depth cannot be aligned to the colour image.
 ASPECT_TOLERANCE = 0.01
@@ -57,6 +57,7 @@ class DepthOptions:
 
     @property
     def color_folder(self) -> str | None:
+        """Topic folder name of ``--color-topic`` (``None`` = every colour topic)."""
         return None if self.color_topic is None else topic_dirname(self.color_topic)
 
 
@@ -72,15 +73,10 @@ class DepthIndex:
     """The depth frames of every bag under ``--frames``, sorted by stamp for nearest lookup."""
 
     def __init__(self, by_bag: dict[str, list[DepthFrame]]) -> None:
-        self._frames = {bag: sorted(frames, key=lambda f: f.stamp_ns) for bag, frames in by_bag.items()}
+        self._frames = {
+            bag: sorted(frames, key=lambda f: f.stamp_ns) for bag, frames in by_bag.items()
+        }
         self._stamps = {bag: [f.stamp_ns for f in frames] for bag, frames in self._frames.items()}
-
-    @property
-    def bags(self) -> set[str]:
-        return set(self._frames)
-
-    def __len__(self) -> int:
-        return sum(len(frames) for frames in self._frames.values())
 
     def nearest(self, bag: str, stamp_ns: int | None, tolerance_ns: int) -> DepthFrame | None:
         """The depth frame of ``bag`` nearest ``stamp_ns`` within the tolerance, if any."""
@@ -110,7 +106,10 @@ def discover_depth(root: Path, options: DepthOptions, summary: JobSummary) -> De
             reader = csv.DictReader(f)
             missing = {"file", "stamp_ns"} - set(reader.fieldnames or ())
             if missing:
-                summary.fail("depth manifest without required columns", f"{manifest}: missing {sorted(missing)}")
+                summary.fail(
+                    "depth manifest without required columns",
+                    f"{manifest}: missing {sorted(missing)}",
+                )
                 continue
             for row in reader:
                 bag = row.get("bag") or manifest.parent.parent.name
@@ -122,8 +121,10 @@ def discover_depth(root: Path, options: DepthOptions, summary: JobSummary) -> De
                 by_bag.setdefault(bag, []).append(DepthFrame(manifest.parent / row["file"], stamp))
     if not by_bag:
         listing = ", ".join(sorted(seen_topics)) or "none"
-        raise UserError(f"--depth-topic {options.topic}: no topic folder {options.folder!r} under {root} "
-                        f"(topic folders there: {listing})")
+        raise UserError(
+            f"--depth-topic {options.topic}: no topic folder {options.folder!r} under {root} "
+            f"(topic folders there: {listing})"
+        )
     summary.add("depth frames", sum(len(v) for v in by_bag.values()))
     return DepthIndex(by_bag)
 
@@ -141,12 +142,19 @@ class DepthStats:
     valid: int = 0
 
     def line(self) -> str:
+        """One summary line: the share of invalid pixels over every written target."""
         share = 100.0 * (self.pixels - self.valid) / self.pixels if self.pixels else 0.0
         return f"{share:.1f} % of depth pixels invalid (ignored)"
 
 
-def depth_target(depth: DepthFrame, image_path: Path, size_hw: tuple[int, int], options: DepthOptions,
-                 summary: JobSummary, stats: DepthStats) -> np.ndarray | None:
+def depth_target(
+    depth: DepthFrame,
+    image_path: Path,
+    size_hw: tuple[int, int],
+    options: DepthOptions,
+    summary: JobSummary,
+    stats: DepthStats,
+) -> np.ndarray | None:
     """The uint16 millimetre target for one colour frame, or ``None`` (recorded) if refused.
 
     Args:
@@ -168,10 +176,15 @@ def depth_target(depth: DepthFrame, image_path: Path, size_hw: tuple[int, int], 
         sizes = f"{depth.path}: {dw}x{dh} vs image {image_path}: {width}x{height}"
         aspect_gap = abs(dw / dh - width / height) / (width / height)
         if aspect_gap > ASPECT_TOLERANCE:
-            summary.fail("depth refused: aspect ratio differs from the image (not aligned depth?)", sizes)
+            summary.fail(
+                "depth refused: aspect ratio differs from the image (not aligned depth?)", sizes
+            )
             return None
         if options.resize != "nearest":
-            summary.fail("depth refused: size differs from the image (--depth-resize nearest to resample)", sizes)
+            summary.fail(
+                "depth refused: size differs from the image (--depth-resize nearest to resample)",
+                sizes,
+            )
             return None
         metres = cv2.resize(metres, (width, height), interpolation=cv2.INTER_NEAREST)
         summary.add("depth resized")
@@ -187,19 +200,38 @@ def depth_target(depth: DepthFrame, image_path: Path, size_hw: tuple[int, int], 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The depth options of ``mtl-data build``."""
     group = parser.add_argument_group("depth (RGB-D)")
-    group.add_argument("--depth-topic",
-                       help="aligned depth topic (or its folder name) to pair with the colour frames, e.g. "
-                            "/camera/aligned_depth_to_color/image_raw; writes depth/ targets")
-    group.add_argument("--color-topic",
-                       help="only frames of this topic get depth (default: every colour topic of the bag)")
-    group.add_argument("--depth-tolerance-ms", type=float, default=DEFAULT_DEPTH_TOLERANCE_MS,
-                       help="largest stamp difference between a colour frame and its depth frame")
-    group.add_argument("--depth-resize", choices=("none", "nearest"), default="none",
-                       help="depth of another size than its image: refuse it, or resample by nearest neighbour")
-    group.add_argument("--depth-unit-m", type=float, default=DEFAULT_DEPTH_UNIT_M,
-                       help="metres per unit of 16-bit depth images (16UC1 is millimetres)")
-    group.add_argument("--max-depth", type=float,
-                       help="depth beyond this many metres is invalid (e.g. the sensor's range); default: keep all")
+    group.add_argument(
+        "--depth-topic",
+        help="aligned depth topic (or its folder name) to pair with the colour frames, e.g. "
+        "/camera/aligned_depth_to_color/image_raw; writes depth/ targets",
+    )
+    group.add_argument(
+        "--color-topic",
+        help="only frames of this topic get depth (default: every colour topic of the bag)",
+    )
+    group.add_argument(
+        "--depth-tolerance-ms",
+        type=float,
+        default=DEFAULT_DEPTH_TOLERANCE_MS,
+        help="largest stamp difference between a colour frame and its depth frame",
+    )
+    group.add_argument(
+        "--depth-resize",
+        choices=("none", "nearest"),
+        default="none",
+        help="depth of another size than its image: refuse it, or resample by nearest neighbour",
+    )
+    group.add_argument(
+        "--depth-unit-m",
+        type=float,
+        default=DEFAULT_DEPTH_UNIT_M,
+        help="metres per unit of 16-bit depth images (16UC1 is millimetres)",
+    )
+    group.add_argument(
+        "--max-depth",
+        type=float,
+        help="depth beyond this many metres is invalid (e.g. the sensor's range); default: all",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> DepthOptions:
@@ -212,6 +244,11 @@ def options_from_args(args: argparse.Namespace) -> DepthOptions:
         raise UserError(f"--max-depth {args.max_depth}: must be positive")
     if args.depth_topic is None and args.color_topic is not None:
         raise UserError("--color-topic only applies with --depth-topic")
-    return DepthOptions(topic=args.depth_topic, color_topic=args.color_topic,
-                        tolerance_ns=round(args.depth_tolerance_ms * 1e6), resize=args.depth_resize,
-                        unit_m=args.depth_unit_m, max_depth=args.max_depth)
+    return DepthOptions(
+        topic=args.depth_topic,
+        color_topic=args.color_topic,
+        tolerance_ns=round(args.depth_tolerance_ms * 1e6),
+        resize=args.depth_resize,
+        unit_m=args.depth_unit_m,
+        max_depth=args.max_depth,
+    )

@@ -11,8 +11,11 @@ import torch
 from mtl_perception.evaluation.depth_metrics import DEPTH_METRIC_KEYS, DepthMetrics
 
 
-def reference_metrics(frames: list[tuple[np.ndarray, np.ndarray]], min_depth: float = 1e-3,
-                      max_depth: float | None = None) -> dict[str, float]:
+def reference_metrics(
+    frames: list[tuple[np.ndarray, np.ndarray]],
+    min_depth: float = 1e-3,
+    max_depth: float | None = None,
+) -> dict[str, float]:
     """The textbook formulas, one pixel at a time in plain Python floats (no shared code)."""
     abs_rel = sq_rel = sq = sq_log = abs_err = 0.0
     d1 = d2 = d3 = 0
@@ -35,9 +38,15 @@ def reference_metrics(frames: list[tuple[np.ndarray, np.ndarray]], min_depth: fl
             d2 += r < 1.25**2
             d3 += r < 1.25**3
     return {
-        "abs_rel": abs_rel / n, "sq_rel": sq_rel / n, "rmse": math.sqrt(sq / n),
-        "rmse_log": math.sqrt(sq_log / n), "delta1": d1 / n, "delta2": d2 / n,
-        "delta3": d3 / n, "mae": abs_err / n, "valid_pixels": n,
+        "abs_rel": abs_rel / n,
+        "sq_rel": sq_rel / n,
+        "rmse": math.sqrt(sq / n),
+        "rmse_log": math.sqrt(sq_log / n),
+        "delta1": d1 / n,
+        "delta2": d2 / n,
+        "delta3": d3 / n,
+        "mae": abs_err / n,
+        "valid_pixels": n,
     }
 
 

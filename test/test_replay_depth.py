@@ -1,4 +1,4 @@
-"""mtl-replay's depth scoring (pure, no ROS): the bag's depth topic as reference, answers by stamp."""
+"""mtl-replay's depth scoring (pure, no ROS): the bag's depth topic is the reference."""
 
 from __future__ import annotations
 
@@ -38,9 +38,13 @@ def depth_bag(tmp_path: Path) -> Path:
     messages = []
     for i, mm in enumerate(depth_frames()):
         stamp = T0 + i * PERIOD
-        messages.append(("/cam/color", IMAGE, stamp, image_msg(np.zeros((H, W, 3), np.uint8), "rgb8", stamp)))
+        messages.append(
+            ("/cam/color", IMAGE, stamp, image_msg(np.zeros((H, W, 3), np.uint8), "rgb8", stamp))
+        )
         if i < 3:
-            messages.append(("/cam/depth", IMAGE, stamp + 1000, image_msg(mm, "16UC1", stamp + 1000)))
+            messages.append(
+                ("/cam/depth", IMAGE, stamp + 1000, image_msg(mm, "16UC1", stamp + 1000))
+            )
     return write_bag(tmp_path / "rgbd", "mcap", messages)
 
 
@@ -85,8 +89,18 @@ def test_tolerance_size_mismatch_and_float_depth(tmp_path: Path) -> None:
 def test_compressed_depth_reference(tmp_path: Path) -> None:
     mm = depth_frames(1)[0]
     payload = struct.pack("<iff", 0, 0, 0) + cv2.imencode(".png", mm)[1].tobytes()
-    bag = write_bag(tmp_path / "c", "db3",
-                    [("/d/compressedDepth", COMPRESSED, T0, compressed_msg(payload, "16UC1; compressedDepth", T0))])
+    bag = write_bag(
+        tmp_path / "c",
+        "db3",
+        [
+            (
+                "/d/compressedDepth",
+                COMPRESSED,
+                T0,
+                compressed_msg(payload, "16UC1; compressedDepth", T0),
+            )
+        ],
+    )
     with open_depth_reference(bag, "/d/compressedDepth") as reference:
         scorer = DepthScorer(reference, tolerance_ns=0, max_depth=3.0)
         assert scorer.add_depth(T0, mm.astype(np.float32) / 1000.0)
@@ -96,7 +110,9 @@ def test_compressed_depth_reference(tmp_path: Path) -> None:
 
 
 def test_missing_depth_topic_is_a_user_error(depth_bag: Path) -> None:
-    with pytest.raises(UserError, match=r"--depth-topic /nope: not an image topic .*/cam/color, /cam/depth"):
+    with pytest.raises(
+        UserError, match=r"--depth-topic /nope: not an image topic .*/cam/color, /cam/depth"
+    ):
         with open_depth_reference(depth_bag, "/nope"):
             pass
 
@@ -105,7 +121,9 @@ def test_sink_scores_depth_answers_and_reports_bad_ones() -> None:
     target = np.full((H, W), 1500, np.uint16)
     reference = DepthReference("/bag/depth", [T0], lambda _: target)
     scorer = DepthScorer(reference, tolerance_ns=0)
-    sink = OutputSink(None, None, "/n/detections", "/n/segmentation", depth_topic="/n/depth", depth_scorer=scorer)
+    sink = OutputSink(
+        None, None, "/n/detections", "/n/segmentation", depth_topic="/n/depth", depth_scorer=scorer
+    )
     answer = image_msg(np.full((H, W), 1.5, np.float32), "32FC1", T0)
     sink.consume("/n/depth", IMAGE, bytes(ROS2_STORE.serialize_cdr(answer, IMAGE)), 1)
     wrong = image_msg(np.zeros((H, W), np.uint8), "mono8", T0)

@@ -31,7 +31,7 @@ __all__ = [
 
 #: ``sensor_msgs/Image`` encodings that carry depth (REP 118): integer units or float metres.
 DEPTH_ENCODINGS = frozenset({"16UC1", "32FC1"})
-#: Metres per unit of integer depth images (REP 118: millimetres). Some sensors differ (L515: 0.25 mm).
+#: Metres per unit of integer depth images (REP 118: millimetres; an L515 uses 0.25 mm).
 DEFAULT_DEPTH_UNIT_M = 0.001
 #: Largest stamp gap between a colour frame and "its" depth frame: under a frame period at 30 Hz
 #: (33 ms), so a dropped depth frame is reported instead of being replaced by its neighbour.
@@ -49,8 +49,9 @@ def is_depth_encoding(encoding: str) -> bool:
     return text.upper() in DEPTH_ENCODINGS or "compresseddepth" in text.lower()
 
 
-def depth_to_metres(depth: np.ndarray, unit_m: float = DEFAULT_DEPTH_UNIT_M,
-                    max_depth: float | None = None) -> np.ndarray:
+def depth_to_metres(
+    depth: np.ndarray, unit_m: float = DEFAULT_DEPTH_UNIT_M, max_depth: float | None = None
+) -> np.ndarray:
     """A decoded depth image as float32 metres with 0 marking every invalid pixel.
 
     Args:
@@ -103,13 +104,16 @@ def read_depth_png_m(path: str | Path) -> np.ndarray:
     if image is None:
         raise ValueError(f"{path}: cannot read the depth image")
     if image.dtype != np.uint16 or image.ndim != 2:
-        raise ValueError(f"{path}: depth targets are single-channel uint16 millimetres, got "
-                         f"{image.dtype} with shape {image.shape}")
+        raise ValueError(
+            f"{path}: depth targets are single-channel uint16 millimetres, got "
+            f"{image.dtype} with shape {image.shape}"
+        )
     return image.astype(np.float32) / np.float32(1000.0)
 
 
-def read_depth_file(path: str | Path, unit_m: float = DEFAULT_DEPTH_UNIT_M,
-                    max_depth: float | None = None) -> np.ndarray:
+def read_depth_file(
+    path: str | Path, unit_m: float = DEFAULT_DEPTH_UNIT_M, max_depth: float | None = None
+) -> np.ndarray:
     """An unpacked depth frame (docs/CONTRACTS.md §1) as float32 metres, 0 = invalid.
 
     ``.npy`` holds float32 metres (``32FC1``); an image file (16-bit PNG/TIFF) holds integer
@@ -129,7 +133,9 @@ def read_depth_file(path: str | Path, unit_m: float = DEFAULT_DEPTH_UNIT_M,
         if array is None:
             raise ValueError(f"{path}: cannot read the depth image")
         if array.dtype == np.uint8:
-            raise ValueError(f"{path}: 8-bit image, not depth (expected 16-bit units or float metres)")
+            raise ValueError(
+                f"{path}: 8-bit image, not depth (expected 16-bit units or float metres)"
+            )
     try:
         return depth_to_metres(array, unit_m, max_depth)
     except ValueError as err:

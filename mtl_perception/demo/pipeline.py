@@ -156,7 +156,7 @@ def plan(config: DemoConfig) -> list[Step]:
              result=config.metrics_json, source=config.run_dir / "best.pt"),
         Step("replay", _tool("mtl_perception.ros.replay", config.bag, "--topic", camera_topic,
                              "--model", config.run_dir / "best.pt",
-                             "--ground-truth", config.dataset, "--depth-topic", DEPTH_TOPIC,
+                             "--ground-truth", config.dataset, "--depth-topic", SYNTH_DEPTH_TOPIC,
                              "--out", config.replay_dir,
                              *(["--lockstep"] if config.replay.lockstep else []),
                              *(["--max-frames", config.replay.max_frames] if config.replay.max_frames else [])),

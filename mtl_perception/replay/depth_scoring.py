@@ -32,8 +32,13 @@ class DepthReference:
         skipped: Messages of the topic that could not be read at all (reported).
     """
 
-    def __init__(self, topic: str, stamps_ns: Sequence[int], load: Callable[[int], np.ndarray],
-                 skipped: int = 0) -> None:
+    def __init__(
+        self,
+        topic: str,
+        stamps_ns: Sequence[int],
+        load: Callable[[int], np.ndarray],
+        skipped: int = 0,
+    ) -> None:
         self.topic = topic
         self.skipped = skipped
         self._order = sorted(range(len(stamps_ns)), key=lambda i: stamps_ns[i])
@@ -49,6 +54,7 @@ class DepthReference:
         return None if i is None else self._order[i]
 
     def load(self, position: int) -> np.ndarray:
+        """The decoded depth image at ``position``; ``ValueError`` if it cannot be decoded."""
         return self._load(position)
 
 
@@ -62,8 +68,13 @@ class DepthScorer:
         max_depth: Depth beyond this (metres) is invalid; ``None`` keeps all.
     """
 
-    def __init__(self, reference: DepthReference, tolerance_ns: int, unit_m: float = DEFAULT_DEPTH_UNIT_M,
-                 max_depth: float | None = None) -> None:
+    def __init__(
+        self,
+        reference: DepthReference,
+        tolerance_ns: int,
+        unit_m: float = DEFAULT_DEPTH_UNIT_M,
+        max_depth: float | None = None,
+    ) -> None:
         self.reference = reference
         self.tolerance_ns = tolerance_ns
         self.unit_m = unit_m
@@ -99,8 +110,10 @@ class DepthScorer:
             return False
         if target.shape != pred_m.shape:
             self.size_mismatches += 1
-            self._problem(f"stamp {stamp_ns}: depth answer {pred_m.shape[1]}x{pred_m.shape[0]} vs "
-                          f"{self.reference.topic} {target.shape[1]}x{target.shape[0]}")
+            self._problem(
+                f"stamp {stamp_ns}: depth answer {pred_m.shape[1]}x{pred_m.shape[0]} vs "
+                f"{self.reference.topic} {target.shape[1]}x{target.shape[0]}"
+            )
             return False
         self.metrics.update(pred_m, target)
         return True
