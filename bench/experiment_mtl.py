@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="existing processed dataset with a test split (default: build one)")
     parser.add_argument("--workdir", type=Path, help="where the synthetic dataset is built (default data/experiment[_quick])")
-    parser.add_argument("--frames", type=int, default=300, help="synthetic frames before pruning")
+    parser.add_argument("--frames", type=int, default=240, help="synthetic frames before pruning")
     parser.add_argument("--out", type=Path, help="run folders and cached results (default runs/experiment[_quick])")
     parser.add_argument("--config", type=Path, default=ROOT / "config/train/experiment.yaml", help="the shared recipe")
     parser.add_argument("--arch", default="ssdlite_lraspp", help="architecture of every run (single-task runs use a subset of its heads)")

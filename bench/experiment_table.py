@@ -76,12 +76,12 @@ def summarise(results: Sequence[Result], tasks: Sequence[str]) -> list[dict[str,
     initialisation and data order), then averaged over seeds.
     """
     baselines = baselines_by_seed(results)
-    groups: dict[tuple[str, str], list[Result]] = {}
+    groups: dict[tuple[str, str, tuple[str, ...]], list[Result]] = {}
     for r in results:
-        groups.setdefault((str(r["label"]), str(r["arch"])), []).append(r)
+        groups.setdefault((str(r["label"]), str(r["arch"]), tuple(r["tasks"])), []).append(r)
     rows = []
-    for (label, arch), runs in groups.items():
-        row: dict[str, Any] = {"label": label, "arch": arch, "seeds": sorted(int(r["seed"]) for r in runs)}
+    for (label, arch, run_tasks), runs in groups.items():
+        row: dict[str, Any] = {"label": label, "arch": arch, "tasks": list(run_tasks), "seeds": sorted(int(r["seed"]) for r in runs)}
         for task in tasks:
             row[task] = mean_std([r["metrics"].get(task) for r in runs])
         if label != SINGLE_TASK_LABEL:
@@ -136,14 +136,14 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> s
     """Mean ± std over seeds of each task's primary metric (in %, test split), Δm (in %, vs the
     single-task models), the range of task weights used, and cost."""
     metric_heads = " | ".join(f"{task} {PRIMARY_METRICS[task][0]} %" for task in tasks)
-    header = f"| model | balancing | seeds | {metric_heads} | Δm % | task weights (min–max) | GFLOPs | latency ms | train s |"
+    header = f"| model | tasks | balancing | seeds | {metric_heads} | Δm % | task weights (min–max) | GFLOPs | latency ms | train s |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         metrics = " | ".join(_pm(row.get(task)) for task in tasks)
         weights = ", ".join(f"{task[:3]} {low:.2f}–{high:.2f}" for task, (low, high) in sorted(row.get("weight_range", {}).items()))
         gflops = row.get("gflops")
         lines.append(
-            f"| {row['arch']} | {row['label']} | {len(row['seeds'])} | {metrics} "
+            f"| {row['arch']} | {'+'.join(t[:3] for t in row['tasks'])} | {row['label']} | {len(row['seeds'])} | {metrics} "
             f"| {_pm(row.get('delta_m'), scale=1.0, signed=True)} | {weights or '–'} "
             f"| {_num(gflops[0] if gflops else None, 2)} | {_num(row.get('latency_ms'))} "
             f"| {_num(row['train_s'][0] if row.get('train_s') else None, 0)} |"
