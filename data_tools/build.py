@@ -77,6 +77,7 @@ from data_tools.split import SplitItem, assign_splits, parse_fractions
 from mtl_perception.core import atomic_io
 from mtl_perception.core.constants import IGNORE_INDEX
 from mtl_perception.core.errors import UserError
+from mtl_perception.core.names import inside, safe_component
 from mtl_perception.core.summary import JobSummary
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -228,7 +229,11 @@ def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
             summary.fail("manifest without required columns", f"{manifest}: missing {sorted(missing)}")
             return []
         for row in reader:
-            path = manifest.parent / row["file"]
+            try:
+                path = inside(manifest.parent, row["file"] or "")
+            except ValueError as err:
+                summary.fail("bad file entry in manifest", f"{manifest}: {err}")
+                continue
             if path.suffix.lower() not in IMAGE_SUFFIXES or depth_targets.is_depth_row(row):
                 continue  # depth (.npy arrays, 16UC1 PNGs) is not a labelable image
             if not path.is_file():
@@ -345,8 +350,8 @@ def _output_names(frames: Sequence[Frame]) -> dict[Path, str]:
     A frame keeps its own name; names whose stem occurs more than once (the same stamp in two
     bags, ``a.jpg`` next to ``a.png``) get the bag and topic as prefix, then the extension.
     """
-    def qualified(frame: Frame) -> str:
-        return "__".join(p for p in (frame.bag, frame.topic.replace("/", "__"), frame.path.name) if p)
+    def qualified(frame: Frame) -> str:  # bag and topic come from manifests: data, made safe
+        return "__".join(safe_component(p) for p in (frame.bag, frame.topic, frame.path.name) if p)
 
     names = {f.path: f.path.name for f in frames}
     for rename in (qualified, lambda f: f"{Path(qualified(f)).stem}-{f.path.suffix.lstrip('.')}{f.path.suffix}"):
@@ -381,6 +386,10 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         if sample.depth is not None:
             depth = depth_targets.depth_target(sample.depth, frame.path, (height, width), options.depth, summary,
                                                depth_stats)
+        elif options.depth.topic is not None and options.depth.color_folder in (None, frame.topic):
+            depth_stats.unmatched += 1
+            summary.warn("no depth frame within the tolerance (kept without depth)",
+                         f"{frame.path} (stamp {frame.stamp_ns})")
         if sample.depth_only and depth is None:
             continue  # nothing left to learn from this frame (its depth was refused, and recorded)
         image_id = len(images) + 1
@@ -400,7 +409,7 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         if depth is not None:
             atomic_io.write_with(out_dir / "depth" / f"{stem}.png", lambda p, d=depth: _imwrite(p, d))
             entry["depth_file"] = f"depth/{stem}.png"
-            summary.add("depth paired")
+            depth_stats.paired += 1
         if sample.depth_only:
             entry["labeled"] = False
         images.append(entry)
@@ -423,8 +432,8 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         "segmentation_classes": ["background", *classes.segmentation_classes],
         "palette": classes.palette_rgb()})
     atomic_io.write_json(out_dir / "splits.json", split_doc)
-    if depth_stats.pixels:
-        print(f"build: {depth_stats.line()}")
+    if options.depth.topic is not None:
+        print(f"build: {depth_stats.line(options.depth)}")
     return split_doc
 
 
@@ -480,13 +489,11 @@ def _detection_annotation(region: Region, category_id: int, height: int, width: 
             "iscrowd": 0}
 
 
-def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSummary,
-                   depth: DepthOptions | None = None) -> list[Sample]:
+def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSummary) -> list[Sample]:
     """Labeled samples plus the unlabeled ones ``--unlabeled`` asks for; stable order.
 
     ``background`` keeps every unlabeled frame as all-background; ``depth-only`` keeps those
-    with a paired depth frame for the depth task only. With a depth topic, a chosen frame of
-    the paired colour topic(s) without a depth frame within the tolerance is reported.
+    with a paired depth frame for the depth task only.
     """
     ordered = sorted(samples.values(), key=lambda s: (s.frame.bag, s.frame.topic, s.frame.stamp_ns or 0, s.frame.path.name))
     chosen = []
@@ -500,11 +507,6 @@ def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSumm
             chosen.append(sample)
         else:
             summary.warn("frames without labels (skipped)", str(sample.frame.path))
-            continue
-        if depth is not None and depth.topic is not None and sample.depth is None and (
-                depth.color_folder is None or sample.frame.topic == depth.color_folder):
-            summary.warn("no depth frame within the tolerance (kept without depth)",
-                         f"{sample.frame.path} (stamp {sample.frame.stamp_ns})")
     return chosen
 
 
@@ -563,7 +565,7 @@ def run(args: argparse.Namespace) -> int:
     matched = match_labels(frames, labeled, summary)
     if depth_index is not None:
         pair_depth(matched, depth_index, depth)
-    samples = select_samples(matched, options.unlabeled, summary, depth)
+    samples = select_samples(matched, options.unlabeled, summary)
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{args.name}.partial-", dir=args.out) as tmp:

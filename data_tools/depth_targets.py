@@ -136,15 +136,24 @@ def is_depth_row(row: dict[str, str]) -> bool:
 
 @dataclass
 class DepthStats:
-    """Pixel counts over the written depth targets (for the build summary)."""
+    """What happened to depth in one build (for the build summary)."""
 
+    paired: int = 0  # targets written
+    unmatched: int = 0  # no depth frame within the tolerance
+    refused: int = 0  # other size/aspect ratio, or unreadable
+    resized: int = 0  # resampled by nearest neighbour
     pixels: int = 0
     valid: int = 0
 
-    def line(self) -> str:
-        """One summary line: the share of invalid pixels over every written target."""
+    def line(self, options: DepthOptions) -> str:
+        """One summary line: frames paired, unmatched, refused, and the invalid-pixel share."""
         share = 100.0 * (self.pixels - self.valid) / self.pixels if self.pixels else 0.0
-        return f"{share:.1f} % of depth pixels invalid (ignored)"
+        resized = f" ({self.resized} resized)" if self.resized else ""
+        return (
+            f"depth from {options.topic}: {self.paired} paired{resized}, "
+            f"{self.unmatched} unmatched (none within {options.tolerance_ns / 1e6:g} ms), "
+            f"{self.refused} refused; {share:.1f} % of depth pixels invalid (ignored)"
+        )
 
 
 def depth_target(
@@ -162,13 +171,14 @@ def depth_target(
         image_path: The colour frame (named in messages).
         size_hw: The colour frame's (height, width).
         options: Conversion and resampling options.
-        summary: Receives ``depth refused``/``unreadable depth`` problems and ``depth resized``.
-        stats: Receives the pixel counts of the written target.
+        summary: Receives ``depth refused``/``unreadable depth`` problems.
+        stats: Receives the refusal/resampling counts and the pixel counts of the target.
     """
     try:
         metres = read_depth_file(depth.path, options.unit_m, options.max_depth)
     except ValueError as err:
         summary.fail("unreadable depth frame", str(err))
+        stats.refused += 1
         return None
     height, width = size_hw
     dh, dw = metres.shape
@@ -179,15 +189,17 @@ def depth_target(
             summary.fail(
                 "depth refused: aspect ratio differs from the image (not aligned depth?)", sizes
             )
+            stats.refused += 1
             return None
         if options.resize != "nearest":
             summary.fail(
                 "depth refused: size differs from the image (--depth-resize nearest to resample)",
                 sizes,
             )
+            stats.refused += 1
             return None
         metres = cv2.resize(metres, (width, height), interpolation=cv2.INTER_NEAREST)
-        summary.add("depth resized")
+        stats.resized += 1
     target = metres_to_depth_png(metres)
     stats.pixels += target.size
     stats.valid += int(np.count_nonzero(target))

@@ -45,7 +45,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TypeVar
 
 import cv2
@@ -58,6 +58,7 @@ from data_tools.ssim import (
 from mtl_perception.core.atomic_io import atomic_path, write_json, write_text
 from mtl_perception.core.depth import is_depth_encoding
 from mtl_perception.core.errors import UserError
+from mtl_perception.core.names import inside
 from mtl_perception.core.summary import JobSummary
 
 DEFAULT_THRESHOLD = 0.90
@@ -266,10 +267,10 @@ def read_manifest(folder: Path) -> tuple[list[str], list[dict[str, str]], str]:
 
 def frame_path(folder: Path, entry: str) -> Path:
     """The frame file named by a manifest ``file`` entry; it must stay inside the topic folder."""
-    relative = PurePosixPath(entry.replace("\\", "/"))
-    if not entry or relative.is_absolute() or ".." in relative.parts:
-        raise FrameError("bad file entry in manifest", f"{folder / MANIFEST}: {entry!r}")
-    return folder.joinpath(*relative.parts)
+    try:
+        return inside(folder, entry)
+    except ValueError:
+        raise FrameError("bad file entry in manifest", f"{folder / MANIFEST}: {entry!r}") from None
 
 
 def link_or_copy(source: Path, target: Path) -> None:

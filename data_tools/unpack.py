@@ -4,6 +4,10 @@ Inputs are bag files (.bag, .bag.active, .db3, .mcap), rosbag2 folders (with or 
 metadata.yaml), or folders searched for both.
 Output: ``<out>/<bag>/<topic_dir>/<stamp_ns>.<ext>`` (``<stamp_ns>-<index>.<ext>`` when the
 header stamp repeats), ``manifest.csv`` and an ``.unpack_complete`` marker per topic.
+``<bag>`` is the bag's name; bags of one run that share a name (``a/data.bag``, ``b/data.bag``)
+get their parent folder in front (``a__data``, ``b__data``). ``<topic_dir>`` is the topic
+without its leading ``/``, ``/`` -> ``__``; names that are not safe as a folder (``/..``,
+empty, very long, control characters) are encoded and never leave the bag's folder.
 
 File formats:
   colour / mono 8-bit      PNG (or JPEG with --format jpg; alpha is dropped in JPEG)
@@ -49,7 +53,7 @@ from rosbags.interfaces import Connection
 from tqdm import tqdm
 
 from mtl_perception.core.bags import (
-    COMPRESSED_TYPE, IMAGE_TYPES, bag_name, find_bags, image_connections, open_bag, same_topic, topic_dirname,
+    COMPRESSED_TYPE, IMAGE_TYPES, find_bags, image_connections, open_bag, output_names, same_topic, topic_dirname,
 )
 from mtl_perception.core import atomic_io
 from mtl_perception.core.depth import metres_to_depth_png
@@ -276,7 +280,7 @@ def _extract(reader: RecoveringReader, outputs: dict[str, TopicOutput], connecti
             _fail_message(summary, out, index, err)
 
     with ThreadPoolExecutor(max_workers=options.threads) as pool, tqdm(
-        total=total, unit="msg", desc=bag_name(Path(reader.paths[0])), leave=False,
+        total=total, unit="msg", desc=Path(reader.paths[0]).name, leave=False,
         file=sys.stderr, disable=None if options.progress else True,
     ) as bar:
         for conn, bag_time, raw in _read_messages(reader, connections):
@@ -330,8 +334,9 @@ def _plan(reader: RecoveringReader, name: str, options: UnpackOptions,
     return outputs, selected
 
 
-def unpack_bag(path: Path, options: UnpackOptions) -> BagResult:
-    """Unpack one bag (runs in a worker process); bad bag content is reported, never raised."""
+def unpack_bag(path: Path, options: UnpackOptions, name: str) -> BagResult:
+    """Unpack one bag into ``<out>/<name>`` (runs in a worker process); bad bag content is
+    reported, never raised."""
     result = BagResult(path, JobSummary("unpack"))
     try:
         with ExitStack() as stack:
@@ -340,7 +345,7 @@ def unpack_bag(path: Path, options: UnpackOptions) -> BagResult:
             except BagSalvageError as err:  # rosbags failed and nothing could be salvaged
                 raise BagReadError(str(err).removeprefix(f"{path}: ")) from err
             result.topics = {conn.topic for conn in reader.connections}
-            outputs, selected = _plan(reader, bag_name(path), options, result.summary)
+            outputs, selected = _plan(reader, name, options, result.summary)
             if selected:
                 _extract(reader, outputs, selected, options, result.summary)
                 for out in outputs.values():
@@ -399,16 +404,17 @@ def _options(args: argparse.Namespace, progress: bool) -> UnpackOptions:
 
 def _bag_results(bags: list[Path], options: UnpackOptions, jobs: int) -> Iterator[BagResult]:
     """Unpack bags in this process (one job) or in a process pool, yielding results as they finish."""
+    names = output_names(bags)
     if jobs == 1:
         for bag in bags:
             try:
-                yield unpack_bag(bag, options)
+                yield unpack_bag(bag, options, names[bag])
             except Exception as err:  # e.g. disk full while writing: report it, go on with the next bag
                 yield _failed(bag, err)
         return
     # spawn: the parent may hold threads (tqdm, pools), which fork does not copy safely.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(unpack_bag, bag, options): bag for bag in bags}
+        futures = {pool.submit(unpack_bag, bag, options, names[bag]): bag for bag in bags}
         for future in as_completed(futures):
             try:
                 yield future.result()

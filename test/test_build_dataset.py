@@ -224,6 +224,25 @@ def test_stills_named_by_time_stamp_keep_it(tmp_path: Path) -> None:
     assert sorted(i["stamp_ns"] for i in images) == stamps
 
 
+def test_names_from_manifests_never_leave_the_dataset(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """A manifest's bag column and file entries are data: output names stay inside images/."""
+    for folder, bag in (("x", "../../../evil"), ("y", "/..")):
+        topic = tmp_path / "interim" / folder / "cam"
+        topic.mkdir(parents=True)
+        cv2.imwrite(str(topic / "1000.png"), np.zeros((H, W, 3), np.uint8))
+        (topic / "manifest.csv").write_text(f"index,stamp_ns,bag,file\n0,1000,{bag},1000.png\n"
+                                            f"1,1001,{bag},../../outside.png\n")
+    cv2.imwrite(str(tmp_path / "outside.png"), np.zeros((H, W, 3), np.uint8))
+    assert run_build(tmp_path / "interim", [dump(tmp_path / "l.json", coco_for([]))], tmp_path / "out",
+                     "--unlabeled", "background", "--split", "1,0,0") == 1
+    assert "bad file entry in manifest: 2" in capfd.readouterr().err
+    ds = tmp_path / "out" / "ds"
+    names = sorted(i["file_name"] for i in load(ds, "annotations.json")["images"])
+    assert len(names) == 2 and all(n.startswith("images/") and n.count("/") == 1 for n in names)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ds"]
+    assert sorted(p.name for p in (ds / "images").iterdir()) == [n.removeprefix("images/") for n in names]
+
+
 def test_same_file_name_in_two_bags(tmp_path: Path) -> None:
     for bag in ("a", "b"):
         (tmp_path / "stills" / bag).mkdir(parents=True)

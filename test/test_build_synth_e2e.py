@@ -142,8 +142,8 @@ def test_prune_keeps_depth_whole_and_depth_only_frames_join(synth_dataset: tuple
                                 "--depth-topic", "camera__aligned_depth_to_color__image_raw",
                                 "--unlabeled", "depth-only"))
     assert code == 0
-    err = capfd.readouterr().err
-    assert f"depth paired {len(kept)}" in err and f"depth-only frames {len(kept) - 3}" in err
+    out, err = capfd.readouterr()
+    assert f"{len(kept)} paired, 0 unmatched" in out and f"depth-only frames {len(kept) - 3}" in err
     ds = root / "processed" / "mixed"
     built = json.loads((ds / "annotations.json").read_text())
     assert len(built["images"]) == len(kept)

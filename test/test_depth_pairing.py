@@ -147,11 +147,9 @@ def test_pairs_nearest_stamp_within_tolerance(
     assert read_depth_png_m(ds / images[stamps[0]]["depth_file"]).mean() == pytest.approx(1.0)
     assert read_depth_png_m(ds / images[stamps[1]]["depth_file"]).mean() == pytest.approx(2.0)
     assert "depth_file" not in images[stamps[2]] and "depth_file" not in images[stamps[3]]
-    err = capfd.readouterr().err
-    assert (
-        "depth paired 2" in err
-        and "no depth frame within the tolerance (kept without depth): 2" in err
-    )
+    out, err = capfd.readouterr()
+    assert f"depth from {DEPTH_TOPIC}: 2 paired, 2 unmatched (none within 20 ms), 0 refused" in out
+    assert "no depth frame within the tolerance (kept without depth): 2" in err
 
     # A wider tolerance picks up frame 2's depth; the dataset is rebuilt with --force.
     assert (
@@ -222,7 +220,8 @@ def test_size_mismatch_refused_or_resampled_by_nearest(
         )
         == 1
     )
-    err = capfd.readouterr().err
+    out, err = capfd.readouterr()
+    assert "0 paired, 0 unmatched (none within 20 ms), 2 refused" in out
     depth_file = frames / "bag" / DEPTH_DIR / f"{stamps[0]}.png"
     assert f"{depth_file}: {W // 2}x{H // 2} vs image" in err and f"{W}x{H}" in err
     assert "--depth-resize nearest" in err
@@ -246,8 +245,9 @@ def test_size_mismatch_refused_or_resampled_by_nearest(
         )
         == 1
     )  # the other aspect ratio is still refused
-    err = capfd.readouterr().err
-    assert "aspect ratio differs" in err and "depth resized 1" in err
+    out, err = capfd.readouterr()
+    assert "aspect ratio differs" in err and "1 paired (1 resized), 0 unmatched" in out
+    assert "1 refused" in out
     images = {i["stamp_ns"]: i for i in load(ds, "annotations.json")["images"]}
     target = cv2.imread(str(ds / images[stamps[0]]["depth_file"]), cv2.IMREAD_UNCHANGED)
     assert target.shape == (H, W)

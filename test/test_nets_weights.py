@@ -65,14 +65,10 @@ def test_foreign_or_corrupt_backbone_weights_are_user_errors(tmp_path: Path) -> 
 def payload_for(model: torch.nn.Module) -> dict:
     """The model part of a checkpoint, as the trainer writes it (docs/CONTRACTS.md section 5)."""
     return {
-        "arch": model.arch,
         "model_kwargs": model.model_kwargs,
         "detection_classes": [f"c{i}" for i in range(model.num_detection_classes)],
         "segmentation_classes": [f"s{i}" for i in range(model.num_segmentation_classes)],
         "palette": [[0, 0, 0]] * model.num_segmentation_classes,
-        "input_size": list(model.input_size),
-        "mean": model.mean,
-        "std": model.std,
         "model": model.state_dict(),
     }
 

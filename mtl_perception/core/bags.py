@@ -7,6 +7,7 @@ bags carry their message definitions; ROS 2 bags may not, so the Jazzy typestore
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from rosbags.interfaces import Connection
 from rosbags.typesys import Stores, get_typestore
 
 from mtl_perception.core.errors import UserError
+from mtl_perception.core.names import safe_component
 from mtl_perception.core.salvage import RecoveringReader
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -26,8 +28,12 @@ ROS2_METADATA = "metadata.yaml"
 
 
 def topic_dirname(topic: str) -> str:
-    """Folder name of a topic: leading ``/`` removed, ``/`` -> ``__`` (``/cam/raw`` -> ``cam__raw``)."""
-    return topic.lstrip("/").replace("/", "__")
+    """Folder name of a topic: leading ``/`` removed, ``/`` -> ``__`` (``/cam/raw`` -> ``cam__raw``).
+
+    Topic names are data (a ROS 1 bag may hold ``/..``, an empty or a 10 kB name): the result is
+    always one safe folder name inside the bag's folder (``mtl_perception.core.names``).
+    """
+    return safe_component(topic.lstrip("/"))
 
 
 def same_topic(a: str, b: str) -> bool:
@@ -36,10 +42,39 @@ def same_topic(a: str, b: str) -> bool:
 
 
 def bag_name(path: Path) -> str:
-    """Output name of a bag: the file name without extension, or the rosbag2 folder name."""
+    """Name of a bag: the file name without extension, or the rosbag2 folder name (made safe)."""
     if path.is_dir():
-        return path.name
-    return path.name.removesuffix(ACTIVE_ROS1_SUFFIX) if path.name.endswith(ACTIVE_ROS1_SUFFIX) else path.stem
+        name = path.name
+    else:
+        name = path.name.removesuffix(ACTIVE_ROS1_SUFFIX) if path.name.endswith(ACTIVE_ROS1_SUFFIX) else path.stem
+    return safe_component(name)
+
+
+def output_names(bags: Sequence[Path]) -> dict[Path, str]:
+    """Output folder name of each bag of one run (docs/CONTRACTS.md §1).
+
+    A bag's own name (:func:`bag_name`); bags that share a name get as many of their parent
+    folders in front as make them unique (``a/data.bag``, ``b/data.bag`` -> ``a__data``,
+    ``b__data``), and as a last resort ``-1``, ``-2`` in path order.
+    """
+    names = {bag: bag_name(bag) for bag in bags}
+    depth = dict.fromkeys(bags, 0)
+    while True:
+        counts = Counter(names.values())
+        clashing = sorted(bag for bag in bags if counts[names[bag]] > 1)
+        if not clashing:
+            return names
+        grown = False
+        for bag in clashing:
+            parents = [p for p in bag.parents if p.name]
+            if depth[bag] < len(parents):
+                depth[bag] += 1
+                prefix = [safe_component(p.name) for p in reversed(parents[:depth[bag]])]
+                names[bag] = "__".join([*prefix, bag_name(bag)])
+                grown = True
+        if not grown:
+            for number, bag in enumerate(clashing, 1):
+                names[bag] = f"{names[bag]}-{number}"
 
 
 def is_bag(path: Path) -> bool:
@@ -62,8 +97,8 @@ def _walk_bags(folder: Path) -> Iterator[Path]:
 def find_bags(inputs: Iterable[str | Path]) -> list[Path]:
     """Resolve the user's inputs (bag files, rosbag2 folders, folders of bags) to a list of bags.
 
-    Raises ``UserError`` for a path that does not exist, a file that is not a bag, a folder
-    without bags, or two bags that would unpack to the same output name.
+    Raises ``UserError`` for a path that does not exist, a file that is not a bag or a folder
+    without bags.
     """
     bags: list[Path] = []
     for item in inputs:
@@ -81,12 +116,7 @@ def find_bags(inputs: Iterable[str | Path]) -> list[Path]:
             bags.extend(found)
         else:
             raise UserError(f"{path}: not a bag (expected {', '.join(BAG_FILE_SUFFIXES)} or a rosbag2 folder)")
-    unique = list(dict.fromkeys(p.resolve() for p in bags))
-    by_name: dict[str, Path] = {}
-    for bag in unique:
-        if (other := by_name.setdefault(bag_name(bag), bag)) != bag:
-            raise UserError(f"{other} and {bag}: both would unpack to the same folder {bag_name(bag)!r}")
-    return unique
+    return list(dict.fromkeys(p.resolve() for p in bags))
 
 
 @contextmanager

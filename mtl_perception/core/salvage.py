@@ -392,13 +392,18 @@ def _ros1_record(source: BinaryIO, end: int) -> tuple[int, Ros1Header, bytes]:
     return op, header, _read_exact(source, length, end)
 
 
+def _ros1_topic(name: str) -> str:
+    """The topic name as rosbags gives it (``//a/`` -> ``/a``); rosbags fails on an empty one."""
+    return normalize_ros1_topic(name) if name else name
+
+
 def _ros1_connection(header: Ros1Header, data: bytes) -> _ConnInfo:
     fields = _ros1_fields(data)
     try:
         latching = fields.get_string("latching") if "latching" in fields else ""
         return _ConnInfo(
             header.get_uint32("conn"),
-            normalize_ros1_topic(header.get_string("topic")),
+            _ros1_topic(header.get_string("topic")),
             normalize_msgtype(fields.get_string("type")),
             MessageDefinition(
                 MessageDefinitionFormat.MSG, fields.get_string("message_definition")

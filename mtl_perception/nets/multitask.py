@@ -120,6 +120,10 @@ class MultiTaskModel(nn.Module):
         """Trainable parameters of the shared backbone."""
         return [p for p in self.backbone.parameters() if p.requires_grad]
 
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the backbone's last layer (GradNorm's ``W``; empty if frozen)."""
+        return [p for p in self.backbone.features[-1].parameters() if p.requires_grad]
+
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """Trainable parameters of one task's head (for Faster R-CNN including its FPN)."""
         if task not in self.heads:

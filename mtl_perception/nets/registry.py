@@ -26,9 +26,6 @@ from mtl_perception.nets.weights import state_dict_problems
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_ARCH = "ssdlite_deeplabv3"
-# Structure options introduced after the first checkpoints, at the values those checkpoints were
-# built with (torchvision's full-width DeepLabHead); see ``model_from_checkpoint``.
-PRE_OPTION_VALUES: dict[str, Any] = {"aspp_channels": 256, "aspp_separable": False}
 
 
 @dataclass(frozen=True)
@@ -262,24 +259,12 @@ def model_from_checkpoint(payload: Mapping[str, Any], source: str | os.PathLike[
     kwargs = payload["model_kwargs"]
     if not isinstance(kwargs, Mapping):
         raise UserError(f"checkpoint {source}: model_kwargs is not a mapping")
-    kwargs = {**_pre_option_values(kwargs.get("arch"), kwargs.get("tasks")), **kwargs}
     try:
         model = build_model(**kwargs)
     except TypeError as err:  # unknown/missing keyword: a checkpoint from another version
         raise UserError(f"checkpoint {source}: model_kwargs {sorted(kwargs)} do not fit build_model ({err})") from None
-    load_weights(model, payload["model"], f"checkpoint {source}", payload.get("arch"))
+    load_weights(model, payload["model"], f"checkpoint {source}", kwargs.get("arch"))
     return model
-
-
-def _pre_option_values(arch: object, tasks: object) -> dict[str, Any]:
-    """Head options whose default changed structure, at the values of models built before they
-    existed: a checkpoint whose ``model_kwargs`` lack them was built that way."""
-    spec = ARCHITECTURES.get(arch) if isinstance(arch, str) else None
-    if spec is None:
-        return {}
-    chosen = tasks if isinstance(tasks, list) else spec.tasks
-    names = {name for task, head in spec.heads.items() if head and task in chosen for name in head.option_names}
-    return {name: value for name, value in PRE_OPTION_VALUES.items() if name in names}
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -98,8 +98,7 @@ DEFAULT_ASPP_CHANNELS = 256
 # to ~0.3 GFLOPs (measured CPU latency gain is smaller, ~3 ms of ~23, since depthwise convs run at low
 # arithmetic efficiency on CPU). DeepLabv3+ (Chen et al. 2018, sec. 3.2 and 4) reports that
 # separable ASPP and decoder convs cut compute by 33-41% at equal or better mIoU, and MobileNetV2 (Sandler et al. 2018, table 7) found the full ASPP adds little (+0.4 mIoU for 2x the
-# MAdds) on a mobile backbone. Checkpoints from before this option load with the full head
-# (``registry.PRE_OPTION_VALUES``).
+# MAdds) on a mobile backbone.
 DEFAULT_ASPP_SEPARABLE = True
 
 

@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from mtl_perception.core.constants import IGNORE_INDEX
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.json_io import read_json

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection
 
 from mtl_perception.core.bags import COMPRESSED_TYPE, image_connections, is_bag, open_bag

@@ -16,8 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from mtl_perception.balancing import GRAD_METHODS, JACOBIANS, REGRESSION_TASKS, WEIGHTINGS
 from mtl_perception.core.atomic_io import write_text
-from mtl_perception.balancing import GRAD_METHODS, WEIGHTINGS
 from mtl_perception.core.constants import MIN_INPUT_SIDE
 from mtl_perception.core.errors import UserError
 
@@ -84,8 +84,14 @@ class OptimConfig(Section):
 class BalancingConfig(Section):
     weighting: str = "equal"
     grad_method: str = "none"
+    # Jacobian the grad_method aggregates: "exact" (w.r.t. the shared parameters) or "rep" (w.r.t.
+    # the shared features: one backward through the backbone, about plain-backward cost).
+    jacobian: str = "exact"
     task_weights: dict[str, float] = Field(default_factory=dict)  # for weighting=constant
     init_log_var: float = 0.0  # uncertainty
+    # uncertainty: tasks with a regression loss (Kendall's 1/(2 sigma^2) form); others classification
+    regression_tasks: list[str] = Field(default_factory=lambda: list(REGRESSION_TASKS))
+    gradnorm_alpha: float = Field(1.5, ge=0)  # gradnorm: pull towards equal training rates
     dwa_temperature: float = Field(2.0, gt=0)
     bmtl_temperature: float = Field(1.0, gt=0)
     cagrad_alpha: float = Field(0.4, ge=0)
@@ -94,10 +100,10 @@ class BalancingConfig(Section):
     nash_optim_niter: int = Field(20, ge=1)
     cosine_every: int = Field(50, ge=0)  # plain backward only; 0 = never
 
-    @field_validator("weighting", "grad_method")
+    @field_validator("weighting", "grad_method", "jacobian")
     @classmethod
     def _known_name(cls, value: str, info: ValidationInfo) -> str:
-        known = WEIGHTINGS if info.field_name == "weighting" else GRAD_METHODS
+        known = {"weighting": WEIGHTINGS, "grad_method": GRAD_METHODS, "jacobian": JACOBIANS}[info.field_name]
         if value not in known:
             raise ValueError(f"{value!r} is not one of {', '.join(known)}")
         return value

@@ -13,10 +13,11 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from mtl_perception.balancing import GradientBalancer, LossWeighting
+from mtl_perception.balancing import GradientBalancer, LossWeighting, WeightedLosses
 from mtl_perception.device import autocast
 from mtl_perception.core.errors import UserError
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
+from mtl_perception.nets.multitask import task_samples
 
 Batch = tuple[list[Tensor], list[dict[str, Any]]]
 # With ``nonfinite_loss: skip``, this many non-finite steps in a row mean the run has diverged
@@ -80,7 +81,7 @@ def _nonfinite(
     print(f"step {step + 1}: {what} is not finite (losses: {values}); step skipped "
           f"({ctx.skipped_steps} so far)", file=sys.stderr, flush=True)
     scalars = {f"loss/{task}": float(loss.detach()) for task, loss in losses.items()}
-    return scalars | {"skipped": 1.0, "skipped_steps": float(ctx.skipped_steps)}
+    return scalars | {"skipped": 1.0, "nonfinite_skips": float(ctx.skipped_steps)}
 
 
 def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
@@ -98,27 +99,38 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
     saved = [b.detach().clone() for b in buffers]
     with autocast(ctx.device, ctx.amp):
         losses, features = ctx.model.forward_train(images, targets)
-    losses = {task: loss.float() for task, loss in losses.items()}
+    # A task with no sample labelled for it in this batch gets a stand-in zero loss from the
+    # model; it sits this step out, or it would still move uncertainty's log-variance, DWA's epoch
+    # means and GradNorm's training rates.
+    losses = {task: loss.float() for task, loss in losses.items() if task_samples(task, targets)}
     bad = [task for task, loss in losses.items() if not bool(torch.isfinite(loss.detach()))]
     if bad:
         return _nonfinite(ctx, step, f"the {' and '.join(bad)} loss", losses, buffers, saved)
-    result = ctx.weighting.weigh(losses)
-    # Under AMP the aggregator sees loss-scaled Jacobian rows. Most aggregators are positively
-    # homogeneous (scaling every row scales the result), so unscaling afterwards gives the
-    # aggregate of the unscaled Jacobian; nash_mtl is not (its weights and max-norm clip depend on
-    # the scale). inf/NaN from an overflow still reach .grad and make the scaler skip the step.
-    stats = ctx.balancer.backward(result.weighted, features, step, scale=ctx.scaler.scale)
-    ctx.scaler.unscale_(ctx.optimizer)
-    grads = [p.grad for p in ctx.clip_params if p.grad is not None]
-    if ctx.grad_clip_norm is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(ctx.clip_params, ctx.grad_clip_norm))
-    else:
-        grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-    if not math.isfinite(grad_norm) and not ctx.scaler.is_enabled():  # the scaler skips such steps itself
-        return _nonfinite(ctx, step, "the gradient", losses, buffers, saved)
-    ctx.consecutive_skips = 0
-    ctx.scaler.step(ctx.optimizer)
-    ctx.scaler.update()
+    if losses:
+        result = ctx.weighting.weigh(losses)
+    else:  # nothing supervised in this batch: no gradient, but every rank takes part in the step
+        result = WeightedLosses(torch.zeros((), device=ctx.device), {}, {})
+    # Under AMP the losses are multiplied by the scaler's scale; the balancer aggregates the
+    # unscaled Jacobian and leaves every .grad scaled, as the scaler expects. (scale() of a one
+    # is the scale itself, and also initialises it on the first step; 1 without AMP.)
+    loss_scale = float(ctx.scaler.scale(torch.ones((), device=ctx.device)))
+    stats = ctx.balancer.backward(result.weighted, features, step, loss_scale=loss_scale)
+    grad_norm = math.nan
+    if stats.finite:
+        ctx.scaler.unscale_(ctx.optimizer)
+        if ctx.grad_clip_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(ctx.clip_params, ctx.grad_clip_norm))
+        else:
+            grads = [p.grad for p in ctx.clip_params if p.grad is not None]
+            grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        if not math.isfinite(grad_norm) and not ctx.scaler.is_enabled():  # the scaler skips such steps itself
+            return _nonfinite(ctx, step, "the gradient", losses, buffers, saved)
+        ctx.consecutive_skips = 0
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    elif ctx.scaler.is_enabled():
+        # Skipped (the balancer logged it): back off the loss scale as after an fp16 overflow.
+        ctx.scaler.update(ctx.scaler.get_scale() * ctx.scaler.get_backoff_factor())
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     if ctx.ema is not None:
@@ -129,8 +141,10 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
     scalars |= {f"cosine/{pair}": value for pair, value in stats.cosine.items()}
     scalars |= {f"aggregator_weight/{task}": value for task, value in stats.aggregator_weights.items()}
     scalars["loss/total"] = float(result.total.detach())
+    scalars["skipped_steps"] = float(ctx.balancer.skipped_steps)
     scalars["lr"] = max(float(group["lr"]) for group in ctx.optimizer.param_groups)
-    scalars["grad_norm"] = grad_norm
+    if not math.isnan(grad_norm):
+        scalars["grad_norm"] = grad_norm
     return scalars
 
 

@@ -108,6 +108,7 @@ class Trainer:
             options=options,
             cosine_every=config.balancing.cosine_every,
             sync=self.sync,
+            last_shared_params=self.model.last_shared_parameters(),
         )
         params = [*self.model.parameters(), *self.weighting.parameters()]
         self.optimizer = build_optimizer(config.optim, parameter_groups(config.optim, self.model, self.weighting.parameters()))
@@ -214,10 +215,12 @@ class Trainer:
             self.progress.global_step = step
             self.progress.step_in_epoch += 1
             last_scalars.update(scalars)
-            # Running epoch sums (checkpointed) for DWA and the epoch line; a skipped step's
-            # non-finite losses stay out (the mean is then a little low, by skipped/steps).
-            for task in self.weighting.tasks if not scalars.get("skipped") else ():
-                self.progress.epoch_loss_sums[task] = self.progress.epoch_loss_sums.get(task, 0.0) + scalars[f"loss/{task}"]
+            # Running epoch sums (checkpointed) for DWA and the epoch line, over the tasks that
+            # had a loss this step; a skipped step's non-finite losses stay out.
+            if not scalars.get("skipped"):
+                self.progress.add_losses(
+                    {task: scalars[f"loss/{task}"] for task in self.weighting.tasks if f"loss/{task}" in scalars}
+                )
             if step % config.logging.log_every == 0 or any(key.startswith("cosine/") for key in scalars):
                 self.logger.scalars(scalars, step)
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
@@ -243,7 +246,7 @@ class Trainer:
             )
             if stopped and self.progress.step_in_epoch < self.steps_per_epoch:
                 break  # mid-epoch stop: last.pt already holds the position
-            mean_losses = self.sync.all_reduce_scalars(self.progress.epoch_mean_losses())
+            mean_losses = self.sync.all_reduce_scalars(self.progress.epoch_mean_losses(self.weighting.tasks))
             self.weighting.epoch_end(mean_losses)
             self.progress.next_epoch()
             metrics = self.validate()
