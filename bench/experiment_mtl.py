@@ -28,12 +28,14 @@ import argparse
 import datetime as dt
 import json
 import math
+import multiprocessing
 import os
 import platform
 import sys
 import time
 import traceback
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +159,7 @@ def score(checkpoint: Path, data: Path, tasks: Sequence[str], profile_runs: int)
 
 def run_one(spec: RunSpec, args: argparse.Namespace, data: Path) -> dict[str, Any]:
     """Train + score one run, or return its cached result."""
+    torch.set_num_threads(1)  # on shared, oversubscribed cores one thread per process is fastest
     run_dir = args.out / spec.name
     cache = run_dir / "result.json"
     if cache.is_file():
@@ -199,7 +202,7 @@ def report(results: Sequence[dict[str, Any]], args: argparse.Namespace, data: Pa
         f"(`--tasks {' '.join(tasks)} --methods {' '.join(args.methods)} --seeds {' '.join(map(str, args.seeds))}`), "
         f"{wall_s / 60:.0f} min wall",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load average at start "
-        f"{args.load_at_start}), torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
+        f"{args.load_at_start}), torch {torch.__version__}, {args.jobs} run(s) at a time with 1 thread each",
         f"- data: synthetic bag, {len(splits['train'])} train / {len(splits['val'])} val / {len(splits['test'])} test frames "
         "(split by time); scored on **test** (never used for any choice; val only for the curves)",
         f"- budget per run: {config.optim.epochs} epochs, optimiser steps {steps}, batch {config.data.batch_size}, "
@@ -232,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", nargs="+", default=["detection", "segmentation"], choices=sorted(PRIMARY_METRICS))
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS), help="balancing methods")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (one thread each)")
     parser.add_argument("--profile-runs", type=int, default=10, help="timed batch-1 runs per model")
     parser.add_argument("--results", type=Path, help="results file (default bench/experiment_results.md; --quick: <out>/results.md)")
     parser.add_argument("--quick", action="store_true", help="tiny budget and dataset: smoke check of every path")
@@ -241,7 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """The whole experiment; exit status 1 if any run failed."""
     started = time.monotonic()
-    torch.set_num_threads(1)  # on shared, oversubscribed cores one thread per process is fastest
     suffix = "_quick" if args.quick else ""
     args.out = args.out or ROOT / f"runs/experiment{suffix}"
     args.load_at_start = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -261,14 +264,20 @@ def run(args: argparse.Namespace) -> int:
     summary = JobSummary(PROG)
     results_file = args.results or (args.out / "results.md" if args.quick else ROOT / "bench/experiment_results.md")
     results: list[dict[str, Any]] = []
-    for spec in plan_runs(args):
-        try:
-            results.append(run_one(spec, args, data))
-            summary.add("done")
-        except Exception as err:  # noqa: BLE001 - one broken run must not lose the others
-            traceback.print_exc()
-            summary.fail("run failed", f"{spec.name}: {err}")
-        write_text(results_file, report(results, args, data, config, time.monotonic() - started))
+    # Runs are independent: ``--jobs`` of them at a time, each in its own process with one thread.
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, spec, args, data): spec for spec in plan_runs(args)}
+        for future in as_completed(futures):
+            spec = futures[future]
+            try:
+                results.append(future.result())
+                summary.add("done")
+            except Exception as err:  # noqa: BLE001 - one broken run must not lose the others
+                traceback.print_exception(err)
+                summary.fail("run failed", f"{spec.name}: {err}")
+            write_text(results_file, report(results, args, data, config, time.monotonic() - started))
+    order = {spec.name: index for index, spec in enumerate(plan_runs(args))}
+    results.sort(key=lambda r: order.get(r["name"], len(order)))  # seed by seed, as planned
     text = report(results, args, data, config, time.monotonic() - started)
     write_text(results_file, text)
     print(text)

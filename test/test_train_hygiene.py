@@ -108,13 +108,14 @@ def test_skipping_gives_up_after_many_non_finite_steps_in_a_row(batch, monkeypat
 
 
 def test_nan_gradient_from_a_finite_loss_never_reaches_the_weights(batch) -> None:
+    """Without an AMP scaler nothing else would catch it; the balancer skips such a step."""
     ctx = _context("stop")
-    before = _weights(ctx)
+    before = _weights(ctx, buffers=False)
     stem = ctx.model.backbone.features[0][0].weight
     handle = stem.register_hook(lambda grad: grad * math.inf)
-    with pytest.raises(NonFiniteLossError, match="the gradient is not finite"):
-        train_step(ctx, batch, 0)
+    scalars = train_step(ctx, batch, 0)
     handle.remove()
+    assert scalars["skipped_steps"] == 1.0
     for key, value in _weights(ctx, buffers=False).items():
         assert torch.equal(value, before[key]), key
 

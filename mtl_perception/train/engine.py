@@ -58,13 +58,14 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 
 def _nonfinite(
-    ctx: StepContext, step: int, what: str, losses: dict[str, Tensor], buffers: list[Tensor], saved: list[Tensor]
+    ctx: StepContext, step: int, bad: list[str], losses: dict[str, Tensor], buffers: list[Tensor], saved: list[Tensor]
 ) -> dict[str, float]:
-    """Stop (``NonFiniteLossError``) or skip a step whose ``what`` is not finite; the parameters
+    """Stop (``NonFiniteLossError``) or skip a step whose ``bad`` tasks' losses are not finite; the parameters
     are left untouched either way, and on a skip the forward pass's BatchNorm statistics are
     undone too (``saved``: the ``buffers`` before it). A skipped step still advances the
     schedule (as a step the AMP scaler skips), so the learning rate stays tied to the global step."""
     values = ", ".join(f"{task} {float(loss.detach()):.4g}" for task, loss in losses.items())
+    what = f"the {' and '.join(bad)} loss"
     if ctx.nonfinite_loss == "stop" or ctx.consecutive_skips + 1 >= MAX_CONSECUTIVE_SKIPS:
         why = "optim.nonfinite_loss=stop" if ctx.nonfinite_loss == "stop" else f"{MAX_CONSECUTIVE_SKIPS} such steps in a row"
         raise NonFiniteLossError(
@@ -87,9 +88,9 @@ def _nonfinite(
 def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
     """Forward, balanced backward, clip, optimiser and scheduler step; returns scalars to log.
 
-    A non-finite loss (named by task) or, without an AMP scaler to catch it, a non-finite
-    gradient never reaches the weights: the run stops or the step is skipped
-    (``ctx.nonfinite_loss``); the returned scalars then hold ``skipped: 1``.
+    A non-finite loss (named by task) never reaches the weights: the run stops or the step is
+    skipped (``ctx.nonfinite_loss``; the returned scalars then hold ``skipped: 1``). A finite loss
+    with a non-finite gradient is skipped by the balancer (``BackwardStats.finite``).
     """
     images, targets = to_device(batch, ctx.device)
     ctx.before_forward()
@@ -105,7 +106,7 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
     losses = {task: loss.float() for task, loss in losses.items() if task_samples(task, targets)}
     bad = [task for task, loss in losses.items() if not bool(torch.isfinite(loss.detach()))]
     if bad:
-        return _nonfinite(ctx, step, f"the {' and '.join(bad)} loss", losses, buffers, saved)
+        return _nonfinite(ctx, step, bad, losses, buffers, saved)
     if losses:
         result = ctx.weighting.weigh(losses)
     else:  # nothing supervised in this batch: no gradient, but every rank takes part in the step
@@ -120,11 +121,6 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
         ctx.scaler.unscale_(ctx.optimizer)
         if ctx.grad_clip_norm is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(ctx.clip_params, ctx.grad_clip_norm))
-        else:
-            grads = [p.grad for p in ctx.clip_params if p.grad is not None]
-            grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
-        if not math.isfinite(grad_norm) and not ctx.scaler.is_enabled():  # the scaler skips such steps itself
-            return _nonfinite(ctx, step, "the gradient", losses, buffers, saved)
         ctx.consecutive_skips = 0
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
