@@ -13,11 +13,12 @@ SETUP_INPUTS := requirements.txt constraints.txt setup.py setup.cfg package.xml 
                 tools/build_interfaces.sh tools/install_ros2_tools.sh \
                 $(wildcard ros_interfaces/vision_msgs/msg/*.msg)
 
-.PHONY: venv test demo bench clean-venv help
+.PHONY: venv test lint demo bench clean-venv help
 
 help:
 	@echo "make demo   - the whole pipeline on the built-in synthetic bag (creates .venv)"
 	@echo "make test   - the test suite (creates .venv)"
+	@echo "make lint   - ruff (lint + format check) and mypy"
 	@echo "make bench  - every benchmark, one table"
 	@echo "make venv   - only create/update .venv (both commands above do it themselves)"
 	@echo "make clean-venv - delete .venv"
@@ -34,8 +35,12 @@ $(STAMP): $(SETUP_INPUTS)
 	@touch $@
 
 test: $(STAMP)
-	@bash tools/ensure_chromium.sh
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 demo: $(STAMP)
 	$(VENV)/bin/mtl-demo $(DEMO_ARGS)

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mtl_perception.errors import UserError, run_cli  # noqa: E402
+from mtl_perception.core.errors import UserError, run_cli  # noqa: E402
 from mtl_perception.evaluation.profiling import count_gflops, measure_latency  # noqa: E402
 from mtl_perception.nets import build_model, count_parameters  # noqa: E402
 

@@ -40,9 +40,9 @@ from rclpy.context import Context  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from sequence import camera_frames  # noqa: E402
 
-from data_tools.images import rgb8_to_image_fields  # noqa: E402
+from mtl_perception.core.images import rgb8_to_image_fields  # noqa: E402
 from mtl_perception.checkpoint import inference_fields, save_checkpoint  # noqa: E402
-from mtl_perception.errors import run_cli  # noqa: E402
+from mtl_perception.core.errors import run_cli  # noqa: E402
 from mtl_perception.predictor import Predictor  # noqa: E402
 from mtl_perception.replay.outputs import OutputSink  # noqa: E402
 from mtl_perception.replay.stats import ReplayStats  # noqa: E402

@@ -52,10 +52,10 @@ from experiment_table import (  # noqa: E402
     run_name,
 )
 
-from data_tools.summary import JobSummary  # noqa: E402
-from mtl_perception.atomic_io import write_json, write_text  # noqa: E402
+from mtl_perception.core.summary import JobSummary  # noqa: E402
+from mtl_perception.core.atomic_io import write_json, write_text  # noqa: E402
 from mtl_perception.demo.pipeline import BuildSettings, DemoConfig, SynthSettings, plan, run_step  # noqa: E402
-from mtl_perception.errors import UserError, run_cli  # noqa: E402
+from mtl_perception.core.errors import UserError, run_cli  # noqa: E402
 from mtl_perception.evaluation.cli import evaluate  # noqa: E402
 from mtl_perception.evaluation.dataset import EvalDataset  # noqa: E402
 from mtl_perception.evaluation.metrics import combined_score  # noqa: E402

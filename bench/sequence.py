@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from skimage import data as skdata
 
-from mtl_perception.atomic_io import write_bytes, write_text
+from mtl_perception.core.atomic_io import write_bytes, write_text
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 MANIFEST_COLUMNS = ("index", "stamp_ns", "bag_time_ns", "frame_id", "encoding", "width", "height", "bag", "file")

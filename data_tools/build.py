@@ -2,7 +2,11 @@
 
 Inputs: ``--frames`` is a folder of interim frames (``manifest.csv`` per topic, see
 docs/CONTRACTS.md §2) or a plain folder of images (stills labeled by hand: bag = first
-sub-folder, stamp = file stem when it is an integer). ``--labels`` takes COCO json and/or CVAT
+sub-folder). A still's file stem is its time stamp only when the integer stems of its folder
+look like nanosecond stamps (frames at least 1 ms apart); numbered photos (``0.jpg`` ...
+``17.jpg``, as annotation tools export them) have no stamp, so each is its own split group:
+a plain folder of photos splits into train/val/test with no extra flags (with enough
+sub-folders, ``--group-by auto`` keeps each sub-folder in one split instead). ``--labels`` takes COCO json and/or CVAT
 "for images 1.1" XML files; an image labeled in several files gets the union of its regions.
 
 Matching a labeled image to a frame, in this order: the same file stem (folders and extension
@@ -21,7 +25,7 @@ Classes: ``--det-classes`` and ``--seg-classes`` (comma lists), or a YAML ``--cl
 A category may be in both lists; categories in neither are ignored (counted). ``iscrowd``
 regions are never detection targets and are painted 255 (ignore) when their class is a
 segmentation class. Masks: 0 = background, i = i-th segmentation class, 255 = ignore; larger
-regions are painted first so small objects stay on top (see ``data_tools.rasterize``).
+regions are painted first so small objects stay on top (see ``mtl_perception.core.rasterize``).
 
 Validation: boxes with zero area or entirely outside the image, unknown categories, malformed
 or < 3 point polygons, ambiguous matches are problems (counted, first example shown, item
@@ -32,8 +36,16 @@ all-background images (``--unlabeled background``, then not a warning). A labele
 without regions is a labeled empty frame and is kept. ``--strict`` turns every problem and
 warning into an error: nothing is written.
 
+Depth (RGB-D, CONTRACTS §11): with ``--depth-topic`` every frame is paired with the aligned
+depth frame of the same bag nearest in stamp (``--depth-tolerance-ms``, default 20) and gets a
+``depth/<stem>.png`` target (uint16 mm, 0 = invalid) and ``depth_file``; see
+``data_tools.depth_targets``. ``--unlabeled depth-only`` lets frames without labels join for
+the depth task only (``"labeled": false``, all-ignore mask, no boxes). Topic folders of depth
+encodings (16UC1, 32FC1, compressedDepth) are never labelable images.
+
 Output (CONTRACTS §4): ``<out>/<name>/`` with ``images/`` (hard links, copies across file
-systems), ``masks/``, ``annotations.json``, ``classes.json``, ``splits.json``. It is built in a
+systems), ``masks/``, ``depth/`` (with ``--depth-topic``), ``annotations.json``, ``classes.json``,
+``splits.json``. It is built in a
 temporary folder and renamed into place, so an existing dataset is complete; it is skipped
 unless ``--force``.
 """
@@ -53,90 +65,23 @@ from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
-from data_tools.labels import LabeledImage, Region, label_files, read_labels
-from data_tools.rasterize import BoxMaskMode, BoxStatus, detection_box, rasterize
+from data_tools import depth_targets
+from data_tools.depth_targets import DepthFrame, DepthIndex, DepthOptions, DepthStats
 from data_tools.split import SplitItem, assign_splits, parse_fractions
-from data_tools.summary import JobSummary
-from mtl_perception import atomic_io
-from mtl_perception.errors import UserError
+from mtl_perception.core import atomic_io
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.labels import ClassConfig, LabeledImage, Region, label_files, load_class_config, read_labels
+from mtl_perception.core.rasterize import BoxMaskMode, frame_targets
+from mtl_perception.core.names import inside, safe_component
+from mtl_perception.core.summary import JobSummary
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MARKER_NAME = ".build_complete"
 # Label Studio renames uploads to "<8 hex digits>-<original name>".
 LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}-")
-# Distinct colours for segmentation classes after background (black), cycled if needed.
-DEFAULT_PALETTE = [[128, 64, 128], [70, 70, 70], [220, 20, 60], [255, 160, 0], [0, 142, 70],
-                   [0, 80, 200], [190, 150, 255], [250, 240, 50], [0, 200, 200], [150, 100, 50]]
-
-
-# --------------------------------------------------------------------------- classes
-
-
-class ClassConfig(BaseModel):
-    """Configured classes; the YAML ``--classes-file`` has exactly these keys."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    detection_classes: list[str] = []
-    segmentation_classes: list[str] = []  # without "background"
-    palette: dict[str, tuple[int, int, int]] = {}
-
-    @field_validator("detection_classes", "segmentation_classes")
-    @classmethod
-    def _unique_names(cls, names: list[str]) -> list[str]:
-        names = [n.strip() for n in names]
-        if any(not n for n in names):
-            raise ValueError("empty class name")
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate class name in {names}")
-        if "background" in names:
-            raise ValueError("'background' is implicit (id 0); do not list it")
-        return names
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "ClassConfig":
-        if not self.detection_classes and not self.segmentation_classes:
-            raise ValueError("no detection and no segmentation classes configured")
-        if len(self.segmentation_classes) > 254:
-            raise ValueError("at most 254 segmentation classes (255 = ignore)")
-        unknown = set(self.palette) - {"background", *self.segmentation_classes}
-        if unknown:
-            raise ValueError(f"palette names classes that are not segmentation classes: {sorted(unknown)}")
-        return self
-
-    def palette_rgb(self) -> list[list[int]]:
-        """One RGB colour per segmentation class, background first."""
-        names = ["background", *self.segmentation_classes]
-        defaults = [[0, 0, 0]] + [DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)] for i in range(len(names) - 1)]
-        return [list(self.palette.get(n, d)) for n, d in zip(names, defaults)]
-
-
-def load_class_config(det: str | None, seg: str | None, classes_file: Path | None) -> ClassConfig:
-    """Classes from the YAML file, with ``--det-classes``/``--seg-classes`` overriding its lists."""
-    raw: dict = {}
-    where = "--det-classes/--seg-classes"
-    if classes_file is not None:
-        where = str(classes_file)
-        try:
-            raw = yaml.safe_load(classes_file.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"{classes_file}: cannot read classes file ({err})".replace("\n", " ")) from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{classes_file}: expected a mapping with detection_classes/segmentation_classes")
-    if det is not None:
-        raw["detection_classes"] = [n for n in det.split(",") if n.strip()]
-    if seg is not None:
-        raw["segmentation_classes"] = [n for n in seg.split(",") if n.strip()]
-    try:
-        return ClassConfig.model_validate(raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "classes"
-        raise UserError(f"{where}: {loc}: {first['msg']}") from None
 
 
 # --------------------------------------------------------------------------- frames
@@ -165,8 +110,11 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
-def discover_frames(root: Path, summary: JobSummary) -> list[Frame]:
-    """Frames under ``root``: manifest rows where a ``manifest.csv`` exists, else image files."""
+def discover_frames(root: Path, summary: JobSummary, skip_folder: str | None = None) -> list[Frame]:
+    """Frames under ``root``: manifest rows where a ``manifest.csv`` exists, else image files.
+
+    Topic folders named ``skip_folder`` (the depth topic) and depth-encoded rows are left out.
+    """
     if not root.is_dir():
         raise UserError(f"--frames {root}: not a folder")
     frames: list[Frame] = []
@@ -174,16 +122,31 @@ def discover_frames(root: Path, summary: JobSummary) -> list[Frame]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # no hidden/partial outputs
         here = Path(folder)
         rel = here.relative_to(root)
+        if "manifest.csv" in files and here.name == skip_folder:
+            continue
         if "manifest.csv" in files:
             frames += _manifest_frames(here / "manifest.csv", summary)
             continue
-        for name in sorted(files):
-            path = here / name
-            if path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
-                bag = rel.parts[0] if rel.parts else root.resolve().name
-                frames.append(Frame(path=path, bag=bag, topic="/".join(rel.parts[1:]), stamp_ns=_int_or_none(path.stem),
-                                    width=None, height=None))
+        images = [here / n for n in sorted(files) if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith(".")]
+        stamps = _still_stamps([p.stem for p in images])
+        for path in images:
+            bag = rel.parts[0] if rel.parts else root.resolve().name
+            frames.append(Frame(path=path, bag=bag, topic="/".join(rel.parts[1:]), stamp_ns=stamps.get(path.stem),
+                                width=None, height=None))
     return frames
+
+
+MIN_FRAME_GAP_NS = 1_000_000
+"""No camera runs above 1 kHz: integer stems closer together than this are a numbering."""
+
+
+def _still_stamps(stems: Sequence[str]) -> dict[str, int]:
+    """The stems of one plain folder that are time stamps (see the module docstring)."""
+    values = {stem: value for stem in stems if (value := _int_or_none(stem)) is not None}
+    ordered = sorted(set(values.values()))
+    gaps = np.diff(ordered)
+    is_time = bool(ordered) and (float(np.median(gaps)) if len(gaps) else ordered[0]) >= MIN_FRAME_GAP_NS
+    return values if is_time else {}
 
 
 def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
@@ -195,9 +158,13 @@ def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
             summary.fail("manifest without required columns", f"{manifest}: missing {sorted(missing)}")
             return []
         for row in reader:
-            path = manifest.parent / row["file"]
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue  # depth arrays (.npy) are not labelable images
+            try:
+                path = inside(manifest.parent, row["file"] or "")
+            except ValueError as err:
+                summary.fail("bad file entry in manifest", f"{manifest}: {err}")
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES or depth_targets.is_depth_row(row):
+                continue  # depth (.npy arrays, 16UC1 PNGs) is not a labelable image
             if not path.is_file():
                 summary.fail("manifest row without its file", str(path))
                 continue
@@ -242,6 +209,8 @@ class Sample:
     frame: Frame
     regions: list[Region] = field(default_factory=list)
     labeled: bool = False
+    depth: DepthFrame | None = None
+    depth_only: bool = False  # joins for the depth task only (no detection/segmentation labels)
 
 
 def match_labels(frames: Sequence[Frame], labeled: Iterable[LabeledImage], summary: JobSummary) -> dict[Path, Sample]:
@@ -280,8 +249,9 @@ class BuildOptions:
     group_by: str          # "auto" | "bag" | "time"
     window_s: float
     seed: int
-    unlabeled: str         # "skip" | "background"
+    unlabeled: str         # "skip" | "background" | "depth-only"
     box_masks: BoxMaskMode
+    depth: DepthOptions = field(default_factory=DepthOptions)
 
 
 def _image_size(frame: Frame) -> tuple[int, int]:
@@ -309,8 +279,8 @@ def _output_names(frames: Sequence[Frame]) -> dict[Path, str]:
     A frame keeps its own name; names whose stem occurs more than once (the same stamp in two
     bags, ``a.jpg`` next to ``a.png``) get the bag and topic as prefix, then the extension.
     """
-    def qualified(frame: Frame) -> str:
-        return "__".join(p for p in (frame.bag, frame.topic.replace("/", "__"), frame.path.name) if p)
+    def qualified(frame: Frame) -> str:  # bag and topic come from manifests: data, made safe
+        return "__".join(safe_component(p) for p in (frame.bag, frame.topic, frame.path.name) if p)
 
     names = {f.path: f.path.name for f in frames}
     for rename in (qualified, lambda f: f"{Path(qualified(f)).stem}-{f.path.suffix.lstrip('.')}{f.path.suffix}"):
@@ -329,10 +299,11 @@ def _resolve_group_by(group_by: str, samples: Sequence[Sample], fractions: Seque
 
 def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Path, summary: JobSummary) -> dict:
     """Write images, masks and annotations of ``samples`` into ``out_dir``; return splits.json."""
-    det = {name: k + 1 for k, name in enumerate(options.classes.detection_classes)}
-    seg = {name: k + 1 for k, name in enumerate(options.classes.segmentation_classes)}
+    det = options.classes.detection_ids()
+    seg = options.classes.segmentation_ids()
     names = _output_names([s.frame for s in samples])
     images, annotations, split_items = [], [], []
+    depth_stats = DepthStats()
     for sample in tqdm(samples, desc="build", unit="image", disable=len(samples) < 50):
         frame = sample.frame
         try:
@@ -340,15 +311,37 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         except ValueError as err:
             summary.fail("unreadable image", f"{frame.path}: {err}")
             continue
+        depth = None
+        if sample.depth is not None:
+            depth = depth_targets.depth_target(sample.depth, frame.path, (height, width), options.depth, summary,
+                                               depth_stats)
+        elif options.depth.topic is not None and options.depth.color_folder in (None, frame.topic):
+            depth_stats.unmatched += 1
+            summary.warn("no depth frame within the tolerance (kept without depth)",
+                         f"{frame.path} (stamp {frame.stamp_ns})")
+        if sample.depth_only and depth is None:
+            continue  # nothing left to learn from this frame (its depth was refused, and recorded)
         image_id = len(images) + 1
         file_name = names[frame.path]
-        mask_name = f"{Path(file_name).stem}.png"
-        mask, detections = _sample_targets(sample, det, seg, (height, width), options.box_masks, summary)
+        stem = Path(file_name).stem
+        mask_name = f"{stem}.png"
+        if sample.depth_only:  # no labels: every pixel ignored, no boxes
+            mask, detections = np.full((height, width), IGNORE_INDEX, np.uint8), []
+            summary.add("depth-only frames")
+        else:
+            mask, detections = frame_targets(sample.regions, det, seg, (height, width), options.box_masks, summary)
         annotations += [{"id": len(annotations) + k + 1, "image_id": image_id, **ann} for k, ann in enumerate(detections)]
         atomic_io.write_with(out_dir / "masks" / mask_name, lambda p, m=mask: _imwrite(p, m))
         _link_or_copy(frame.path, out_dir / "images" / file_name)
-        images.append({"id": image_id, "file_name": f"images/{file_name}", "width": width, "height": height,
-                       "stamp_ns": frame.stamp_ns, "bag": frame.bag, "mask_file": f"masks/{mask_name}"})
+        entry = {"id": image_id, "file_name": f"images/{file_name}", "width": width, "height": height,
+                 "stamp_ns": frame.stamp_ns, "bag": frame.bag, "mask_file": f"masks/{mask_name}"}
+        if depth is not None:
+            atomic_io.write_with(out_dir / "depth" / f"{stem}.png", lambda p, d=depth: _imwrite(p, d))
+            entry["depth_file"] = f"depth/{stem}.png"
+            depth_stats.paired += 1
+        if sample.depth_only:
+            entry["labeled"] = False
+        images.append(entry)
         split_items.append(SplitItem(key=image_id, bag=frame.bag, stamp_ns=frame.stamp_ns, name=file_name))
         summary.add("written")
 
@@ -368,29 +361,18 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         "segmentation_classes": ["background", *classes.segmentation_classes],
         "palette": classes.palette_rgb()})
     atomic_io.write_json(out_dir / "splits.json", split_doc)
+    if options.depth.topic is not None:
+        print(f"build: {depth_stats.line(options.depth)}")
     return split_doc
 
 
-def _sample_targets(sample: Sample, det: dict[str, int], seg: dict[str, int], size: tuple[int, int],
-                    box_masks: BoxMaskMode, summary: JobSummary) -> tuple[np.ndarray, list[dict]]:
-    """Class-id mask and detection annotations (without ids) of one sample's regions."""
-    height, width = size
-    seg_regions, detections = [], []
-    for region in sample.regions:
-        if region.label not in det and region.label not in seg:
-            summary.add(f"ignored regions ({region.label})")
+def pair_depth(samples: dict[Path, Sample], index: DepthIndex, options: DepthOptions) -> None:
+    """Give every sample (of ``--color-topic``, if set) its nearest depth frame within the tolerance."""
+    for sample in samples.values():
+        frame = sample.frame
+        if options.color_folder is not None and frame.topic != options.color_folder:
             continue
-        if region.rle is not None and list(region.rle["size"]) != [height, width]:  # export without sizes
-            summary.fail("RLE size differs from the image size", f"{region.source}: {region.rle['size']} vs "
-                                                                 f"{[height, width]}")
-            continue
-        if region.label in seg:
-            seg_regions.append((seg[region.label], region))
-        if region.label in det and not region.iscrowd:  # crowds are never detection targets
-            ann = _detection_annotation(region, det[region.label], height, width, summary)
-            if ann is not None:
-                detections.append(ann)
-    return rasterize(seg_regions, height, width, box_masks), detections
+        sample.depth = index.nearest(frame.bag, frame.stamp_ns, options.tolerance_ns)
 
 
 def _imwrite(path: Path, image: np.ndarray) -> None:
@@ -398,24 +380,12 @@ def _imwrite(path: Path, image: np.ndarray) -> None:
         raise OSError(f"{path}: OpenCV could not write the mask")
 
 
-def _detection_annotation(region: Region, category_id: int, height: int, width: int,
-                          summary: JobSummary) -> dict | None:
-    """COCO detection annotation of a region, or None (recorded) when its box is unusable."""
-    box = detection_box(region, height, width)
-    if box.status is BoxStatus.ZERO_AREA:
-        summary.fail("box with zero area", f"{region.source}: {list(box.bbox)}")
-        return None
-    if box.status is BoxStatus.OUTSIDE:
-        summary.fail("box outside the image", f"{region.source}: {list(region.bbox or box.bbox)} in {width}x{height}")
-        return None
-    if box.status is BoxStatus.CLIPPED:
-        summary.warn("box partly outside the image (clipped)", f"{region.source}: {list(region.bbox or ())}")
-    return {"category_id": category_id, "bbox": [round(v, 2) for v in box.bbox], "area": round(box.area, 2),
-            "iscrowd": 0}
-
-
 def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSummary) -> list[Sample]:
-    """Labeled samples plus, with ``--unlabeled background``, the unlabeled ones; stable order."""
+    """Labeled samples plus the unlabeled ones ``--unlabeled`` asks for; stable order.
+
+    ``background`` keeps every unlabeled frame as all-background; ``depth-only`` keeps those
+    with a paired depth frame for the depth task only.
+    """
     ordered = sorted(samples.values(), key=lambda s: (s.frame.bag, s.frame.topic, s.frame.stamp_ns or 0, s.frame.path.name))
     chosen = []
     for sample in ordered:
@@ -423,6 +393,9 @@ def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSumm
             chosen.append(sample)
             if not sample.labeled:
                 summary.add("unlabeled kept as background")
+        elif unlabeled == "depth-only" and sample.depth is not None:
+            sample.depth_only = True
+            chosen.append(sample)
         else:
             summary.warn("frames without labels (skipped)", str(sample.frame.path))
     return chosen
@@ -444,15 +417,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="YAML with detection_classes, segmentation_classes and optional palette")
     parser.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions")
     parser.add_argument("--group-by", choices=("auto", "bag", "time"), default="auto",
-                        help="keep these groups within one split; auto = bag if there are enough bags, else time")
+                        help="keep these groups within one split; auto = bag if there are enough bags, else time "
+                             "(stills without a time stamp are each their own group)")
     parser.add_argument("--window-s", type=float, default=10.0, help="time-window length for --group-by time")
     parser.add_argument("--seed", type=int, default=0, help="seed of the group shuffle")
-    parser.add_argument("--unlabeled", choices=("skip", "background"), default="skip",
-                        help="frames without labels: leave out, or keep as images with no objects and all-background masks")
+    parser.add_argument("--unlabeled", choices=("skip", "background", "depth-only"), default="skip",
+                        help="frames without labels: leave out, keep as images with no objects and all-background "
+                             "masks, or (with --depth-topic) keep those with depth for the depth task only")
     parser.add_argument("--box-masks", choices=("ignore", "fill"), default="ignore",
                         help="segmentation regions known only by a box: paint 255 (ignore) or the class")
     parser.add_argument("--strict", action="store_true", help="any problem or warning is an error; write nothing")
     parser.add_argument("--force", action="store_true", help="rebuild an existing dataset")
+    depth_targets.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -461,18 +437,26 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--window-s {args.window_s}: must be positive")
     if not args.name or args.name in (".", "..") or "/" in args.name or "\\" in args.name:
         raise UserError(f"--name {args.name!r}: must be a plain folder name")
+    depth = depth_targets.options_from_args(args)
+    if args.unlabeled == "depth-only" and depth.topic is None:
+        raise UserError("--unlabeled depth-only needs --depth-topic")
     options = BuildOptions(classes=classes, fractions=parse_fractions(args.split), group_by=args.group_by,
-                           window_s=args.window_s, seed=args.seed, unlabeled=args.unlabeled, box_masks=args.box_masks)
+                           window_s=args.window_s, seed=args.seed, unlabeled=args.unlabeled, box_masks=args.box_masks,
+                           depth=depth)
     target = args.out / args.name
     if target.exists() and not args.force:
         print(f"build: {target} exists, skipping (use --force to rebuild)")
         return 0
 
     summary = JobSummary("build")
-    frames = discover_frames(args.frames, summary)
+    frames = discover_frames(args.frames, summary, skip_folder=depth.folder)
     summary.add("read", len(frames))
+    depth_index = depth_targets.discover_depth(args.frames, depth, summary) if depth.topic is not None else None
     labeled = [image for path in label_files(args.labels) for image in read_labels(path, summary)]
-    samples = select_samples(match_labels(frames, labeled, summary), options.unlabeled, summary)
+    matched = match_labels(frames, labeled, summary)
+    if depth_index is not None:
+        pair_depth(matched, depth_index, depth)
+    samples = select_samples(matched, options.unlabeled, summary)
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{args.name}.partial-", dir=args.out) as tmp:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from mtl_perception.errors import run_cli
+from mtl_perception.core.errors import run_cli
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Show defaults and keep each module docstring's layout (tables, lists) in ``--help``."""

@@ -20,7 +20,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 GroupBy = Literal["bag", "time"]

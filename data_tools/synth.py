@@ -10,7 +10,10 @@ downloaded. The same arguments always give the same bytes of ground truth and th
 
 Output (docs/CONTRACTS.md §3): ``<out>/synth_bag/`` (rosbag2, mcap or sqlite3) with the topic
 ``/camera/image_raw`` (``sensor_msgs/msg/Image``) or ``/camera/image_raw/compressed``
-(``sensor_msgs/msg/CompressedImage``), and ``<out>/synth_coco.json``. Re-running with the same
+(``sensor_msgs/msg/CompressedImage``), and ``<out>/synth_coco.json``. Unless ``--no-depth``,
+the bag also has ``/camera/aligned_depth_to_color/image_raw``: the same scene's depth as a
+RealSense-like sensor reports it aligned to colour (``16UC1`` millimetres of z-depth, same size
+and header stamps as the colour frames, 0 = no return), see ``sensor_depth_mm``. Re-running with the same
 arguments is a no-op; other arguments over existing output need ``--force``.
 
 Classes: ``box``, ``cone``, ``ball`` (objects: box + visible-outline polygons) and ``floor``,
@@ -37,8 +40,9 @@ from rosbags.typesys import Stores, get_typestore
 from skimage import data as skdata
 from tqdm import tqdm
 
-from mtl_perception import atomic_io
-from mtl_perception.errors import UserError
+from mtl_perception.core import atomic_io
+from mtl_perception.core.constants import SYNTH_CAMERA_TOPIC, SYNTH_DEPTH_TOPIC
+from mtl_perception.core.errors import UserError
 
 OBJECT_CLASSES: tuple[str, ...] = ("box", "cone", "ball")
 STUFF_CLASSES: tuple[str, ...] = ("floor", "wall")
@@ -52,7 +56,8 @@ OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {  # RGB, chosen far apart fro
     "cone": (245, 85, 15),   # traffic orange
     "ball": (35, 85, 225),   # blue
 }
-CAMERA_TOPIC = "/camera/image_raw"
+CAMERA_TOPIC = SYNTH_CAMERA_TOPIC
+DEPTH_TOPIC = SYNTH_DEPTH_TOPIC
 BAG_DIRNAME = "synth_bag"
 COCO_NAME = "synth_coco.json"
 MARKER_NAME = ".synth_complete"
@@ -80,6 +85,7 @@ class SynthConfig:
     storage: str = "mcap"
     seed: int = 0
     objects: int = 30
+    depth: bool = True
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ class RenderedFrame:
     rgb: np.ndarray                 # [H, W, 3] uint8
     semantic: np.ndarray            # [H, W] uint8: 0 background/objects, FLOOR_ID, WALL_ID
     instances: list[tuple[str, np.ndarray]]  # (class, visible bool mask) per visible object
+    depth: np.ndarray               # [H, W] float32 z-depth in metres, exact; 0 = nothing (sky)
 
 
 # --------------------------------------------------------------------------- scene
@@ -212,14 +219,15 @@ class Scene:
         rgb[wall_bottom:] = self._window(self.floor_tex, pan_px / 4.0 + pose.z * 60.0, w)[wall_bottom:]
         semantic[wall_top:wall_bottom] = WALL_ID
         semantic[wall_bottom:] = FLOOR_ID
+        depth = self._stuff_depth(horizon, wall_depth, wall_top, wall_bottom)
 
         owner = np.full((h, w), -1, np.int32)  # index of the object that owns each pixel
         drawn: list[WorldObject] = []
         for obj in sorted(self.objects, key=lambda o: -(o.z - pose.z)):
-            depth = obj.z - pose.z
-            if depth < NEAR_PLANE:
+            distance = obj.z - pose.z
+            if distance < NEAR_PLANE:
                 continue
-            polygons = _object_polygons(obj, depth, pose.x, horizon, self.focal, w)
+            polygons = _object_polygons(obj, distance, pose.x, horizon, self.focal, w)
             xs = polygons[0][:, 0]
             if xs.max() < 0 or xs.min() >= w:  # out of view: skip the full-frame fill
                 continue
@@ -227,6 +235,8 @@ class Scene:
             if not shape.any():
                 continue
             self._paint(rgb, shape, obj, polygons)
+            _paint_depth(depth, shape, obj, distance, _projection(obj, distance, pose.x, horizon, self.focal, w),
+                         self.focal)
             owner[shape] = len(drawn)
             drawn.append(obj)
         semantic[owner >= 0] = 0
@@ -236,7 +246,22 @@ class Scene:
             visible = owner == i
             if visible.any():
                 instances.append((obj.kind, visible))
-        return RenderedFrame(rgb=rgb, semantic=semantic, instances=instances)
+        return RenderedFrame(rgb=rgb, semantic=semantic, instances=instances, depth=depth)
+
+    def _stuff_depth(self, horizon: float, wall_depth: float, wall_top: int, wall_bottom: int) -> np.ndarray:
+        """Z-depth of the wall (fronto-parallel: constant) and the floor (grows towards the horizon).
+
+        A floor pixel row ``v`` below the horizon sees the ground at ``z = f * height / (v - horizon)``
+        (the projection the objects' base lines use too); the region above the wall is beyond any
+        sensor's range and stays 0.
+        """
+        h, w = self.config.height, self.config.width
+        depth = np.zeros((h, w), np.float32)
+        depth[wall_top:wall_bottom] = wall_depth
+        rows = np.arange(wall_bottom, h, dtype=np.float64) + 0.5  # pixel centres
+        floor = self.focal * CAMERA_HEIGHT / np.maximum(rows - horizon, 1e-6)
+        depth[wall_bottom:] = np.minimum(floor, wall_depth).astype(np.float32)[:, None]
+        return depth
 
     @staticmethod
     def _window(tex: np.ndarray, offset_px: float, width: int) -> np.ndarray:
@@ -280,12 +305,18 @@ def _bounce(value: float, velocity: float, low: float, high: float) -> tuple[flo
     return value, velocity
 
 
+def _projection(obj: WorldObject, depth: float, cam_x: float, horizon: float, focal: float,
+                width: int) -> tuple[float, float, float]:
+    """Image centre column, base row and pixel size of an object standing ``depth`` metres ahead."""
+    cx = width / 2 + focal * (obj.x - cam_x) / depth
+    base_y = horizon + focal * CAMERA_HEIGHT / depth
+    return cx, base_y, focal * obj.size / depth
+
+
 def _object_polygons(obj: WorldObject, depth: float, cam_x: float, horizon: float,
                      focal: float, width: int) -> list[np.ndarray]:
     """Image-space polygons (float [K, 2] x,y) of one object; the first is its silhouette."""
-    cx = width / 2 + focal * (obj.x - cam_x) / depth
-    base_y = horizon + focal * CAMERA_HEIGHT / depth
-    s = focal * obj.size / depth
+    cx, base_y, s = _projection(obj, depth, cam_x, horizon, focal, width)
     if obj.kind == "box":
         lift = 0.25 * s  # the top face seen from above
         front = np.array([[cx - s / 2, base_y], [cx + s / 2, base_y], [cx + s / 2, base_y - s],
@@ -300,6 +331,53 @@ def _object_polygons(obj: WorldObject, depth: float, cam_x: float, horizon: floa
     angles = np.linspace(0, 2 * np.pi, 32, endpoint=False)
     r = s / 2
     return [np.stack([cx + r * np.cos(angles), base_y - r + r * np.sin(angles)], axis=1)]
+
+
+def _paint_depth(depth_map: np.ndarray, shape: np.ndarray, obj: WorldObject, distance: float,
+                 projection: tuple[float, float, float], focal: float) -> None:
+    """Write the z-depth of an object's visible surface into ``depth_map`` where ``shape`` is set.
+
+    ``distance`` is the z-depth of the object's front base line. Boxes: a fronto-parallel front
+    face, the top face receding by the box size; balls: a sphere centred at ``distance``;
+    cones: a tapering round surface. Like ``Scene._paint`` it works on the bounding window only.
+    """
+    cx, base_y, s = projection
+    y0, y1 = _row_extent(shape)
+    x0, x1 = _row_extent(shape.T)
+    window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
+    v = np.arange(y0, y1 + 1, dtype=np.float64)[:, None] + 0.5
+    u = np.arange(x0, x1 + 1, dtype=np.float64)[None, :] + 0.5
+    metres_per_px = distance / focal
+    if obj.kind == "box":
+        lift = 0.25 * s
+        recede = np.clip((base_y - s - v) / max(lift, 1e-6), 0.0, 1.0)  # 0 on the front face
+        z = np.broadcast_to(distance + recede * obj.size, (v.size, u.size))
+    elif obj.kind == "ball":
+        r = s / 2
+        rr = ((u - cx) / r) ** 2 + ((v - (base_y - r)) / r) ** 2
+        z = distance - r * metres_per_px * np.sqrt(np.clip(1.0 - rr, 0.0, 1.0))
+    else:  # cone: radius shrinks from 0.4 s at the base to 0.06 s at the top
+        t = np.clip((base_y - v) / s, 0.0, 1.0)
+        radius = (0.4 - 0.34 * t) * s
+        z = distance - radius * metres_per_px * np.sqrt(np.clip(1.0 - ((u - cx) / radius) ** 2, 0.0, 1.0))
+    inside = shape[window]
+    depth_map[window][inside] = z.astype(np.float32)[inside]
+
+
+def sensor_depth_mm(depth_m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What an RGB-D camera would report for an exact depth map: uint16 millimetres, 0 = invalid.
+
+    Like a stereo sensor (RealSense D4xx): noise grows with the square of the distance (1 mm at
+    1 m, 10 cm at 10 m), no return where there is nothing (0 in ``depth_m``), a band of invalid
+    columns on the left (the region only one imager sees) and ~0.5 % random dropouts.
+    """
+    h, w = depth_m.shape
+    noisy = depth_m + rng.standard_normal((h, w), dtype=np.float32) * 0.001 * depth_m**2
+    mm = np.clip(np.rint(noisy * 1000.0), 1, 65535).astype(np.uint16)
+    mm[depth_m <= 0] = 0
+    mm[:, : max(1, w // 80)] = 0
+    mm[rng.random((h, w), dtype=np.float32) < 0.005] = 0
+    return mm
 
 
 def _fill(polygons: list[np.ndarray], height: int, width: int) -> np.ndarray:
@@ -369,12 +447,24 @@ class _MessageFactory:
         self.msgtype = "sensor_msgs/msg/CompressedImage" if self.compressed else "sensor_msgs/msg/Image"
         self.topic = f"{CAMERA_TOPIC}/compressed" if self.compressed else CAMERA_TOPIC
 
-    def serialize(self, rgb: np.ndarray, stamp: int) -> bytes:
+    def _header(self, stamp: int) -> object:
         types = self.typestore.types
-        header = types["std_msgs/msg/Header"](
+        return types["std_msgs/msg/Header"](
             stamp=types["builtin_interfaces/msg/Time"](sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000),
             frame_id="camera",
         )
+
+    def serialize_depth(self, depth_mm: np.ndarray, stamp: int) -> bytes:
+        """A ``16UC1`` little-endian ``sensor_msgs/Image`` (aligned depth has the colour frame id)."""
+        h, w = depth_mm.shape
+        msg = self.typestore.types["sensor_msgs/msg/Image"](
+            header=self._header(stamp), height=h, width=w, encoding="16UC1", is_bigendian=0, step=2 * w,
+            data=np.ascontiguousarray(depth_mm, dtype="<u2").view(np.uint8).reshape(-1))
+        return bytes(self.typestore.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+
+    def serialize(self, rgb: np.ndarray, stamp: int) -> bytes:
+        types = self.typestore.types
+        header = self._header(stamp)
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         if self.compressed:
             ok, buf = cv2.imencode(".jpg" if self.encoding == "jpeg" else ".png", bgr,
@@ -407,12 +497,15 @@ def synthesize(config: SynthConfig, out_dir: Path, show_progress: bool = True) -
     }
     storage = StoragePlugin.MCAP if config.storage == "mcap" else StoragePlugin.SQLITE3
     noise_rng = np.random.default_rng(config.seed + 1)
+    depth_rng = np.random.default_rng(config.seed + 2)  # its own stream: colour bytes do not depend on depth
     with tempfile.TemporaryDirectory(prefix=".synth-", dir=out_dir) as tmp:
         tmp_bag = Path(tmp) / BAG_DIRNAME  # the storage file is named after this folder
         writer = Writer(tmp_bag, version=9, storage_plugin=storage)
         writer.open()
         try:
             conn = writer.add_connection(factory.topic, factory.msgtype, typestore=factory.typestore)
+            depth_conn = (writer.add_connection(DEPTH_TOPIC, "sensor_msgs/msg/Image", typestore=factory.typestore)
+                          if config.depth else None)
             for index in tqdm(range(config.frames), desc="synth", unit="frame", disable=not show_progress):
                 frame = scene.render(index)
                 # Sensor noise: makes still stretches near- (not exact) duplicates.
@@ -420,6 +513,8 @@ def synthesize(config: SynthConfig, out_dir: Path, show_progress: bool = True) -
                 rgb = np.clip(frame.rgb.astype(np.int16) + noise, 0, 255).astype(np.uint8)
                 stamp = stamp_ns(index)
                 writer.write(conn, stamp, factory.serialize(rgb, stamp))
+                if depth_conn is not None:
+                    writer.write(depth_conn, stamp, factory.serialize_depth(sensor_depth_mm(frame.depth, depth_rng), stamp))
                 image_id = index + 1
                 coco["images"].append({"id": image_id, "file_name": f"{stamp}.png", "width": config.width,
                                        "height": config.height, "stamp_ns": stamp})
@@ -457,6 +552,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", choices=("mcap", "db3"), default="mcap", help="rosbag2 storage plugin")
     parser.add_argument("--seed", type=int, default=0, help="random seed of scene and trajectory")
     parser.add_argument("--objects", type=int, default=SynthConfig.objects, help="objects placed on the floor")
+    parser.add_argument("--no-depth", dest="depth", action="store_false",
+                        help=f"leave out the aligned depth topic {DEPTH_TOPIC} (16UC1 millimetres)")
     parser.add_argument("--force", action="store_true", help="overwrite existing output")
 
 
@@ -467,7 +564,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--objects {args.objects}: must not be negative")
     width, height = _parse_size(args.size)
     config = SynthConfig(frames=args.frames, width=width, height=height, encoding=args.encoding,
-                         storage=args.storage, seed=args.seed, objects=args.objects)
+                         storage=args.storage, seed=args.seed, objects=args.objects, depth=args.depth)
     out_dir: Path = args.out
     marker = out_dir / MARKER_NAME
     wanted = json.dumps(asdict(config), sort_keys=True)
@@ -481,5 +578,6 @@ def run(args: argparse.Namespace) -> int:
     marker.unlink(missing_ok=True)
     bag_dir, coco_path = synthesize(config, out_dir)
     atomic_io.write_text(marker, wanted + "\n")
-    print(f"synth: wrote {config.frames} frames to {bag_dir} and ground truth to {coco_path}")
+    depth = f" (+ depth on {DEPTH_TOPIC})" if config.depth else ""
+    print(f"synth: wrote {config.frames} frames{depth} to {bag_dir} and ground truth to {coco_path}")
     return 0

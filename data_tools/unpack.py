@@ -1,21 +1,32 @@
 """Extract every image message of ROS 1 / ROS 2 bags to image files plus a manifest per topic.
 
-Inputs are bag files (.bag, .db3, .mcap), rosbag2 folders, or folders searched for both.
+Inputs are bag files (.bag, .bag.active, .db3, .mcap), rosbag2 folders (with or without
+metadata.yaml), or folders searched for both.
 Output: ``<out>/<bag>/<topic_dir>/<stamp_ns>.<ext>`` (``<stamp_ns>-<index>.<ext>`` when the
 header stamp repeats), ``manifest.csv`` and an ``.unpack_complete`` marker per topic.
+``<bag>`` is the bag's name; bags of one run that share a name (``a/data.bag``, ``b/data.bag``)
+get their parent folder in front (``a__data``, ``b__data``). ``<topic_dir>`` is the topic
+without its leading ``/``, ``/`` -> ``__``; names that are not safe as a folder (``/..``,
+empty, very long, control characters) are encoded and never leave the bag's folder.
 
 File formats:
   colour / mono 8-bit      PNG (or JPEG with --format jpg; alpha is dropped in JPEG)
   16-bit (mono16, 16UC1)   16-bit PNG, lossless
   32FC1 depth              .npy float32 (default, lossless) or, with --depth-float scaled,
-                           16-bit PNG in millimetres (value*1000 rounded; NaN, inf, <=0 -> 0;
-                           clipped at 65535 mm)
+                           16-bit PNG in millimetres (value*1000 rounded; NaN, inf, <=0 and
+                           beyond 65.535 m -> 0, i.e. invalid rather than a wrong clipped value)
   CompressedImage          the received JPEG/PNG bytes unchanged (never re-encoded)
   compressedDepth          decoded: 16UC1 -> 16-bit PNG, 32FC1 -> as 32FC1 depth above
 
+Damaged bags are salvaged automatically: a bag cut short by a power loss (ROS 1 without its
+index, MCAP without summary and footer, a .db3 with a damaged tail) or with a damaged chunk
+gives every complete message before the damage, in order, never a partial one. A warning says
+how much was salvaged and where the damage is; the bag itself is never modified. When nothing
+can be read, the bag is reported as unreadable (exit status 1). Details: docs/SALVAGE.md.
+
 Topics already unpacked with the same settings are skipped (use --force to redo them);
 interrupted runs resume. Unsupported encodings and corrupt messages are counted, reported
-and skipped; the exit status is 1 when anything failed.
+and skipped; the exit status is 1 when anything failed (a salvaged bag alone is a warning).
 """
 
 from __future__ import annotations
@@ -38,17 +49,18 @@ from typing import Any
 
 import cv2
 import numpy as np
-from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection
 from tqdm import tqdm
 
-from data_tools.bags import (
-    COMPRESSED_TYPE, IMAGE_TYPES, bag_name, find_bags, image_connections, open_bag, same_topic, topic_dirname,
+from mtl_perception.core.bags import (
+    COMPRESSED_TYPE, IMAGE_TYPES, find_bags, image_connections, open_bag, output_names, same_topic, topic_dirname,
 )
-from data_tools.images import UnsupportedEncoding, compressed_kind, decode_compressed, decode_image
-from data_tools.summary import JobSummary
-from mtl_perception import atomic_io
-from mtl_perception.errors import UserError
+from mtl_perception.core import atomic_io
+from mtl_perception.core.depth import metres_to_depth_png
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.images import UnsupportedEncoding, compressed_kind, decode_compressed, decode_image
+from mtl_perception.core.salvage import BagSalvageError, RecoveringReader
+from mtl_perception.core.summary import JobSummary
 
 MANIFEST = "manifest.csv"
 MARKER = ".unpack_complete"
@@ -56,7 +68,6 @@ MANIFEST_COLUMNS = ("index", "stamp_ns", "bag_time_ns", "frame_id", "encoding", 
 # Files this command writes into a topic folder (frames and temporary files of atomic writes);
 # only these are ever removed, when a re-run no longer produces them.
 _OWN_FILE_RE = re.compile(r"^(\d+(-\d+)?\.(png|jpg|npy)|\..+\.tmp\.\w+)$")
-_MAX_DEPTH_MM = np.iinfo(np.uint16).max
 
 
 @dataclass(frozen=True)
@@ -117,12 +128,6 @@ def _imwrite(path: Path, image: np.ndarray, params: Sequence[int] = ()) -> None:
     atomic_io.write_with(path, write)
 
 
-def _depth_to_mm(depth_m: np.ndarray) -> np.ndarray:
-    """Float depth in metres -> uint16 millimetres (invalid or non-positive -> 0, clipped)."""
-    mm = np.nan_to_num(depth_m.astype(np.float64) * 1000.0, nan=0.0, posinf=0.0, neginf=0.0)
-    return np.clip(np.rint(mm), 0, _MAX_DEPTH_MM).astype(np.uint16)
-
-
 def write_array(array: np.ndarray, stem_path: Path, options: UnpackOptions) -> Path:
     """Write a decoded array losslessly (or as JPEG for 8-bit with --format jpg); return the path."""
     if array.dtype == np.float32:
@@ -130,7 +135,7 @@ def write_array(array: np.ndarray, stem_path: Path, options: UnpackOptions) -> P
             path = stem_path.with_suffix(".npy")
             atomic_io.write_with(path, lambda tmp: np.save(tmp, array, allow_pickle=False))
             return path
-        array = _depth_to_mm(array)
+        array = metres_to_depth_png(array)
     if array.dtype not in (np.uint8, np.uint16):
         raise UnsupportedEncoding(f"cannot store {array.dtype} images")
     jpeg = options.image_format == "jpg" and array.dtype == np.uint8
@@ -240,7 +245,7 @@ def _stamp_ns(msg: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def _read_messages(reader: AnyReader, connections: list[Connection]) -> Iterator[tuple[Connection, int, bytes]]:
+def _read_messages(reader: RecoveringReader, connections: list[Connection]) -> Iterator[tuple[Connection, int, bytes]]:
     """``reader.messages`` with any failure of the bag itself turned into ``BagReadError``."""
     iterator = reader.messages(connections=connections)
     while True:
@@ -249,7 +254,7 @@ def _read_messages(reader: AnyReader, connections: list[Connection]) -> Iterator
         except StopIteration:
             return
         except Exception as err:  # storage backends raise many types (sqlite3, struct, lz4, ...)
-            raise BagReadError(f"{type(err).__name__}: {err}") from err
+            raise BagReadError(f"cannot read the bag: {type(err).__name__}: {err}") from err
         yield item
 
 
@@ -259,7 +264,7 @@ def _fail_message(summary: JobSummary, out: TopicOutput, index: int, err: Except
     summary.fail(kind, f"{out.bag} {out.topic} index {index}: {err}")
 
 
-def _extract(reader: AnyReader, outputs: dict[str, TopicOutput], connections: list[Connection],
+def _extract(reader: RecoveringReader, outputs: dict[str, TopicOutput], connections: list[Connection],
              options: UnpackOptions, summary: JobSummary) -> None:
     """Read the selected connections in bag order; decode+write frames in a bounded thread pool."""
     total = sum(conn.msgcount for conn in connections)
@@ -275,7 +280,7 @@ def _extract(reader: AnyReader, outputs: dict[str, TopicOutput], connections: li
             _fail_message(summary, out, index, err)
 
     with ThreadPoolExecutor(max_workers=options.threads) as pool, tqdm(
-        total=total, unit="msg", desc=bag_name(Path(reader.paths[0])), leave=False,
+        total=total, unit="msg", desc=Path(reader.paths[0]).name, leave=False,
         file=sys.stderr, disable=None if options.progress else True,
     ) as bar:
         for conn, bag_time, raw in _read_messages(reader, connections):
@@ -297,7 +302,7 @@ def _extract(reader: AnyReader, outputs: dict[str, TopicOutput], connections: li
             collect()
 
 
-def _plan(reader: AnyReader, name: str, options: UnpackOptions,
+def _plan(reader: RecoveringReader, name: str, options: UnpackOptions,
           summary: JobSummary) -> tuple[dict[str, TopicOutput], list[Connection]]:
     """Pick the connections to extract; topics already unpacked with the same settings are skipped."""
     settings = options.settings()
@@ -329,23 +334,26 @@ def _plan(reader: AnyReader, name: str, options: UnpackOptions,
     return outputs, selected
 
 
-def unpack_bag(path: Path, options: UnpackOptions) -> BagResult:
-    """Unpack one bag (runs in a worker process); bad bag content is reported, never raised."""
+def unpack_bag(path: Path, options: UnpackOptions, name: str) -> BagResult:
+    """Unpack one bag into ``<out>/<name>`` (runs in a worker process); bad bag content is
+    reported, never raised."""
     result = BagResult(path, JobSummary("unpack"))
     try:
         with ExitStack() as stack:
             try:
                 reader = stack.enter_context(open_bag(path))
-            except Exception as err:  # truncated/corrupt bags fail inside rosbags with many error types
-                raise BagReadError(f"{type(err).__name__}: {err}") from err
+            except BagSalvageError as err:  # rosbags failed and nothing could be salvaged
+                raise BagReadError(str(err).removeprefix(f"{path}: ")) from err
             result.topics = {conn.topic for conn in reader.connections}
-            outputs, selected = _plan(reader, bag_name(path), options, result.summary)
+            outputs, selected = _plan(reader, name, options, result.summary)
             if selected:
                 _extract(reader, outputs, selected, options, result.summary)
                 for out in outputs.values():
                     out.finish(options.settings())
+            if reader.salvage is not None:
+                result.summary.warn("damaged bag, salvaged", reader.describe())
     except BagReadError as err:
-        result.error = f"{path}: cannot read bag: {err}"
+        result.error = f"{path}: {err}"
         result.summary.fail("unreadable bag", result.error)
     return result
 
@@ -365,7 +373,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mtl-data unpack``."""
     parser.formatter_class = _HelpFormatter
     parser.add_argument("inputs", nargs="+", type=Path, metavar="BAG_OR_FOLDER",
-                        help="bag files (.bag, .db3, .mcap), rosbag2 folders, or folders containing them")
+                        help="bag files (.bag, .bag.active, .db3, .mcap), rosbag2 folders, or folders containing "
+                             "them; damaged bags are salvaged (see above)")
     parser.add_argument("--out", type=Path, default=Path("data/raw"), help="output folder")
     parser.add_argument("--topics", type=_topic_list, action="extend", default=[], metavar="T1,T2",
                         help="image topics to extract (comma-separated or repeated; leading / optional); "
@@ -395,16 +404,17 @@ def _options(args: argparse.Namespace, progress: bool) -> UnpackOptions:
 
 def _bag_results(bags: list[Path], options: UnpackOptions, jobs: int) -> Iterator[BagResult]:
     """Unpack bags in this process (one job) or in a process pool, yielding results as they finish."""
+    names = output_names(bags)
     if jobs == 1:
         for bag in bags:
             try:
-                yield unpack_bag(bag, options)
+                yield unpack_bag(bag, options, names[bag])
             except Exception as err:  # e.g. disk full while writing: report it, go on with the next bag
                 yield _failed(bag, err)
         return
     # spawn: the parent may hold threads (tqdm, pools), which fork does not copy safely.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(unpack_bag, bag, options): bag for bag in bags}
+        futures = {pool.submit(unpack_bag, bag, options, names[bag]): bag for bag in bags}
         for future in as_completed(futures):
             try:
                 yield future.result()

@@ -1,37 +1,36 @@
 """Checkpoint files: what they contain, saving them atomically, loading them safely.
 
-A checkpoint is self-describing: architecture, class names, palette, input size and
-normalisation travel inside it, so inference needs only the file (see docs/CONTRACTS.md).
+A checkpoint is self-describing: ``model_kwargs`` (architecture, tasks, input size,
+normalisation, head options: exactly what ``build_model`` takes), class names and palette
+travel inside it, so inference needs only the file (docs/CONTRACTS.md section 5). Each fact is
+stored once: the rebuilt model is the only source of its input size and statistics.
 Files are loaded with ``weights_only=True``: plain containers and tensors only, no pickled code.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from mtl_perception.atomic_io import atomic_path
-from mtl_perception.errors import UserError
+from mtl_perception.core.atomic_io import atomic_path
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.palette import default_palette
 
 FORMAT = "mtl_perception.checkpoint"
-VERSION = 1
+VERSION = 2
 
 # Keys every checkpoint must carry so a model can be rebuilt from the file alone.
 REQUIRED_KEYS = (
     "format",
     "version",
-    "arch",
     "model_kwargs",
     "detection_classes",
     "segmentation_classes",
     "palette",
-    "input_size",
-    "mean",
-    "std",
     "model",
 )
 
@@ -68,6 +67,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"checkpoint {path} is not an mtl_perception checkpoint (no format={FORMAT!r} field)")
     version = payload.get("version")
+    if isinstance(version, int) and version < VERSION:
+        raise UserError(f"checkpoint {path} has format version {version}, older than the version {VERSION} "
+                        "this mtl_perception reads; train it again (or load it with the release that wrote it)")
     if version != VERSION:
         raise UserError(f"checkpoint {path} has format version {version}; this mtl_perception reads version {VERSION}")
     missing = [key for key in REQUIRED_KEYS if key not in payload]
@@ -84,22 +86,16 @@ def inference_fields(
 ) -> dict[str, Any]:
     """The self-describing part of a checkpoint: everything ``Predictor`` needs to rebuild ``model``.
 
-    ``model`` is a ``mtl_perception.nets`` model (arch, model_kwargs, input_size, mean, std);
+    ``model`` is a ``mtl_perception.nets`` model (its ``model_kwargs`` rebuild it);
     classes of a task the model lacks are stored as an empty list. Without a palette, the
-    default one (``visualize.default_palette``) is stored so the node can colour masks.
+    default one (``core.palette.default_palette``) is stored so the node can colour masks.
     """
-    from mtl_perception.visualize import default_palette
-
     tasks = set(model.tasks)
     segmentation = list(segmentation_classes) if "segmentation" in tasks else []
     return {
-        "arch": model.arch,
         "model_kwargs": dict(model.model_kwargs),
         "detection_classes": list(detection_classes) if "detection" in tasks else [],
         "segmentation_classes": segmentation,
         "palette": [list(c) for c in (palette if palette is not None else default_palette(len(segmentation)))],
-        "input_size": list(model.input_size),
-        "mean": [float(v) for v in model.mean],
-        "std": [float(v) for v in model.std],
         "model": model.state_dict(),
     }

@@ -2,8 +2,9 @@
 ROS 2 node and bag replay (docs/CONTRACTS.md §7).
 
 ``Predictor.from_checkpoint`` rebuilds the model from a self-describing checkpoint;
-``predict`` takes an RGB uint8 frame of any size and returns boxes/labels/scores and a class
-mask in that frame's own pixels, plus how long each stage took (for node diagnostics).
+``predict`` takes an RGB uint8 frame of any size and returns boxes/labels/scores, a class
+mask and a depth map (metres) in that frame's own pixels, plus how long each stage took (for
+node diagnostics).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import torch
 
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.device import autocast, configure_backend, resolve_device, use_half
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import model_from_checkpoint
+from mtl_perception.preprocessing import resize_to_input, to_float
 
 __all__ = ["Prediction", "Predictor", "Timing"]
 
@@ -45,7 +47,8 @@ class Prediction:
 
     ``boxes`` float32 ``[N, 4]`` xyxy, ``scores`` float32 ``[N]``, ``labels`` int64 ``[N]``
     (1-based into ``detection_classes``), ``label_names`` the matching class names, ``mask``
-    uint8 ``[H, W]`` segmentation class ids or ``None`` for a detection-only model.
+    uint8 ``[H, W]`` segmentation class ids or ``None`` for a model without segmentation,
+    ``depth`` float32 ``[H, W]`` metres (> 0) or ``None`` for a model without depth.
     """
 
     boxes: np.ndarray
@@ -55,6 +58,7 @@ class Prediction:
     mask: np.ndarray | None
     image_size: tuple[int, int]  # (height, width) of the input frame
     timing: Timing = field(default_factory=Timing)
+    depth: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -75,13 +79,15 @@ def _validate_frame(rgb: np.ndarray) -> np.ndarray:
 class Predictor:
     """A model in eval mode on one device, with its class names and pre/post-processing.
 
-    Pre-processing: resize to ``input_size`` with bilinear interpolation (what the model saw in
-    training), upload as uint8 (4x less transfer than float; pinned + non-blocking on CUDA)
+    Pre-processing: resize to ``input_size`` with ``preprocessing.resize_to_input`` (the resize
+    training and validation use, so the network sees the pixels it was trained on), upload as uint8 (4x less transfer than float; pinned + non-blocking on CUDA)
     and scale to [0, 1] on the device; the model normalises internally.
     Post-processing: score threshold, class filter, top ``max_detections`` by score, boxes
-    scaled back to the frame's pixels and clipped, mask resized with nearest-neighbour.
-    The model returns a class-id map (not logits, see CONTRACTS §6), and nearest is the only
-    resize that keeps class ids valid; it is also cheap, which matters on the robot.
+    scaled back to the frame's pixels and clipped, mask resized with nearest-neighbour, depth
+    bilinearly. The model returns a class-id map (not logits, see CONTRACTS §6), and nearest is
+    the only resize that keeps class ids valid; it is also cheap, which matters on the robot.
+    Depth is a continuous, everywhere-valid prediction, so bilinear resizing is exact enough
+    and keeps it smooth (and positive: it only averages positive values).
     FP16 uses autocast (not ``.half()``) so box decoding and NMS stay in float32.
     Not thread-safe (staging buffers): use one Predictor per thread; they may share a model.
     """
@@ -212,14 +218,14 @@ class Predictor:
         safe because ``predict_batch`` synchronises before the next frame is staged.
         """
         height, width = self._input_size
+        tensor = torch.from_numpy(rgb).permute(2, 0, 1)
         if rgb.shape[:2] != (height, width):
-            rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR)
-        tensor = torch.from_numpy(np.ascontiguousarray(rgb))
+            tensor = resize_to_input(tensor, self._input_size)  # the resize training used
         if self._device.type == "cuda":
             while len(self._pinned) <= slot:
-                self._pinned.append(torch.empty((height, width, 3), dtype=torch.uint8).pin_memory())
+                self._pinned.append(torch.empty((3, height, width), dtype=torch.uint8).pin_memory())
             tensor = self._pinned[slot].copy_(tensor).to(self._device, non_blocking=True)
-        return tensor.permute(2, 0, 1).to(torch.float32).div_(255.0)
+        return to_float(tensor)
 
     def _synchronize(self) -> None:
         """Wait for queued GPU work so stage timings measure the work, not the launch."""
@@ -251,8 +257,15 @@ class Predictor:
             mask = output["mask"].to(torch.uint8).cpu().numpy()
             if mask.shape != (height, width):
                 mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+        depth = None
+        if "depth" in output:
+            depth = output["depth"][0].float().cpu().numpy()
+            if depth.shape != (height, width):
+                depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_LINEAR)
         names = [self._detection_classes[int(k) - 1] if 1 <= k <= len(self._detection_classes) else str(int(k)) for k in labels]
-        return Prediction(boxes.astype(np.float32), scores.astype(np.float32), labels, names, mask, (height, width), timing)
+        return Prediction(
+            boxes.astype(np.float32), scores.astype(np.float32), labels, names, mask, (height, width), timing, depth
+        )
 
     @torch.inference_mode()
     def predict_batch(self, frames: Sequence[np.ndarray]) -> list[Prediction]:

@@ -8,16 +8,16 @@ draws into its input.
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Sequence
 from typing import Protocol
 
 import cv2
 import numpy as np
 
-__all__ = ["colorize_mask", "default_palette", "draw_detections", "draw_prediction", "overlay_mask"]
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.palette import Color, default_palette
 
-Color = tuple[int, int, int]
+__all__ = ["colorize_mask", "draw_detections", "draw_prediction", "overlay_mask"]
 
 
 class PredictionLike(Protocol):
@@ -28,26 +28,6 @@ class PredictionLike(Protocol):
     labels: np.ndarray
     label_names: list[str]
     mask: np.ndarray | None
-
-
-def default_palette(num_classes: int) -> list[Color]:
-    """``num_classes`` distinct RGB colours, class 0 (background) black.
-
-    The PASCAL VOC label colour map: the bits of the class id are spread over the high bits
-    of R, G and B, so neighbouring ids get clearly different colours and the palette is the
-    same in every tool that uses VOC colours.
-    """
-    palette: list[Color] = []
-    for class_id in range(num_classes):
-        r = g = b = 0
-        value = class_id
-        for shift in range(7, -1, -1):
-            r |= ((value >> 0) & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        palette.append((r, g, b))
-    return palette
 
 
 _VOC_TABLE = np.array(default_palette(256), dtype=np.uint8)
@@ -74,7 +54,7 @@ def _lookup_table(palette: Sequence[Sequence[int]], ignore_index: int | None, ig
 def colorize_mask(
     mask: np.ndarray,
     palette: Sequence[Sequence[int]] | None = None,
-    ignore_index: int | None = 255,
+    ignore_index: int | None = IGNORE_INDEX,
     ignore_color: Color = (0, 0, 0),
 ) -> np.ndarray:
     """RGB uint8 ``[H, W, 3]`` image of a class-id mask ``[H, W]`` (one colour per class)."""

@@ -96,10 +96,12 @@ def _to_ros1(value: Any, msgtype: str | None = None) -> Any:
     return cls(**fields)
 
 
-def write_bag(path: str | Path, fmt: BagFormat, messages: Iterable[tuple[str, str, int, Any]]) -> Path:
+def write_bag(path: str | Path, fmt: BagFormat, messages: Iterable[tuple[str, str, int, Any]], *,
+              ros1_compression: Literal["bz2", "lz4"] | None = None, ros1_chunk_size: int | None = None) -> Path:
     """Write ``messages`` (topic, msgtype, bag timestamp ns, message) to a new bag; return its path.
 
-    ``fmt``: ``"ros1"`` writes the file ``path`` (``.bag``); ``"db3"``/``"mcap"`` write a
+    ``fmt``: ``"ros1"`` writes the file ``path`` (``.bag``; chunks compressed with
+    ``ros1_compression``, closed after ``ros1_chunk_size`` bytes); ``"db3"``/``"mcap"`` write a
     rosbag2 folder ``path`` (with metadata.yaml). Use :func:`single_file_bag` for a bare
     ``.db3``/``.mcap`` file. Topics keep their names exactly (with or without leading slash).
     """
@@ -107,7 +109,12 @@ def write_bag(path: str | Path, fmt: BagFormat, messages: Iterable[tuple[str, st
     path.parent.mkdir(parents=True, exist_ok=True)
     messages = list(messages)
     if fmt == "ros1":
-        with Ros1Writer(path) as writer:
+        writer = Ros1Writer(path)
+        if ros1_compression is not None:
+            writer.set_compression(Ros1Writer.CompressionFormat[ros1_compression.upper()])
+        if ros1_chunk_size is not None:
+            writer.chunk_threshold = ros1_chunk_size
+        with writer:
             conns: dict[tuple[str, str], Any] = {}
             for topic, msgtype, stamp, msg in messages:
                 key = (topic, msgtype)
@@ -124,6 +131,35 @@ def write_bag(path: str | Path, fmt: BagFormat, messages: Iterable[tuple[str, st
             if key not in conns:
                 conns[key] = writer.add_connection(topic, msgtype, typestore=ROS2_STORE)
             writer.write(conns[key], stamp, ROS2_STORE.serialize_cdr(msg, msgtype))
+    return path
+
+
+def write_recorder_mcap(path: str | Path, messages: Iterable[tuple[str, str, int, Any]], *,
+                        compression: Literal["zstd", "lz4", ""] = "zstd", chunk_size: int = 4096,
+                        chunked: bool = True) -> Path:
+    """Write a bare ``.mcap`` the way ``ros2 bag record`` does (the ``mcap`` library's writer:
+    ``ros2msg`` schemas, chunk CRCs, zstd chunks by default); ``chunk_size`` bytes per chunk.
+    ``chunked=False`` writes every record at the top level (the ``fastwrite`` storage preset)."""
+    from mcap.writer import CompressionType, Writer as McapWriter
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kinds = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "": CompressionType.NONE}
+    with path.open("wb") as stream:
+        writer = McapWriter(stream, chunk_size=chunk_size, compression=kinds[compression], use_chunking=chunked)
+        writer.start(profile="ros2", library="bagfactory")
+        schemas: dict[str, int] = {}
+        channels: dict[tuple[str, str], int] = {}
+        for sequence, (topic, msgtype, stamp, msg) in enumerate(messages):
+            if msgtype not in schemas:
+                text = ROS2_STORE.generate_msgdef(msgtype, ros_version=2)[0]
+                schemas[msgtype] = writer.register_schema(name=msgtype, encoding="ros2msg", data=text.encode())
+            if (topic, msgtype) not in channels:
+                channels[(topic, msgtype)] = writer.register_channel(topic=topic, message_encoding="cdr",
+                                                                     schema_id=schemas[msgtype])
+            writer.add_message(channel_id=channels[(topic, msgtype)], log_time=stamp, publish_time=stamp,
+                               sequence=sequence, data=bytes(ROS2_STORE.serialize_cdr(msg, msgtype)))
+        writer.finish()
     return path
 
 

@@ -4,6 +4,9 @@
 rectangles ("box") and discs ("cone") on a dark background with a "floor" band, so models can
 learn something in a few steps. It includes what real data has: an image without objects, a
 grayscale frame, an image without a mask (all ignore) and ignore pixels at object borders.
+With ``depth=True`` every frame but one (index 4) also gets a uint16 millimetre depth map
+(wall 4 m, floor 2.5 m -> 1 m towards the bottom, objects at 1.5 m, a patch of invalid zeros);
+``depth_only=N`` adds N train frames marked ``"labeled": false`` (depth, no labels).
 """
 
 from __future__ import annotations
@@ -25,20 +28,26 @@ def make_processed_dataset(
     size: tuple[int, int] = (48, 64),
     seed: int = 0,
     val_fraction: float = 0.25,
+    depth: bool = False,
+    depth_only: int = 0,
 ) -> Path:
     """Write a processed dataset under ``root``; returns ``root``. ``size`` is [H, W]."""
     rng = np.random.default_rng(seed)
     height, width = size
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
+    if depth or depth_only:
+        (root / "depth").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    for index in range(num_images):
+    for index in range(num_images + depth_only):
         stem = f"{1_000_000_000 + index * 100_000_000}"
         rgb = np.full((height, width, 3), 30, np.uint8)
         mask = np.zeros((height, width), np.uint8)
         floor_top = height * 3 // 4
         rgb[floor_top:] = (90, 60, 90)
         mask[floor_top:] = 1
+        metres = np.full((height, width), 4.0, np.float32)
+        metres[floor_top:] = np.linspace(2.5, 1.0, height - floor_top, dtype=np.float32)[:, None]
         num_objects = 0 if index == 1 else 1 + index % 2
         for obj in range(num_objects):
             category = 1 + (index + obj) % 2
@@ -47,11 +56,13 @@ def make_processed_dataset(
             if category == 1:
                 rgb[y : y + h, x : x + w] = (230, 40, 60)
                 mask[y : y + h, x : x + w] = 2
+                metres[y : y + h, x : x + w] = 1.5
             else:
                 region = np.zeros_like(mask)
                 cv2.ellipse(region, (x + w // 2, y + h // 2), (w // 2, h // 2), 0, 0, 360, 1, -1)
                 rgb[region > 0] = (250, 170, 10)
                 mask[region > 0] = 3
+                metres[region > 0] = 1.5
             mask[y, x : x + w] = 255  # annotation tools leave unlabelled borders
             annotations.append({
                 "id": len(annotations) + 1, "image_id": index + 1, "category_id": category,
@@ -64,6 +75,15 @@ def make_processed_dataset(
             cv2.imwrite(str(root / "images" / file_name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         record = {"id": index + 1, "file_name": f"images/{file_name}", "width": width, "height": height,
                   "stamp_ns": int(stem), "bag": "tiny"}
+        if index >= num_images or (depth and index != 4):  # frame 4 has no depth
+            metres[:3, :5] = 0.0  # no return from the sensor
+            cv2.imwrite(str(root / "depth" / f"{stem}.png"), np.round(metres * 1000).astype(np.uint16))
+            record["depth_file"] = f"depth/{stem}.png"
+        if index >= num_images:  # depth-only frame: its boxes and mask are not labels
+            record["labeled"] = False
+            annotations = [a for a in annotations if a["image_id"] != index + 1]
+            images.append(record)
+            continue
         if index != 3:  # frame 3 has boxes but no segmentation labels
             cv2.imwrite(str(root / "masks" / f"{stem}.png"), mask)
             record["mask_file"] = f"masks/{stem}.png"
@@ -74,6 +94,6 @@ def make_processed_dataset(
         "detection_classes": DETECTION_CLASSES, "segmentation_classes": SEGMENTATION_CLASSES, "palette": PALETTE,
     }))
     num_val = max(1, int(round(num_images * val_fraction)))
-    ids = [im["id"] for im in images]
+    ids = [im["id"] for im in images]  # depth-only frames (last) always land in train
     (root / "splits.json").write_text(json.dumps({"train": ids[num_val:], "val": ids[:num_val], "test": [], "group_by": "bag", "seed": seed}))
     return root

@@ -10,7 +10,7 @@ from torch import nn
 
 from mtl_perception.balancing import GRAD_METHODS, WEIGHTINGS, build_gradient_balancer, build_weighting
 from mtl_perception.balancing.weighting import DynamicWeightAverage
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 TASKS = ("detection", "segmentation")
 

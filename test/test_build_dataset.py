@@ -13,7 +13,7 @@ import pytest
 
 from data_tools import build
 from data_tools.split import SplitItem, assign_splits, parse_fractions
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 H, W = 24, 32
 T0 = 1_700_000_000_000_000_000
@@ -196,6 +196,63 @@ def test_plain_image_folder_and_classes_file(tmp_path: Path) -> None:
     assert load(ds, "classes.json")["palette"] == [[0, 0, 0], [1, 2, 3]]
     mask = cv2.imread(str(ds / images[0]["mask_file"]), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (H, W) and mask[8, 8] == 1 and mask[20, 20] == 0
+
+
+def test_numbered_stills_split_with_no_extra_flags(tmp_path: Path) -> None:
+    """Photos named 0.jpg ... 17.jpg (as annotation tools export them) have no stamps: each is
+    its own group, so the default split puts images in train, val and test."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(18):
+        cv2.imwrite(str(photos / f"{i}.jpg"), np.full((H, W, 3), 12 * i, np.uint8))
+    coco = coco_for(list(range(18)), name=lambda i: f"{i}.jpg")
+    assert run_build(photos, [dump(tmp_path / "l.json", coco)], tmp_path / "out") == 0
+    ds = tmp_path / "out" / "ds"
+    assert all(i["stamp_ns"] is None for i in load(ds, "annotations.json")["images"])
+    splits = load(ds, "splits.json")
+    assert splits["group_by"] == "time" and all(splits[name] for name in ("train", "val", "test"))
+
+
+def test_stills_named_by_time_stamp_keep_it(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    stamps = [T0 + i * STEP for i in range(4)]
+    for stamp in stamps:
+        cv2.imwrite(str(photos / f"{stamp}.png"), np.zeros((H, W, 3), np.uint8))
+    assert run_build(photos, [dump(tmp_path / "l.json", coco_for(stamps))], tmp_path / "out", "--split", "1,0,0") == 0
+    images = load(tmp_path / "out" / "ds", "annotations.json")["images"]
+    assert sorted(i["stamp_ns"] for i in images) == stamps
+
+
+def test_names_from_manifests_never_leave_the_dataset(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """A manifest's bag column and file entries are data: output names stay inside images/."""
+    for folder, bag in (("x", "../../../evil"), ("y", "/..")):
+        topic = tmp_path / "interim" / folder / "cam"
+        topic.mkdir(parents=True)
+        cv2.imwrite(str(topic / "1000.png"), np.zeros((H, W, 3), np.uint8))
+        (topic / "manifest.csv").write_text(f"index,stamp_ns,bag,file\n0,1000,{bag},1000.png\n"
+                                            f"1,1001,{bag},../../outside.png\n")
+    cv2.imwrite(str(tmp_path / "outside.png"), np.zeros((H, W, 3), np.uint8))
+    assert run_build(tmp_path / "interim", [dump(tmp_path / "l.json", coco_for([]))], tmp_path / "out",
+                     "--unlabeled", "background", "--split", "1,0,0") == 1
+    assert "bad file entry in manifest: 2" in capfd.readouterr().err
+    ds = tmp_path / "out" / "ds"
+    names = sorted(i["file_name"] for i in load(ds, "annotations.json")["images"])
+    assert len(names) == 2 and all(n.startswith("images/") and n.count("/") == 1 for n in names)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ds"]
+    assert sorted(p.name for p in (ds / "images").iterdir()) == [n.removeprefix("images/") for n in names]
+
+
+def test_label_file_names_are_only_matched_never_used_as_paths(tmp_path: Path) -> None:
+    photos = tmp_path / "work" / "photos"
+    photos.mkdir(parents=True)
+    cv2.imwrite(str(photos / "evil.jpg"), np.zeros((H, W, 3), np.uint8))
+    coco = coco_for([], extra_images=[{"id": 1, "file_name": "../../../../etc/evil.jpg", "width": W, "height": H}])
+    assert run_build(photos, [dump(tmp_path / "l.json", coco)], tmp_path / "work" / "out", "--split", "1,0,0") == 0
+    (image,) = load(tmp_path / "work" / "out" / "ds", "annotations.json")["images"]
+    assert image["file_name"] == "images/evil.jpg"
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["out", "photos"]
+    assert not (tmp_path / "etc").exists()
 
 
 def test_same_file_name_in_two_bags(tmp_path: Path) -> None:

@@ -14,13 +14,13 @@ from std_msgs.msg import Header
 
 from mtl_perception.ros.conversions import (
     CvBridgeDecoder,
-    DataToolsDecoder,
+    CoreDecoder,
     UnsupportedEncoding,
     image_message,
     make_decoder,
     to_network_rgb,
 )
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.ros.params import SPECS
 
 HEIGHT, WIDTH = 6, 8
@@ -74,7 +74,7 @@ CASES: list[tuple[str, np.ndarray, np.ndarray]] = [
 @pytest.mark.parametrize("pad", [0, 5], ids=["packed", "padded-step"])
 @pytest.mark.parametrize(("encoding", "array", "expected"), CASES, ids=[case[0] for case in CASES])
 def test_every_encoding_gives_network_rgb(encoding: str, array: np.ndarray, expected: np.ndarray, pad: int) -> None:
-    rgb = to_network_rgb(DataToolsDecoder(), _raw(array, encoding, pad), compressed=False)
+    rgb = to_network_rgb(CoreDecoder(), _raw(array, encoding, pad), compressed=False)
     assert rgb.dtype == np.uint8 and rgb.shape == (HEIGHT, WIDTH, 3) and rgb.flags.c_contiguous
     # Float/16-bit scaling may round differently by one level; 8-bit data must be exact.
     tolerance = 0 if array.dtype == np.uint8 else 1
@@ -82,7 +82,7 @@ def test_every_encoding_gives_network_rgb(encoding: str, array: np.ndarray, expe
 
 
 def test_big_endian_16_bit() -> None:
-    rgb = to_network_rgb(DataToolsDecoder(), _raw(DEPTH16, "mono16", pad=2, bigendian=True), compressed=False)
+    rgb = to_network_rgb(CoreDecoder(), _raw(DEPTH16, "mono16", pad=2, bigendian=True), compressed=False)
     assert np.abs(rgb.astype(int) - _gray3(_minmax(DEPTH16)).astype(int)).max() <= 1
 
 
@@ -92,7 +92,7 @@ def test_bayer_and_yuv_become_rgb(encoding: str) -> None:
     array = np.full((HEIGHT, WIDTH * channels), 120, np.uint8)
     msg = _raw(array, encoding)
     msg.width = WIDTH
-    rgb = to_network_rgb(DataToolsDecoder(), msg, compressed=False)
+    rgb = to_network_rgb(CoreDecoder(), msg, compressed=False)
     assert rgb.shape == (HEIGHT, WIDTH, 3) and rgb.dtype == np.uint8
 
 
@@ -114,7 +114,7 @@ def _bad_messages() -> dict[str, tuple[Image, type[Exception]]]:
 def test_bad_images_raise_value_errors(case: str) -> None:
     msg, error = _bad_messages()[case]
     with pytest.raises(error):
-        to_network_rgb(DataToolsDecoder(), msg, compressed=False)
+        to_network_rgb(CoreDecoder(), msg, compressed=False)
 
 
 def _compressed(data: bytes, fmt: str) -> CompressedImage:
@@ -125,20 +125,20 @@ def _compressed(data: bytes, fmt: str) -> CompressedImage:
 
 def test_compressed_png_is_exact_and_jpeg_is_close() -> None:
     png = cv2.imencode(".png", RGB[:, :, ::-1])[1].tobytes()
-    assert np.array_equal(to_network_rgb(DataToolsDecoder(), _compressed(png, "rgb8; png compressed bgr8"), True), RGB)
+    assert np.array_equal(to_network_rgb(CoreDecoder(), _compressed(png, "rgb8; png compressed bgr8"), True), RGB)
     flat = np.zeros((16, 16, 3), np.uint8)
     flat[:] = (200, 30, 90)
     jpeg = cv2.imencode(".jpg", flat[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
-    rgb = to_network_rgb(DataToolsDecoder(), _compressed(jpeg, "jpeg"), True)
+    rgb = to_network_rgb(CoreDecoder(), _compressed(jpeg, "jpeg"), True)
     assert rgb.shape == (16, 16, 3) and np.abs(rgb.astype(int) - flat.astype(int)).max() <= 4
     mono = cv2.imencode(".png", GRAY)[1].tobytes()
-    assert np.array_equal(to_network_rgb(DataToolsDecoder(), _compressed(mono, "png"), True), _gray3(GRAY))
+    assert np.array_equal(to_network_rgb(CoreDecoder(), _compressed(mono, "png"), True), _gray3(GRAY))
 
 
 @pytest.mark.parametrize("data", [b"", b"\xff\xd8\xff\xe0 broken jpeg", b"not an image at all"])
 def test_bad_compressed_data_raises_value_error(data: bytes) -> None:
     with pytest.raises(ValueError):
-        to_network_rgb(DataToolsDecoder(), _compressed(data, "jpeg"), True)
+        to_network_rgb(CoreDecoder(), _compressed(data, "jpeg"), True)
 
 
 def test_image_message_round_trip_keeps_header() -> None:
@@ -146,7 +146,7 @@ def test_image_message_round_trip_keeps_header() -> None:
     header.stamp.sec = 5
     msg = image_message(RGB, header)
     assert (msg.encoding, msg.step, msg.header.frame_id, msg.header.stamp.sec) == ("rgb8", WIDTH * 3, "cam", 5)
-    assert np.array_equal(to_network_rgb(DataToolsDecoder(), msg, compressed=False), RGB)
+    assert np.array_equal(to_network_rgb(CoreDecoder(), msg, compressed=False), RGB)
     assert image_message(GRAY, header).encoding == "mono8"
 
 
@@ -159,7 +159,7 @@ class _FakeBridge:
     """Records the calls and answers like cv_bridge's documented API: passthrough arrays in
     OpenCV (BGR) order. The adapter tests below prove what the adapter asks cv_bridge for and how it
     reorders and wraps the answers; whether real cv_bridge answers so is only checked where it is
-    installed (``test_real_cv_bridge_matches_data_tools``), which CI is not."""
+    installed (``test_real_cv_bridge_matches_the_builtin_decoder``), which CI is not."""
 
     calls: list[tuple[str, str, str]] = []
 
@@ -203,7 +203,7 @@ def test_cv_bridge_adapter_calls_and_layout(fake_cv_bridge: types.ModuleType) ->
     decoder = CvBridgeDecoder()
     for encoding in ("bgr8", "bgra8", "mono8"):
         expected = _raw(CASES[[c[0] for c in CASES].index(encoding)][1], encoding)
-        assert np.array_equal(to_network_rgb(decoder, expected, False), to_network_rgb(DataToolsDecoder(), expected, False))
+        assert np.array_equal(to_network_rgb(decoder, expected, False), to_network_rgb(CoreDecoder(), expected, False))
     assert _FakeBridge.calls == [("imgmsg_to_cv2", e, "passthrough") for e in ("bgr8", "bgra8", "mono8")]
     # Bayer/YUV have no natural passthrough layout: cv_bridge converts to rgb8 itself.
     decoder.decode_image(_raw(np.zeros((HEIGHT, WIDTH), np.uint8), "bayer_rggb8"))
@@ -223,10 +223,10 @@ def test_cv_bridge_adapter_compressed(fake_cv_bridge: types.ModuleType) -> None:
         decoder.decode_compressed(_compressed(b"garbage", "jpeg"))
 
 
-def test_real_cv_bridge_matches_data_tools() -> None:
+def test_real_cv_bridge_matches_the_builtin_decoder() -> None:
     """On a machine with ROS's cv_bridge (the robot), both paths must give identical arrays."""
     pytest.importorskip("cv_bridge", reason="cv_bridge is not installed here (PyPI ROS wheels)")
-    bridge, own = CvBridgeDecoder(), DataToolsDecoder()
+    bridge, own = CvBridgeDecoder(), CoreDecoder()
     for encoding, array, _ in CASES:
         for pad in (0, 5):
             msg = _raw(array, encoding, pad)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mtl_perception.demo.pipeline import load_demo_config, plan
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,12 @@ def test_demo_config_rejects_unknown_keys(tmp_path: Path) -> None:
 
 def test_demo_plan_is_the_documented_command_sequence(tmp_path: Path) -> None:
     config = load_demo_config(_tiny_config(tmp_path))
-    assert [s.name for s in plan(config)] == ["synth", "unpack", "prune", "build", "train", "eval", "replay"]
+    steps = {s.name: s.argv for s in plan(config)}
+    assert list(steps) == ["synth", "unpack", "prune", "build", "train", "eval", "replay"]
+    # The synth bag carries colour and aligned depth: build pairs them, replay names its topic.
+    assert "/camera/aligned_depth_to_color/image_raw" in steps["build"]
+    assert steps["replay"][steps["replay"].index("--topic") + 1] == "/camera/image_raw"
+    assert steps["replay"][steps["replay"].index("--depth-topic") + 1] == "/camera/aligned_depth_to_color/image_raw"
 
 
 def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path: Path, ros_domain: dict[str, str]) -> None:

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_tools.summary import JobSummary
-from mtl_perception.errors import UserError
+from mtl_perception.core.summary import JobSummary
+from mtl_perception.core.errors import UserError
 from mtl_perception.evaluation.cli import evaluate, main
 from mtl_perception.evaluation.dataset import EvalDataset
 from mtl_perception.predictor import Prediction

@@ -9,17 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtl_perception import atomic_io
-from mtl_perception.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from mtl_perception.core import atomic_io
+from mtl_perception.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 from mtl_perception.device import resolve_device, use_half
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 
 def _payload() -> dict:
     return {
-        "arch": "toy", "model_kwargs": {}, "detection_classes": ["a"], "segmentation_classes": ["background", "b"],
-        "palette": [[0, 0, 0], [255, 0, 0]], "input_size": [48, 64], "mean": [0.5] * 3, "std": [0.2] * 3,
-        "model": {"w": torch.arange(3.0)},
+        "model_kwargs": {"arch": "toy"}, "detection_classes": ["a"], "segmentation_classes": ["background", "b"],
+        "palette": [[0, 0, 0], [255, 0, 0]], "model": {"w": torch.arange(3.0)},
     }
 
 
@@ -82,8 +81,12 @@ def test_checkpoint_errors_are_one_line(tmp_path: Path) -> None:
     torch.save({**_payload(), "format": FORMAT, "version": 99}, future)
     with pytest.raises(UserError, match="version 99"):
         load_checkpoint(future)
+    older = tmp_path / "older.pt"
+    torch.save({**_payload(), "format": FORMAT, "version": VERSION - 1}, older)
+    with pytest.raises(UserError, match=f"older.pt has format version {VERSION - 1}, older than"):
+        load_checkpoint(older)
     incomplete = tmp_path / "incomplete.pt"
-    torch.save({"format": FORMAT, "version": 1, "arch": "x"}, incomplete)
+    torch.save({"format": FORMAT, "version": VERSION, "model_kwargs": {}}, incomplete)
     with pytest.raises(UserError, match="lacks field"):
         load_checkpoint(incomplete)
 
@@ -91,14 +94,14 @@ def test_checkpoint_errors_are_one_line(tmp_path: Path) -> None:
 def test_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
     """weights_only loading: a file carrying arbitrary objects is rejected, not executed."""
     evil = tmp_path / "evil.pt"
-    torch.save({**_payload(), "format": FORMAT, "version": 1, "extra": Path("/")}, evil)
+    torch.save({**_payload(), "format": FORMAT, "version": VERSION, "extra": Path("/")}, evil)
     with pytest.raises(UserError, match="cannot be read"):
         load_checkpoint(evil)
 
 
 def test_cli_user_error_is_one_line_and_nonzero(tmp_path: Path) -> None:
     code = (
-        "from mtl_perception.errors import UserError, run_cli\n"
+        "from mtl_perception.core.errors import UserError, run_cli\n"
         "def main():\n    raise UserError('file x.bag: truncated')\n"
         "run_cli(main, 'prog')\n"
     )

@@ -1,4 +1,4 @@
-"""data_tools.images: every supported encoding decodes to the expected array."""
+"""mtl_perception.core.images: every supported encoding decodes to the expected array."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from bagfactory import compressed_msg, image_msg
 
-from data_tools.images import (
+from mtl_perception.core.images import (
     UnsupportedEncoding,
     canonical_encoding,
     compressed_kind,

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from data_tools.labels import Region, read_labels
-from data_tools.rasterize import IGNORE, BoxStatus, detection_box, rasterize
-from data_tools.summary import JobSummary
-from mtl_perception.errors import UserError
+from mtl_perception.core.labels import Region, read_labels
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.rasterize import BoxStatus, detection_box, rasterize
+from mtl_perception.core.summary import JobSummary
+from mtl_perception.core.errors import UserError
 
 H, W = 30, 40
 
@@ -84,7 +85,7 @@ def test_rasterize_rle_polygon_and_crowd(coco_file: Path) -> None:
     mask = rasterize([(seg_ids[r.label], r) for r in image.regions if r.label in seg_ids], H, W)
     assert mask[0, 0] == 2 and mask[29, 0] == 1        # compressed and uncompressed RLE
     assert mask[20, 15] == 3                             # cone polygon painted over the floor
-    assert mask[5, 33] == IGNORE                         # iscrowd region
+    assert mask[5, 33] == IGNORE_INDEX                         # iscrowd region
     assert mask[14, 0] == 2 and mask[15, 0] == 1         # exact band edge
     expected_cone = mask_utils.decode(mask_utils.frPyObjects([[10, 22, 20, 22, 15, 12]], H, W))[:, :, 0]
     assert ((mask == 3) == expected_cone.astype(bool)).all()
@@ -100,7 +101,7 @@ def test_small_regions_stay_on_top_whatever_the_order() -> None:
 
 def test_box_only_segmentation_is_ignore_or_filled() -> None:
     box = Region("cone", "t", bbox=(4.0, 4.0, 6.0, 6.0))
-    assert rasterize([(1, box)], H, W)[6, 6] == IGNORE
+    assert rasterize([(1, box)], H, W)[6, 6] == IGNORE_INDEX
     filled = rasterize([(1, box)], H, W, box_masks="fill")
     assert filled[6, 6] == 1 and filled[3, 3] == 0 and int((filled == 1).sum()) == 36
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchjd.autojac import mtl_backward
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import (
     ARCHITECTURES,
     DETECTION,

@@ -1,5 +1,5 @@
 """Inference-speed options of the networks: fast mask argmax, FRCNN test-time proposals, light
-DeepLabv3 ASPP, BatchNorm momentum, and old checkpoints that predate these options."""
+DeepLabv3 ASPP and BatchNorm momentum, and their round trip through checkpoints."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import DETECTION, SEGMENTATION, build_model, count_parameters, model_from_checkpoint
 from mtl_perception.nets.segmentation import ASPP_RATES_STRIDE32, SegmentationHead
 
@@ -122,20 +122,7 @@ def test_bn_momentum_reaches_every_batchnorm_and_travels_in_model_kwargs() -> No
 
 def test_options_round_trip_through_checkpoints() -> None:
     model = build_model("frcnn_deeplabv3", 2, 2, SIZE, aspp_channels=32, rpn_post_nms_top_n_test=20, bn_momentum=0.1)
-    payload = {"arch": model.arch, "model_kwargs": model.model_kwargs, "model": model.state_dict()}
+    payload = {"model_kwargs": model.model_kwargs, "model": model.state_dict()}
     rebuilt = model_from_checkpoint(payload, "new.pt").eval()
     assert rebuilt.model_kwargs == model.model_kwargs
     assert rebuilt.heads[DETECTION].rpn.post_nms_top_n() == 20
-
-
-@pytest.mark.parametrize("arch", ["ssdlite_deeplabv3", "frcnn_deeplabv3"])
-def test_checkpoints_older_than_the_options_still_load(arch: str) -> None:
-    """A checkpoint saved before these options existed: model_kwargs without them, full ASPP weights."""
-    old = build_model(arch, 2, 3, SIZE, aspp_separable=False).eval()
-    new_keys = ("bn_momentum", "aspp_channels", "aspp_separable", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")
-    old_kwargs = {key: value for key, value in old.model_kwargs.items() if key not in new_keys}
-    rebuilt = model_from_checkpoint({"arch": arch, "model_kwargs": old_kwargs, "model": old.state_dict()}, "old.pt").eval()
-    assert rebuilt.model_kwargs["aspp_separable"] is False and rebuilt.model_kwargs["aspp_channels"] == 256
-    image = [torch.rand(3, *SIZE)]
-    with torch.inference_mode():
-        assert torch.equal(rebuilt(image)[0]["mask"], old(image)[0]["mask"])

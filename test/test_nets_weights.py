@@ -9,7 +9,7 @@ import torch
 from torchvision.models import mobilenet_v3_large, resnet18
 
 from mtl_perception.checkpoint import load_checkpoint, save_checkpoint
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import IMAGENET, build_model, load_weights, model_from_checkpoint
 
 SIZE = (64, 64)
@@ -72,14 +72,10 @@ def test_imagenet_weights_come_only_from_the_local_cache(tmp_path: Path, monkeyp
 def payload_for(model: torch.nn.Module) -> dict:
     """The model part of a checkpoint, as the trainer writes it (docs/CONTRACTS.md section 5)."""
     return {
-        "arch": model.arch,
         "model_kwargs": model.model_kwargs,
         "detection_classes": [f"c{i}" for i in range(model.num_detection_classes)],
         "segmentation_classes": [f"s{i}" for i in range(model.num_segmentation_classes)],
         "palette": [[0, 0, 0]] * model.num_segmentation_classes,
-        "input_size": list(model.input_size),
-        "mean": model.mean,
-        "std": model.std,
         "model": model.state_dict(),
     }
 

@@ -15,7 +15,8 @@ from mtl_perception.predictor import Prediction
 from mtl_perception.ros.diagnostics import OK, WARN, FrameStats
 from mtl_perception.ros.mailbox import Mailbox
 from mtl_perception.ros.messages import color_mask_message, detections_message, mask_message, overlay_message
-from mtl_perception.errors import UserError
+from mtl_perception.core.constants import MIN_INPUT_SIDE
+from mtl_perception.core.errors import UserError
 from mtl_perception.ros import node as node_module
 from mtl_perception.ros.node import load_predictor, model_problem
 from mtl_perception.ros.params import PARAMETERS, SPECS, Settings, first_problem
@@ -51,7 +52,7 @@ def test_settings_cover_every_parameter_and_defaults_are_valid() -> None:
         ("palette", [0, 0, 300], "300 is outside 0..255"),
         ("input_size", "48", "HEIGHTxWIDTH"),
         ("input_size", "48x-64", "HEIGHTxWIDTH"),
-        ("input_size", "8x64", ">= 16"),
+        ("input_size", "8x64", f">= {MIN_INPUT_SIDE}"),
         ("class_filter", ["box", " "], "empty class name"),
         ("depth", 0, "outside the range 1..100"),
     ],

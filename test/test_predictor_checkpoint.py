@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mtl_perception.checkpoint import load_checkpoint, save_checkpoint
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import model_from_checkpoint
 from mtl_perception.predictor import Predictor
 

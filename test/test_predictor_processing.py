@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.predictor import Predictor
 
 INPUT_SIZE = (32, 48)  # network (height, width)

@@ -18,7 +18,7 @@ pytest.importorskip("rclpy")
 
 from rosbags.highlevel import AnyReader  # noqa: E402
 
-from mtl_perception.errors import UserError  # noqa: E402
+from mtl_perception.core.errors import UserError  # noqa: E402
 from mtl_perception.replay.recorder import replay_typestore  # noqa: E402
 from mtl_perception.replay.source import open_image_bag  # noqa: E402
 from mtl_perception.ros.replay import run, to_ros_message  # noqa: E402

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtl_perception.demo import figures
+from mtl_perception import figures
 from mtl_perception.demo.html import Figure, Table, write_page
 
 
@@ -59,7 +59,8 @@ def _figures_loaded(report: Path, tmp_path: Path) -> tuple[int, int]:
     """Open the page in headless Chromium; return (figures loaded, figures on the page)."""
     browser = _chromium()
     if browser is None:
-        pytest.skip("Debian's chromium is not installed (make test installs it when run as root)")
+        pytest.skip("no chromium browser on PATH: install one (e.g. `apt-get install chromium`; .ci/run does) "
+                    "to check that the page shows every figure")
     result = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",

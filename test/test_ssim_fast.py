@@ -10,7 +10,9 @@ import pytest
 from skimage.metrics import structural_similarity as reference
 
 from data_tools.ssim import (
+    block_stats,
     dtype_data_range,
+    sampled_ssim,
     ssim_from_stats,
     structural_similarity,
     to_gray,
@@ -57,6 +59,23 @@ def test_matches_skimage_on_a_real_photo_with_sensor_noise() -> None:
     gray = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY)[100:180, 150:246]
     noisy = np.clip(gray + np.random.default_rng(0).normal(0, 2, gray.shape), 0, 255).astype(np.uint8)
     assert abs(structural_similarity(gray, noisy) - reference(gray, noisy, data_range=255)) < 1e-5
+
+
+@pytest.mark.parametrize(("shift", "noise"), [(0, 1.5), (1, 2.0), (3, 4.0), (12, 2.0)])
+def test_sampled_estimate_is_close_to_the_exact_value(shift, noise) -> None:
+    """The block-window estimate that settles clear near-duplicates tracks skimage's value."""
+    from skimage import data
+
+    gray = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY)[:270, :480]
+    rng = np.random.default_rng(shift)
+    moved = np.clip(np.roll(gray, shift, axis=1) + rng.normal(0, noise, gray.shape), 0, 255).astype(np.uint8)
+    estimate = sampled_ssim(block_stats(gray), block_stats(moved))
+    assert abs(estimate - reference(gray, moved, data_range=255)) < 0.01
+
+
+def test_sampled_estimate_only_for_8_bit_frames() -> None:
+    assert block_stats(np.zeros((20, 20), np.uint16)) is None
+    assert block_stats(np.zeros((10, 40), np.uint8)) is None  # fewer than two block rows
 
 
 def test_float_images_use_the_joint_value_range() -> None:

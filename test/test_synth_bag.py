@@ -12,9 +12,9 @@ import pytest
 from rosbags.highlevel import AnyReader
 
 from data_tools import synth
-from data_tools.labels import Region
-from data_tools.rasterize import region_mask
-from mtl_perception.errors import UserError
+from mtl_perception.core.labels import Region
+from mtl_perception.core.rasterize import region_mask
+from mtl_perception.core.errors import UserError
 
 W, H, N = 64, 48, 12
 
@@ -25,9 +25,12 @@ def run_synth(out: Path, *extra: str) -> int:
     return synth.run(parser.parse_args(["--out", str(out), "--frames", str(N), "--size", f"{W}x{H}", *extra]))
 
 
-def read_bag(bag: Path) -> list[tuple[str, int, object]]:
+def read_bag(bag: Path, depth: bool = False) -> list[tuple[str, int, object]]:
+    """The colour messages (or, with ``depth``, the depth messages) of a synth bag."""
     with AnyReader([bag]) as reader:
-        return [(c.topic, t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages()]
+        conns = [c for c in reader.connections if (c.topic == synth.DEPTH_TOPIC) == depth]
+        messages = reader.messages(conns) if conns else []  # no connections would mean "all"
+        return [(c.topic, t, reader.deserialize(raw, c.msgtype)) for c, t, raw in messages]
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +116,9 @@ def test_still_and_fast_stretches() -> None:
 def test_same_seed_same_output_other_seed_differs(tmp_path: Path, rgb_out: Path) -> None:
     assert run_synth(tmp_path / "again") == 0
     assert (tmp_path / "again" / synth.COCO_NAME).read_bytes() == (rgb_out / synth.COCO_NAME).read_bytes()
-    first = [bytes(m.data) for *_, m in read_bag(rgb_out / synth.BAG_DIRNAME)]
-    assert [bytes(m.data) for *_, m in read_bag(tmp_path / "again" / synth.BAG_DIRNAME)] == first
+    for depth in (False, True):
+        first = [bytes(m.data) for *_, m in read_bag(rgb_out / synth.BAG_DIRNAME, depth)]
+        assert [bytes(m.data) for *_, m in read_bag(tmp_path / "again" / synth.BAG_DIRNAME, depth)] == first
     assert run_synth(tmp_path / "other", "--seed", "3") == 0
     assert (tmp_path / "other" / synth.COCO_NAME).read_bytes() != (rgb_out / synth.COCO_NAME).read_bytes()
 
@@ -170,3 +174,60 @@ def test_extreme_sizes_render(width: int, height: int) -> None:
         assert frame.rgb.shape == (height, width, 3) and frame.semantic.shape == (height, width)
         classes = set(np.unique(frame.semantic).tolist())
         assert classes <= {0, synth.FLOOR_ID, synth.WALL_ID} and len(classes) >= 2
+
+
+def test_depth_topic_is_aligned_16uc1_millimetres_with_colour_stamps(rgb_out: Path) -> None:
+    colour = read_bag(rgb_out / synth.BAG_DIRNAME)
+    depth = read_bag(rgb_out / synth.BAG_DIRNAME, depth=True)
+    assert len(depth) == len(colour) == N
+    for (_, t, msg), (_, t_colour, colour_msg) in zip(depth, colour):
+        assert t == t_colour and repr(msg.header) == repr(colour_msg.header)  # stamp and frame_id
+        assert (msg.encoding, msg.width, msg.height, msg.step, msg.is_bigendian) == ("16UC1", W, H, 2 * W, 0)
+
+
+def test_depth_is_consistent_with_the_rendered_scene(rgb_out: Path) -> None:
+    """The bag's depth (decoded as unpack would) against the scene: floor, wall, objects, holes."""
+    from mtl_perception.core.images import decode_image
+
+    scene = synth.Scene(synth.SynthConfig(frames=N, width=W, height=H))
+    for index, (_, _, msg) in enumerate(read_bag(rgb_out / synth.BAG_DIRNAME, depth=True)[:3]):
+        frame = scene.render(index)
+        mm = decode_image(msg)
+        assert mm.dtype == np.uint16 and mm.shape == (H, W)
+        measured = mm > 0
+        # Holes like a real sensor: nothing beyond the wall, a left band, a few dropouts.
+        assert not measured[frame.depth == 0].any()
+        assert not measured[:, 0].any()
+        assert 0 < (~measured & (frame.depth > 0)).mean() < 0.1
+        # Measured values are the scene's depth with distance-dependent noise (1 mm at 1 m).
+        truth = frame.depth[measured] * 1000.0
+        assert np.median(np.abs(mm[measured] - truth) / truth) < 0.01
+        # The wall is fronto-parallel (one depth) and farther than everything in front of it.
+        wall = frame.semantic == synth.WALL_ID
+        wall_depth = synth.WALL_DISTANCE - scene.poses[index].z
+        np.testing.assert_allclose(frame.depth[wall], wall_depth, rtol=1e-6)
+        # The floor recedes towards the horizon: depth falls row by row down the image.
+        floor_rows = [frame.depth[r][frame.semantic[r] == synth.FLOOR_ID] for r in range(H)]
+        floor_depth = [row.mean() for row in floor_rows if row.size]
+        assert len(floor_depth) > 3 and np.all(np.diff(floor_depth) < 0)
+        # Objects stand in front of the wall.
+        for _, visible in frame.instances:
+            assert frame.depth[visible].max() < wall_depth
+
+
+def test_object_depth_matches_its_distance() -> None:
+    scene = synth.Scene(synth.SynthConfig(frames=2, width=160, height=120, objects=0))
+    pose = scene.poses[0]
+    scene.objects = [synth.WorldObject("box", x=pose.x, z=pose.z + 4.0, size=1.0, shade=1.0)]
+    frame = scene.render(0)
+    (_, visible), = frame.instances
+    depths = frame.depth[visible]
+    assert depths.min() == pytest.approx(4.0)  # the front face
+    assert 4.0 <= depths.max() <= 5.0  # the top face recedes by at most the box size
+    assert np.median(depths) == pytest.approx(4.0)
+
+
+def test_no_depth_leaves_the_topic_out(tmp_path: Path) -> None:
+    assert run_synth(tmp_path, "--no-depth") == 0
+    assert read_bag(tmp_path / synth.BAG_DIRNAME, depth=True) == []
+    assert len(read_bag(tmp_path / synth.BAG_DIRNAME)) == N

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.train import cli
 from mtl_perception.train.config import TrainConfig, load_config
 

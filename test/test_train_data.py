@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from datasets import SEGMENTATION_CLASSES, make_processed_dataset
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.train.config import AugmentConfig
-from mtl_perception.train.dataset import IGNORE_INDEX, ProcessedDataset, ResumableSampler
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.train.dataset import ProcessedDataset, ResumableSampler
 from mtl_perception.train.transforms import build_eval_transform, build_train_transform
 
 

@@ -11,7 +11,7 @@ import torch
 
 from datasets import make_processed_dataset
 from mtl_perception.checkpoint import load_checkpoint
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.train import cli
 from mtl_perception.train.config import load_config
 from mtl_perception.train.engine import train_step
@@ -37,7 +37,7 @@ def test_run_writes_config_checkpoints_and_logs(dataset_root: Path, tmp_path: Pa
     assert load_config(run / "config.yaml").data.root == str(dataset_root)
     best = load_checkpoint(run / "best.pt")
     last = load_checkpoint(run / "last.pt")
-    assert best["detection_classes"] == ["box", "cone"] and best["input_size"] == [48, 48]
+    assert best["detection_classes"] == ["box", "cone"] and best["model_kwargs"]["input_size"] == [48, 48]
     assert last["epoch"] == 1 and last["global_step"] == 3 and last["step_in_epoch"] == 0
     assert set(last["metrics"]) >= {"detection", "segmentation", "score"}
     assert last["best_score"] == pytest.approx(last["metrics"]["score"])

@@ -16,8 +16,8 @@ import pytest
 from bagfactory import COMPRESSED, IMAGE, ROS2_TYPES, compressed_msg, image_msg, single_file_bag, write_bag
 
 from data_tools import unpack
-from data_tools.bags import find_bags, topic_dirname
-from mtl_perception.errors import UserError
+from mtl_perception.core.bags import find_bags, output_names, topic_dirname
+from mtl_perception.core.errors import UserError
 
 H, W = 6, 8
 BASE = 1_700_000_000_000_000_000
@@ -242,11 +242,80 @@ def test_user_errors_for_missing_or_empty_inputs(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(UserError, match="not a bag"):
         run_unpack(tmp_path / "notes.txt")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_same_named_bags_unpack_in_one_run(tmp_path, jobs):
+    """Session folders that each hold data.bag (or a rosbag2 folder of the same name) get their
+    parent folder in front of the output name; a bag with a unique name keeps its own."""
+    for session, fmt, name, i in (("s1", "ros1", "data.bag", 0), ("s2", "ros1", "data.bag", 1),
+                                  ("s1", "mcap", "rec", 2), ("s2", "db3", "rec", 3), ("s2", "ros1", "solo.bag", 4)):
+        write_bag(tmp_path / "bags" / session / name, fmt, [("/cam", IMAGE, BASE, image_msg(frame(i), "rgb8", BASE))])
+    assert run_unpack(tmp_path / "bags", "--out", tmp_path / "raw", "--jobs", jobs) == 0
+    outputs = sorted(p.name for p in (tmp_path / "raw").iterdir())
+    assert outputs == ["s1__data", "s1__rec", "s2__data", "s2__rec", "solo"]
+    for folder, i in (("s1__data", 0), ("s2__data", 1), ("s1__rec", 2), ("s2__rec", 3), ("solo", 4)):
+        (row,) = read_manifest(tmp_path / "raw" / folder / "cam")
+        image = cv2.imread(str(tmp_path / "raw" / folder / "cam" / row["file"]))
+        assert np.array_equal(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), frame(i))
+    # the same inputs again: the same folders, nothing redone
+    assert run_unpack(tmp_path / "bags", "--out", tmp_path / "raw", "--jobs", jobs) == 0
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == outputs
+
+
+def test_output_names_of_same_named_bags():
+    def names(*paths):
+        return list(output_names([Path(p) for p in paths]).values())
+
+    assert names("/r/a/data.bag", "/r/b/data.bag", "/r/c/other.bag") == ["a__data", "b__data", "other"]
+    assert names("/r/x/a/data.bag", "/r/y/a/data.bag") == ["x__a__data", "y__a__data"]
+    assert names("/r/a/data.bag", "/r/b/data.bag", "/q/a__data.bag") == ["r__a__data", "b__data", "q__a__data"]
+    assert names("/b/c.bag", "/z/c.bag", "/b__c.bag") == ["b__c-1", "z__c", "b__c-2"]  # no parents left
+
+
+TRICKY_TOPICS = ["/..", "..", ".", "/", "", "/" + "x" * 400, "/kamera/straße", "/a\\b", "/a:b*?", "/.hidden",
+                 "/../../escape", "/\u202e/rtl", "/%2E."]
+
+
+def test_topic_names_are_data_and_never_leave_the_bag_folder(tmp_path):
+    """A ROS 1 bag can hold any string as a topic name: every topic gets its own folder inside
+    <out>/<bag>/, with its frames, manifest and completion marker."""
+    messages = [(topic, IMAGE, BASE + i, image_msg(frame(i), "rgb8", BASE + i)) for i, topic in enumerate(TRICKY_TOPICS)]
+    bag = write_bag(tmp_path / "in" / "tricky.bag", "ros1", messages)
+    out = tmp_path / "out" / "raw"
+    code = run_unpack(bag, "--out", out, "--jobs", "1")
+    bag_folder = out / "tricky"
+    assert sorted(p.name for p in out.iterdir()) == ["tricky"]
+    for path in out.rglob("*"):
+        assert path.resolve().is_relative_to(bag_folder.resolve())
+        assert len(path.name.encode()) <= 255
+    folders = [p for p in bag_folder.iterdir() if p.is_dir()]
+    assert all(not p.name.startswith(".") for p in folders)
+    # rosbags normalises ROS 1 topic names ("//" and a trailing "/" vanish): count distinct ones
+    with unpack.open_bag(bag) as reader:
+        topics = {c.topic for c in reader.connections}
+    assert len(folders) == len({topic_dirname(t) for t in topics})
+    done = [p for p in folders if (p / unpack.MARKER).is_file()]
+    assert sum(len(read_manifest(p)) for p in done) == sum(json.loads((p / unpack.MARKER).read_text())["written"]
+                                                           for p in done)
+    assert code == (0 if len(folders) == len(topics) else 1)  # a clash of two names is reported
+
+
+def test_bag_names_are_data_too(tmp_path):
     messages = [("/cam", IMAGE, BASE, image_msg(frame(0), "rgb8", BASE))]
-    write_bag(tmp_path / "x" / "same.bag", "ros1", messages)
-    write_bag(tmp_path / "y" / "same.bag", "ros1", messages)
-    with pytest.raises(UserError, match="same folder"):
-        run_unpack(tmp_path / "x", tmp_path / "y")
+    for name in ("...bag", ".hidden.bag", "..bag"):
+        write_bag(tmp_path / "in" / name, "ros1", messages)
+    assert run_unpack(tmp_path / "in", "--out", tmp_path / "raw", "--jobs", "1") == 0
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["%2E", "%2E.", "%2Ehidden"]
+    assert not (tmp_path / "raw" / "cam").exists()
+
+
+def test_topic_dirname_is_one_safe_component():
+    for topic in TRICKY_TOPICS:
+        name = topic_dirname(topic)
+        assert name not in ("", ".", "..") and "/" not in name and not name.startswith(".")
+        assert len(name.encode()) <= 200
+    assert len({topic_dirname(t) for t in ("/a" + "x" * 400, "/b" + "x" * 400, "/a" + "x" * 401)}) == 3
 
 
 def test_topics_with_and_without_slash_that_share_a_folder_are_reported(tmp_path, capsys):
@@ -282,7 +351,7 @@ def test_console_command_exit_statuses(tmp_path):
     cwd = Path(__file__).resolve().parents[1]
     (bags / "broken.mcap").write_bytes(b"\x89MCAP0\r\n" + b"\0" * 30)
     done = subprocess.run([*command, "--jobs", "2", str(bags)], cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1 and "broken.mcap: cannot read bag" in done.stderr
+    assert done.returncode == 1 and "broken.mcap: cannot read the bag" in done.stderr
     assert len(read_manifest(tmp_path / "raw" / "ok" / "cam")) == 1
     (tmp_path / "empty").mkdir()
     done = subprocess.run([*command, str(tmp_path / "empty")], cwd=cwd, capture_output=True, text=True, timeout=60)

@@ -31,7 +31,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
 
-from mtl_perception.atomic_io import write_text  # noqa: E402
+from mtl_perception.core.atomic_io import write_text  # noqa: E402
 from mtl_perception.ros import node  # noqa: E402
 from mtl_perception.ros.diagnostics import StatsReport  # noqa: E402
 from mtl_perception.ros.params import PARAMETERS, ParamSpec  # noqa: E402

@@ -1,7 +1,8 @@
 """Multi-task balancing: loss weightings and gradient methods, chosen independently.
 
 ``build_weighting`` gives the module that turns per-task losses into weighted losses;
-``build_gradient_balancer`` the backward pass that turns those into parameter gradients.
+``build_gradient_balancer`` the backward pass that turns those into parameter gradients. Both
+take the task list from the caller: nothing here assumes which tasks a model has.
 """
 
 from __future__ import annotations
@@ -11,12 +12,25 @@ from typing import Any
 
 from torch import Tensor
 
-from mtl_perception.balancing.gradient import GRAD_METHODS, BackwardStats, GradientBalancer, GradientSync
-from mtl_perception.balancing.weighting import WEIGHTINGS, LossWeighting, WeightedLosses
-from mtl_perception.errors import UserError
+from mtl_perception.balancing.gradient import (
+    GRAD_METHODS,
+    JACOBIANS,
+    BackwardStats,
+    GradientBalancer,
+    GradientSync,
+)
+from mtl_perception.balancing.weighting import (
+    REGRESSION_TASKS,
+    WEIGHTINGS,
+    LossWeighting,
+    WeightedLosses,
+)
+from mtl_perception.core.errors import UserError
 
 __all__ = [
     "GRAD_METHODS",
+    "JACOBIANS",
+    "REGRESSION_TASKS",
     "WEIGHTINGS",
     "BackwardStats",
     "GradientBalancer",
@@ -27,21 +41,34 @@ __all__ = [
 ]
 
 
-def build_weighting(name: str, tasks: Sequence[str], options: Mapping[str, Any] | None = None) -> LossWeighting:
-    """Loss weighting ``name`` for ``tasks``; ``options`` is the balancing config section."""
+def build_weighting(
+    name: str, tasks: Sequence[str], options: Mapping[str, Any] | None = None
+) -> LossWeighting:
+    """Loss weighting ``name`` for ``tasks``; ``options`` is the balancing config section.
+
+    Raises:
+        UserError: unknown name or an invalid option value.
+    """
     options = options or {}
     if name not in WEIGHTINGS:
         raise UserError(f"balancing.weighting: {name!r} is not one of {', '.join(WEIGHTINGS)}")
+    cls = WEIGHTINGS[name]
     try:
         if name == "constant":
-            return WEIGHTINGS[name](tasks, weights=options.get("task_weights"))
+            return cls(tasks, weights=options.get("task_weights"))
         if name == "uncertainty":
-            return WEIGHTINGS[name](tasks, init_log_var=float(options.get("init_log_var", 0.0)))
+            return cls(
+                tasks,
+                init_log_var=float(options.get("init_log_var", 0.0)),
+                regression_tasks=options.get("regression_tasks", REGRESSION_TASKS),
+            )
         if name == "dwa":
-            return WEIGHTINGS[name](tasks, temperature=float(options.get("dwa_temperature", 2.0)))
+            return cls(tasks, temperature=float(options.get("dwa_temperature", 2.0)))
         if name == "bmtl":
-            return WEIGHTINGS[name](tasks, temperature=float(options.get("bmtl_temperature", 1.0)))
-        return WEIGHTINGS[name](tasks)
+            return cls(tasks, temperature=float(options.get("bmtl_temperature", 1.0)))
+        if name == "gradnorm":
+            return cls(tasks, alpha=float(options.get("gradnorm_alpha", 1.5)))
+        return cls(tasks)
     except ValueError as err:
         raise UserError(f"balancing: {err}") from None
 
@@ -54,13 +81,30 @@ def build_gradient_balancer(
     options: Mapping[str, Any] | None = None,
     cosine_every: int = 0,
     sync: GradientSync | None = None,
+    last_shared_params: Sequence[Tensor] = (),
 ) -> GradientBalancer:
     """Backward pass for ``method`` over the model's shared and per-task (head) parameters.
 
     Each task's weighting parameters join that task's head parameters, so they are trained by
-    the same backward and synchronised the same way across ranks.
+    the same backward and synchronised the same way across ranks. ``options`` is the balancing
+    config section (``jacobian``: ``exact`` or ``rep``, and the aggregators' settings);
+    ``last_shared_params`` is the last shared layer, where GradNorm measures gradient norms.
+
+    Raises:
+        UserError: unknown method or Jacobian mode, or a missing optional dependency.
     """
-    task_params = {task: [*head_params[task], *weighting.task_parameters(task)] for task in weighting.tasks}
+    options = dict(options or {})
+    task_params = {
+        task: [*head_params[task], *weighting.task_parameters(task)] for task in weighting.tasks
+    }
     return GradientBalancer(
-        method, weighting.tasks, shared_params, task_params, options=options, cosine_every=cosine_every, sync=sync
+        method,
+        weighting,
+        shared_params,
+        task_params,
+        options=options,
+        cosine_every=cosine_every,
+        sync=sync,
+        jacobian=str(options.get("jacobian", "exact")),
+        last_shared_params=last_shared_params,
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mtl_perception.demo.pipeline import DemoConfig, Step, is_up_to_date, load_demo_config, plan, run_step
 from mtl_perception.demo.report import build_report, fmt
-from mtl_perception.errors import UserError, run_cli
+from mtl_perception.core.errors import UserError, run_cli
 
 STEP_NAMES = ("synth", "unpack", "prune", "build", "train", "eval", "replay")
 

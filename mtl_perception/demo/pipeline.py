@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.constants import SYNTH_CAMERA_TOPIC, SYNTH_DEPTH_TOPIC
+from mtl_perception.core.errors import UserError
 
 
 _PROGRESS_BAR = re.compile(r"\d+%\|")
@@ -133,6 +134,8 @@ def _tool(module: str, *args: object) -> list[str]:
 def plan(config: DemoConfig) -> list[Step]:
     """The demo's commands, in order."""
     work, build = config.workdir, config.build
+    camera_topic = (f"{SYNTH_CAMERA_TOPIC}/compressed" if config.synth.encoding in ("jpeg", "png")
+                    else SYNTH_CAMERA_TOPIC)
     train_name = config.run_dir.name
     return [
         Step("synth", _tool("data_tools.cli", "synth", "--out", config.synth_dir, "--frames", config.synth.frames,
@@ -145,14 +148,16 @@ def plan(config: DemoConfig) -> list[Step]:
                             "--name", build.name, "--out", work / "processed",
                             "--det-classes", ",".join(build.det_classes), "--seg-classes", ",".join(build.seg_classes),
                             "--split", ",".join(str(f) for f in build.split), "--group-by", build.group_by,
-                            "--window-s", build.window_s)),
+                            "--window-s", build.window_s, "--depth-topic", SYNTH_DEPTH_TOPIC)),
         Step("train", _tool("mtl_perception.train", "--config", config.train_config, f"data.root={config.dataset}",
                             f"output_dir={config.run_dir.parent}", f"name={train_name}", *config.train_overrides)),
         Step("eval", _tool("mtl_perception.evaluation.cli", "--checkpoint", config.run_dir / "best.pt",
                            "--data", config.dataset, "--split", "val", "--out", config.metrics_json),
              result=config.metrics_json, source=config.run_dir / "best.pt"),
-        Step("replay", _tool("mtl_perception.ros.replay", config.bag, "--model", config.run_dir / "best.pt",
-                             "--ground-truth", config.dataset, "--out", config.replay_dir,
+        Step("replay", _tool("mtl_perception.ros.replay", config.bag, "--topic", camera_topic,
+                             "--model", config.run_dir / "best.pt",
+                             "--ground-truth", config.dataset, "--depth-topic", SYNTH_DEPTH_TOPIC,
+                             "--out", config.replay_dir,
                              *(["--lockstep"] if config.replay.lockstep else []),
                              *(["--max-frames", config.replay.max_frames] if config.replay.max_frames else [])),
              result=config.replay_dir / "report.json", source=config.run_dir / "best.pt"),

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mtl_perception.demo import figures
+from mtl_perception import figures
 from mtl_perception.demo.html import Figure, Table, write_page
 from mtl_perception.demo.pipeline import DemoConfig, Step
 

@@ -18,9 +18,9 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from data_tools.summary import JobSummary
-from mtl_perception.atomic_io import write_json
-from mtl_perception.errors import UserError, run_cli
+from mtl_perception.core.summary import JobSummary
+from mtl_perception.core.atomic_io import write_json
+from mtl_perception.core.errors import UserError, run_cli
 from mtl_perception.evaluation.dataset import SPLITS, EvalDataset, EvalSample
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
 from mtl_perception.evaluation.profiling import profile_model

@@ -19,13 +19,13 @@ import cv2
 import numpy as np
 import torch
 
-from data_tools.summary import JobSummary
-from mtl_perception.errors import UserError
-from mtl_perception.json_files import read_json
+from mtl_perception.core.summary import JobSummary
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.json_io import read_json
 
-__all__ = ["EvalDataset", "EvalSample", "IGNORE_INDEX", "SPLITS"]
+__all__ = ["EvalDataset", "EvalSample", "SPLITS"]
 
-IGNORE_INDEX = 255
 SPLITS = ("train", "val", "test", "all")
 
 

@@ -216,11 +216,14 @@ def _task_value(metrics: Mapping[str, Any], task: str, key: str) -> float | None
 def combined_score(metrics: Mapping[str, Any]) -> float:
     """The single "higher is better" number used to pick ``best.pt``.
 
-    Mean of detection COCO mAP@[.5:.95] (key ``map``) and segmentation mIoU incl. background
-    (key ``miou``) over the tasks present, both in [0, 1]. Keys are looked up at the top level
-    or under ``metrics["detection"]`` / ``metrics["segmentation"]``. mAP@[.5:.95] rather than
-    mAP@.5 because it also rewards box precision, which the downstream consumers need.
-    Returns NaN when neither metric is available (e.g. empty validation split).
+    Mean of detection COCO mAP@[.5:.95] (key ``map``), segmentation mIoU incl. background
+    (key ``miou``) and depth delta1 (share of valid pixels with max(pred/gt, gt/pred) < 1.25,
+    key ``delta1``) over the tasks present, all in [0, 1]. Keys are looked up at the top level
+    or under ``metrics["detection"]`` / ``metrics["segmentation"]`` / ``metrics["depth"]``.
+    mAP@[.5:.95] rather than mAP@.5 because it also rewards box precision, which the downstream
+    consumers need; delta1 because it is the bounded accuracy-style depth figure.
+    Returns NaN when no metric is available (e.g. empty validation split).
     """
-    values = [v for v in (_task_value(metrics, "detection", "map"), _task_value(metrics, "segmentation", "miou")) if v is not None]
+    keys = (("detection", "map"), ("segmentation", "miou"), ("depth", "delta1"))
+    values = [v for v in (_task_value(metrics, task, key) for task, key in keys) if v is not None]
     return sum(values) / len(values) if values else float("nan")

@@ -1,10 +1,11 @@
-"""The networks: one shared MobileNetV3-Large body with detection and/or segmentation heads.
+"""The networks: one shared MobileNetV3-Large body with detection, segmentation and/or depth heads.
 
 Public API (docs/CONTRACTS.md section 6): ``build_model``, ``ARCHITECTURES``, ``MultiTaskModel``,
 ``load_weights``, ``model_from_checkpoint``, ``count_parameters``.
 """
 
 from mtl_perception.nets.backbone import IMAGENET, MobileNetV3Body
+from mtl_perception.nets.depth import DEPTH_LOSSES, DepthHead
 from mtl_perception.nets.multitask import MultiTaskModel
 from mtl_perception.nets.registry import (
     ARCHITECTURES,
@@ -18,20 +19,21 @@ from mtl_perception.nets.registry import (
     model_from_checkpoint,
     parameter_breakdown,
 )
-from mtl_perception.nets.segmentation import IGNORE_INDEX
-from mtl_perception.nets.task_head import DETECTION, SEGMENTATION, TASKS
+from mtl_perception.nets.task_head import DEPTH, DETECTION, SEGMENTATION, TASKS
 
 __all__ = [
     "ARCHITECTURES",
     "DEFAULT_ARCH",
+    "DEPTH",
+    "DEPTH_LOSSES",
     "DETECTION",
-    "IGNORE_INDEX",
     "IMAGENET",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SEGMENTATION",
     "TASKS",
     "Architecture",
+    "DepthHead",
     "MobileNetV3Body",
     "MultiTaskModel",
     "build_model",

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets.weights import load_state_dict_checked, read_weights_file
 
 TAP_STRIDE8 = "stride8"

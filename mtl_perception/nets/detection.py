@@ -24,9 +24,9 @@ from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _nor
 from torchvision.ops import FeaturePyramidNetwork, box_iou
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets.backbone import TAP_STRIDE16_EXPAND, TAP_STRIDE32, TAP_STRIDE32_BLOCK
-from mtl_perception.nets.task_head import DETECTION, Targets
+from mtl_perception.nets.task_head import DETECTION, Targets, is_labeled
 
 # The detectors never see raw images (the model normalises once), so their transforms get identity stats.
 _IDENTITY_MEAN = [0.0, 0.0, 0.0]
@@ -137,25 +137,38 @@ class SSDLiteDetector(SSD):
         return self.proposal_matcher(box_iou(boxes, anchors))
 
     def loss(self, features: Mapping[str, Tensor], images: Tensor, targets: Targets) -> Tensor:
-        """Sum of SSD's box-regression and classification (hard-negative-mined) losses."""
+        """Sum of SSD's box-regression and classification (hard-negative-mined) losses.
+
+        An unlabeled target (``"labeled": False``) counts as an image without boxes, which
+        torchvision's mining leaves out of the loss, and is not given the box-free negatives.
+        """
+        labeled = [is_labeled(target) for target in targets]
+        targets = [
+            target if keep else {**target, "boxes": target["boxes"][:0], "labels": target["labels"][:0]}
+            for target, keep in zip(targets, labeled, strict=True)
+        ]
         targets = detection_targets(targets, self.num_classes)
         head_outputs, anchors = self._outputs(features, images)
         matched = [self._match(anchors_i, target["boxes"]) for anchors_i, target in zip(anchors, targets)]
         losses = self.compute_loss(targets, head_outputs, anchors, matched)
         # compute_loss normalises by the number of matched default boxes (at least 1); so does this term.
         num_foreground = max(1, int(sum(int((m >= 0).sum()) for m in matched)))
-        negatives = self._box_free_image_negatives(head_outputs["cls_logits"], matched)
+        negatives = self._box_free_image_negatives(head_outputs["cls_logits"], matched, labeled)
         return _total(losses) + negatives / num_foreground
 
-    def _box_free_image_negatives(self, cls_logits: Tensor, matched: Sequence[Tensor]) -> Tensor:
-        """Background loss of the hardest default boxes of images without any matched box.
+    def _box_free_image_negatives(self, cls_logits: Tensor, matched: Sequence[Tensor], labeled: Sequence[bool]) -> Tensor:
+        """Background loss of the hardest default boxes of labeled images without any matched box.
 
         torchvision mines ``neg_to_pos_ratio`` negatives per positive, so an image without boxes
         adds nothing to the loss and could never teach "no object here". Its minimum of
         ``neg_to_pos_ratio`` negatives per image (present but commented out in ``SSD.compute_loss``)
         is restored here for exactly those images.
         """
-        empty = [index for index, matched_idxs in enumerate(matched) if not bool((matched_idxs >= 0).any())]
+        empty = [
+            index
+            for index, (matched_idxs, keep) in enumerate(zip(matched, labeled, strict=True))
+            if keep and not bool((matched_idxs >= 0).any())
+        ]
         if not empty:
             return cls_logits.new_zeros(())
         logits = cls_logits[empty]
@@ -255,9 +268,19 @@ class FasterRCNNDetector(FasterRCNN):
         return detections, {**rpn_losses, **roi_losses}
 
     def loss(self, features: Mapping[str, Tensor], images: Tensor, targets: Targets) -> Tensor:
-        """Sum of RPN objectness + RPN box + classifier + box regression losses (training mode only)."""
+        """Sum of RPN objectness + RPN box + classifier + box regression losses (training mode only).
+
+        Unlabeled targets (``"labeled": False``) are left out of the batch: torchvision's RPN and
+        RoI samplers would take an image without boxes as all background. (Dropping samples is
+        safe here: FPN, RPN and RoI heads have no BatchNorm.)
+        """
         if not self.training:
             raise RuntimeError("Faster R-CNN computes losses only in training mode (torchvision's RPN/RoI heads)")
+        keep = [index for index, target in enumerate(targets) if is_labeled(target)]
+        if len(keep) < len(targets):
+            index = torch.tensor(keep, dtype=torch.int64, device=images.device)
+            features = {tap: features[tap].index_select(0, index) for tap in self.feature_taps}
+            images, targets = images.index_select(0, index), [targets[i] for i in keep]
         _, losses = self._run(features, images, detection_targets(targets, self.num_classes))
         return _total(losses)
 

@@ -13,15 +13,23 @@ import torch
 from torch import Tensor, nn
 
 from mtl_perception.nets.backbone import MobileNetV3Body
-from mtl_perception.nets.task_head import TASKS, Targets, TaskHead
+from mtl_perception.nets.task_head import DEPTH, TASKS, Targets, TaskHead, is_labeled
 
 
 class MultiTaskModel(nn.Module):
     """Shared MobileNetV3-Large body + task heads (see docs/CONTRACTS.md section 6).
 
     Train mode: ``model(images, targets)`` -> ``{task: loss}``. Eval mode: ``model(images)`` -> one
-    dict per image with ``boxes``/``labels``/``scores`` and/or ``mask``. ``images`` is a list of
-    ``[3, H, W]`` tensors in ``[0, 1]`` (or one ``[B, 3, H, W]`` tensor) at ``input_size``.
+    dict per image with ``boxes``/``labels``/``scores``, ``mask`` and/or ``depth``. ``images`` is a
+    list of ``[3, H, W]`` tensors in ``[0, 1]`` (or one ``[B, 3, H, W]`` tensor) at ``input_size``.
+
+    Each task's loss counts only the samples labelled for it (``task_samples``): a target with
+    ``"labeled": False`` (a depth-only frame) adds nothing to the detection and segmentation
+    losses, and one without a ``"depth"`` map nothing to the depth loss. The heads still see the
+    whole batch (their BatchNorm layers cannot train on a single sample) and mask those samples
+    out of their losses. A task with no such sample in the batch gets a zero loss that is still
+    connected to its head and the backbone, so every balancing method sees all tasks and gets
+    zero gradients for that one.
     """
 
     def __init__(
@@ -54,7 +62,7 @@ class MultiTaskModel(nn.Module):
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        """The tasks this model solves, in ``("detection", "segmentation")`` order."""
+        """The tasks this model solves, in ``TASKS`` order (detection, segmentation, depth)."""
         return tuple(self.heads.keys())
 
     def forward(
@@ -78,7 +86,10 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"training needs one target per image: {len(images)} images, {got} targets")
         batch = self.preprocess(images)
         features = self.backbone(batch)
-        losses = {task: head(features, batch, targets) for task, head in self.heads.items()}
+        losses = {
+            task: head(features, batch, targets) if task_samples(task, targets) else _zero_loss(head, features)
+            for task, head in self.heads.items()
+        }
         return losses, list(features.values())
 
     def predict(self, images: Sequence[Tensor] | Tensor) -> list[dict[str, Tensor]]:
@@ -109,8 +120,31 @@ class MultiTaskModel(nn.Module):
         """Trainable parameters of the shared backbone."""
         return [p for p in self.backbone.parameters() if p.requires_grad]
 
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the backbone's last layer (GradNorm's ``W``; empty if frozen)."""
+        return [p for p in self.backbone.features[-1].parameters() if p.requires_grad]
+
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """Trainable parameters of one task's head (for Faster R-CNN including its FPN)."""
         if task not in self.heads:
             raise KeyError(f"task {task!r} is not one of this model's tasks {self.tasks}")
         return [p for p in self.heads[task].parameters() if p.requires_grad]
+
+
+def task_samples(task: str, targets: Targets) -> list[int]:
+    """Batch positions whose targets supervise ``task``.
+
+    Depth: targets with a ``depth`` map. Detection and segmentation: targets not marked
+    ``"labeled": False`` (depth-only frames have no boxes or masks worth learning from: an empty
+    box list would teach "no object here").
+    """
+    if task == DEPTH:
+        return [i for i, target in enumerate(targets) if target.get("depth") is not None]
+    return [i for i, target in enumerate(targets) if is_labeled(target)]
+
+
+def _zero_loss(head: nn.Module, features: Mapping[str, Tensor]) -> Tensor:
+    """0, depending on the head's parameters and the taps it reads (so gradients exist and are 0)."""
+    terms = [features[tap].sum() for tap in head.feature_taps]
+    terms += [p.sum() for p in head.parameters() if p.requires_grad]
+    return torch.stack(terms).sum() * 0.0

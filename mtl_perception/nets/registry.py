@@ -13,27 +13,28 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.constants import MIN_INPUT_SIDE
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets.backbone import MobileNetV3Body
+from mtl_perception.nets.depth import DepthHead
 from mtl_perception.nets.detection import FasterRCNNDetector, SSDLiteDetector
 from mtl_perception.nets.multitask import MultiTaskModel
 from mtl_perception.nets.segmentation import DeepLabV3Segmenter, LRASPPSegmenter, SegmentationHead
-from mtl_perception.nets.task_head import DETECTION, SEGMENTATION, TaskHead
+from mtl_perception.nets.task_head import DEPTH, DETECTION, SEGMENTATION, TASKS, TaskHead
 from mtl_perception.nets.weights import state_dict_problems
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_ARCH = "ssdlite_deeplabv3"
-# Below this the stride-32 feature map would be empty.
-MIN_INPUT_SIDE = 32
-# Structure options introduced after the first checkpoints, at the values those checkpoints were
-# built with (torchvision's full-width DeepLabHead); see ``model_from_checkpoint``.
-PRE_OPTION_VALUES: dict[str, Any] = {"aspp_channels": 256, "aspp_separable": False}
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """Which head (class) each task uses; ``None`` = the task is absent (single-task baseline)."""
+    """Which head (class) each task uses; ``None`` = the task is absent (single-task baseline).
+
+    Every architecture can also carry the depth head (``DepthHead``): it is chosen with the
+    ``tasks`` argument of ``build_model``, not by the architecture's name.
+    """
 
     detection: type[SSDLiteDetector | FasterRCNNDetector] | None
     segmentation: type[SegmentationHead] | None
@@ -41,7 +42,17 @@ class Architecture:
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return tuple(task for task, head in ((DETECTION, self.detection), (SEGMENTATION, self.segmentation)) if head)
+        """The default task set: the detection and/or segmentation heads the name promises."""
+        return tuple(task for task, head in self.heads.items() if head and task != DEPTH)
+
+    @property
+    def heads(self) -> dict[str, type[Any] | None]:
+        """Head class per task (``None`` = this architecture has no head for it)."""
+        return {DETECTION: self.detection, SEGMENTATION: self.segmentation, DEPTH: DepthHead}
+
+    def available(self) -> tuple[str, ...]:
+        """Every task this architecture can be built with."""
+        return tuple(task for task, head in self.heads.items() if head)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -70,8 +81,16 @@ def build_model(
     aspp_separable: bool | None = None,
     rpn_pre_nms_top_n_test: int | None = None,
     rpn_post_nms_top_n_test: int | None = None,
+    tasks: Sequence[str] | None = None,
+    depth_loss: str | None = None,
+    depth_channels: int | None = None,
 ) -> MultiTaskModel:
     """Build ``arch`` for the dataset's classes and the input size ``(H, W)``.
+
+    ``tasks``: which heads to build, any non-empty subset of ``TASKS`` that the architecture
+    has heads for (``"depth"``: every architecture); ``None`` = the architecture's own
+    detection/segmentation heads. ``["depth"]`` is the single-task depth baseline on the same
+    body. Class counts of tasks left out are ignored (stored as 0).
 
     ``num_detection_classes`` counts real classes (background is added inside);
     ``num_segmentation_classes`` includes background. ``backbone_weights``: ``None`` (random),
@@ -84,18 +103,20 @@ def build_model(
     outputs look washed out. Head options (``None`` = the head's default; an option the
     architecture has no head for is a ``UserError``): ``aspp_channels`` / ``aspp_separable``
     (DeepLabv3, see ``segmentation.DEFAULT_ASPP_SEPARABLE``), ``rpn_pre_nms_top_n_test`` /
-    ``rpn_post_nms_top_n_test`` (Faster R-CNN test-time proposals, see ``detection``).
+    ``rpn_post_nms_top_n_test`` (Faster R-CNN test-time proposals, see ``detection``),
+    ``depth_loss`` / ``depth_channels`` (depth head, see ``nets.depth``).
     """
     spec = ARCHITECTURES.get(arch)
     if spec is None:
         raise UserError(f"arch {arch!r} is unknown; choose one of {', '.join(ARCHITECTURES)}")
+    chosen = _check_tasks(arch, spec, tasks)
     size = _check_input_size(input_size)
     mean, std = _check_stats("mean", mean), _check_stats("std", std)
     if any(value <= 0 for value in std):
         raise UserError(f"std {list(std)} must be positive")
-    if spec.detection and num_detection_classes < 1:
+    if DETECTION in chosen and num_detection_classes < 1:
         raise UserError(f"arch {arch!r} detects objects: num_detection_classes={num_detection_classes} must be >= 1")
-    if spec.segmentation and num_segmentation_classes < 2:
+    if SEGMENTATION in chosen and num_segmentation_classes < 2:
         raise UserError(
             f"arch {arch!r} segments: num_segmentation_classes={num_segmentation_classes} "
             "must be >= 2 (incl. background)"
@@ -106,21 +127,29 @@ def build_model(
         "aspp_separable": aspp_separable,
         "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
         "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
+        "depth_loss": depth_loss,
+        "depth_channels": depth_channels,
     }
-    detection_options, segmentation_options = _route_head_options(arch, spec, given)
-    taps = {tap for head in (spec.detection, spec.segmentation) if head for tap in head.feature_taps}
+    head_classes = {task: spec.heads[task] for task in chosen}
+    options = _route_head_options(arch, head_classes, given)
+    taps = {tap for head in head_classes.values() for tap in head.feature_taps}
     backbone = MobileNetV3Body(taps, trainable_backbone_layers)
     if backbone_weights is not None:
         backbone.load_weights(backbone_weights)
     heads: dict[str, TaskHead] = {}
-    if spec.detection:
-        heads[DETECTION] = spec.detection(backbone.channels, num_detection_classes, size, **detection_options)
-    if spec.segmentation:
-        heads[SEGMENTATION] = spec.segmentation(backbone.channels, num_segmentation_classes, **segmentation_options)
+    if DETECTION in chosen:
+        heads[DETECTION] = head_classes[DETECTION](backbone.channels, num_detection_classes, size, **options[DETECTION])
+    if SEGMENTATION in chosen:
+        heads[SEGMENTATION] = head_classes[SEGMENTATION](
+            backbone.channels, num_segmentation_classes, **options[SEGMENTATION]
+        )
+    if DEPTH in chosen:
+        heads[DEPTH] = DepthHead(backbone.channels, **options[DEPTH])
     model_kwargs = {
         "arch": arch,
-        "num_detection_classes": int(num_detection_classes) if spec.detection else 0,
-        "num_segmentation_classes": int(num_segmentation_classes) if spec.segmentation else 0,
+        "tasks": list(chosen),
+        "num_detection_classes": int(num_detection_classes) if DETECTION in chosen else 0,
+        "num_segmentation_classes": int(num_segmentation_classes) if SEGMENTATION in chosen else 0,
         "input_size": list(size),
         "trainable_backbone_layers": trainable_backbone_layers,
         "mean": mean,
@@ -155,17 +184,38 @@ def _check_bn_momentum(value: float | None) -> float | None:
     return float(value)
 
 
+def _check_tasks(arch: str, spec: Architecture, tasks: Sequence[str] | None) -> tuple[str, ...]:
+    """The task set to build, in ``TASKS`` order, or a ``UserError`` naming the bad value."""
+    if tasks is None:
+        return spec.tasks
+    if isinstance(tasks, str) or not all(isinstance(task, str) for task in tasks):
+        raise UserError(f"tasks {tasks!r} must be a list of task names from {list(TASKS)}")
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown or not tasks or len(set(tasks)) != len(tasks):
+        raise UserError(f"tasks {list(tasks)} must be a non-empty list of distinct names from {list(TASKS)}")
+    missing = [task for task in tasks if task not in spec.available()]
+    if missing:
+        raise UserError(
+            f"arch {arch!r} has no head for {missing}; it can do {list(spec.available())} "
+            f"(choose an arch with that head, e.g. {DEFAULT_ARCH!r})"
+        )
+    return tuple(task for task in TASKS if task in tasks)
+
+
 def _route_head_options(
-    arch: str, spec: Architecture, given: Mapping[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split the head options that were given (not ``None``) into detection / segmentation kwargs."""
-    routed: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    arch: str, heads: Mapping[str, type[Any]], given: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Split the head options that were given (not ``None``) into keyword arguments per task."""
+    routed: dict[str, dict[str, Any]] = {task: {} for task in heads}
     for name, value in given.items():
         if value is None:
             continue
-        owners = [index for index, head in enumerate((spec.detection, spec.segmentation)) if head and name in head.option_names]
+        owners = [task for task, head in heads.items() if name in head.option_names]
         if not owners:
-            raise UserError(f"{name}={value!r} does not apply to arch {arch!r} (it has no head with that option)")
+            raise UserError(
+                f"{name}={value!r} does not apply to arch {arch!r} with tasks {list(heads)} "
+                "(no head with that option)"
+            )
         routed[owners[0]][name] = value
     return routed
 
@@ -213,23 +263,12 @@ def model_from_checkpoint(payload: Mapping[str, Any], source: str | os.PathLike[
     kwargs = payload["model_kwargs"]
     if not isinstance(kwargs, Mapping):
         raise UserError(f"checkpoint {source}: model_kwargs is not a mapping")
-    kwargs = {**_pre_option_values(kwargs.get("arch")), **kwargs}
     try:
         model = build_model(**kwargs)
     except TypeError as err:  # unknown/missing keyword: a checkpoint from another version
         raise UserError(f"checkpoint {source}: model_kwargs {sorted(kwargs)} do not fit build_model ({err})") from None
-    load_weights(model, payload["model"], f"checkpoint {source}", payload.get("arch"))
+    load_weights(model, payload["model"], f"checkpoint {source}", kwargs.get("arch"))
     return model
-
-
-def _pre_option_values(arch: object) -> dict[str, Any]:
-    """Head options whose default changed structure, at the values of models built before they
-    existed: a checkpoint whose ``model_kwargs`` lack them was built that way."""
-    spec = ARCHITECTURES.get(arch) if isinstance(arch, str) else None
-    if spec is None:
-        return {}
-    names = {name for head in (spec.detection, spec.segmentation) if head for name in head.option_names}
-    return {name: value for name, value in PRE_OPTION_VALUES.items() if name in names}
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

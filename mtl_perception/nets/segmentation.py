@@ -18,11 +18,11 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.lraspp import LRASPPHead
 from torchvision.ops.misc import Conv2dNormActivation
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets.backbone import TAP_STRIDE8, TAP_STRIDE32
-from mtl_perception.nets.task_head import SEGMENTATION, Targets
+from mtl_perception.nets.task_head import SEGMENTATION, Targets, is_labeled
 
-IGNORE_INDEX = 255
 
 
 class SegmentationHead(nn.Module):
@@ -69,13 +69,15 @@ class SegmentationHead(nn.Module):
         return [{"mask": mask} for mask in classes]
 
     def _target_masks(self, targets: Targets, images: Tensor) -> Tensor:
-        """Stack the targets' masks ``[B, H, W]`` int64 after checking size and class ids."""
+        """Stack the targets' masks ``[B, H, W]`` int64 after checking size and class ids; an
+        unlabeled target (``"labeled": False``) is all ignore."""
         size = tuple(images.shape[-2:])
         for index, target in enumerate(targets):
             mask = target["mask"]
-            if tuple(mask.shape) != size:
+            if is_labeled(target) and tuple(mask.shape) != size:
                 raise ValueError(f"target {index}: mask shape {tuple(mask.shape)} must equal the input size {size}")
-        masks = torch.stack([target["mask"] for target in targets]).long()
+        ignore = torch.full(size, IGNORE_INDEX, dtype=torch.int64, device=images.device)
+        masks = torch.stack([target["mask"].long() if is_labeled(target) else ignore for target in targets])
         valid = masks[masks != IGNORE_INDEX]
         if valid.numel() and (valid.min() < 0 or valid.max() >= self.num_classes):
             bad = valid[(valid < 0) | (valid >= self.num_classes)][0].item()
@@ -96,8 +98,7 @@ DEFAULT_ASPP_CHANNELS = 256
 # to ~0.3 GFLOPs (measured CPU latency gain is smaller, ~3 ms of ~23, since depthwise convs run at low
 # arithmetic efficiency on CPU). DeepLabv3+ (Chen et al. 2018, sec. 3.2 and 4) reports that
 # separable ASPP and decoder convs cut compute by 33-41% at equal or better mIoU, and MobileNetV2 (Sandler et al. 2018, table 7) found the full ASPP adds little (+0.4 mIoU for 2x the
-# MAdds) on a mobile backbone. Checkpoints from before this option load with the full head
-# (``registry.PRE_OPTION_VALUES``).
+# MAdds) on a mobile backbone.
 DEFAULT_ASPP_SEPARABLE = True
 
 

@@ -9,9 +9,16 @@ from torch import Tensor
 
 DETECTION = "detection"
 SEGMENTATION = "segmentation"
-TASKS = (DETECTION, SEGMENTATION)
+DEPTH = "depth"
+# The order of tasks everywhere (loss dicts, parameter groups, reports).
+TASKS = (DETECTION, SEGMENTATION, DEPTH)
 
 Targets = Sequence[Mapping[str, Tensor]]
+
+
+def is_labeled(target: Mapping[str, object]) -> bool:
+    """Whether a target has detection/segmentation labels (``"labeled": False`` = depth only)."""
+    return bool(target.get("labeled", True))
 
 
 class TaskHead(Protocol):
@@ -39,5 +46,6 @@ class TaskHead(Protocol):
         ...
 
     def predict(self, features: Mapping[str, Tensor], images: Tensor) -> list[dict[str, Tensor]]:
-        """Per-image outputs in input pixels (detection: boxes/labels/scores; segmentation: mask)."""
+        """Per-image outputs in input pixels (detection: boxes/labels/scores; segmentation: mask;
+        depth: depth)."""
         ...

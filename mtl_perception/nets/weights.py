@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 # How many offending key names a message lists before summarising the rest as a count.
 _EXAMPLES = 2

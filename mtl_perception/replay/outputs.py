@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 from rosbags.serde import SerdeError
 
-from data_tools.images import decode_image
-from data_tools.summary import JobSummary
+from mtl_perception.core.images import decode_image
+from mtl_perception.core.summary import JobSummary
+from mtl_perception.replay.depth_scoring import DepthScorer
 from mtl_perception.replay.recorder import OutputRecorder, replay_typestore
 from mtl_perception.replay.scoring import StampScorer
 
@@ -70,7 +71,8 @@ class Answer:
 class OutputSink:
     """Consumes ``(topic, msgtype, cdr, receive_time_ns)`` tuples from the node's outputs.
 
-    ``detections_topic``/``segmentation_topic`` name the topics to score; ``example_stamps``
+    ``detections_topic``/``segmentation_topic`` (and ``depth_topic``, scored by
+    ``depth_scorer`` against the bag's depth) name the topics to score; ``example_stamps``
     are the frames whose answers are kept for the report's overlay pictures.
     """
 
@@ -82,9 +84,13 @@ class OutputSink:
         segmentation_topic: str,
         detection_classes: Sequence[str] = (),
         example_stamps: Iterable[int] = (),
+        depth_topic: str | None = None,
+        depth_scorer: DepthScorer | None = None,
     ) -> None:
         self.recorder = recorder
         self.scorer = scorer
+        self.depth_topic = depth_topic
+        self.depth_scorer = depth_scorer
         self.detections_topic = detections_topic
         self.segmentation_topic = segmentation_topic
         self._label_of = {name: i + 1 for i, name in enumerate(detection_classes)}
@@ -101,18 +107,25 @@ class OutputSink:
         if self.recorder is not None:
             self.recorder.write(topic, msgtype, cdr, receive_time_ns)
         self.summary.add(f"messages on {topic}")
-        if topic not in (self.detections_topic, self.segmentation_topic):
-            return
         stamp = header_stamp_ns(cdr)
-        wanted = stamp is not None and (stamp in self.examples or self.scorer is not None)
+        if stamp is None:
+            return
+        if topic == self.depth_topic:
+            wanted = self.depth_scorer is not None
+        elif topic in (self.detections_topic, self.segmentation_topic):
+            wanted = stamp in self.examples or self.scorer is not None
+        else:
+            return
         if not wanted:
             return
         try:
             msg = self._typestore.deserialize_cdr(cdr, msgtype)
             if topic == self.detections_topic:
                 self._detections(stamp, msg)
-            else:
+            elif topic == self.segmentation_topic:
                 self._mask(stamp, decode_image(msg))
+            else:
+                self._depth(stamp, decode_image(msg))
         except (SerdeError, ValueError) as err:  # a malformed output must not end the replay
             self.summary.fail(f"unreadable message on {topic}", f"stamp {stamp}: {err}")
 
@@ -124,6 +137,12 @@ class OutputSink:
             labels = np.asarray([self._label_of.get(n, 0) for n in names], dtype=np.int64)
             example = self.examples[stamp]
             example.boxes, example.scores, example.labels, example.label_names = boxes, scores, labels, names
+
+    def _depth(self, stamp: int, depth_m: np.ndarray) -> None:
+        assert self.depth_scorer is not None
+        if depth_m.dtype != np.float32:
+            raise ValueError(f"depth answer is {depth_m.dtype}, expected 32FC1 metres")
+        self.depth_scorer.add_depth(stamp, depth_m)
 
     def _mask(self, stamp: int, mask: np.ndarray) -> None:
         if mask.ndim != 2:

@@ -1,6 +1,6 @@
 """The replay report folder: ``report.json``, a latency histogram and example overlays.
 
-Figures reuse ``mtl_perception.demo.figures`` (matplotlib, Agg) and overlays are drawn with
+Figures reuse ``mtl_perception.figures`` (matplotlib, Agg) and overlays are drawn with
 ``mtl_perception.visualize.draw_prediction``; every file is written atomically.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mtl_perception import atomic_io
-from mtl_perception.demo.figures import example_strip, latency_histogram
+from mtl_perception.core import atomic_io
+from mtl_perception.figures import example_strip, latency_histogram
 from mtl_perception.replay.outputs import Answer
 from mtl_perception.visualize import draw_prediction
 

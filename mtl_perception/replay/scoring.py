@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator
-from mtl_perception.replay.ground_truth import IGNORE, GroundTruth
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.replay.ground_truth import GroundTruth
 
 __all__ = ["StampScorer"]
 
@@ -40,9 +41,9 @@ class StampScorer:
     @staticmethod
     def _ground_truth_lut(truth_classes: Sequence[str], model_classes: Sequence[str]) -> np.ndarray:
         """uint8 table: ground-truth class id -> model class id (255 = ignore)."""
-        lut = np.full(256, IGNORE, dtype=np.uint8)
+        lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
         model_index = {name: i for i, name in enumerate(model_classes)}
-        for truth_id, name in enumerate(truth_classes[:IGNORE]):
+        for truth_id, name in enumerate(truth_classes[:IGNORE_INDEX]):
             if name in model_index:
                 lut[truth_id] = model_index[name]
         return lut

@@ -1,13 +1,13 @@
 """ROS image messages <-> numpy arrays for the node: the only place the node touches encodings.
 
-Decoding uses the package's own decoder (``data_tools.images``: tested on every encoding it
+Decoding uses the package's own decoder (``mtl_perception.core.images``: tested on every encoding it
 accepts, pixel-exact against real bags) unless the ``decoder`` parameter asks for ``cv_bridge``
 explicitly: ROS's cv_bridge cannot be built in CI, so the node never switches to it by itself
 (docs/ROS2.md lists the encodings of each path). Both paths return the same layout: the
-natural array of ``data_tools.images.decode_image`` (colour as RGB, alpha kept, mono 2-D),
+natural array of ``mtl_perception.core.images.decode_image`` (colour as RGB, alpha kept, mono 2-D),
 which ``to_rgb8`` turns into the network's RGB uint8 input. cv_bridge hands out OpenCV's BGR
 order, so its adapter swaps channels back. Publishing always goes through
-``data_tools.images.rgb8_to_image_fields`` (``msg.data = bytes`` is fast; cv_bridge's
+``mtl_perception.core.images.rgb8_to_image_fields`` (``msg.data = bytes`` is fast; cv_bridge's
 ``cv2_to_imgmsg`` is not needed for rgb8/mono8).
 """
 
@@ -20,14 +20,14 @@ from typing import Any, Protocol
 import numpy as np
 from sensor_msgs.msg import Image
 
-from data_tools import images
-from data_tools.images import UnsupportedEncoding
-from mtl_perception.errors import UserError
+from mtl_perception.core import images
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.images import UnsupportedEncoding
 
 __all__ = [
-    "CvBridgeDecoder",
-    "DataToolsDecoder",
     "DECODERS",
+    "CoreDecoder",
+    "CvBridgeDecoder",
     "ImageDecoder",
     "UnsupportedEncoding",
     "image_message",
@@ -53,7 +53,7 @@ class ImageDecoder(Protocol):
     def decode_compressed(self, msg: Any) -> np.ndarray: ...
 
 
-class DataToolsDecoder:
+class CoreDecoder:
     """The package's own decoder (docs/CONTRACTS.md section 8)."""
 
     name = "builtin"
@@ -66,7 +66,7 @@ class DataToolsDecoder:
 
 
 class CvBridgeDecoder:
-    """cv_bridge adapter giving the same arrays (RGB order) and errors as ``DataToolsDecoder``."""
+    """cv_bridge adapter giving the same arrays (RGB order) and errors as ``CoreDecoder``."""
 
     name = "cv_bridge"
 
@@ -115,7 +115,7 @@ def make_decoder(name: str) -> ImageDecoder:
         ValueError: ``name`` is not one of ``DECODERS``.
     """
     if name == "builtin":
-        return DataToolsDecoder()
+        return CoreDecoder()
     if name == "cv_bridge":
         try:
             return CvBridgeDecoder()

@@ -48,7 +48,7 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.ros.conversions import ImageDecoder, UnsupportedEncoding, make_decoder, to_network_rgb
 from mtl_perception.ros.diagnostics import ERROR, WARN, FrameStats
 from mtl_perception.ros.mailbox import Mailbox

@@ -17,7 +17,8 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.constants import MIN_INPUT_SIDE, parse_hw
+from mtl_perception.core.errors import UserError
 from mtl_perception.ros.conversions import DECODERS
 
 #: A value check: returns ``None`` when fine, else the reason (without the parameter name).
@@ -42,16 +43,9 @@ def _device(value: str) -> str | None:
 
 def parse_input_size(value: str) -> tuple[int, ...]:
     """``""`` -> ``()`` (the checkpoint's size); ``"480x640"`` -> ``(480, 640)``; ValueError otherwise."""
-    text = value.strip().lower()
-    if not text:
+    if not value.strip():
         return ()
-    parts = text.split("x")
-    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
-        raise ValueError(f"{value!r} is not empty (= from the checkpoint) or HEIGHTxWIDTH such as 480x640")
-    size = tuple(int(part) for part in parts)
-    if min(size) < 16:
-        raise ValueError(f"{value!r}: height and width must both be >= 16")
-    return size
+    return parse_hw(value, "", min_side=MIN_INPUT_SIDE)
 
 
 def _input_size(value: str) -> str | None:
@@ -126,7 +120,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     # A string, not an integer array: ROS has no typed empty array, and an unset read-only
     # parameter cannot be given one after declaration (`ros2 param dump` would fail on it).
     ParamSpec("input_size", "", _T.STRING, "Network input HEIGHTxWIDTH (e.g. 480x640); empty = the checkpoint's size.",
-              read_only=True, check=_input_size, constraints='"" or HEIGHTxWIDTH'),
+              read_only=True, check=_input_size, constraints=f'"" or HEIGHTxWIDTH, both >= {MIN_INPUT_SIDE}'),
     ParamSpec("compile", False, _T.BOOL, "Optimise the model with torch.compile (slow first frames).", read_only=True),
     ParamSpec("tensorrt", False, _T.BOOL, "Run the model through torch-tensorrt (CUDA only; must be installed).",
               read_only=True),

@@ -11,7 +11,14 @@ that Foxglove, rviz and rosbags read) and frames are matched to answers by heade
 (the node copies the input header). ``<out>/report.json`` gives frames in/out, dropped frames,
 end-to-end latency (publish -> answer received: p50/p95/p99/max) and throughput; with
 ``--ground-truth`` (a ``mtl-data build`` folder or a COCO file with ``stamp_ns``, such as
-``synth_coco.json``) also mAP and mIoU. Plots: a latency histogram and example overlays.
+``synth_coco.json``) also mAP and mIoU; with ``--depth-topic`` (an RGB-D bag's aligned depth,
+e.g. ``/camera/aligned_depth_to_color/image_raw``) the node's ``~/depth`` answers are scored
+against the bag's own depth matched by stamp (AbsRel, RMSE, δ<1.25, ...). Plots: a latency
+histogram and example overlays.
+
+A damaged bag (cut short by a power loss, or with a damaged chunk) is salvaged as by
+``mtl-data unpack``: every complete frame before the damage is replayed, and a warning (also
+``"salvaged"`` in report.json) says what was recovered (docs/SALVAGE.md).
 
 Exit status: 0 when every frame was replayed (and, in lockstep, answered), 1 when frames
 failed or went unanswered, 2 for a usage error (bag/topic/model missing, node not up).
@@ -44,15 +51,18 @@ from std_msgs.msg import Header
 from tqdm import tqdm
 from vision_msgs.msg import Detection2DArray
 
-from data_tools.summary import JobSummary
+from mtl_perception.core.summary import JobSummary
 from mtl_perception.checkpoint import load_checkpoint
-from mtl_perception.errors import UserError, run_cli
+from mtl_perception.core.depth import DEFAULT_DEPTH_TOLERANCE_MS, DEFAULT_DEPTH_UNIT_M
+from mtl_perception.core.errors import UserError, run_cli
+from mtl_perception.core.labels import BACKGROUND, ClassConfig, load_class_config
 from mtl_perception.replay.ground_truth import GroundTruth, load_ground_truth
 from mtl_perception.replay.outputs import DETECTIONS_TYPE, IMAGE_TYPE, OutputSink, header_stamp_ns
 from mtl_perception.replay.recorder import OutputRecorder
+from mtl_perception.replay.depth_scoring import DepthScorer
 from mtl_perception.replay.report import write_report
 from mtl_perception.replay.scoring import StampScorer
-from mtl_perception.replay.source import BagFrame, ImageBag, open_image_bag
+from mtl_perception.replay.source import BagFrame, ImageBag, open_depth_reference, open_image_bag
 from mtl_perception.replay.stats import ReplayStats
 from mtl_perception.ros.replay_launch import NodeProcess, dds_environment
 
@@ -84,6 +94,7 @@ def output_topics(namespace: str, record_color: bool, record_overlay: bool) -> l
     topics = [
         OutputTopic(f"{ns}/detections", Detection2DArray, DETECTIONS_TYPE, True),
         OutputTopic(f"{ns}/segmentation", Image, IMAGE_TYPE, True),
+        OutputTopic(f"{ns}/depth", Image, IMAGE_TYPE, True),  # 32FC1 metres (models with depth)
         OutputTopic("/diagnostics", DiagnosticArray, DIAGNOSTICS_TYPE, False),
     ]
     if record_color:
@@ -267,7 +278,9 @@ def _positive(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("bag", type=Path, help="bag to replay: ROS 1 .bag, rosbag2 folder, .db3 or .mcap")
+    parser.add_argument("bag", type=Path, help="bag to replay: ROS 1 .bag (.bag.active), rosbag2 folder, .db3 or "
+                        ".mcap; a cut-off or damaged bag is salvaged: its complete frames before the damage are "
+                        "replayed, with a warning (docs/SALVAGE.md)")
     parser.add_argument("--topic", help="image topic in the bag (default: the only image topic)")
     parser.add_argument("--publish-topic", help="topic to publish on (default: the bag's topic name)")
     node = parser.add_argument_group("node")
@@ -286,7 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use the bag's record time as header stamp (cameras that leave stamps 0 or repeat them)")
     timing.add_argument("--max-frames", type=int, default=0, help="replay at most this many frames (0 = all)")
     output = parser.add_argument_group("output")
-    output.add_argument("--ground-truth", type=Path, help="mtl-data build folder or COCO .json with stamp_ns: adds mAP/mIoU")
+    output.add_argument("--ground-truth", type=Path,
+                        help="mtl-data build folder, or COCO .json / CVAT .xml with stamp_ns: adds mAP/mIoU")
+    output.add_argument("--classes-file", type=Path,
+                        help="classes YAML of mtl-data build, to rasterise a label file's ground truth "
+                             "(default: the classes of --model's dataset)")
+    depth = parser.add_argument_group("depth (RGB-D bags)")
+    depth.add_argument("--depth-topic", help="the bag's aligned depth topic to score ~/depth against, "
+                                             "e.g. /camera/aligned_depth_to_color/image_raw")
+    depth.add_argument("--depth-tolerance-ms", type=float, default=DEFAULT_DEPTH_TOLERANCE_MS,
+                       help="largest stamp difference between an answer and the bag's depth frame")
+    depth.add_argument("--depth-unit-m", type=_positive, default=DEFAULT_DEPTH_UNIT_M,
+                       help="metres per unit of 16-bit depth (16UC1 is millimetres)")
+    depth.add_argument("--max-depth", type=_positive, help="depth beyond this many metres is not scored")
     output.add_argument("--out", type=Path, default=Path("reports/replay"), help="report folder")
     output.add_argument("--examples", type=int, default=4, help="number of example overlays in the report")
     output.add_argument("--no-record", action="store_true", help="do not write the outputs bag")
@@ -304,14 +329,26 @@ class ModelInfo:
     palette: list[list[int]] | None
 
 
-def _model_info(args: argparse.Namespace, truth: GroundTruth | None) -> ModelInfo:
-    if args.model is not None:
-        payload = load_checkpoint(args.model)  # UserError when missing/foreign
-        return ModelInfo(list(payload["detection_classes"]), list(payload["segmentation_classes"]) or None,
-                         [list(c) for c in payload["palette"]] or None)
-    if truth is not None:
-        return ModelInfo(list(truth.detection_classes), truth.segmentation_classes, None)
-    return ModelInfo([], None, None)
+def _model_info(args: argparse.Namespace) -> ModelInfo | None:
+    """The checkpoint's classes and palette; ``None`` with ``--attach`` and no ``--model``."""
+    if args.model is None:
+        return None
+    payload = load_checkpoint(args.model)  # UserError when missing/foreign
+    return ModelInfo(list(payload["detection_classes"]), list(payload["segmentation_classes"]) or None,
+                     [list(c) for c in payload["palette"]] or None)
+
+
+def _ground_truth(args: argparse.Namespace, model: ModelInfo | None) -> GroundTruth | None:
+    """``--ground-truth``, a label file rasterised with ``--classes-file`` or the model's classes."""
+    if args.ground_truth is None:
+        return None
+    classes = None
+    if args.classes_file is not None:
+        classes = load_class_config(None, None, args.classes_file)
+    elif model is not None:
+        segmentation = [name for name in model.segmentation_classes or [] if name != BACKGROUND]
+        classes = ClassConfig(detection_classes=model.detection_classes, segmentation_classes=segmentation)
+    return load_ground_truth(args.ground_truth, classes)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -321,17 +358,26 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--params-file {args.params_file}: no such file")
     if args.max_frames < 0 or args.examples < 0:
         raise UserError("--max-frames and --examples must be >= 0")
+    if args.depth_tolerance_ms < 0:
+        raise UserError(f"--depth-tolerance-ms {args.depth_tolerance_ms}: must not be negative")
 
 
 def _replay(args: argparse.Namespace) -> int:
     _check_args(args)
-    truth = load_ground_truth(args.ground_truth) if args.ground_truth else None
-    info = _model_info(args, truth)
+    model = _model_info(args)
+    truth = _ground_truth(args, model)
+    info = model or (ModelInfo(list(truth.detection_classes), truth.segmentation_classes, None)
+                     if truth is not None else ModelInfo([], None, None))
     summary = JobSummary(PROG)
     stats = ReplayStats()
     out: Path = args.out
     os.environ.update(dds_environment())  # before rclpy.init: Fast DDS reads the profile once
-    with open_image_bag(args.bag, args.topic) as bag:
+    with open_image_bag(args.bag, args.topic) as bag, contextlib.ExitStack() as depth_stack:
+        depth_scorer = None
+        if args.depth_topic is not None:
+            reference = depth_stack.enter_context(open_depth_reference(args.bag, args.depth_topic))
+            depth_scorer = DepthScorer(reference, round(args.depth_tolerance_ms * 1e6), args.depth_unit_m,
+                                       args.max_depth)
         publish_topic = args.publish_topic or bag.topic
         node = None
         if not args.attach:
@@ -342,7 +388,8 @@ def _replay(args: argparse.Namespace) -> int:
         topics = output_topics(namespace, not args.no_record_color, args.record_overlay)
         recorder = None if args.no_record else OutputRecorder(out / "outputs")
         scorer = StampScorer(truth, info.segmentation_classes) if truth is not None else None
-        sink = OutputSink(recorder, scorer, topics[0].name, topics[1].name, info.detection_classes)
+        sink = OutputSink(recorder, scorer, topics[0].name, topics[1].name, info.detection_classes,
+                          depth_topic=topics[2].name, depth_scorer=depth_scorer)
         context = Context()
         rclpy.init(args=[], context=context)  # our argv is argparse's, not ROS's
         session = None
@@ -371,15 +418,18 @@ def _replay(args: argparse.Namespace) -> int:
     summary.merge(sink.summary)
     if truth is not None:
         summary.merge(truth.summary)
+    if bag.salvaged:
+        summary.warn("damaged bag, salvaged", bag.salvaged)
     report = {
         "bag": str(args.bag),
+        "salvaged": bag.salvaged or None,
         "topic": bag.topic,
         "published_on": publish_topic,
         "mode": "lockstep" if args.lockstep else "timed",
         "rate": None if args.lockstep else args.rate,
         "node": {"started": node is not None, "namespace": namespace, "model": str(args.model) if args.model else None},
         **stats.summary(wall_time),
-        "accuracy": scorer.compute() if scorer is not None else None,
+        "accuracy": _accuracy(scorer, depth_scorer),
         "ground_truth": str(args.ground_truth) if args.ground_truth else None,
         "ground_truth_frames_matched": sum(1 for s in stats.answered_at if truth is not None and s in truth),
         "output_bag": "outputs" if recorder is not None else None,
@@ -390,6 +440,16 @@ def _replay(args: argparse.Namespace) -> int:
     _print_summary(report, path)
     summary.print()
     return summary.exit_code()
+
+
+def _accuracy(scorer: StampScorer | None, depth_scorer: DepthScorer | None) -> dict[str, Any] | None:
+    """``report.json``'s ``accuracy``: ``null`` when nothing was scored against anything."""
+    if scorer is None and depth_scorer is None:
+        return None
+    accuracy = scorer.compute() if scorer is not None else {}
+    if depth_scorer is not None:
+        accuracy["depth"] = depth_scorer.compute()
+    return accuracy
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -411,6 +471,11 @@ def _print_summary(report: dict[str, Any], path: Path) -> None:
     if "segmentation" in accuracy:
         segmentation = accuracy["segmentation"]
         print(f"{PROG}: segmentation mIoU {fmt(segmentation['miou'], 3)} over {segmentation['frames']} frames")
+    if "depth" in accuracy:
+        depth = accuracy["depth"]
+        print(f"{PROG}: depth AbsRel {fmt(depth['abs_rel'], 3)} RMSE {fmt(depth['rmse'], 3)} m "
+              f"delta<1.25 {fmt(depth['delta1'], 3)} over {depth['frames']} frames "
+              f"({depth['frames_without_depth']} without bag depth, {depth['size_mismatches']} size mismatches)")
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,8 @@ self-describing model fields that inference needs; ``restore_training_state`` pu
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from mtl_perception.checkpoint import inference_fields
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 
 @dataclass
@@ -27,17 +29,30 @@ class Progress:
     best_score: float = float("-inf")
     metrics: dict[str, Any] = field(default_factory=dict)
     epoch_loss_sums: dict[str, float] = field(default_factory=dict)  # raw loss per task, this epoch
+    # Steps that had a loss for the task this epoch (a task masked out of a batch has none).
+    epoch_loss_counts: dict[str, int] = field(default_factory=dict)
 
-    def epoch_mean_losses(self) -> dict[str, float]:
-        """Mean raw loss per task over the steps of the current epoch (for DWA)."""
-        count = max(self.step_in_epoch, 1)
-        return {task: total / count for task, total in self.epoch_loss_sums.items()}
+    def add_losses(self, losses: dict[str, float]) -> None:
+        """Add one step's raw loss per task present to the epoch sums."""
+        for task, value in losses.items():
+            self.epoch_loss_sums[task] = self.epoch_loss_sums.get(task, 0.0) + value
+            self.epoch_loss_counts[task] = self.epoch_loss_counts.get(task, 0) + 1
+
+    def epoch_mean_losses(self, tasks: Sequence[str]) -> dict[str, float]:
+        """Mean raw loss per task over the steps of the current epoch that had one (for DWA);
+        NaN for a task without any."""
+        return {
+            task: self.epoch_loss_sums[task] / self.epoch_loss_counts[task]
+            if self.epoch_loss_counts.get(task) else math.nan
+            for task in tasks
+        }
 
     def next_epoch(self) -> None:
         """Advance to the start of the next epoch."""
         self.epoch += 1
         self.step_in_epoch = 0
         self.epoch_loss_sums = {}
+        self.epoch_loss_counts = {}
 
 
 def rng_state() -> dict[str, Any]:
@@ -71,6 +86,7 @@ def training_payload(
         "epoch": progress.epoch,
         "step_in_epoch": progress.step_in_epoch,
         "epoch_loss_sums": dict(progress.epoch_loss_sums),
+        "epoch_loss_counts": dict(progress.epoch_loss_counts),
         "global_step": progress.global_step,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -113,4 +129,12 @@ def restore_training_state(
         best_score=float(checkpoint.get("best_score", float("-inf"))),
         metrics=dict(checkpoint.get("metrics") or {}),
         epoch_loss_sums={k: float(v) for k, v in (checkpoint.get("epoch_loss_sums") or {}).items()},
+        # Checkpoints from before per-task counts: every task had a loss on every step.
+        epoch_loss_counts={
+            k: int(v)
+            for k, v in (
+                checkpoint.get("epoch_loss_counts")
+                or dict.fromkeys(checkpoint.get("epoch_loss_sums") or {}, int(checkpoint.get("step_in_epoch", 0)))
+            ).items()
+        },
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from mtl_perception.errors import UserError, run_cli
+from mtl_perception.core.errors import UserError, run_cli
 from mtl_perception.train.config import TrainConfig, load_config
 
 PROG = "mtl-train"

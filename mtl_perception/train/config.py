@@ -16,9 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from mtl_perception.atomic_io import write_text
-from mtl_perception.balancing import GRAD_METHODS, WEIGHTINGS
-from mtl_perception.errors import UserError
+from mtl_perception.balancing import GRAD_METHODS, JACOBIANS, REGRESSION_TASKS, WEIGHTINGS
+from mtl_perception.core.atomic_io import write_text
+from mtl_perception.core.constants import MIN_INPUT_SIDE
+from mtl_perception.core.errors import UserError
 
 
 class Section(BaseModel):
@@ -36,6 +37,8 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     arch: str = "ssdlite_deeplabv3"
+    # Heads to train: a non-empty subset of detection, segmentation, depth; null = the arch's own.
+    tasks: list[Literal["detection", "segmentation", "depth"]] | None = None
     input_size: tuple[int, int] = (320, 320)
     backbone_weights: str | None = None  # local file only; nothing is downloaded
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -43,8 +46,15 @@ class ModelConfig(Section):
     @field_validator("input_size")
     @classmethod
     def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if min(value) < 16:
-            raise ValueError(f"input_size {list(value)} must be at least 16 px on each side")
+        if min(value) < MIN_INPUT_SIDE:
+            raise ValueError(f"input_size {list(value)} must be at least {MIN_INPUT_SIDE} px on each side")
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_set(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"tasks {value} must be a non-empty list of distinct task names")
         return value
 
 
@@ -63,8 +73,14 @@ class OptimConfig(Section):
 class BalancingConfig(Section):
     weighting: str = "equal"
     grad_method: str = "none"
+    # Jacobian the grad_method aggregates: "exact" (w.r.t. the shared parameters) or "rep" (w.r.t.
+    # the shared features: one backward through the backbone, about plain-backward cost).
+    jacobian: str = "exact"
     task_weights: dict[str, float] = Field(default_factory=dict)  # for weighting=constant
     init_log_var: float = 0.0  # uncertainty
+    # uncertainty: tasks with a regression loss (Kendall's 1/(2 sigma^2) form); others classification
+    regression_tasks: list[str] = Field(default_factory=lambda: list(REGRESSION_TASKS))
+    gradnorm_alpha: float = Field(1.5, ge=0)  # gradnorm: pull towards equal training rates
     dwa_temperature: float = Field(2.0, gt=0)
     bmtl_temperature: float = Field(1.0, gt=0)
     cagrad_alpha: float = Field(0.4, ge=0)
@@ -73,10 +89,10 @@ class BalancingConfig(Section):
     nash_optim_niter: int = Field(20, ge=1)
     cosine_every: int = Field(50, ge=0)  # plain backward only; 0 = never
 
-    @field_validator("weighting", "grad_method")
+    @field_validator("weighting", "grad_method", "jacobian")
     @classmethod
     def _known_name(cls, value: str, info: ValidationInfo) -> str:
-        known = WEIGHTINGS if info.field_name == "weighting" else GRAD_METHODS
+        known = {"weighting": WEIGHTINGS, "grad_method": GRAD_METHODS, "jacobian": JACOBIANS}[info.field_name]
         if value not in known:
             raise ValueError(f"{value!r} is not one of {', '.join(known)}")
         return value

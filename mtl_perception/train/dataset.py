@@ -1,8 +1,12 @@
 """The processed multi-task dataset (docs/CONTRACTS.md section 4) as a torch ``Dataset``.
 
-One sample = an RGB image, its detection boxes/labels and its class-id mask, wrapped as
-``tv_tensors`` for the transforms. The folder is checked once when opened, so a broken dataset
-fails with one clear line before training starts rather than in a worker mid-epoch.
+One sample = an RGB image, its detection boxes/labels, its class-id mask and (when the frame
+has one) its depth map in metres, wrapped as ``tv_tensors`` for the transforms (the depth map as
+a ``Mask``, so geometric transforms move it with the image and resample it nearest-neighbour:
+interpolating would blend invalid zeros into valid depths). A frame marked ``"labeled": false``
+(depth only) carries ``labeled=False`` in its target, which masks out its detection and
+segmentation losses. The folder is checked once when opened, so a broken dataset fails with one
+clear line before training starts rather than in a worker mid-epoch.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision import tv_tensors
 
-from mtl_perception.errors import UserError
-from mtl_perception.json_files import read_json
+from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.json_io import read_json
 
-IGNORE_INDEX = 255
+# Depth PNGs store uint16 millimetres (docs/CONTRACTS.md section 4); 0 = invalid.
+DEPTH_PNG_MM_PER_M = 1000.0
 
 
 @dataclass(frozen=True)
@@ -82,8 +88,10 @@ class ProcessedDataset(Dataset):
             raise UserError(f"{self.root / 'splits.json'}: {split} lists image id {missing_ids[0]} not in annotations.json ({len(missing_ids)} such ids)")
         self.images = [images[i] for i in splits[split]]
         missing_files = [im["file_name"] for im in self.images if not (self.root / im["file_name"]).is_file()]
+        missing_files += [im["depth_file"] for im in self.images if im.get("depth_file") and not (self.root / im["depth_file"]).is_file()]
         if missing_files:
-            raise UserError(f"{self.root}: {len(missing_files)} image file(s) of the {split} split missing, first {missing_files[0]}")
+            raise UserError(f"{self.root}: {len(missing_files)} image/depth file(s) of the {split} split missing, first {missing_files[0]}")
+        self.has_depth = any(im.get("depth_file") for im in self.images)
         num_classes = len(self.info.detection_classes)
         self.boxes: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
         for ann in annotations.get("annotations", []):
@@ -127,8 +135,9 @@ class ProcessedDataset(Dataset):
         record = self.images[index]
         rgb = self._read_image(record)
         height, width = rgb.shape[:2]
-        mask = self._read_mask(record, (height, width))
-        anns = self.boxes[record["id"]]
+        labeled = bool(record.get("labeled", True))
+        mask = self._read_mask(record, (height, width)) if labeled else np.full((height, width), IGNORE_INDEX, np.uint8)
+        anns = self.boxes[record["id"]] if labeled else []
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
         target = {
@@ -136,7 +145,11 @@ class ProcessedDataset(Dataset):
             "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
             "mask": tv_tensors.Mask(torch.from_numpy(mask.astype(np.int64))),
             "image_id": int(record["id"]),
+            "labeled": labeled,
         }
+        if record.get("depth_file"):
+            depth = read_depth_png(self.root / record["depth_file"], (height, width))
+            target["depth"] = tv_tensors.Mask(torch.from_numpy(depth)[None])
         return tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1).contiguous()), target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -149,7 +162,22 @@ class ProcessedDataset(Dataset):
                 image, target = self.transform(image, target)
         target["boxes"] = target["boxes"].as_subclass(torch.Tensor).float()
         target["mask"] = target["mask"].as_subclass(torch.Tensor).long()
+        if "depth" in target:
+            target["depth"] = target["depth"].as_subclass(torch.Tensor)[0].float()
         return image.as_subclass(torch.Tensor), target
+
+
+def read_depth_png(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A processed dataset's depth map as float32 metres ``[H, W]``, 0 where invalid.
+
+    Raises:
+        UserError: the file is unreadable, not single-channel uint16, or not of ``shape`` (HxW).
+    """
+    depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if depth is None or depth.ndim != 2 or depth.dtype != np.uint16 or depth.shape != shape:
+        found = "unreadable" if depth is None else f"{depth.dtype} {list(depth.shape)}"
+        raise UserError(f"{path}: expected a uint16 depth PNG (mm) of {list(shape)}, found {found}")
+    return depth.astype(np.float32) / DEPTH_PNG_MM_PER_M
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:

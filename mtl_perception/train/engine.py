@@ -11,9 +11,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from mtl_perception.balancing import GradientBalancer, LossWeighting
+from mtl_perception.balancing import GradientBalancer, LossWeighting, WeightedLosses
 from mtl_perception.device import autocast
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
+from mtl_perception.nets.multitask import task_samples
 
 Batch = tuple[list[Tensor], list[dict[str, Any]]]
 
@@ -48,19 +49,29 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
     ctx.before_forward()
     with autocast(ctx.device, ctx.amp):
         losses, features = ctx.model.forward_train(images, targets)
-    losses = {task: loss.float() for task, loss in losses.items()}
-    result = ctx.weighting.weigh(losses)
-    # Under AMP the aggregator sees loss-scaled Jacobian rows. Most aggregators are positively
-    # homogeneous (scaling every row scales the result), so unscaling afterwards gives the
-    # aggregate of the unscaled Jacobian; nash_mtl is not (its weights and max-norm clip depend on
-    # the scale). inf/NaN from an overflow still reach .grad and make the scaler skip the step.
-    stats = ctx.balancer.backward(result.weighted, features, step, scale=ctx.scaler.scale)
-    ctx.scaler.unscale_(ctx.optimizer)
+    # A task with no sample labelled for it in this batch gets a stand-in zero loss from the
+    # model; it sits this step out, or it would still move uncertainty's log-variance, DWA's epoch
+    # means and GradNorm's training rates.
+    losses = {task: loss.float() for task, loss in losses.items() if task_samples(task, targets)}
+    if losses:
+        result = ctx.weighting.weigh(losses)
+    else:  # nothing supervised in this batch: no gradient, but every rank takes part in the step
+        result = WeightedLosses(torch.zeros((), device=ctx.device), {}, {})
+    # Under AMP the losses are multiplied by the scaler's scale; the balancer aggregates the
+    # unscaled Jacobian and leaves every .grad scaled, as the scaler expects. (scale() of a one
+    # is the scale itself, and also initialises it on the first step; 1 without AMP.)
+    loss_scale = float(ctx.scaler.scale(torch.ones((), device=ctx.device)))
+    stats = ctx.balancer.backward(result.weighted, features, step, loss_scale=loss_scale)
     grad_norm = math.nan
-    if ctx.grad_clip_norm is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(ctx.clip_params, ctx.grad_clip_norm))
-    ctx.scaler.step(ctx.optimizer)
-    ctx.scaler.update()
+    if stats.finite:
+        ctx.scaler.unscale_(ctx.optimizer)
+        if ctx.grad_clip_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(ctx.clip_params, ctx.grad_clip_norm))
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    elif ctx.scaler.is_enabled():
+        # Skipped (the balancer logged it): back off the loss scale as after an fp16 overflow.
+        ctx.scaler.update(ctx.scaler.get_scale() * ctx.scaler.get_backoff_factor())
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     scalars = {f"loss/{task}": float(loss.detach()) for task, loss in losses.items()}
@@ -69,6 +80,7 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
     scalars |= {f"cosine/{pair}": value for pair, value in stats.cosine.items()}
     scalars |= {f"aggregator_weight/{task}": value for task, value in stats.aggregator_weights.items()}
     scalars["loss/total"] = float(result.total.detach())
+    scalars["skipped_steps"] = float(ctx.balancer.skipped_steps)
     scalars["lr"] = float(ctx.optimizer.param_groups[0]["lr"])
     if not math.isnan(grad_norm):
         scalars["grad_norm"] = grad_norm
@@ -110,23 +122,35 @@ def evaluate(
     amp: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Validation metrics at input resolution: ``{"detection": ..., "segmentation": ..., "score"}``."""
+    """Validation metrics at input resolution: ``{"detection", "segmentation", "depth", "score"}``
+    (the model's tasks; depth over the frames that have a depth map, see ``DepthMetrics``)."""
+    from mtl_perception.evaluation.depth_metrics import DepthMetrics
+
     model.eval()
     detector = DetectionEvaluator(detection_classes) if "detection" in model.tasks else None
     confusion = ConfusionMatrix(num_segmentation_classes) if "segmentation" in model.tasks else None
+    depth = DepthMetrics() if "depth" in model.tasks else None
     for batch in tqdm(batches, desc="val", disable=not progress, leave=False):
         images, targets = to_device(batch, device)
         with autocast(device, amp):
             predictions = model(images)
-        if detector is not None:
-            detector.update(predictions, targets)
+        if detector is not None:  # depth-only frames have no boxes to score against
+            labeled = [i for i, target in enumerate(targets) if target.get("labeled", True)]
+            if labeled:
+                detector.update([predictions[i] for i in labeled], [targets[i] for i in labeled])
         if confusion is not None:
             for prediction, target in zip(predictions, targets, strict=True):
                 confusion.update(prediction["mask"], target["mask"])
+        if depth is not None:
+            for prediction, target in zip(predictions, targets, strict=True):
+                if target.get("depth") is not None:
+                    depth.update(prediction["depth"][0].float(), target["depth"])
     metrics: dict[str, Any] = {}
     if detector is not None:
         metrics["detection"] = detector.compute()
     if confusion is not None:
         metrics["segmentation"] = confusion.compute()
+    if depth is not None:
+        metrics["depth"] = depth.compute()
     metrics["score"] = combined_score(metrics)
     return metrics

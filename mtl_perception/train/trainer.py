@@ -2,8 +2,8 @@
 
 The run folder ``<output_dir>/<name>/`` holds ``config.yaml`` (the resolved config),
 ``last.pt`` (every epoch, and every ``checkpoint_every_steps`` steps), ``best.pt`` (highest
-validation combined score: mean of detection mAP@[.5:.95] and segmentation mIoU over the
-model's tasks, see ``evaluation.metrics.combined_score``) and ``tb/`` (TensorBoard).
+validation combined score: mean of detection mAP@[.5:.95], segmentation mIoU and depth delta1
+over the model's tasks, see ``evaluation.metrics.combined_score``) and ``tb/`` (TensorBoard).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from mtl_perception.balancing import build_gradient_balancer, build_weighting
 from mtl_perception.checkpoint import load_checkpoint, save_checkpoint
 from mtl_perception.device import configure_backend, resolve_device
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 from mtl_perception.nets import build_model
 from mtl_perception.train.checkpointing import Progress, restore_training_state, training_payload
 from mtl_perception.train.config import TrainConfig, save_config
@@ -80,10 +80,16 @@ class Trainer:
                 num_segmentation_classes=len(self.info.segmentation_classes),
                 input_size=size,
                 backbone_weights=config.model.backbone_weights,
+                tasks=config.model.tasks,
                 **config.model.kwargs,
             )
         except TypeError as err:  # an unknown name in model.kwargs
             raise UserError(f"model.kwargs {config.model.kwargs}: {err}") from None
+        if "depth" in model.tasks and not self.train_set.has_depth:
+            raise UserError(
+                f"{root}: model.tasks includes depth but no train image has a depth_file "
+                "(build the dataset from bags with an aligned depth topic)"
+            )
         self.model = model.to(self.device)
         self.sync.broadcast_module_(self.model)  # every rank starts from rank 0's weights
         options = config.balancing.model_dump()
@@ -96,6 +102,7 @@ class Trainer:
             options=options,
             cosine_every=config.balancing.cosine_every,
             sync=self.sync,
+            last_shared_params=self.model.last_shared_parameters(),
         )
         params = [*self.model.parameters(), *self.weighting.parameters()]
         self.optimizer = build_optimizer(config.optim, params)
@@ -190,8 +197,10 @@ class Trainer:
             nonlocal stopped
             self.progress.global_step = step
             self.progress.step_in_epoch += 1
-            for task in self.weighting.tasks:  # running epoch sums (checkpointed) for DWA
-                self.progress.epoch_loss_sums[task] = self.progress.epoch_loss_sums.get(task, 0.0) + scalars[f"loss/{task}"]
+            # Running epoch sums (checkpointed) for DWA, over the tasks that had a loss this step.
+            self.progress.add_losses(
+                {task: scalars[f"loss/{task}"] for task in self.weighting.tasks if f"loss/{task}" in scalars}
+            )
             if step % config.logging.log_every == 0 or any(key.startswith("cosine/") for key in scalars):
                 self.logger.scalars(scalars, step)
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
@@ -215,7 +224,9 @@ class Trainer:
             )
             if stopped and self.progress.step_in_epoch < self.steps_per_epoch:
                 break  # mid-epoch stop: last.pt already holds the position
-            self.weighting.epoch_end(self.sync.all_reduce_scalars(self.progress.epoch_mean_losses()))
+            self.weighting.epoch_end(
+                self.sync.all_reduce_scalars(self.progress.epoch_mean_losses(self.weighting.tasks))
+            )
             self.progress.next_epoch()
             metrics = self.validate()
             if metrics:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mtl_perception.errors import UserError
+from mtl_perception.core.errors import UserError
 
 
 def read_json(path: str | os.PathLike[str], hint: str = "") -> Any:

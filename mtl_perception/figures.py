@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mtl_perception.atomic_io import atomic_path  # noqa: E402
+from mtl_perception.core.atomic_io import atomic_path  # noqa: E402
 
 Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]  # name -> (steps, values)
 
