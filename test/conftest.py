@@ -40,7 +40,7 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (
     """Factory: write a random-weights checkpoint (no download) and return its path.
 
     ``make_checkpoint(arch="ssdlite_deeplabv3", detection_classes=("box", "cone"),
-    segmentation_classes=("background", "floor"), input_size=(64, 64))``.
+    segmentation_classes=("background", "floor"), input_size=(64, 64), tasks=None)``.
     """
     from mtl_perception.checkpoint import inference_fields, save_checkpoint
     from mtl_perception.nets import build_model
@@ -51,11 +51,12 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (
         segmentation_classes: tuple[str, ...] = ("background", "floor", "wall"),
         input_size: tuple[int, int] = (64, 64),
         seed: int = 0,
+        tasks: tuple[str, ...] | None = None,
     ):
         import torch
 
         torch.manual_seed(seed)
-        model = build_model(arch, len(detection_classes), len(segmentation_classes), input_size)
+        model = build_model(arch, len(detection_classes), len(segmentation_classes), input_size, tasks=tasks)
         path = tmp_path_factory.mktemp("ckpt") / f"{arch}.pt"
         save_checkpoint(path, inference_fields(model, detection_classes, segmentation_classes))
         return path

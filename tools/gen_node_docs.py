@@ -150,6 +150,10 @@ def topic_rows() -> tuple[list[list[str]], list[list[str]]]:
         [f"`{node.COLOR_TOPIC}`", ros_type(Image), "`publish_color`", "`rgb8` mask coloured with `palette`; drawn only while someone subscribes"],
         [f"`{node.OVERLAY_TOPIC}`", ros_type(Image), "`publish_overlay`",
          "`rgb8` frame with boxes and the blended mask; drawn only while someone subscribes"],
+        [f"`{node.DEPTH_TOPIC}`", ros_type(Image), "`publish_depth`",
+         "`32FC1` depth in metres at input resolution (models trained with depth)"],
+        [f"`{node.DEPTH_COLOR_TOPIC}`", ros_type(Image), "`publish_depth_color`",
+         "`rgb8` depth, near red to far blue (`depth_color_max`); drawn only while someone subscribes"],
         ["`/diagnostics`", ros_type(DiagnosticArray), "always",
          "every `diagnostics_period` s, also while inactive (level WARN/ERROR with the reason)"],
     ]

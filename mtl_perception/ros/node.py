@@ -1,4 +1,4 @@
-"""The ROS 2 perception node: camera frames in, detections and segmentation out.
+"""The ROS 2 perception node: camera frames in, detections, segmentation and depth out.
 
 A lifecycle node (``rclpy.lifecycle.LifecycleNode``):
 
@@ -21,7 +21,8 @@ frame the worker takes is deserialised, so frames dropped under overload cost al
 (deserialising a 640x480 rgb8 frame is a 900 KB copy). Every output carries the input header
 unchanged. A bad frame (malformed message, unknown encoding, truncated, empty, undecodable)
 is counted, logged with a throttled warning and skipped. Optional image outputs (colour mask,
-overlay) are only drawn while someone subscribes to them.
+overlay, colour depth) are only drawn while someone subscribes to them; the depth itself comes
+from the ``Predictor`` in metres at the frame's resolution, the node only converts it.
 """
 
 from __future__ import annotations
@@ -52,7 +53,14 @@ from mtl_perception.core.errors import UserError
 from mtl_perception.ros.conversions import ImageDecoder, UnsupportedEncoding, make_decoder, to_network_rgb
 from mtl_perception.ros.diagnostics import ERROR, WARN, FrameStats
 from mtl_perception.ros.mailbox import Mailbox
-from mtl_perception.ros.messages import color_mask_message, detections_message, mask_message, overlay_message
+from mtl_perception.ros.messages import (
+    color_depth_message,
+    color_mask_message,
+    depth_message,
+    detections_message,
+    mask_message,
+    overlay_message,
+)
 from mtl_perception.ros.params import SPECS, Settings, declare_all, first_problem
 from mtl_perception.ros.qos import input_qos
 
@@ -66,6 +74,8 @@ DETECTIONS_TOPIC = "~/detections"
 SEGMENTATION_TOPIC = "~/segmentation"
 COLOR_TOPIC = "~/segmentation/color"
 OVERLAY_TOPIC = "~/overlay"
+DEPTH_TOPIC = "~/depth"
+DEPTH_COLOR_TOPIC = "~/depth/color"
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
@@ -184,6 +194,8 @@ class PerceptionNode(LifecycleNode):
             "segmentation": self.create_lifecycle_publisher(Image, SEGMENTATION_TOPIC, 10),
             "color": self.create_lifecycle_publisher(Image, COLOR_TOPIC, 10),
             "overlay": self.create_lifecycle_publisher(Image, OVERLAY_TOPIC, 10),
+            "depth": self.create_lifecycle_publisher(Image, DEPTH_TOPIC, 10),
+            "depth_color": self.create_lifecycle_publisher(Image, DEPTH_COLOR_TOPIC, 10),
         }
         self.get_logger().info(
             f"configured: model {self.settings.model_path} on {self._predictor.device} "
@@ -360,6 +372,11 @@ class PerceptionNode(LifecycleNode):
                 pubs["color"].publish(color_mask_message(prediction.mask, palette, header))
         if settings.publish_overlay and _has_subscribers(pubs["overlay"]):
             pubs["overlay"].publish(overlay_message(rgb, prediction, palette, settings.overlay_alpha, header))
+        if prediction.depth is not None:
+            if settings.publish_depth:
+                pubs["depth"].publish(depth_message(prediction.depth, header))
+            if settings.publish_depth_color and _has_subscribers(pubs["depth_color"]):
+                pubs["depth_color"].publish(color_depth_message(prediction.depth, settings.depth_color_max, header))
 
     def _predictor_palette(self) -> list[tuple[int, ...]]:
         predictor = self._predictor

@@ -153,6 +153,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_segmentation", True, _T.BOOL, "Publish ~/segmentation (mono8 class-id mask)."),
     ParamSpec("publish_color", True, _T.BOOL, "Publish ~/segmentation/color (rgb8 colourised mask)."),
     ParamSpec("publish_overlay", True, _T.BOOL, "Publish ~/overlay (computed only while subscribed)."),
+    ParamSpec("publish_depth", True, _T.BOOL, "Publish ~/depth (32FC1 metres at input resolution; models with depth)."),
+    ParamSpec("publish_depth_color", True, _T.BOOL, "Publish ~/depth/color (rgb8, near = red, far = blue; "
+              "drawn only while subscribed)."),
+    ParamSpec("depth_color_max", 10.0, _T.DOUBLE, "Depth (metres) drawn as the far end of the ~/depth/color "
+              "colour scale; farther is clipped.", low=0.1, high=1000.0),
 )
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
 
@@ -183,6 +188,9 @@ class Settings:
     publish_segmentation: bool
     publish_color: bool
     publish_overlay: bool
+    publish_depth: bool
+    publish_depth_color: bool
+    depth_color_max: float
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Settings:
