@@ -11,7 +11,7 @@ the multi-task model and of its two single-task counterparts, and prints
 (target for the latency ratio: at most 0.55). Models are timed round-robin (one run of each per round) so that
 load from other processes on a shared machine hits all of them alike.
 
-    .venv/bin/python bench/bench_latency.py [--size 320x240|640x480] [--runs 30] [--warmup 5]
+    .venv/bin/python bench/bench_latency.py [--size 240x320|480x640] [--runs 30] [--warmup 5]
         [--aspp-separable true|false] [--aspp-channels N]
 
 The DeepLabv3 head options go to both the multi-task and the single-task ``deeplabv3`` model, so
@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from mtl_perception.core.constants import MIN_INPUT_SIDE, format_hw, parse_hw  # noqa: E402
 from mtl_perception.core.errors import UserError, run_cli  # noqa: E402
 from mtl_perception.evaluation.profiling import count_gflops, measure_latency  # noqa: E402
 from mtl_perception.nets import build_model, count_parameters  # noqa: E402
@@ -45,17 +46,16 @@ NUM_SEGMENTATION_CLASSES = 3
 
 
 def _size(text: str) -> tuple[int, int]:
-    """``WIDTHxHEIGHT`` (camera convention) -> ``(height, width)`` (model convention)."""
+    """``HEIGHTxWIDTH`` -> ``(height, width)``."""
     try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 320x240") from None
-    return height, width
+        return parse_hw(text, "--size", MIN_INPUT_SIDE)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=_size, default=(240, 320), help="input WIDTHxHEIGHT (default 320x240)")
+    parser.add_argument("--size", type=_size, default=(240, 320), help="input HEIGHTxWIDTH (default 240x320)")
     parser.add_argument("--runs", type=int, default=30, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = stable on shared machines)")
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     models = {name: _build(name, size, args) for name in names}
     latency = _median_latencies(models, size, args.runs, args.warmup)
 
-    print(f"CPU, batch 1, input {size[1]}x{size[0]}, {args.threads} thread(s), median of {args.runs} after {args.warmup} warm-up rounds")
+    print(f"CPU, batch 1, input {format_hw(size)} (HxW), {args.threads} thread(s), median of {args.runs} after {args.warmup} warm-up rounds")
     if "deeplabv3" in models:
         print(f"DeepLabv3 head options: {models['deeplabv3'].heads['segmentation'].options}")
     gflops = {name: count_gflops(model, size) for name, model in models.items()}

@@ -54,7 +54,7 @@ from experiment_table import (  # noqa: E402
 
 from mtl_perception.core.summary import JobSummary  # noqa: E402
 from mtl_perception.core.atomic_io import write_json, write_text  # noqa: E402
-from mtl_perception.demo.pipeline import BuildSettings, DemoConfig, SynthSettings, plan, run_step  # noqa: E402
+from mtl_perception.demo.pipeline import DEFAULT_CONFIG, load_demo_config, plan, run_step  # noqa: E402
 from mtl_perception.core.errors import UserError, run_cli  # noqa: E402
 from mtl_perception.evaluation.cli import evaluate  # noqa: E402
 from mtl_perception.evaluation.dataset import EvalDataset  # noqa: E402
@@ -110,11 +110,12 @@ def build_dataset(workdir: Path, frames: int, log_dir: Path) -> Path:
     Reuses the demo's command plan (same steps a user types); skipped once ``splits.json``
     exists, and every tool is idempotent itself.
     """
-    config = DemoConfig(
-        workdir=workdir,
-        synth=SynthSettings(frames=frames, size="320x240", seed=1),
-        build=BuildSettings(name=f"synth{frames}", split=[0.8, 0.2, 0.0], group_by="time", window_s=1.0),
-    )
+    demo = load_demo_config(DEFAULT_CONFIG)
+    config = demo.model_copy(update={
+        "workdir": workdir,
+        "synth": demo.synth.model_copy(update={"frames": frames, "seed": 1}),
+        "build": demo.build.model_copy(update={"name": f"synth{frames}", "split": [0.8, 0.2, 0.0]}),
+    })
     if (config.dataset / "splits.json").is_file():
         return config.dataset
     for step in plan(config)[:4]:  # synth, unpack, prune, build (not the demo's train/eval/replay)

@@ -88,7 +88,7 @@ LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 
 
 @dataclass(frozen=True)
-class Frame:
+class FrameFile:
     """One candidate image on disk."""
 
     path: Path
@@ -110,14 +110,14 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
-def discover_frames(root: Path, summary: JobSummary, skip_folder: str | None = None) -> list[Frame]:
+def discover_frames(root: Path, summary: JobSummary, skip_folder: str | None = None) -> list[FrameFile]:
     """Frames under ``root``: manifest rows where a ``manifest.csv`` exists, else image files.
 
     Topic folders named ``skip_folder`` (the depth topic) and depth-encoded rows are left out.
     """
     if not root.is_dir():
         raise UserError(f"--frames {root}: not a folder")
-    frames: list[Frame] = []
+    frames: list[FrameFile] = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # no hidden/partial outputs
         here = Path(folder)
@@ -131,7 +131,7 @@ def discover_frames(root: Path, summary: JobSummary, skip_folder: str | None = N
         stamps = _still_stamps([p.stem for p in images])
         for path in images:
             bag = rel.parts[0] if rel.parts else root.resolve().name
-            frames.append(Frame(path=path, bag=bag, topic="/".join(rel.parts[1:]), stamp_ns=stamps.get(path.stem),
+            frames.append(FrameFile(path=path, bag=bag, topic="/".join(rel.parts[1:]), stamp_ns=stamps.get(path.stem),
                                 width=None, height=None))
     return frames
 
@@ -149,7 +149,7 @@ def _still_stamps(stems: Sequence[str]) -> dict[str, int]:
     return values if is_time else {}
 
 
-def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
+def _manifest_frames(manifest: Path, summary: JobSummary) -> list[FrameFile]:
     frames = []
     with manifest.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -168,7 +168,7 @@ def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
             if not path.is_file():
                 summary.fail("manifest row without its file", str(path))
                 continue
-            frames.append(Frame(path=path, bag=row["bag"] or manifest.parent.parent.name, topic=manifest.parent.name,
+            frames.append(FrameFile(path=path, bag=row["bag"] or manifest.parent.parent.name, topic=manifest.parent.name,
                                 stamp_ns=_int_or_none(row["stamp_ns"]), width=_int_or_none(row.get("width")),
                                 height=_int_or_none(row.get("height"))))
     return frames
@@ -180,15 +180,15 @@ def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
 class FrameIndex:
     """Looks up the frame a labeled image refers to (see the module docstring)."""
 
-    def __init__(self, frames: Iterable[Frame]) -> None:
-        self.by_stem: dict[str, list[Frame]] = defaultdict(list)
-        self.by_stamp: dict[int, list[Frame]] = defaultdict(list)
+    def __init__(self, frames: Iterable[FrameFile]) -> None:
+        self.by_stem: dict[str, list[FrameFile]] = defaultdict(list)
+        self.by_stamp: dict[int, list[FrameFile]] = defaultdict(list)
         for frame in frames:
             self.by_stem[frame.stem].append(frame)
             if frame.stamp_ns is not None:
                 self.by_stamp[frame.stamp_ns].append(frame)
 
-    def match(self, image: LabeledImage) -> list[Frame]:
+    def match(self, image: LabeledImage) -> list[FrameFile]:
         """Candidate frames, best rule first; more than one means ambiguous."""
         candidates = self.by_stem.get(image.stem) or self.by_stem.get(LABEL_STUDIO_PREFIX.sub("", image.stem), [])
         if not candidates:
@@ -206,14 +206,14 @@ class FrameIndex:
 class Sample:
     """A frame selected for the dataset with the labeled regions that apply to it."""
 
-    frame: Frame
+    frame: FrameFile
     regions: list[Region] = field(default_factory=list)
     labeled: bool = False
     depth: DepthFrame | None = None
     depth_only: bool = False  # joins for the depth task only (no detection/segmentation labels)
 
 
-def match_labels(frames: Sequence[Frame], labeled: Iterable[LabeledImage], summary: JobSummary) -> dict[Path, Sample]:
+def match_labels(frames: Sequence[FrameFile], labeled: Iterable[LabeledImage], summary: JobSummary) -> dict[Path, Sample]:
     """Attach every labeled image's regions to its frame; record unmatched and ambiguous ones."""
     index = FrameIndex(frames)
     samples = {frame.path: Sample(frame) for frame in frames}
@@ -254,7 +254,7 @@ class BuildOptions:
     depth: DepthOptions = field(default_factory=DepthOptions)
 
 
-def _image_size(frame: Frame) -> tuple[int, int]:
+def _image_size(frame: FrameFile) -> tuple[int, int]:
     """(height, width) from the manifest, else from the file (plain image folders)."""
     if frame.width is not None and frame.height is not None:
         return frame.height, frame.width
@@ -273,13 +273,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _output_names(frames: Sequence[Frame]) -> dict[Path, str]:
+def _output_names(frames: Sequence[FrameFile]) -> dict[Path, str]:
     """Output file names with unique stems (masks are ``<stem>.png``).
 
     A frame keeps its own name; names whose stem occurs more than once (the same stamp in two
     bags, ``a.jpg`` next to ``a.png``) get the bag and topic as prefix, then the extension.
     """
-    def qualified(frame: Frame) -> str:  # bag and topic come from manifests: data, made safe
+    def qualified(frame: FrameFile) -> str:  # bag and topic come from manifests: data, made safe
         return "__".join(safe_component(p) for p in (frame.bag, frame.topic, frame.path.name) if p)
 
     names = {f.path: f.path.name for f in frames}

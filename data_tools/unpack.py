@@ -59,6 +59,7 @@ from mtl_perception.core import atomic_io
 from mtl_perception.core.depth import metres_to_depth_png
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.images import UnsupportedEncoding, compressed_kind, decode_compressed, decode_image
+from mtl_perception.core.stamps import stamp_to_ns
 from mtl_perception.core.salvage import BagSalvageError, RecoveringReader
 from mtl_perception.core.summary import JobSummary
 
@@ -102,7 +103,7 @@ class BagResult:
 
 
 @dataclass(frozen=True)
-class Frame:
+class WrittenFrame:
     """One written frame, as it appears in the manifest."""
 
     file: str
@@ -153,7 +154,7 @@ def write_array(array: np.ndarray, stem_path: Path, options: UnpackOptions) -> P
     return path
 
 
-def write_frame(msg: Any, msgtype: str, stem_path: Path, options: UnpackOptions) -> Frame:
+def write_frame(msg: Any, msgtype: str, stem_path: Path, options: UnpackOptions) -> WrittenFrame:
     """Decode/validate one image message and write its file next to ``stem_path``.
 
     Runs in a thread pool: OpenCV releases the GIL while decoding and encoding.
@@ -172,7 +173,7 @@ def write_frame(msg: Any, msgtype: str, stem_path: Path, options: UnpackOptions)
         encoding = str(msg.encoding)
         array = decode_image(msg)
         path = write_array(array, stem_path, options)
-    return Frame(path.name, encoding, int(array.shape[1]), int(array.shape[0]))
+    return WrittenFrame(path.name, encoding, int(array.shape[1]), int(array.shape[0]))
 
 
 # ----------------------------------------------------------------------------- per-topic output
@@ -202,7 +203,7 @@ class TopicOutput:
         self._stems.add(stem)
         return self.folder / stem
 
-    def add(self, index: int, stamp_ns: int, bag_time_ns: int, frame_id: str, frame: Frame) -> None:
+    def add(self, index: int, stamp_ns: int, bag_time_ns: int, frame_id: str, frame: WrittenFrame) -> None:
         self.written += 1
         self.rows.append({
             "index": index, "stamp_ns": stamp_ns, "bag_time_ns": bag_time_ns, "frame_id": frame_id,
@@ -240,11 +241,6 @@ def completed_messages(folder: Path, settings: dict[str, Any]) -> int | None:
 # ----------------------------------------------------------------------------- per-bag work
 
 
-def _stamp_ns(msg: Any) -> int:
-    stamp = msg.header.stamp
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def _read_messages(reader: RecoveringReader, connections: list[Connection]) -> Iterator[tuple[Connection, int, bytes]]:
     """``reader.messages`` with any failure of the bag itself turned into ``BagReadError``."""
     iterator = reader.messages(connections=connections)
@@ -269,7 +265,7 @@ def _extract(reader: RecoveringReader, outputs: dict[str, TopicOutput], connecti
     """Read the selected connections in bag order; decode+write frames in a bounded thread pool."""
     total = sum(conn.msgcount for conn in connections)
     window = 4 * options.threads  # frames in flight: bounds memory on long high-res bags
-    pending: deque[tuple[TopicOutput, int, int, int, str, Future[Frame]]] = deque()
+    pending: deque[tuple[TopicOutput, int, int, int, str, Future[WrittenFrame]]] = deque()
 
     def collect() -> None:
         out, index, stamp, bag_time, frame_id, future = pending.popleft()
@@ -290,7 +286,7 @@ def _extract(reader: RecoveringReader, outputs: dict[str, TopicOutput], connecti
             summary.add("read")
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
-                stamp = _stamp_ns(msg)
+                stamp = stamp_to_ns(msg.header.stamp)
             except Exception as err:  # rosbags raises several types for malformed CDR/ROS 1 data
                 _fail_message(summary, out, index, ValueError(f"cannot deserialize: {err}"))
                 continue

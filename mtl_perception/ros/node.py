@@ -69,7 +69,7 @@ SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FA
 
 
 @dataclasses.dataclass(frozen=True)
-class Frame:
+class ReceivedFrame:
     """A received frame, still serialized (CDR bytes), and when it arrived (monotonic seconds, for latency)."""
 
     data: bytes
@@ -152,7 +152,7 @@ class PerceptionNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._stats = FrameStats()
-        self._mailbox: Mailbox[Frame] = Mailbox()
+        self._mailbox: Mailbox[ReceivedFrame] = Mailbox()
         self._predictor: Predictor | None = None
         self._decoder: ImageDecoder | None = None
         self._outputs: dict[str, Any] = {}
@@ -275,14 +275,14 @@ class PerceptionNode(LifecycleNode):
     def _on_image(self, data: bytes) -> None:
         """Subscription callback (raw): keep only the newest serialized frame for the worker."""
         self._stats.received()
-        if self._mailbox.put(Frame(data, time.monotonic())):
+        if self._mailbox.put(ReceivedFrame(data, time.monotonic())):
             self._stats.dropped()
 
     def _run_worker(self) -> None:
         while (frame := self._mailbox.take()) is not None:
             self._process(frame)
 
-    def _process(self, frame: Frame) -> None:
+    def _process(self, frame: ReceivedFrame) -> None:
         """Deserialise, decode, infer and publish one frame; a bad frame is counted and skipped."""
         settings, predictor = self.settings, self._predictor
         if predictor is None:

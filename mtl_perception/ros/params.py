@@ -17,15 +17,12 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
-from mtl_perception.core.constants import MIN_INPUT_SIDE, parse_hw
+from mtl_perception.core.constants import DEVICE_CHOICES, DEVICE_SPEC, MIN_INPUT_SIDE, parse_hw
 from mtl_perception.core.errors import UserError
 
 #: A value check: returns ``None`` when fine, else the reason (without the parameter name).
 Check = Callable[[Any], "str | None"]
 
-# Same spelling that mtl_perception.device.resolve_device accepts; availability of CUDA is
-# checked later, when the model is loaded.
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _REJECTED_VALUE_RE = re.compile(r"Invalid parameter value \((.*?)\)")
 
 
@@ -37,7 +34,7 @@ def _one_of(*choices: str) -> Check:
 
 
 def _device(value: str) -> str | None:
-    return None if _DEVICE_RE.match(value.strip().lower()) else f"{value!r} is not one of auto, cpu, cuda, cuda:N"
+    return None if DEVICE_SPEC.match(value.strip().lower()) else f"{value!r} is not one of {DEVICE_CHOICES}"
 
 
 def parse_input_size(value: str) -> tuple[int, ...]:

@@ -55,6 +55,7 @@ from mtl_perception.core.summary import JobSummary
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.core.depth import DEFAULT_DEPTH_TOLERANCE_MS, DEFAULT_DEPTH_UNIT_M
 from mtl_perception.core.errors import UserError, run_cli
+from mtl_perception.core.stamps import ns_to_sec_nanosec
 from mtl_perception.core.labels import BACKGROUND, ClassConfig, load_class_config
 from mtl_perception.replay.ground_truth import GroundTruth, load_ground_truth
 from mtl_perception.replay.outputs import DETECTIONS_TYPE, IMAGE_TYPE, OutputSink, header_stamp_ns
@@ -107,7 +108,8 @@ def output_topics(namespace: str, record_color: bool, record_overlay: bool) -> l
 def to_ros_message(frame: BagFrame) -> Image | CompressedImage:
     """The rclpy message for a bag frame (header, encoding and bytes unchanged)."""
     src = frame.msg
-    stamp = Time(sec=frame.stamp_ns // 1_000_000_000, nanosec=frame.stamp_ns % 1_000_000_000)
+    sec, nanosec = ns_to_sec_nanosec(frame.stamp_ns)
+    stamp = Time(sec=sec, nanosec=nanosec)
     header = Header(stamp=stamp, frame_id=str(src.header.frame_id))
     data = np.asarray(src.data, dtype=np.uint8).tobytes()  # bytes: the fast path (never an ndarray)
     if frame.compressed:

@@ -57,7 +57,7 @@ class RunLogger:
             self.wandb.log(dict(values), step=step)
 
     def metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Log validation metrics (nested dict from ``engine.evaluate``)."""
+        """Log validation metrics (nested dict from ``engine.validation_metrics``)."""
         self.scalars(flatten_metrics(metrics), step)
 
     @torch.no_grad()
