@@ -1,6 +1,6 @@
 """The perception node against the bare model, and the node under overload.
 
-Same run, same frames (640x480 camera-like sequence, bench/sequence.py), same checkpoint, CPU,
+Same run, same frames (480x640 camera-like sequence, bench/sequence.py), same checkpoint, CPU,
 same number of torch threads:
 
 1. Throughput. The bare ``Predictor`` runs the frames back to back (model fps); the node, as a

@@ -71,7 +71,8 @@ from data_tools import depth_targets
 from data_tools.depth_targets import DepthFrame, DepthIndex, DepthOptions, DepthStats
 from data_tools.split import SplitItem, assign_splits, parse_fractions
 from mtl_perception.core import atomic_io
-from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.constants import IGNORE_INDEX, MANIFEST_NAME
+from mtl_perception.core.images import write_image
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.labels import ClassConfig, LabeledImage, Region, label_files, load_class_config, read_labels
 from mtl_perception.core.rasterize import BoxMaskMode, frame_targets
@@ -122,10 +123,10 @@ def discover_frames(root: Path, summary: JobSummary, skip_folder: str | None = N
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # no hidden/partial outputs
         here = Path(folder)
         rel = here.relative_to(root)
-        if "manifest.csv" in files and here.name == skip_folder:
+        if MANIFEST_NAME in files and here.name == skip_folder:
             continue
-        if "manifest.csv" in files:
-            frames += _manifest_frames(here / "manifest.csv", summary)
+        if MANIFEST_NAME in files:
+            frames += _manifest_frames(here / MANIFEST_NAME, summary)
             continue
         images = [here / n for n in sorted(files) if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith(".")]
         stamps = _still_stamps([p.stem for p in images])
@@ -264,15 +265,6 @@ def _image_size(frame: FrameFile) -> tuple[int, int]:
     return image.shape[0], image.shape[1]
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (never move); copy when linking is impossible."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def _output_names(frames: Sequence[FrameFile]) -> dict[Path, str]:
     """Output file names with unique stems (masks are ``<stem>.png``).
 
@@ -331,12 +323,12 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         else:
             mask, detections = frame_targets(sample.regions, det, seg, (height, width), options.box_masks, summary)
         annotations += [{"id": len(annotations) + k + 1, "image_id": image_id, **ann} for k, ann in enumerate(detections)]
-        atomic_io.write_with(out_dir / "masks" / mask_name, lambda p, m=mask: _imwrite(p, m))
-        _link_or_copy(frame.path, out_dir / "images" / file_name)
+        write_image(out_dir / "masks" / mask_name, mask)
+        atomic_io.link_or_copy(frame.path, out_dir / "images" / file_name)
         entry = {"id": image_id, "file_name": f"images/{file_name}", "width": width, "height": height,
                  "stamp_ns": frame.stamp_ns, "bag": frame.bag, "mask_file": f"masks/{mask_name}"}
         if depth is not None:
-            atomic_io.write_with(out_dir / "depth" / f"{stem}.png", lambda p, d=depth: _imwrite(p, d))
+            write_image(out_dir / "depth" / f"{stem}.png", depth)
             entry["depth_file"] = f"depth/{stem}.png"
             depth_stats.paired += 1
         if sample.depth_only:
@@ -373,11 +365,6 @@ def pair_depth(samples: dict[Path, Sample], index: DepthIndex, options: DepthOpt
         if options.color_folder is not None and frame.topic != options.color_folder:
             continue
         sample.depth = index.nearest(frame.bag, frame.stamp_ns, options.tolerance_ns)
-
-
-def _imwrite(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"{path}: OpenCV could not write the mask")
 
 
 def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSummary) -> list[Sample]:

@@ -40,7 +40,7 @@ import os
 import re
 import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -58,12 +58,18 @@ from mtl_perception.core.bags import (
 from mtl_perception.core import atomic_io
 from mtl_perception.core.depth import metres_to_depth_png
 from mtl_perception.core.errors import UserError
-from mtl_perception.core.images import UnsupportedEncoding, compressed_kind, decode_compressed, decode_image
+from mtl_perception.core.constants import MANIFEST_NAME
+from mtl_perception.core.images import (
+    UnsupportedEncoding,
+    compressed_kind,
+    decode_compressed,
+    decode_image,
+    write_image,
+)
 from mtl_perception.core.stamps import stamp_to_ns
 from mtl_perception.core.salvage import BagSalvageError, RecoveringReader
 from mtl_perception.core.summary import JobSummary
 
-MANIFEST = "manifest.csv"
 MARKER = ".unpack_complete"
 MANIFEST_COLUMNS = ("index", "stamp_ns", "bag_time_ns", "frame_id", "encoding", "width", "height", "bag", "file")
 # Files this command writes into a topic folder (frames and temporary files of atomic writes);
@@ -119,16 +125,6 @@ class BagReadError(Exception):
 # ----------------------------------------------------------------------------- frame writing
 
 
-def _imwrite(path: Path, image: np.ndarray, params: Sequence[int] = ()) -> None:
-    """Atomically write an image with OpenCV (which reports failure by returning False)."""
-
-    def write(tmp: Path) -> None:
-        if not cv2.imwrite(str(tmp), image, list(params)):
-            raise OSError(f"{path}: OpenCV could not write the image")
-
-    atomic_io.write_with(path, write)
-
-
 def write_array(array: np.ndarray, stem_path: Path, options: UnpackOptions) -> Path:
     """Write a decoded array losslessly (or as JPEG for 8-bit with --format jpg); return the path."""
     if array.dtype == np.float32:
@@ -147,10 +143,10 @@ def write_array(array: np.ndarray, stem_path: Path, options: UnpackOptions) -> P
         bgr = cv2.cvtColor(array, cv2.COLOR_RGBA2BGR if jpeg else cv2.COLOR_RGBA2BGRA)
     if jpeg:
         path = stem_path.with_suffix(".jpg")
-        _imwrite(path, bgr, (cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality))
+        write_image(path, bgr, (cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality))
     else:
         path = stem_path.with_suffix(".png")
-        _imwrite(path, bgr)
+        write_image(path, bgr)
     return path
 
 
@@ -218,7 +214,7 @@ class TopicOutput:
         writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(sorted(self.rows, key=lambda row: row["index"]))
-        atomic_io.write_text(self.folder / MANIFEST, buffer.getvalue())
+        atomic_io.write_text(self.folder / MANIFEST_NAME, buffer.getvalue())
         keep = {row["file"] for row in self.rows}
         for path in self.folder.iterdir():
             if path.name not in keep and _OWN_FILE_RE.match(path.name):

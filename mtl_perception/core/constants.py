@@ -13,6 +13,9 @@ IGNORE_INDEX = 255
 MIN_INPUT_SIDE = 32
 """Smallest network input height/width: below it the stride-32 feature map is empty."""
 
+MANIFEST_NAME = "manifest.csv"
+"""Per-topic frame list written by ``mtl-data unpack`` and ``prune`` (docs/CONTRACTS.md 1-2)."""
+
 SYNTH_CAMERA_TOPIC = "/camera/image_raw"
 """Colour topic of ``mtl-data synth``'s bag (``/compressed`` appended for jpeg/png)."""
 

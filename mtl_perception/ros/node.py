@@ -18,7 +18,7 @@ frame (counting the one it replaces as dropped) and a worker thread deserialises
 infers and publishes, so the executor stays free for parameters, lifecycle services and
 diagnostics. The subscription is ``raw``: rclpy hands over the serialized bytes and only the
 frame the worker takes is deserialised, so frames dropped under overload cost almost nothing
-(deserialising a 640x480 rgb8 frame is a 900 KB copy). Every output carries the input header
+(deserialising a 480x640 rgb8 frame is a 900 KB copy). Every output carries the input header
 unchanged. A bad frame (malformed message, unknown encoding, truncated, empty, undecodable)
 is counted, logged with a throttled warning and skipped. Optional image outputs (colour mask,
 overlay) are only drawn while someone subscribes to them.
@@ -330,7 +330,7 @@ class PerceptionNode(LifecycleNode):
         if prediction.mask is not None:
             if settings.publish_segmentation:
                 pubs["segmentation"].publish(mask_message(prediction.mask, header))
-            # Colourising (~1.5 ms at 640x480) and drawing (a few ms) only while someone is looking;
+            # Colourising (~1.5 ms at 480x640) and drawing (a few ms) only while someone is looking;
             # the class-id mask is always published (replay evaluation and recorders rely on it).
             if settings.publish_color and _has_subscribers(pubs["color"]):
                 pubs["color"].publish(color_mask_message(prediction.mask, palette, header))

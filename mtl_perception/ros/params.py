@@ -108,7 +108,7 @@ _ARRAY_TYPES = (Parameter.Type.STRING_ARRAY, Parameter.Type.INTEGER_ARRAY, Param
 _T = Parameter.Type
 PARAMETERS: tuple[ParamSpec, ...] = (
     # -- model (read-only: changing any of these means loading the model again)
-    ParamSpec("model_path", "", _T.STRING, "Checkpoint file (.pt) written by mtl-train; required.", read_only=True),
+    ParamSpec("model_path", "", _T.STRING, "Checkpoint file (.pt): models/<name>/model.pt from mtl-export (or a run's best.pt); required.", read_only=True),
     ParamSpec("device", "auto", _T.STRING, "Inference device: auto (CUDA if available), cpu, cuda or cuda:N.",
               read_only=True, check=_device, constraints="auto | cpu | cuda | cuda:N"),
     ParamSpec("half", "auto", _T.STRING, "FP16 inference: auto (on for CUDA, off for CPU), true or false.",
