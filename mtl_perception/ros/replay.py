@@ -280,7 +280,9 @@ def _positive(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("bag", type=Path, help="bag to replay: ROS 1 .bag, rosbag2 folder, .db3 or .mcap")
+    parser.add_argument("bag", type=Path, help="bag to replay: ROS 1 .bag (.bag.active), rosbag2 folder, .db3 or "
+                        ".mcap; a cut-off or damaged bag is salvaged: its complete frames before the damage are "
+                        "replayed, with a warning (docs/SALVAGE.md)")
     parser.add_argument("--topic", help="image topic in the bag (default: the only image topic)")
     parser.add_argument("--publish-topic", help="topic to publish on (default: the bag's topic name)")
     node = parser.add_argument_group("node")
