@@ -102,6 +102,15 @@ def score(checkpoint: Path, data: Path) -> dict[str, Any]:
     }
 
 
+def shared_overrides(args: argparse.Namespace) -> list[str]:
+    """Config overrides every run gets alike (epochs, ``--set``, the quick budget)."""
+    return [
+        *([f"optim.epochs={args.epochs}"] if args.epochs else []),
+        *args.set,
+        *(QUICK_OVERRIDES if args.quick else []),
+    ]
+
+
 def run_one(arm: str, seed: int, args: argparse.Namespace, data: Path) -> dict[str, Any]:
     """Train + score one run, or return its cached result."""
     name = run_name(arm, seed)
@@ -116,8 +125,7 @@ def run_one(arm: str, seed: int, args: argparse.Namespace, data: Path) -> dict[s
         f"seed={seed}",
         f"model.arch={args.arch}",
         f"model.tasks=[{','.join(ARMS[arm])}]",
-        *([f"optim.epochs={args.epochs}"] if args.epochs else []),
-        *(QUICK_OVERRIDES if args.quick else []),
+        *shared_overrides(args),
     ]
     config = load_config(args.config, overrides)
     print(f"[{PROG}] {name}: training", flush=True)
@@ -284,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=int, default=0, help="override the recipe's epochs (0 = keep)"
     )
     parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more recipe overrides for every run, e.g. model.input_size=[96,128]",
+    )
+    parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (>= 3 for a spread)"
     )
     parser.add_argument(
@@ -314,14 +329,7 @@ def run(args: argparse.Namespace) -> int:
     images = json.loads((data / "annotations.json").read_text(encoding="utf-8"))["images"]
     if not any(image.get("depth_file") for image in images):
         raise UserError(f"{data}: no frame has a depth_file; build the dataset with --depth-topic")
-    config = load_config(
-        args.config,
-        [
-            f"data.root={data}",
-            *([f"optim.epochs={args.epochs}"] if args.epochs else []),
-            *(QUICK_OVERRIDES if args.quick else []),
-        ],
-    )
+    config = load_config(args.config, [f"data.root={data}", *shared_overrides(args)])
     results_file = args.results or (
         args.out / "results.md" if args.quick else ROOT / "bench/experiment_depth_results.md"
     )
