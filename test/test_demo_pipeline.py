@@ -64,6 +64,7 @@ def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path: Path, ros_domain
     for step in ("synth", "unpack", "prune", "build", "train", "eval", "replay"):
         assert f"[{step}] $ " in first.stdout  # the command is shown as a user would type it
     assert "mtl-data unpack" in first.stdout and "mtl-train --config" in first.stdout
+    assert "epoch 1/1 | loss detection" in first.stdout and "| val score" in first.stdout  # training progress
     report = tmp_path / "report"
     page = (report / "index.html").read_text()
     for figure in ("training_curves.png", "per_class.png", "latency_histogram.png", "examples.png"):
