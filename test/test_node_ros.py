@@ -199,7 +199,7 @@ def nodes(checkpoint: Path, ros_domain: dict[str, str], tmp_path_factory: pytest
     ``jpeg``: from command-line parameters, compressed input, in namespace /jpeg.
     """
     document = yaml.safe_load(CONFIG.read_text())
-    params = document["perception_node"]["ros__parameters"]
+    params = document["/**"]["ros__parameters"]
     params.update(model_path=str(checkpoint), device="cpu", warmup_iterations=1, diagnostics_period=0.3,
                   score_threshold=0.0, max_detections=5)
     folder = tmp_path_factory.mktemp("nodes")
