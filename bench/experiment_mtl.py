@@ -144,6 +144,7 @@ def score(checkpoint: Path, data: Path, tasks: Sequence[str], profile_runs: int)
         predictor.detection_classes if "detection" in predictor.tasks else None,
         predictor.segmentation_classes if "segmentation" in predictor.tasks else None,
         summary,
+        depth="depth" in predictor.tasks,
     )
     report = evaluate(predictor, dataset, batch_size=8)
     if summary.failed:

@@ -76,6 +76,7 @@ def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path: Path, ros_domain
     assert "depth AbsRel" in page
     replay = json.loads((report / "replay" / "report.json").read_text())
     assert replay["frames_answered"] == replay["frames_sent"] == 6
+    assert replay["accuracy"]["depth"]["frames"] == 6  # ~/depth scored against the bag's depth topic
     assert "mIoU (incl. background)" in first.stdout  # the summary table
 
     checkpoint = tmp_path / "runs" / "demo" / "best.pt"
