@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.atomic_io import write_json
+from mtl_perception.core.constants import DEVICE_CHOICES
 from mtl_perception.core.errors import UserError, run_cli
 from mtl_perception.core.json_io import format_number, json_ready
 from mtl_perception.evaluation.dataset import SPLITS, EvalDataset, EvalSample
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, type=Path, help="processed dataset folder (data/processed/<name>)")
     parser.add_argument("--split", default="val", choices=SPLITS, help="split from splits.json; 'all' = every image")
     parser.add_argument("--out", type=Path, help="metrics JSON (default: <checkpoint folder>/eval_<dataset>_<split>.json)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help=DEVICE_CHOICES)
     parser.add_argument("--half", choices=("auto", "on", "off"), default="auto", help="FP16 inference (auto = on for CUDA)")
     parser.add_argument("--score-threshold", type=float, default=0.001, help="keep detections at least this confident")
     parser.add_argument("--max-detections", type=int, default=100, help="detections per image (COCO uses 100)")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from mtl_perception.balancing import GRAD_METHODS, JACOBIANS, REGRESSION_TASKS, WEIGHTINGS
 from mtl_perception.core.atomic_io import write_text
-from mtl_perception.core.constants import MIN_INPUT_SIDE
+from mtl_perception.core.constants import DEVICE_CHOICES, DEVICE_SPEC, MIN_INPUT_SIDE
 from mtl_perception.core.errors import UserError
 
 
@@ -140,6 +140,14 @@ class TrainConfig(Section):
     balancing: BalancingConfig = Field(default_factory=BalancingConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, value: str) -> str:
+        # Spelling only; whether CUDA is there is checked when the run starts.
+        if not DEVICE_SPEC.match(value.strip().lower()):
+            raise ValueError(f"{value!r} is not one of {DEVICE_CHOICES}")
+        return value
 
     @property
     def run_dir(self) -> Path:
