@@ -68,7 +68,7 @@ def model_card(name: str, payload: dict[str, Any], source: Path,
     balancing = config.get("balancing") or {}
     return {
         "name": name,
-        "exported": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "exported": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "source": str(source),
         "arch": kwargs.get("arch"),
         "tasks": kwargs.get("tasks"),
@@ -160,6 +160,7 @@ def export(run_checkpoint: Path, out_dir: Path, name: str, eval_report: Path | N
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``mtl-export``."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="run folder of mtl-train (runs/<name>) or a checkpoint file")
     parser.add_argument("--name", help="model name (default: the run folder's name)")
@@ -171,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main() -> None:
+    """Console entry point of ``mtl-export``."""
+
     def run() -> int:
         args = build_parser().parse_args()
         checkpoint = args.run / args.checkpoint if args.run.is_dir() else args.run

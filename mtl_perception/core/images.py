@@ -134,7 +134,7 @@ def decode_image(msg: Any) -> np.ndarray:
     elif fmt in _FOUR_CHANNEL_SOURCES:
         target = f"rgba{suffix}"
     try:
-        array = image_to_cvimage(compact, target)
+        array = image_to_cvimage(compact, target)  # type: ignore[arg-type]  # reads these fields only
     except (ImageError, cv2.error) as err:
         raise ValueError(f"cannot convert {encoding}: {err}") from err
     # The library returns a byte-swapped view/copy; make it native, contiguous and writable.

@@ -1,5 +1,6 @@
 """JSON in and out: reading the files users hand us with one clear error, writing strict JSON,
-and the one way numbers are shown in tables and summaries."""
+and the one way numbers are shown in tables and summaries.
+"""
 
 from __future__ import annotations
 

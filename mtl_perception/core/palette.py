@@ -1,4 +1,4 @@
-"""The default colours of segmentation classes, shared by ``mtl-data build``, checkpoints and drawing."""
+"""Default colours of segmentation classes (``mtl-data build``, checkpoints, drawing)."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def region_mask(region: Region, height: int, width: int) -> np.ndarray:
 
 
 def _decode(rle: dict) -> np.ndarray:
-    """pycocotools' RLE decode as a boolean mask.
+    """Decode an RLE with pycocotools, as a boolean mask.
 
     pycocotools 2.0.x calls ``np.array(..., copy=False)`` internally, which NumPy 2 flags with a
     DeprecationWarning per call; the result is correct, so that one warning is silenced here.
@@ -86,6 +86,8 @@ class BoxStatus(Enum):
 
 @dataclass(frozen=True)
 class DetectionBox:
+    """A region's detection box, its area and how it relates to the image."""
+
     bbox: BBox        # COCO x, y, w, h, clipped to the image
     area: float       # pixels of the shape if known, else of the box
     status: BoxStatus
@@ -94,11 +96,13 @@ class DetectionBox:
 def detection_box(region: Region, height: int, width: int) -> DetectionBox:
     """The region's detection box (its ``bbox``, else the bounds of its shape), clipped."""
     mask = None
+    raw: BBox
     if region.bbox is not None:
         raw = region.bbox
     else:
         mask = region_mask(region, height, width)
-        raw = tuple(float(v) for v in mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))))
+        x, y, w, h = mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
+        raw = (float(x), float(y), float(w), float(h))
     if raw[2] <= 0 or raw[3] <= 0:
         return DetectionBox(raw, 0.0, BoxStatus.ZERO_AREA)
     clipped = clip_box(raw, height, width)

@@ -1,5 +1,6 @@
-"""Ground truth for bag replay, indexed by header stamp (the key that links a bag frame, the
-node's answer and its label).
+"""Ground truth for bag replay, indexed by header stamp.
+
+The header stamp is the key that links a bag frame, the node's answer and its label.
 
 Two sources are read (docs/CONTRACTS.md):
 
@@ -25,9 +26,9 @@ import cv2
 import numpy as np
 
 from mtl_perception.core.errors import UserError
+from mtl_perception.core.json_io import read_json
 from mtl_perception.core.labels import BACKGROUND, ClassConfig, Region, read_labels
 from mtl_perception.core.rasterize import frame_targets
-from mtl_perception.core.json_io import read_json
 from mtl_perception.core.summary import JobSummary
 
 __all__ = ["FrameTruth", "GroundTruth", "load_ground_truth"]
@@ -148,8 +149,10 @@ def _load_processed(folder: Path) -> GroundTruth:
 
 def _mask_loader(regions: list[Region], segmentation: dict[str, int], size: tuple[int, int],
                  ) -> Callable[[], np.ndarray | None]:
-    """Paint the mask when it is scored, not at load time (long bags, many frames); its
-    problems were already counted when the frame was loaded."""
+    """A loader that paints the mask when it is scored, not at load time (long bags).
+
+    Problems of the regions were already counted when the frame was loaded.
+    """
     if not segmentation:
         return lambda: None
     return lambda: frame_targets(regions, {}, segmentation, size, "ignore", JobSummary("mask"))[0]
