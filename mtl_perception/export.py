@@ -36,16 +36,27 @@ from mtl_perception.core.json_io import read_json
 PROG = "mtl-export"
 MODEL_FILE = "model.pt"
 # Training state that only resuming needs; everything else in a checkpoint is kept.
-TRAINING_STATE = frozenset({
-    "optimizer", "scheduler", "scaler", "balancer", "rng",
-    "step_in_epoch", "epoch_loss_sums", "epoch_loss_counts",
-})
+TRAINING_STATE = frozenset(
+    {
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "balancer",
+        "rng",
+        "step_in_epoch",
+        "epoch_loss_sums",
+        "epoch_loss_counts",
+    }
+)
 
 
 def deployable(payload: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint ``payload`` without its training state (format and version re-added on save)."""
-    return {key: value for key, value in payload.items()
-            if key not in TRAINING_STATE and key not in ("format", "version")}
+    """The checkpoint ``payload`` without training state (format and version are re-added)."""
+    return {
+        key: value
+        for key, value in payload.items()
+        if key not in TRAINING_STATE and key not in ("format", "version")
+    }
 
 
 def _dataset_summary(config: dict[str, Any]) -> dict[str, Any]:
@@ -55,13 +66,16 @@ def _dataset_summary(config: dict[str, Any]) -> dict[str, Any]:
     splits_file = Path(root) / "splits.json" if root else None
     if splits_file is not None and splits_file.is_file():
         splits = read_json(splits_file)
-        summary["images"] = {name: len(ids) for name, ids in splits.items() if isinstance(ids, list)}
+        summary["images"] = {
+            name: len(ids) for name, ids in splits.items() if isinstance(ids, list)
+        }
         summary["group_by"] = splits.get("group_by")
     return summary
 
 
-def model_card(name: str, payload: dict[str, Any], source: Path,
-               eval_metrics: dict[str, Any] | None) -> dict[str, Any]:
+def model_card(
+    name: str, payload: dict[str, Any], source: Path, eval_metrics: dict[str, Any] | None
+) -> dict[str, Any]:
     """What a user of the model needs to know, from the checkpoint (and an ``mtl-eval`` report)."""
     kwargs = payload["model_kwargs"]
     config = payload.get("config") or {}
@@ -108,27 +122,41 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- Trained: {_number(training['epochs'])} epochs, {_number(training['steps'])} steps, "
         f"weighting `{training['weighting']}`, gradient method `{training['grad_method']}`",
         f"- Training data: `{training['data'].get('root')}`"
-        + (f", images per split {training['data']['images']}" if training["data"].get("images") else ""),
+        + (
+            f", images per split {training['data']['images']}"
+            if training["data"].get("images")
+            else ""
+        ),
         f"- Exported {card['exported']} from `{card['source']}`",
         "",
     ]
-    for title, metrics in (("Validation (best epoch)", card["validation_metrics"]),
-                           ("Evaluation (mtl-eval)", card["evaluation"])):
+    for title, metrics in (
+        ("Validation (best epoch)", card["validation_metrics"]),
+        ("Evaluation (mtl-eval)", card["evaluation"]),
+    ):
         if not metrics:
             continue
         lines += [f"## {title}", "", "| figure | value |", "| --- | --- |"]
         for task, values in metrics.items():
             if isinstance(values, dict):
-                lines += [f"| {task} {key} | {_number(v)} |" for key, v in values.items()
-                          if isinstance(v, int | float) or v is None]
+                lines += [
+                    f"| {task} {key} | {_number(v)} |"
+                    for key, v in values.items()
+                    if isinstance(v, int | float) or v is None
+                ]
             elif isinstance(values, int | float):
                 lines.append(f"| {task} | {_number(values)} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def export(run_checkpoint: Path, out_dir: Path, name: str, eval_report: Path | None = None,
-           force: bool = False) -> Path:
+def export(
+    run_checkpoint: Path,
+    out_dir: Path,
+    name: str,
+    eval_report: Path | None = None,
+    force: bool = False,
+) -> Path:
     """Write ``out_dir/name/`` from a run's checkpoint; returns the folder.
 
     Raises:
@@ -162,11 +190,17 @@ def export(run_checkpoint: Path, out_dir: Path, name: str, eval_report: Path | N
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``mtl-export``."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="run folder of mtl-train (runs/<name>) or a checkpoint file")
+    parser.add_argument(
+        "run", type=Path, help="run folder of mtl-train (runs/<name>) or a checkpoint file"
+    )
     parser.add_argument("--name", help="model name (default: the run folder's name)")
     parser.add_argument("--checkpoint", default="best.pt", help="checkpoint inside the run folder")
-    parser.add_argument("--eval", type=Path, help="mtl-eval metrics JSON to put into the model card")
-    parser.add_argument("--out", type=Path, default=Path("models"), help="folder of deployed models")
+    parser.add_argument(
+        "--eval", type=Path, help="mtl-eval metrics JSON to put into the model card"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("models"), help="folder of deployed models"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing model folder")
     return parser
 

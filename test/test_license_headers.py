@@ -12,18 +12,28 @@ SPDX = "# SPDX-License-Identifier: Apache-2.0"
 
 
 def _source_files() -> list[Path]:
-    listed = subprocess.run(["git", "ls-files", "*.py", "*.sh", ".ci/run"], cwd=REPO,
-                            capture_output=True, text=True, check=False).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "*.py", "*.sh", ".ci/run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
     if listed:
         return [REPO / name for name in listed if not name.startswith("ros_interfaces/")]
     # Not a git checkout (an exported tree): the same folders by walking them.
     folders = ("mtl_perception", "data_tools", "bench", "tools", "test", "launch")
-    return [p for folder in folders for p in (REPO / folder).rglob("*") if p.suffix in (".py", ".sh")]
+    return [
+        p for folder in folders for p in (REPO / folder).rglob("*") if p.suffix in (".py", ".sh")
+    ]
 
 
 def test_every_source_file_has_the_spdx_line() -> None:
-    missing = [str(path.relative_to(REPO)) for path in _source_files()
-               if path.is_file() and SPDX not in path.read_text(encoding="utf-8").splitlines()[:2]]
+    missing = [
+        str(path.relative_to(REPO))
+        for path in _source_files()
+        if path.is_file() and SPDX not in path.read_text(encoding="utf-8").splitlines()[:2]
+    ]
     assert missing == []
 
 

@@ -52,19 +52,44 @@ class UnsupportedEncoding(ValueError):
 
 # Encodings we decode and can store losslessly. rosbags-image parses more (e.g. 64FC1, nv12),
 # but those have no file format in our pipeline (or are mis-shaped by the library: nv12).
-_NAMED_ENCODINGS = frozenset({
-    "rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16",
-    "rgb16", "bgr16", "rgba16", "bgra16",
-    "yuv422", "uyvy", "yuyv", "yuv422_yuy2",
-    *(f"bayer_{pattern}{bits}" for pattern in ("rggb", "bggr", "gbrg", "grbg") for bits in (8, 16)),
-})
+_NAMED_ENCODINGS = frozenset(
+    {
+        "rgb8",
+        "bgr8",
+        "rgba8",
+        "bgra8",
+        "mono8",
+        "mono16",
+        "rgb16",
+        "bgr16",
+        "rgba16",
+        "bgra16",
+        "yuv422",
+        "uyvy",
+        "yuyv",
+        "yuv422_yuy2",
+        *(
+            f"bayer_{pattern}{bits}"
+            for pattern in ("rggb", "bggr", "gbrg", "grbg")
+            for bits in (8, 16)
+        ),
+    }
+)
 _GENERIC_ENCODINGS = frozenset({"8UC1", "8UC3", "8UC4", "16UC1", "16UC3", "16UC4", "32FC1"})
 
 # Colour-space target per source format family (rosbags-image/OpenCV do the conversion).
-_THREE_CHANNEL_SOURCES = frozenset({
-    Format.RGB, Format.BGR, Format.YUV_UYVY, Format.YUV_YUYV,
-    Format.BAYER_RG, Format.BAYER_BG, Format.BAYER_GB, Format.BAYER_GR,
-})
+_THREE_CHANNEL_SOURCES = frozenset(
+    {
+        Format.RGB,
+        Format.BGR,
+        Format.YUV_UYVY,
+        Format.YUV_YUYV,
+        Format.BAYER_RG,
+        Format.BAYER_BG,
+        Format.BAYER_GB,
+        Format.BAYER_GR,
+    }
+)
 _FOUR_CHANNEL_SOURCES = frozenset({Format.RGBA, Format.BGRA})
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -115,7 +140,9 @@ def _compact_message(msg: Any) -> tuple[str, _CompactImage]:
     if raw.size < step * height:
         raise ValueError(f"data has {raw.size} bytes, expected step*height = {step * height}")
     rows = raw[: step * height].reshape(height, step)[:, :row_bytes]
-    compact = _CompactImage(height, width, encoding, bool(msg.is_bigendian), np.ascontiguousarray(rows).reshape(-1))
+    compact = _CompactImage(
+        height, width, encoding, bool(msg.is_bigendian), np.ascontiguousarray(rows).reshape(-1)
+    )
     return encoding, compact
 
 
@@ -159,8 +186,12 @@ def compressed_kind(msg: Any) -> str:
     if head.startswith(_PNG_MAGIC):
         return "png"
     if any(name in fmt for name in ("jpeg", "jpg", "png")):
-        raise ValueError(f"corrupt {msg.format!r} data: it does not start with a JPEG or PNG signature")
-    raise UnsupportedEncoding(f"unsupported compressed format {msg.format!r} (data is neither JPEG nor PNG)")
+        raise ValueError(
+            f"corrupt {msg.format!r} data: it does not start with a JPEG or PNG signature"
+        )
+    raise UnsupportedEncoding(
+        f"unsupported compressed format {msg.format!r} (data is neither JPEG nor PNG)"
+    )
 
 
 def _imdecode(data: np.ndarray, what: str) -> np.ndarray:
@@ -172,7 +203,7 @@ def _imdecode(data: np.ndarray, what: str) -> np.ndarray:
 
 
 def decode_compressed(msg: Any) -> np.ndarray:
-    """Convert a ``CompressedImage`` to an array: jpeg/png -> RGB(A) or mono, compressedDepth -> depth.
+    """Convert a ``CompressedImage``: jpeg/png -> RGB(A) or mono, compressedDepth -> depth.
 
     compressedDepth "16UC1" gives uint16; "32FC1" (inverse-depth quantised PNG) gives float32
     metres with NaN where no depth was measured. RVL-compressed depth is unsupported.
@@ -196,12 +227,19 @@ def _decode_compressed_depth(fmt: str, data: np.ndarray) -> np.ndarray:
         raise UnsupportedEncoding(f"unsupported compressedDepth format {fmt!r} (RVL)")
     if encoding not in ("16UC1", "32FC1"):
         raise UnsupportedEncoding(f"unsupported compressedDepth encoding {fmt!r}")
-    if data.size <= _DEPTH_HEADER.size or not bytes(data[_DEPTH_HEADER.size:][:8]).startswith(_PNG_MAGIC):
-        raise ValueError(f"compressedDepth {fmt!r}: no PNG after the {_DEPTH_HEADER.size}-byte header")
+    if data.size <= _DEPTH_HEADER.size or not bytes(data[_DEPTH_HEADER.size :][:8]).startswith(
+        _PNG_MAGIC
+    ):
+        raise ValueError(
+            f"compressedDepth {fmt!r}: no PNG after the {_DEPTH_HEADER.size}-byte header"
+        )
     _, quant_a, quant_b = _DEPTH_HEADER.unpack(bytes(data[: _DEPTH_HEADER.size]))
-    image = _imdecode(data[_DEPTH_HEADER.size:], "compressedDepth PNG")
+    image = _imdecode(data[_DEPTH_HEADER.size :], "compressedDepth PNG")
     if image.dtype != np.uint16 or image.ndim != 2:
-        raise ValueError(f"compressedDepth {fmt!r}: expected a 16-bit single-channel PNG, got {image.dtype} {image.shape}")
+        raise ValueError(
+            f"compressedDepth {fmt!r}: expected a 16-bit single-channel PNG, "
+            f"got {image.dtype} {image.shape}"
+        )
     if encoding == "16UC1":
         return image
     # Inverse of the transport's quantisation: inv = A / depth + B, 0 meaning "no depth".
@@ -247,7 +285,9 @@ def rgb8_to_image_fields(array: np.ndarray) -> dict[str, Any]:
 
     Returns ``dict(height, width, encoding, is_bigendian, step, data: bytes)``.
     """
-    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+    if array.dtype != np.uint8 or not (
+        array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)
+    ):
         raise ValueError(f"expected uint8 [H,W,3] or [H,W], got {array.dtype} {array.shape}")
     channels = 1 if array.ndim == 2 else 3
     height, width = array.shape[:2]
@@ -261,7 +301,9 @@ def rgb8_to_image_fields(array: np.ndarray) -> dict[str, Any]:
     }
 
 
-def write_image(path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] = ()) -> None:
+def write_image(
+    path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] = ()
+) -> None:
     """Atomically write an image file with OpenCV (format from the suffix; BGR channel order).
 
     Raises:

@@ -25,7 +25,7 @@ def _encode(char: str) -> str:
 
 
 def safe_component(name: str, slash: str = "__") -> str:
-    """One path component for ``name``, readable and collision-free for ordinary names.
+    r"""One path component for ``name``, readable and collision-free for ordinary names.
 
     * ``/`` becomes ``slash`` (``/camera/image_raw`` -> ``camera__image_raw``; pass ``"%2F"``
       where names must stay distinguishable from ones containing ``__``);
@@ -61,7 +61,7 @@ def safe_component(name: str, slash: str = "__") -> str:
 
 
 def inside(folder: Path, entry: str) -> Path:
-    """The file named by a relative ``entry`` (``/`` or ``\\`` separated) inside ``folder``.
+    r"""The file named by a relative ``entry`` (``/`` or ``\\`` separated) inside ``folder``.
 
     Raises:
         ValueError: ``entry`` is empty, absolute, or has a ``..`` part.

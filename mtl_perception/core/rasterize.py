@@ -9,9 +9,9 @@ painted here matches what any COCO tool shows for the annotation.
 
 Paint order: regions are painted largest first, so a small object lying on a large stuff
 region (a cone on the floor) stays on top instead of being painted over; ``iscrowd`` regions
-are painted as ``IGNORE_INDEX`` (255) in the same order. A region known only by its box has no exact
-shape: by default its box is painted ``IGNORE_INDEX`` (the pixels are neither surely the class nor
-surely background); ``box_masks="fill"`` paints the box with the class instead.
+are painted as ``IGNORE_INDEX`` (255) in the same order. A region known only by its box has no
+exact shape: by default its box is painted ``IGNORE_INDEX`` (the pixels are neither surely the
+class nor surely background); ``box_masks="fill"`` paints the box with the class instead.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ def region_mask(region: Region, height: int, width: int) -> np.ndarray:
         if isinstance(counts, list):  # uncompressed RLE: pycocotools converts it
             rle = mask_utils.frPyObjects(region.rle, height, width)
         else:
-            rle = {"size": region.rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+            rle = {
+                "size": region.rle["size"],
+                "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+            }
         return _decode(rle)
     mask = np.zeros((height, width), bool)
     if region.bbox is not None:
@@ -57,7 +60,9 @@ def _decode(rle: dict) -> np.ndarray:
     DeprecationWarning per call; the result is correct, so that one warning is silenced here.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message="__array__ implementation", category=DeprecationWarning
+        )
         return mask_utils.decode(rle).astype(bool)
 
 
@@ -79,17 +84,17 @@ class BoxStatus(Enum):
     """How a detection box relates to the image it belongs to."""
 
     OK = "ok"
-    CLIPPED = "clipped"          # partly outside: clipped, still used
-    OUTSIDE = "outside"          # nothing left after clipping: dropped
-    ZERO_AREA = "zero_area"      # degenerate as annotated: dropped
+    CLIPPED = "clipped"  # partly outside: clipped, still used
+    OUTSIDE = "outside"  # nothing left after clipping: dropped
+    ZERO_AREA = "zero_area"  # degenerate as annotated: dropped
 
 
 @dataclass(frozen=True)
 class DetectionBox:
     """A region's detection box, its area and how it relates to the image."""
 
-    bbox: BBox        # COCO x, y, w, h, clipped to the image
-    area: float       # pixels of the shape if known, else of the box
+    bbox: BBox  # COCO x, y, w, h, clipped to the image
+    area: float  # pixels of the shape if known, else of the box
     status: BoxStatus
 
 
@@ -117,8 +122,9 @@ def detection_box(region: Region, height: int, width: int) -> DetectionBox:
     return DetectionBox(clipped, area, status)
 
 
-def rasterize(regions: list[tuple[int, Region]], height: int, width: int,
-              box_masks: BoxMaskMode = "ignore") -> np.ndarray:
+def rasterize(
+    regions: list[tuple[int, Region]], height: int, width: int, box_masks: BoxMaskMode = "ignore"
+) -> np.ndarray:
     """uint8 class-id mask from ``(class_id, region)`` pairs; 0 where nothing is painted."""
     out = np.zeros((height, width), np.uint8)
     layers = []
@@ -135,9 +141,14 @@ def rasterize(regions: list[tuple[int, Region]], height: int, width: int,
     return out
 
 
-def frame_targets(regions: list[Region], detection: dict[str, int], segmentation: dict[str, int],
-                  size: tuple[int, int], box_masks: BoxMaskMode, summary: JobSummary,
-                  ) -> tuple[np.ndarray, list[dict]]:
+def frame_targets(
+    regions: list[Region],
+    detection: dict[str, int],
+    segmentation: dict[str, int],
+    size: tuple[int, int],
+    box_masks: BoxMaskMode,
+    summary: JobSummary,
+) -> tuple[np.ndarray, list[dict]]:
     """Class-id mask and COCO detection annotations of one image's regions.
 
     Args:
@@ -159,9 +170,14 @@ def frame_targets(regions: list[Region], detection: dict[str, int], segmentation
         if region.label not in detection and region.label not in segmentation:
             summary.add(f"ignored regions ({region.label})")
             continue
-        if region.rle is not None and list(region.rle["size"]) != [height, width]:  # export without sizes
-            summary.fail("RLE size differs from the image size",
-                         f"{region.source}: {region.rle['size']} vs {[height, width]}")
+        if region.rle is not None and list(region.rle["size"]) != [
+            height,
+            width,
+        ]:  # export without sizes
+            summary.fail(
+                "RLE size differs from the image size",
+                f"{region.source}: {region.rle['size']} vs {[height, width]}",
+            )
             continue
         if region.label in segmentation:
             seg_regions.append((segmentation[region.label], region))
@@ -172,18 +188,27 @@ def frame_targets(regions: list[Region], detection: dict[str, int], segmentation
     return rasterize(seg_regions, height, width, box_masks), detections
 
 
-def _detection_annotation(region: Region, category_id: int, height: int, width: int,
-                          summary: JobSummary) -> dict | None:
+def _detection_annotation(
+    region: Region, category_id: int, height: int, width: int, summary: JobSummary
+) -> dict | None:
     """COCO detection annotation of a region, or None (recorded) when its box is unusable."""
     box = detection_box(region, height, width)
     if box.status is BoxStatus.ZERO_AREA:
         summary.fail("box with zero area", f"{region.source}: {list(box.bbox)}")
         return None
     if box.status is BoxStatus.OUTSIDE:
-        summary.fail("box outside the image",
-                     f"{region.source}: {list(region.bbox or box.bbox)} in {width}x{height}")
+        summary.fail(
+            "box outside the image",
+            f"{region.source}: {list(region.bbox or box.bbox)} in {width}x{height}",
+        )
         return None
     if box.status is BoxStatus.CLIPPED:
-        summary.warn("box partly outside the image (clipped)", f"{region.source}: {list(region.bbox or ())}")
-    return {"category_id": category_id, "bbox": [round(v, 2) for v in box.bbox],
-            "area": round(box.area, 2), "iscrowd": 0}
+        summary.warn(
+            "box partly outside the image (clipped)", f"{region.source}: {list(region.bbox or ())}"
+        )
+    return {
+        "category_id": category_id,
+        "bbox": [round(v, 2) for v in box.bbox],
+        "area": round(box.area, 2),
+        "iscrowd": 0,
+    }

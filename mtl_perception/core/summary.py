@@ -64,7 +64,9 @@ class JobSummary:
         """
         stream = stream if stream is not None else sys.stderr
         order = ["read", "written", "kept", "dropped", "skipped", "failed"]
-        keys = [k for k in order if k in self.counts] + sorted(k for k in self.counts if k not in order)
+        keys = [k for k in order if k in self.counts] + sorted(
+            k for k in self.counts if k not in order
+        )
         parts = ", ".join(f"{k} {self.counts[k]}" for k in keys) or "nothing to do"
         print(f"{self.job}: {parts}", file=stream)
         for kind, n in self.problems.most_common():
