@@ -124,8 +124,8 @@ def print_table(report: dict[str, Any], stream: TextIO | None = None) -> None:
     if "depth" in report:
         d = report["depth"]
         lines.append(
-            f"  depth       AbsRel {_fmt(d['abs_rel'], 1, 3)}   SqRel {_fmt(d['sq_rel'], 1, 3)}"
-            f"   RMSE {_fmt(d['rmse'], 1, 3)} m   RMSE(log) {_fmt(d['rmse_log'], 1, 3)}   MAE {_fmt(d['mae'], 1, 3)} m"
+            f"  depth       AbsRel {format_number(d['abs_rel'])}   SqRel {format_number(d['sq_rel'])}"
+            f"   RMSE {format_number(d['rmse'])} m   RMSE(log) {format_number(d['rmse_log'])}   MAE {format_number(d['mae'])} m"
         )
         lines.append(
             f"              d<1.25 {_fmt(d['delta1'])}   d<1.25^2 {_fmt(d['delta2'])}   d<1.25^3 {_fmt(d['delta3'])}"
