@@ -35,19 +35,12 @@ from mtl_perception.core.json_io import read_json
 
 PROG = "mtl-export"
 MODEL_FILE = "model.pt"
-# Training state that only resuming needs; everything else in a checkpoint is kept.
-TRAINING_STATE = frozenset(
-    {
-        "optimizer",
-        "scheduler",
-        "scaler",
-        "balancer",
-        "rng",
-        "step_in_epoch",
-        "epoch_loss_sums",
-        "epoch_loss_counts",
-    }
-)
+# Training state only resuming needs (with EMA, `model` holds the averaged weights; `ema` the
+# online ones); everything else in a checkpoint is kept.
+TRAINING_STATE = frozenset({
+    "optimizer", "scheduler", "scaler", "balancer", "rng", "ema",
+    "step_in_epoch", "epoch_loss_sums", "epoch_loss_counts",
+})  # fmt: skip
 
 
 def deployable(payload: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +90,7 @@ def model_card(
             "weighting": balancing.get("weighting"),
             "grad_method": balancing.get("grad_method"),
             "data": _dataset_summary(config),
+            "pretrained": payload.get("pretrained"),
         },
         "validation_metrics": payload.get("metrics"),
         "evaluation": eval_metrics,
