@@ -1,9 +1,12 @@
 """Training-step time of every gradient method relative to plain backward (``none``).
 
 Same run, same default multi-task model, same fixed batch at a small input, same threads: only
-the backward differs. Each method runs in both Jacobian modes: ``exact`` (per-task gradients of
-the shared parameters; target as close to 1.5x as batched Jacobians allow) and ``rep`` (of the
-shared features, one backward through the backbone; target <= 1.2x). Prints a table and
+the backward differs. On CPU a step is timed by the CPU time it used (per-core work: other
+processes on a shared machine do not inflate it), on CUDA by synchronised wall time.
+
+Each method runs in both Jacobian modes: ``exact`` (per-task gradients of the shared
+parameters; target as close to 1.5x as batched Jacobians allow) and ``rep`` (of the shared
+features, one backward through the backbone; target <= 1.2x). Prints a table and
 machine-readable lines ``RESULT step_time_ratio_<method>=<x>`` (exact) and
 ``RESULT rep_step_time_ratio_<method>=<x>``.
 
@@ -94,14 +97,20 @@ def make_context(
 
 
 def timed_step(ctx: StepContext, batch: Batch, step: int) -> float:
-    """Wall-clock seconds of one training step (synchronised on CUDA)."""
+    """Seconds of one training step.
+
+    On CPU the CPU time this process used (summed over its threads), which other processes on a
+    shared machine do not inflate as they do wall time; on CUDA wall time, synchronised.
+    """
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
-    start = time.perf_counter()
+        start = time.perf_counter()
+        train_step(ctx, batch, step)
+        torch.cuda.synchronize(ctx.device)
+        return time.perf_counter() - start
+    start = time.process_time()
     train_step(ctx, batch, step)
-    if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 Variant = tuple[str, str]  # (grad method, jacobian mode)
@@ -161,7 +170,7 @@ def main() -> int:
     print(
         f"device={device} threads={torch.get_num_threads()} arch={DEFAULT_ARCH} tasks={tasks} "
         f"input={args.size}x{args.size} batch={args.batch} steps={args.steps} "
-        "(min over steps, round-robin)"
+        f"({'CPU' if device.type == 'cpu' else 'wall'} seconds, min over steps, round-robin)"
     )
     print(f"{'method':<12} {'jacobian':<8} {'s/step':>8} {'ratio':>6}  target")
     for (method, jacobian), value in seconds.items():
