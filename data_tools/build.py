@@ -25,7 +25,7 @@ Classes: ``--det-classes`` and ``--seg-classes`` (comma lists), or a YAML ``--cl
 A category may be in both lists; categories in neither are ignored (counted). ``iscrowd``
 regions are never detection targets and are painted 255 (ignore) when their class is a
 segmentation class. Masks: 0 = background, i = i-th segmentation class, 255 = ignore; larger
-regions are painted first so small objects stay on top (see ``data_tools.rasterize``).
+regions are painted first so small objects stay on top (see ``mtl_perception.core.rasterize``).
 
 Validation: boxes with zero area or entirely outside the image, unknown categories, malformed
 or < 3 point polygons, ambiguous matches are problems (counted, first example shown, item
@@ -65,18 +65,16 @@ from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
 from data_tools import depth_targets
 from data_tools.depth_targets import DepthFrame, DepthIndex, DepthOptions, DepthStats
-from data_tools.labels import LabeledImage, Region, label_files, read_labels
-from data_tools.rasterize import BoxMaskMode, BoxStatus, detection_box, rasterize
 from data_tools.split import SplitItem, assign_splits, parse_fractions
 from mtl_perception.core import atomic_io
 from mtl_perception.core.constants import IGNORE_INDEX
 from mtl_perception.core.errors import UserError
+from mtl_perception.core.labels import ClassConfig, LabeledImage, Region, label_files, load_class_config, read_labels
+from mtl_perception.core.rasterize import BoxMaskMode, frame_targets
 from mtl_perception.core.names import inside, safe_component
 from mtl_perception.core.summary import JobSummary
 
@@ -84,75 +82,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MARKER_NAME = ".build_complete"
 # Label Studio renames uploads to "<8 hex digits>-<original name>".
 LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}-")
-# Distinct colours for segmentation classes after background (black), cycled if needed.
-DEFAULT_PALETTE = [[128, 64, 128], [70, 70, 70], [220, 20, 60], [255, 160, 0], [0, 142, 70],
-                   [0, 80, 200], [190, 150, 255], [250, 240, 50], [0, 200, 200], [150, 100, 50]]
-
-
-# --------------------------------------------------------------------------- classes
-
-
-class ClassConfig(BaseModel):
-    """Configured classes; the YAML ``--classes-file`` has exactly these keys."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    detection_classes: list[str] = []
-    segmentation_classes: list[str] = []  # without "background"
-    palette: dict[str, tuple[int, int, int]] = {}
-
-    @field_validator("detection_classes", "segmentation_classes")
-    @classmethod
-    def _unique_names(cls, names: list[str]) -> list[str]:
-        names = [n.strip() for n in names]
-        if any(not n for n in names):
-            raise ValueError("empty class name")
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate class name in {names}")
-        if "background" in names:
-            raise ValueError("'background' is implicit (id 0); do not list it")
-        return names
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "ClassConfig":
-        if not self.detection_classes and not self.segmentation_classes:
-            raise ValueError("no detection and no segmentation classes configured")
-        if len(self.segmentation_classes) > 254:
-            raise ValueError("at most 254 segmentation classes (255 = ignore)")
-        unknown = set(self.palette) - {"background", *self.segmentation_classes}
-        if unknown:
-            raise ValueError(f"palette names classes that are not segmentation classes: {sorted(unknown)}")
-        return self
-
-    def palette_rgb(self) -> list[list[int]]:
-        """One RGB colour per segmentation class, background first."""
-        names = ["background", *self.segmentation_classes]
-        defaults = [[0, 0, 0]] + [DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)] for i in range(len(names) - 1)]
-        return [list(self.palette.get(n, d)) for n, d in zip(names, defaults)]
-
-
-def load_class_config(det: str | None, seg: str | None, classes_file: Path | None) -> ClassConfig:
-    """Classes from the YAML file, with ``--det-classes``/``--seg-classes`` overriding its lists."""
-    raw: dict = {}
-    where = "--det-classes/--seg-classes"
-    if classes_file is not None:
-        where = str(classes_file)
-        try:
-            raw = yaml.safe_load(classes_file.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"{classes_file}: cannot read classes file ({err})".replace("\n", " ")) from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{classes_file}: expected a mapping with detection_classes/segmentation_classes")
-    if det is not None:
-        raw["detection_classes"] = [n for n in det.split(",") if n.strip()]
-    if seg is not None:
-        raw["segmentation_classes"] = [n for n in seg.split(",") if n.strip()]
-    try:
-        return ClassConfig.model_validate(raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "classes"
-        raise UserError(f"{where}: {loc}: {first['msg']}") from None
 
 
 # --------------------------------------------------------------------------- frames
@@ -370,8 +299,8 @@ def _resolve_group_by(group_by: str, samples: Sequence[Sample], fractions: Seque
 
 def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Path, summary: JobSummary) -> dict:
     """Write images, masks and annotations of ``samples`` into ``out_dir``; return splits.json."""
-    det = {name: k + 1 for k, name in enumerate(options.classes.detection_classes)}
-    seg = {name: k + 1 for k, name in enumerate(options.classes.segmentation_classes)}
+    det = options.classes.detection_ids()
+    seg = options.classes.segmentation_ids()
     names = _output_names([s.frame for s in samples])
     images, annotations, split_items = [], [], []
     depth_stats = DepthStats()
@@ -400,7 +329,7 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
             mask, detections = np.full((height, width), IGNORE_INDEX, np.uint8), []
             summary.add("depth-only frames")
         else:
-            mask, detections = _sample_targets(sample, det, seg, (height, width), options.box_masks, summary)
+            mask, detections = frame_targets(sample.regions, det, seg, (height, width), options.box_masks, summary)
         annotations += [{"id": len(annotations) + k + 1, "image_id": image_id, **ann} for k, ann in enumerate(detections)]
         atomic_io.write_with(out_dir / "masks" / mask_name, lambda p, m=mask: _imwrite(p, m))
         _link_or_copy(frame.path, out_dir / "images" / file_name)
@@ -446,47 +375,9 @@ def pair_depth(samples: dict[Path, Sample], index: DepthIndex, options: DepthOpt
         sample.depth = index.nearest(frame.bag, frame.stamp_ns, options.tolerance_ns)
 
 
-def _sample_targets(sample: Sample, det: dict[str, int], seg: dict[str, int], size: tuple[int, int],
-                    box_masks: BoxMaskMode, summary: JobSummary) -> tuple[np.ndarray, list[dict]]:
-    """Class-id mask and detection annotations (without ids) of one sample's regions."""
-    height, width = size
-    seg_regions, detections = [], []
-    for region in sample.regions:
-        if region.label not in det and region.label not in seg:
-            summary.add(f"ignored regions ({region.label})")
-            continue
-        if region.rle is not None and list(region.rle["size"]) != [height, width]:  # export without sizes
-            summary.fail("RLE size differs from the image size", f"{region.source}: {region.rle['size']} vs "
-                                                                 f"{[height, width]}")
-            continue
-        if region.label in seg:
-            seg_regions.append((seg[region.label], region))
-        if region.label in det and not region.iscrowd:  # crowds are never detection targets
-            ann = _detection_annotation(region, det[region.label], height, width, summary)
-            if ann is not None:
-                detections.append(ann)
-    return rasterize(seg_regions, height, width, box_masks), detections
-
-
 def _imwrite(path: Path, image: np.ndarray) -> None:
     if not cv2.imwrite(str(path), image):
         raise OSError(f"{path}: OpenCV could not write the mask")
-
-
-def _detection_annotation(region: Region, category_id: int, height: int, width: int,
-                          summary: JobSummary) -> dict | None:
-    """COCO detection annotation of a region, or None (recorded) when its box is unusable."""
-    box = detection_box(region, height, width)
-    if box.status is BoxStatus.ZERO_AREA:
-        summary.fail("box with zero area", f"{region.source}: {list(box.bbox)}")
-        return None
-    if box.status is BoxStatus.OUTSIDE:
-        summary.fail("box outside the image", f"{region.source}: {list(region.bbox or box.bbox)} in {width}x{height}")
-        return None
-    if box.status is BoxStatus.CLIPPED:
-        summary.warn("box partly outside the image (clipped)", f"{region.source}: {list(region.bbox or ())}")
-    return {"category_id": category_id, "bbox": [round(v, 2) for v in box.bbox], "area": round(box.area, 2),
-            "iscrowd": 0}
 
 
 def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSummary) -> list[Sample]:

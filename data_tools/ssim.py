@@ -250,10 +250,13 @@ def block_stats(gray: np.ndarray, win_size: int = DEFAULT_WIN_SIZE) -> BlockStat
     if gray.dtype != np.uint8 or gray.ndim != 2 or min(gray.shape) < 2 * win_size:
         return None
     rows, cols = gray.shape[0] // win_size, gray.shape[1] // win_size
-    values = gray[:rows * win_size, :cols * win_size].astype(np.float32)
+    crop = gray[:rows * win_size, :cols * win_size]
+    values = _buffer("block_values", crop.shape, np.dtype(np.float32))
+    np.copyto(values, crop)
     # INTER_AREA with an integer factor is the plain block mean.
     means = cv2.resize(values, (cols, rows), interpolation=cv2.INTER_AREA)
-    squares = cv2.resize(cv2.multiply(values, values), (cols, rows), interpolation=cv2.INTER_AREA)
+    squares = cv2.multiply(values, values, dst=_buffer("block_squares", crop.shape, np.dtype(np.float32)))
+    squares = cv2.resize(squares, (cols, rows), interpolation=cv2.INTER_AREA)
     return BlockStats(gray, means, squares, win_size)
 
 
@@ -270,7 +273,8 @@ def sampled_ssim(a: BlockStats, b: BlockStats) -> float:
     c1, c2 = np.float32((K1 * 255.0) ** 2), np.float32((K2 * 255.0) ** 2)
     rows, cols = a.means.shape
     crop = (slice(0, rows * a.win_size), slice(0, cols * a.win_size))
-    products = cv2.multiply(a.image[crop], b.image[crop], dtype=cv2.CV_32F)
+    products = cv2.multiply(a.image[crop], b.image[crop], dtype=cv2.CV_32F,
+                            dst=_buffer("block_products", a.image[crop].shape, np.dtype(np.float32)))
     cross = cv2.resize(products, (cols, rows), interpolation=cv2.INTER_AREA)
     mean_ab = a.means * b.means
     covariance = (cross - mean_ab) * cov_norm

@@ -18,6 +18,7 @@ import torch
 
 from mtl_perception.core.atomic_io import atomic_path
 from mtl_perception.core.errors import UserError
+from mtl_perception.core.palette import default_palette
 
 FORMAT = "mtl_perception.checkpoint"
 VERSION = 2
@@ -87,10 +88,8 @@ def inference_fields(
 
     ``model`` is a ``mtl_perception.nets`` model (its ``model_kwargs`` rebuild it);
     classes of a task the model lacks are stored as an empty list. Without a palette, the
-    default one (``visualize.default_palette``) is stored so the node can colour masks.
+    default one (``core.palette.default_palette``) is stored so the node can colour masks.
     """
-    from mtl_perception.visualize import default_palette
-
     tasks = set(model.tasks)
     segmentation = list(segmentation_classes) if "segmentation" in tasks else []
     return {

@@ -15,10 +15,9 @@ import cv2
 import numpy as np
 
 from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.palette import Color, default_palette
 
-__all__ = ["colorize_mask", "default_palette", "draw_detections", "draw_prediction", "overlay_mask"]
-
-Color = tuple[int, int, int]
+__all__ = ["colorize_mask", "draw_detections", "draw_prediction", "overlay_mask"]
 
 
 class PredictionLike(Protocol):
@@ -29,26 +28,6 @@ class PredictionLike(Protocol):
     labels: np.ndarray
     label_names: list[str]
     mask: np.ndarray | None
-
-
-def default_palette(num_classes: int) -> list[Color]:
-    """``num_classes`` distinct RGB colours, class 0 (background) black.
-
-    The PASCAL VOC label colour map: the bits of the class id are spread over the high bits
-    of R, G and B, so neighbouring ids get clearly different colours and the palette is the
-    same in every tool that uses VOC colours.
-    """
-    palette: list[Color] = []
-    for class_id in range(num_classes):
-        r = g = b = 0
-        value = class_id
-        for shift in range(7, -1, -1):
-            r |= ((value >> 0) & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        palette.append((r, g, b))
-    return palette
 
 
 _VOC_TABLE = np.array(default_palette(256), dtype=np.uint8)
@@ -161,3 +140,18 @@ def draw_prediction(
     if prediction.mask is not None:
         out = overlay_mask(out, prediction.mask, palette, alpha)
     return draw_detections(out, prediction.boxes, prediction.label_names, prediction.scores, prediction.labels, box_palette)
+
+
+def colorize_depth(depth_m: np.ndarray, max_m: float) -> np.ndarray:
+    """RGB uint8 ``[H, W, 3]`` image of a depth map in metres: near red, far (``>= max_m``) blue
+    (OpenCV's Turbo colour map), invalid pixels (``<= 0`` or non-finite) black."""
+    if depth_m.ndim != 2:
+        raise ValueError(f"colorize_depth needs a [H, W] depth map, got shape {depth_m.shape}")
+    if not max_m > 0:
+        raise ValueError(f"colorize_depth needs max_m > 0, got {max_m}")
+    depth = np.asarray(depth_m, dtype=np.float32)
+    valid = np.isfinite(depth) & (depth > 0)
+    near = 1.0 - np.clip(np.where(valid, depth, max_m) / np.float32(max_m), 0.0, 1.0)
+    rgb = cv2.cvtColor(cv2.applyColorMap(np.round(near * 255).astype(np.uint8), cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+    rgb[~valid] = 0
+    return rgb

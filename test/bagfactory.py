@@ -135,16 +135,18 @@ def write_bag(path: str | Path, fmt: BagFormat, messages: Iterable[tuple[str, st
 
 
 def write_recorder_mcap(path: str | Path, messages: Iterable[tuple[str, str, int, Any]], *,
-                        compression: Literal["zstd", "lz4", ""] = "zstd", chunk_size: int = 4096) -> Path:
+                        compression: Literal["zstd", "lz4", ""] = "zstd", chunk_size: int = 4096,
+                        chunked: bool = True) -> Path:
     """Write a bare ``.mcap`` the way ``ros2 bag record`` does (the ``mcap`` library's writer:
-    ``ros2msg`` schemas, chunk CRCs, zstd chunks by default); ``chunk_size`` bytes per chunk."""
+    ``ros2msg`` schemas, chunk CRCs, zstd chunks by default); ``chunk_size`` bytes per chunk.
+    ``chunked=False`` writes every record at the top level (the ``fastwrite`` storage preset)."""
     from mcap.writer import CompressionType, Writer as McapWriter
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     kinds = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "": CompressionType.NONE}
     with path.open("wb") as stream:
-        writer = McapWriter(stream, chunk_size=chunk_size, compression=kinds[compression])
+        writer = McapWriter(stream, chunk_size=chunk_size, compression=kinds[compression], use_chunking=chunked)
         writer.start(profile="ros2", library="bagfactory")
         schemas: dict[str, int] = {}
         channels: dict[tuple[str, str], int] = {}

@@ -219,6 +219,19 @@ def test_cut_bag_gives_exactly_the_complete_messages_before_the_cut(
     assert damaged.read_bytes() == data[:offset]  # input untouched
 
 
+def test_unchunked_mcap_cut_anywhere(tmp_path) -> None:
+    """``ros2 bag record``'s fastwrite preset writes no chunks: messages are top-level records."""
+    source = write_recorder_mcap(tmp_path / "fast.mcap", messages(), compression="", chunked=False)
+    data = source.read_bytes()
+    ends = message_ends(data)
+    for offset in (ends[3] - 1, ends[3], ends[N // 2] - 7, ends[-1], len(data) - 1):
+        damaged = tmp_path / "cut.mcap"
+        damaged.write_bytes(data[:offset])
+        got, reader = salvaged(damaged)
+        assert_prefix(got)
+        assert len(got) == sum(end <= offset for end in ends) and reader.salvage is not None
+
+
 @pytest.mark.parametrize("kind", ["ros1-lz4", "mcap-zstd", "mcap-lz4"])
 def test_messages_of_a_partly_written_compressed_chunk_are_recovered(tmp_path, kind) -> None:
     """One large chunk cut in the middle: lz4 and zstd decode the part that is there."""
@@ -389,12 +402,13 @@ def synth_bags(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.parametrize("storage", ["mcap", "db3"])
 @pytest.mark.parametrize("share", [0.35, 0.6, 0.9])
-def test_unpack_salvages_a_cut_synth_bag(synth_bags, tmp_path, capsys, share) -> None:
+def test_unpack_salvages_a_cut_synth_bag(synth_bags, tmp_path, capsys, storage, share) -> None:
     intact_out, cut_out = tmp_path / "intact", tmp_path / "cut"
-    assert run_unpack(synth_bags["mcap"], "--out", intact_out, "--jobs", "1") == 0
-    data = synth_bags["mcap"].read_bytes()
-    damaged = tmp_path / "bags" / "synth_bag.mcap"
+    assert run_unpack(synth_bags[storage], "--out", intact_out, "--jobs", "1") == 0
+    data = synth_bags[storage].read_bytes()
+    damaged = tmp_path / "bags" / f"synth_bag.{storage}"
     damaged.parent.mkdir()
     damaged.write_bytes(data[: int(len(data) * share)])
     digest = hashlib.sha256(damaged.read_bytes()).hexdigest()

@@ -243,6 +243,18 @@ def test_names_from_manifests_never_leave_the_dataset(tmp_path: Path, capfd: pyt
     assert sorted(p.name for p in (ds / "images").iterdir()) == [n.removeprefix("images/") for n in names]
 
 
+def test_label_file_names_are_only_matched_never_used_as_paths(tmp_path: Path) -> None:
+    photos = tmp_path / "work" / "photos"
+    photos.mkdir(parents=True)
+    cv2.imwrite(str(photos / "evil.jpg"), np.zeros((H, W, 3), np.uint8))
+    coco = coco_for([], extra_images=[{"id": 1, "file_name": "../../../../etc/evil.jpg", "width": W, "height": H}])
+    assert run_build(photos, [dump(tmp_path / "l.json", coco)], tmp_path / "work" / "out", "--split", "1,0,0") == 0
+    (image,) = load(tmp_path / "work" / "out" / "ds", "annotations.json")["images"]
+    assert image["file_name"] == "images/evil.jpg"
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["out", "photos"]
+    assert not (tmp_path / "etc").exists()
+
+
 def test_same_file_name_in_two_bags(tmp_path: Path) -> None:
     for bag in ("a", "b"):
         (tmp_path / "stills" / bag).mkdir(parents=True)

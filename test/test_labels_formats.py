@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from data_tools.labels import Region, read_labels
+from mtl_perception.core.labels import Region, read_labels
 from mtl_perception.core.constants import IGNORE_INDEX
-from data_tools.rasterize import BoxStatus, detection_box, rasterize
+from mtl_perception.core.rasterize import BoxStatus, detection_box, rasterize
 from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.errors import UserError
 

@@ -1,7 +1,8 @@
 """The perception node as a real process over DDS on loopback (one process per scenario group).
 
 - a node started from config/perception.yaml declares exactly the file's parameters;
-- rgb8 frames in -> Detection2DArray, mono8 and rgb8 masks and the overlay out, same headers;
+- rgb8 frames in -> Detection2DArray, mono8 and rgb8 masks, the overlay, 32FC1 depth (metres,
+  equal to the Predictor's) and its colour image out, same headers;
 - run-time parameter changes: good values apply, bad ones are rejected with a reason;
 - a burst of bad frames does not kill it and /diagnostics counts them;
 - compressed (JPEG) input with compressed:=true;
@@ -52,9 +53,9 @@ BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weights checkpoint (64x48 input)."""
+    """A tiny random-weights checkpoint (64x48 input) with all three tasks."""
     kwargs = {"arch": "ssdlite_deeplabv3", "num_detection_classes": 3, "num_segmentation_classes": 3,
-              "input_size": [HEIGHT, WIDTH]}
+              "input_size": [HEIGHT, WIDTH], "tasks": ["detection", "segmentation", "depth"]}
     model = build_model(**kwargs)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     save_checkpoint(path, inference_fields(model, DETECTION_CLASSES, SEGMENTATION_CLASSES, [[0, 0, 0], [0, 200, 0], [0, 0, 200]]))
@@ -198,7 +199,7 @@ def nodes(checkpoint: Path, ros_domain: dict[str, str], tmp_path_factory: pytest
     ``jpeg``: from command-line parameters, compressed input, in namespace /jpeg.
     """
     document = yaml.safe_load(CONFIG.read_text())
-    params = document["perception_node"]["ros__parameters"]
+    params = document["/**"]["ros__parameters"]
     params.update(model_path=str(checkpoint), device="cpu", warmup_iterations=1, diagnostics_period=0.3,
                   score_threshold=0.0, max_detections=5)
     folder = tmp_path_factory.mktemp("nodes")
@@ -264,6 +265,32 @@ def test_frames_in_results_out_with_the_same_header(yaml_node: tuple[NodeProcess
         assert detection.id == str(index) and detection.header.frame_id == "front_camera"
         assert detection.results[0].hypothesis.class_id in DETECTION_CLASSES
         assert 0.0 <= detection.bbox.center.position.x <= WIDTH and 0.0 <= detection.bbox.size_y <= HEIGHT
+
+
+def test_depth_in_metres_with_the_input_header(yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient,
+                                               checkpoint: Path) -> None:
+    from mtl_perception.core.images import decode_image
+    from mtl_perception.predictor import Predictor
+
+    node, _ = yaml_node
+    depths = client.collect(Image, f"{NODE}/depth")
+    colors = client.collect(Image, f"{NODE}/depth/color")
+    publisher = client.node.create_publisher(Image, "/test_cam/image", 10)
+    frame = _frame()
+    msg = _rgb8(_header(102, "rgbd_camera"), frame)
+
+    def both() -> bool:
+        return bool(_with_stamp(depths, 102) and _with_stamp(colors, 102))
+
+    assert client.spin_until(both, timeout=90.0, every=lambda: publisher.publish(msg)), node.output()
+    depth, color = _with_stamp(depths, 102)[0], _with_stamp(colors, 102)[0]
+    for out in (depth, color):
+        assert (out.header.frame_id, out.header.stamp.sec, out.header.stamp.nanosec) == ("rgbd_camera", 102, 1234)
+    assert (depth.encoding, depth.height, depth.width, depth.step) == ("32FC1", HEIGHT, WIDTH, WIDTH * 4)
+    assert (color.encoding, color.height, color.width) == ("rgb8", HEIGHT, WIDTH)
+    # Metres, exactly what the ROS-free Predictor computes for the same frame.
+    expected = Predictor.from_checkpoint(checkpoint, device="cpu").predict(frame).depth
+    assert np.allclose(decode_image(depth), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_run_time_parameters(yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient) -> None:

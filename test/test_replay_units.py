@@ -15,6 +15,7 @@ from rosbags.highlevel import AnyReader
 
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.labels import ClassConfig
 from mtl_perception.replay.ground_truth import load_ground_truth
 from mtl_perception.replay.outputs import DETECTIONS_TYPE, OutputSink, detections_to_arrays, header_stamp_ns
 from mtl_perception.replay.recorder import OutputRecorder, replay_typestore, vision_msgs_msg_dir
@@ -63,20 +64,23 @@ def _processed(folder: Path) -> Path:
     return folder
 
 
+CLASSES = ClassConfig(detection_classes=["box", "cone"], segmentation_classes=["box", "floor"])
+
+
 def test_coco_ground_truth_by_stamp(tmp_path: Path) -> None:
-    truth = load_ground_truth(_coco_file(tmp_path / "gt.json"))
+    truth = load_ground_truth(_coco_file(tmp_path / "gt.json"), CLASSES)
     assert truth.detection_classes == ["box", "cone"]
-    assert truth.segmentation_classes == ["background", "box", "cone", "floor"]
+    assert truth.segmentation_classes == ["background", "box", "floor"]
     assert list(truth.frames) == [STAMP] and STAMP in truth
     frame = truth.frames[STAMP]
     assert frame.names == ("box",)
     np.testing.assert_allclose(frame.boxes, [[2, 2, 5, 5]])
     mask = frame.load_mask()
     assert mask.shape == (6, 8)
-    assert mask[0, 0] == 0 and mask[5, 0] == 3  # background above, floor below
-    assert mask[3, 3] == 1  # the object is painted over the stuff
+    assert mask[0, 0] == 0 and mask[5, 0] == 2  # background above, floor below
+    assert mask[3, 3] == 1  # the smaller object is painted over the larger floor
     assert truth.summary.problems["image without integer stamp_ns"] == 1
-    assert truth.summary.problems["annotation with empty or malformed bbox"] == 1
+    assert truth.summary.problems["box with zero area"] == 1
 
 
 def test_processed_dataset_ground_truth(tmp_path: Path) -> None:
@@ -91,25 +95,30 @@ def test_processed_dataset_ground_truth(tmp_path: Path) -> None:
     ("make", "message"),
     [
         (lambda p: p / "missing.json", "not found"),
-        (lambda p: (p / "bad.json").write_text("{oops") and p / "bad.json", "not valid JSON"),
+        (lambda p: (p / "bad.json").write_text("{oops") and p / "bad.json", "not a COCO json file"),
         (lambda p: _coco_file(p / "nostamp.json", images=[{"id": 1, "file_name": "a.png"}]), "no image has a 'stamp_ns'"),
         (lambda p: p, "not a processed dataset"),
     ],
 )
 def test_ground_truth_errors(tmp_path: Path, make, message: str) -> None:  # noqa: ANN001
     with pytest.raises(UserError, match=message):
-        load_ground_truth(make(tmp_path))
+        load_ground_truth(make(tmp_path), CLASSES)
+
+
+def test_label_file_needs_class_lists(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="needs the class lists"):
+        load_ground_truth(_coco_file(tmp_path / "gt.json"))
 
 
 def test_scorer_perfect_answers_and_class_mapping(tmp_path: Path) -> None:
-    truth = load_ground_truth(_coco_file(tmp_path / "gt.json"))
+    truth = load_ground_truth(_coco_file(tmp_path / "gt.json"), CLASSES)
     # The model knows the classes in another order and lacks "cone" in segmentation.
     scorer = StampScorer(truth, ["background", "floor", "box"])
     boxes = np.array([[2, 2, 5, 5], [0, 0, 1, 1]], np.float32)
     assert scorer.add_detections(STAMP, boxes, np.array([0.9, 0.8]), ["box", "person"])
     assert not scorer.add_detections(STAMP + 1, np.zeros((0, 4)), np.zeros(0), [])  # no ground truth
     truth_mask = truth.frames[STAMP].load_mask()
-    model_mask = np.array([0, 2, 0, 1], np.uint8)[truth_mask]  # truth ids -> model ids, i.e. a perfect answer
+    model_mask = np.array([0, 2, 1], np.uint8)[truth_mask]  # truth ids -> model ids, i.e. a perfect answer
     assert scorer.add_mask(STAMP, model_mask)
     assert not scorer.add_mask(STAMP, model_mask[:3])  # wrong size: counted, not scored
     result = scorer.compute()

@@ -12,8 +12,8 @@ import pytest
 from rosbags.highlevel import AnyReader
 
 from data_tools import synth
-from data_tools.labels import Region
-from data_tools.rasterize import region_mask
+from mtl_perception.core.labels import Region
+from mtl_perception.core.rasterize import region_mask
 from mtl_perception.core.errors import UserError
 
 W, H, N = 64, 48, 12

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mtl_perception.predictor import Prediction
-from mtl_perception.visualize import colorize_mask, default_palette, draw_detections, draw_prediction, overlay_mask
+from mtl_perception.core.palette import default_palette
+from mtl_perception.visualize import colorize_mask, draw_detections, draw_prediction, overlay_mask
 
 
 def test_default_palette_is_voc_and_distinct() -> None:

@@ -79,6 +79,9 @@ _MCAP_CHUNK_FIXED = struct.Struct(
     "<QQQII"
 )  # start, end, uncompressed size, crc, compression length
 _ROS1_OP_MSGDATA, _ROS1_OP_BAGHEADER, _ROS1_OP_CHUNK, _ROS1_OP_CONNECTION = 2, 3, 5, 7
+MAX_CUT_CHUNK = 1 << 28
+"""A chunk cut by the end of the file is decoded only if the rest of the file is at most this
+(256 MiB): recorders close chunks at about 1 MiB, so a longer rest means a corrupt length."""
 _ROS1_SKIPPED_OPS = (4, 6)  # index data, chunk info: only the (missing or intact) index uses them
 
 
@@ -336,6 +339,8 @@ def _mcap_partial_chunk(
 
     Returns their count (``None`` when the record at ``start`` is not a chunk).
     """
+    if report.size - start > MAX_CUT_CHUNK:
+        return None
     handle.seek(start)
     rest = handle.read()
     fixed = 9 + _MCAP_CHUNK_FIXED.size
@@ -511,6 +516,8 @@ def _ros1_open_chunk(
         compression, _ = _ros1_chunk_header(header)
         (length,) = struct.unpack("<I", _read_exact(handle, 4, report.size))
     except (EOFError, _Damage, Ros1ReaderError):
+        return None
+    if report.size - handle.tell() > MAX_CUT_CHUNK:
         return None
     data = handle.read(length) if length else handle.read()
     try:

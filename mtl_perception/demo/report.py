@@ -62,13 +62,19 @@ def headline(metrics: Mapping[str, Any] | None, replay: Mapping[str, Any] | None
     metrics = metrics or {}
     detection = metrics.get("detection", {}) or {}
     segmentation = metrics.get("segmentation", {}) or {}
+    depth = metrics.get("depth", {}) or {}
     model = metrics.get("profile", {}) or {}
     latency = (replay or {}).get("latency_ms", {}) or {}
+    depth_figures = {}
+    if depth:
+        depth_figures = {"depth AbsRel": depth.get("abs_rel"), "depth RMSE m": depth.get("rmse"),
+                         "depth δ<1.25": depth.get("delta1")}
     return {
         "mAP@[.5:.95]": detection.get("map"),
         "mAP@.5": detection.get("map_50"),
         "mIoU (incl. background)": segmentation.get("miou"),
         "pixel accuracy": segmentation.get("pixel_accuracy"),
+        **depth_figures,
         "model latency ms/frame": model.get("latency_ms"),
         "replay p50 latency ms": latency.get("p50"),
         "replay frames sent/answered": f"{(replay or {}).get('frames_sent', 'n/a')}/{(replay or {}).get('frames_answered', 'n/a')}",
@@ -89,6 +95,13 @@ def _per_class_tables(metrics: Mapping[str, Any]) -> tuple[list[Table], dict[str
         iou = segmentation["per_class_iou"]
         tables.append(Table("Segmentation per class (val)", ["class", "IoU"], [[name, fmt(v)] for name, v in iou.items()]))
         bars["IoU per class"] = dict(iou)
+    depth = metrics.get("depth") or {}
+    if depth:
+        names = [("AbsRel", "abs_rel"), ("SqRel", "sq_rel"), ("RMSE (m)", "rmse"), ("RMSE(log)", "rmse_log"),
+                 ("MAE (m)", "mae"), ("δ<1.25", "delta1"), ("δ<1.25²", "delta2"), ("δ<1.25³", "delta3"),
+                 ("frames", "frames"), ("valid pixels", "valid_pixels")]
+        tables.append(Table("Depth (val, every valid pixel counts once)", ["metric", "value"],
+                            [[label, fmt(depth.get(key))] for label, key in names]))
     return tables, bars
 
 

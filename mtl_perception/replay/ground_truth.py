@@ -5,10 +5,11 @@ Two sources are read (docs/CONTRACTS.md):
 
 - a processed dataset folder (``mtl-data build``, §4): ``annotations.json`` + ``classes.json``
   + ``masks/``; detection classes in ``classes.json`` order, masks already class ids;
-- a COCO file with ``stamp_ns`` per image, such as the synth bag's ``synth_coco.json`` (§3):
-  categories with ``supercategory: "stuff"`` are segmentation-only; everything else is a
-  detection class. Masks are rasterised from the annotations (stuff first, then objects on
-  top in annotation order); unlabelled pixels are ``background``.
+- a label export with ``stamp_ns`` per image (a COCO file such as the synth bag's
+  ``synth_coco.json``, or CVAT XML). Its labels are turned into targets by the same code as
+  ``mtl-data build`` (``core.rasterize.frame_targets``: largest region painted first, crowd and
+  box-only regions ignored) with the class lists of the model's dataset, so a frame scores
+  against the same mask whether it went through ``mtl-eval`` or ``mtl-replay``.
 
 Masks are produced lazily (one frame at a time) so long bags do not hold every mask in memory.
 """
@@ -22,15 +23,15 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from mtl_perception.core.errors import UserError
-from mtl_perception.core.summary import JobSummary
+from mtl_perception.core.labels import BACKGROUND, ClassConfig, Region, read_labels
+from mtl_perception.core.rasterize import frame_targets
 from mtl_perception.core.json_io import read_json
+from mtl_perception.core.summary import JobSummary
 
 __all__ = ["FrameTruth", "GroundTruth", "load_ground_truth"]
 
-BACKGROUND = "background"
 
 
 @dataclass(frozen=True)
@@ -145,58 +146,59 @@ def _load_processed(folder: Path) -> GroundTruth:
     return GroundTruth(folder, detection_classes, segmentation_classes, frames, summary)
 
 
-def _rasterise(anns: list[dict[str, Any]], height: int, width: int, class_of: dict[int, int],
-               stuff_ids: set[int]) -> np.ndarray:
-    """Class-id mask from COCO polygons/RLE: stuff first, objects painted over it."""
-    mask = np.zeros((height, width), dtype=np.uint8)
-    ordered = sorted(anns, key=lambda a: a["category_id"] not in stuff_ids)  # stable: stuff, then objects
-    for ann in ordered:
-        segmentation = ann.get("segmentation")
-        if not segmentation or ann["category_id"] not in class_of:
-            continue
-        if isinstance(segmentation, list):  # polygons
-            rles = mask_utils.frPyObjects(segmentation, height, width)
-            rle = mask_utils.merge(rles)
-        elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        else:  # compressed RLE; JSON holds its counts as text, pycocotools wants bytes
-            counts = segmentation["counts"]
-            rle = dict(segmentation, counts=counts.encode("ascii") if isinstance(counts, str) else counts)
-        mask[mask_utils.decode(rle).astype(bool)] = class_of[ann["category_id"]]
-    return mask
+def _mask_loader(regions: list[Region], segmentation: dict[str, int], size: tuple[int, int],
+                 ) -> Callable[[], np.ndarray | None]:
+    """Paint the mask when it is scored, not at load time (long bags, many frames); its
+    problems were already counted when the frame was loaded."""
+    if not segmentation:
+        return lambda: None
+    return lambda: frame_targets(regions, {}, segmentation, size, "ignore", JobSummary("mask"))[0]
 
 
-def _load_coco(path: Path) -> GroundTruth:
-    """A COCO file whose images carry ``stamp_ns`` (e.g. the synth bag's ``synth_coco.json``)."""
+def _load_export(path: Path, classes: ClassConfig) -> GroundTruth:
+    """A label export whose images carry ``stamp_ns``, rasterised like ``mtl-data build``."""
     summary = JobSummary("ground truth")
-    coco = read_json(path)
-    if not isinstance(coco, dict) or not isinstance(coco.get("categories"), list):
-        raise UserError(f"{path}: not a COCO file (no 'categories' list)")
-    categories = sorted(coco["categories"], key=lambda c: c["id"])
-    category_names = {c["id"]: c["name"] for c in categories}
-    stuff_ids = {c["id"] for c in categories if c.get("supercategory") == "stuff"}
-    detection_classes = [c["name"] for c in categories if c["id"] not in stuff_ids]
-    segmentation_classes = [BACKGROUND] + [c["name"] for c in categories if c["name"] != BACKGROUND]
-    class_of = {c["id"]: segmentation_classes.index(c["name"]) for c in categories}
-    has_segmentation = any(a.get("segmentation") for a in coco.get("annotations") or [] if isinstance(a, dict))
-    images = _index_images(coco, path, summary)
-    grouped = _group_annotations(coco, set(images), summary)
+    detection, segmentation = classes.detection_ids(), classes.segmentation_ids()
+    names = {category_id: name for name, category_id in detection.items()}
+    frames: dict[int, FrameTruth] = {}
+    for image in read_labels(path, summary):
+        if image.stamp_ns is None:
+            summary.fail("image without integer stamp_ns", f"{path}: {image.name}")
+            continue
+        if image.stamp_ns in frames:
+            summary.fail("duplicate stamp_ns", f"{path}: {image.name} ({image.stamp_ns})")
+            continue
+        if not image.height or not image.width:
+            summary.fail("image without width/height", f"{path}: {image.name}")
+            continue
+        size = (image.height, image.width)
+        _, anns = frame_targets(image.regions, detection, segmentation, size, "ignore", summary)
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (ann["bbox"] for ann in anns)]
+        frames[image.stamp_ns] = FrameTruth(
+            np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            tuple(names[ann["category_id"]] for ann in anns),
+            np.zeros(len(anns), dtype=np.int64),
+            _mask_loader(image.regions, segmentation, size),
+        )
+    if not frames:
+        raise UserError(f"{path}: no image has a 'stamp_ns' field; cannot match frames by header stamp")
+    segmentation_classes = [BACKGROUND, *classes.segmentation_classes] if segmentation else None
+    return GroundTruth(path, list(classes.detection_classes), segmentation_classes, frames, summary)
 
-    frames = {}
-    for image_id, image in images.items():
-        anns = grouped[image_id]
-        boxes, names, crowd = _boxes(anns, category_names, set(detection_classes), summary)
-        height, width = int(image.get("height", 0)), int(image.get("width", 0))
 
-        def load(anns: list[dict[str, Any]] = anns, height: int = height, width: int = width) -> np.ndarray | None:
-            return _rasterise(anns, height, width, class_of, stuff_ids) if height > 0 and width > 0 else None
+def load_ground_truth(path: str | Path, classes: ClassConfig | None = None) -> GroundTruth:
+    """Ground truth from a processed dataset folder or a label export with ``stamp_ns``.
 
-        frames[image["stamp_ns"]] = FrameTruth(boxes, names, crowd, load)
-    return GroundTruth(path, detection_classes, segmentation_classes if has_segmentation else None, frames, summary)
+    Args:
+        path: A ``mtl-data build`` folder, or a COCO JSON / CVAT XML file whose images carry
+            ``stamp_ns``.
+        classes: The class lists a label export is rasterised with (those of the model's
+            dataset); unused for a dataset folder, which has its own ``classes.json``.
 
-
-def load_ground_truth(path: str | Path) -> GroundTruth:
-    """Ground truth from a processed dataset folder or a COCO JSON file with ``stamp_ns``."""
+    Raises:
+        UserError: The path is missing or not ground truth, no image has a stamp, or a label
+            export comes without ``classes``.
+    """
     path = Path(path)
     if path.is_dir():
         if not (path / "annotations.json").is_file():
@@ -205,4 +207,7 @@ def load_ground_truth(path: str | Path) -> GroundTruth:
         return _load_processed(path)
     if not path.exists():
         raise UserError(f"{path}: ground truth not found")
-    return _load_coco(path)
+    if classes is None:
+        raise UserError(f"{path}: a label file needs the class lists to rasterise it with; "
+                        "give --model (its dataset's classes) or --classes-file")
+    return _load_export(path, classes)

@@ -1,4 +1,4 @@
-"""The ROS 2 perception node: camera frames in, detections and segmentation out.
+"""The ROS 2 perception node: camera frames in, detections, segmentation and depth out.
 
 A lifecycle node (``rclpy.lifecycle.LifecycleNode``):
 
@@ -21,12 +21,14 @@ frame the worker takes is deserialised, so frames dropped under overload cost al
 (deserialising a 640x480 rgb8 frame is a 900 KB copy). Every output carries the input header
 unchanged. A bad frame (malformed message, unknown encoding, truncated, empty, undecodable)
 is counted, logged with a throttled warning and skipped. Optional image outputs (colour mask,
-overlay) are only drawn while someone subscribes to them.
+overlay, colour depth) are only drawn while someone subscribes to them; the depth itself comes
+from the ``Predictor`` in metres at the frame's resolution, the node only converts it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib.util
 import sys
 import threading
@@ -38,6 +40,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -47,10 +50,17 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
 from mtl_perception.core.errors import UserError
-from mtl_perception.ros.conversions import ImageDecoder, UnsupportedEncoding, default_decoder, to_network_rgb
+from mtl_perception.ros.conversions import ImageDecoder, UnsupportedEncoding, make_decoder, to_network_rgb
 from mtl_perception.ros.diagnostics import ERROR, WARN, FrameStats
 from mtl_perception.ros.mailbox import Mailbox
-from mtl_perception.ros.messages import color_mask_message, detections_message, mask_message, overlay_message
+from mtl_perception.ros.messages import (
+    color_depth_message,
+    color_mask_message,
+    depth_message,
+    detections_message,
+    mask_message,
+    overlay_message,
+)
 from mtl_perception.ros.params import SPECS, Settings, declare_all, first_problem
 from mtl_perception.ros.qos import input_qos
 
@@ -64,6 +74,8 @@ DETECTIONS_TOPIC = "~/detections"
 SEGMENTATION_TOPIC = "~/segmentation"
 COLOR_TOPIC = "~/segmentation/color"
 OVERLAY_TOPIC = "~/overlay"
+DEPTH_TOPIC = "~/depth"
+DEPTH_COLOR_TOPIC = "~/depth/color"
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
@@ -163,23 +175,32 @@ class PerceptionNode(LifecycleNode):
         self._active = False
         self._fatal: str | None = None
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile_system_default)
-        self._diagnostics_timer = self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
+        # Steady clock: diagnostics keep coming with use_sim_time while a bag is paused (no /clock).
+        self._diagnostics_timer = self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics,
+                                                    clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load and warm up the model, create the publishers."""
+        try:
+            self._decoder = make_decoder(self.settings.decoder)
+        except UserError as err:
+            self._fail(str(err))
+            return FAILURE
         if not self._load_model():
             return FAILURE
-        self._decoder = default_decoder()
         self._outputs = {
             "detections": self.create_lifecycle_publisher(Detection2DArray, DETECTIONS_TOPIC, 10),
             "segmentation": self.create_lifecycle_publisher(Image, SEGMENTATION_TOPIC, 10),
             "color": self.create_lifecycle_publisher(Image, COLOR_TOPIC, 10),
             "overlay": self.create_lifecycle_publisher(Image, OVERLAY_TOPIC, 10),
+            "depth": self.create_lifecycle_publisher(Image, DEPTH_TOPIC, 10),
+            "depth_color": self.create_lifecycle_publisher(Image, DEPTH_COLOR_TOPIC, 10),
         }
         self.get_logger().info(
             f"configured: model {self.settings.model_path} on {self._predictor.device} "
-            f"(fp16 {self._predictor.half}, input {self._predictor.input_size}), images decoded by {self._decoder.name}")
+            f"(fp16 {self._predictor.half}, input {self._predictor.input_size}), images decoded by {self._decoder.name} "
+            "decoder")
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -211,6 +232,7 @@ class PerceptionNode(LifecycleNode):
         """Stop listening and inferring; release the model so the GPU is free while inactive."""
         self.stop_processing()
         self._release_model()
+        self.get_logger().info("inactive: stopped listening, model released (activate loads it again)")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -218,6 +240,7 @@ class PerceptionNode(LifecycleNode):
         self._destroy_publishers()
         self._release_model()
         self._stats.reset()
+        self.get_logger().info("unconfigured: publishers and model released")
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -225,7 +248,16 @@ class PerceptionNode(LifecycleNode):
         self.stop_processing()
         self._destroy_publishers()
         self._release_model()
+        self.get_logger().info(f"finalized: shut down from {state.label}")
         return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition callback raised: stop and release everything, go back to unconfigured."""
+        self.stop_processing()
+        self._destroy_publishers()
+        self._release_model()
+        self.get_logger().error(f"error in a transition from {state.label}: stopped, back to unconfigured")
+        return SUCCESS
 
     @property
     def fatal_error(self) -> str | None:
@@ -241,11 +273,15 @@ class PerceptionNode(LifecycleNode):
                 raise UserError(problem)
             predictor.warmup(self.settings.warmup_iterations)
         except UserError as err:
-            self._fatal = str(err)
-            self.get_logger().fatal(self._fatal)
+            self._fail(str(err))
             return False
         self._predictor, self._fatal = predictor, None
         return True
+
+    def _fail(self, reason: str) -> None:
+        """A transition cannot complete because of the user's input: one fatal line."""
+        self._fatal = reason
+        self.get_logger().fatal(reason)
 
     def _release_model(self) -> None:
         from mtl_perception.device import release_memory  # imports torch: only once a model exists
@@ -336,6 +372,11 @@ class PerceptionNode(LifecycleNode):
                 pubs["color"].publish(color_mask_message(prediction.mask, palette, header))
         if settings.publish_overlay and _has_subscribers(pubs["overlay"]):
             pubs["overlay"].publish(overlay_message(rgb, prediction, palette, settings.overlay_alpha, header))
+        if prediction.depth is not None:
+            if settings.publish_depth:
+                pubs["depth"].publish(depth_message(prediction.depth, header))
+            if settings.publish_depth_color and _has_subscribers(pubs["depth_color"]):
+                pubs["depth_color"].publish(color_depth_message(prediction.depth, settings.depth_color_max, header))
 
     def _predictor_palette(self) -> list[tuple[int, ...]]:
         predictor = self._predictor
@@ -417,6 +458,8 @@ def main(args: Sequence[str] | None = None) -> int:
         if node.settings.autostart:
             if node.trigger_configure() != SUCCESS or node.trigger_activate() != SUCCESS:
                 return 2  # the reason was logged as one fatal line
+        else:
+            node.get_logger().info("unconfigured: waiting for lifecycle transitions (autostart is false)")
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -425,6 +468,10 @@ def main(args: Sequence[str] | None = None) -> int:
             node.stop_processing()
             node.destroy_node()
         rclpy.try_shutdown()
+        # The interpreter's last garbage collections walk every object torch created: seconds
+        # on a loaded robot, past launch's 5 s SIGINT grace. Frozen objects are skipped (the
+        # OS frees the memory), so Ctrl-C ends the node promptly.
+        gc.freeze()
     return 0
 
 

@@ -55,6 +55,7 @@ from mtl_perception.core.summary import JobSummary
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.core.depth import DEFAULT_DEPTH_TOLERANCE_MS, DEFAULT_DEPTH_UNIT_M
 from mtl_perception.core.errors import UserError, run_cli
+from mtl_perception.core.labels import BACKGROUND, ClassConfig, load_class_config
 from mtl_perception.replay.ground_truth import GroundTruth, load_ground_truth
 from mtl_perception.replay.outputs import DETECTIONS_TYPE, IMAGE_TYPE, OutputSink, header_stamp_ns
 from mtl_perception.replay.recorder import OutputRecorder
@@ -277,7 +278,9 @@ def _positive(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("bag", type=Path, help="bag to replay: ROS 1 .bag, rosbag2 folder, .db3 or .mcap")
+    parser.add_argument("bag", type=Path, help="bag to replay: ROS 1 .bag (.bag.active), rosbag2 folder, .db3 or "
+                        ".mcap; a cut-off or damaged bag is salvaged: its complete frames before the damage are "
+                        "replayed, with a warning (docs/SALVAGE.md)")
     parser.add_argument("--topic", help="image topic in the bag (default: the only image topic)")
     parser.add_argument("--publish-topic", help="topic to publish on (default: the bag's topic name)")
     node = parser.add_argument_group("node")
@@ -296,7 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use the bag's record time as header stamp (cameras that leave stamps 0 or repeat them)")
     timing.add_argument("--max-frames", type=int, default=0, help="replay at most this many frames (0 = all)")
     output = parser.add_argument_group("output")
-    output.add_argument("--ground-truth", type=Path, help="mtl-data build folder or COCO .json with stamp_ns: adds mAP/mIoU")
+    output.add_argument("--ground-truth", type=Path,
+                        help="mtl-data build folder, or COCO .json / CVAT .xml with stamp_ns: adds mAP/mIoU")
+    output.add_argument("--classes-file", type=Path,
+                        help="classes YAML of mtl-data build, to rasterise a label file's ground truth "
+                             "(default: the classes of --model's dataset)")
     depth = parser.add_argument_group("depth (RGB-D bags)")
     depth.add_argument("--depth-topic", help="the bag's aligned depth topic to score ~/depth against, "
                                              "e.g. /camera/aligned_depth_to_color/image_raw")
@@ -322,14 +329,26 @@ class ModelInfo:
     palette: list[list[int]] | None
 
 
-def _model_info(args: argparse.Namespace, truth: GroundTruth | None) -> ModelInfo:
-    if args.model is not None:
-        payload = load_checkpoint(args.model)  # UserError when missing/foreign
-        return ModelInfo(list(payload["detection_classes"]), list(payload["segmentation_classes"]) or None,
-                         [list(c) for c in payload["palette"]] or None)
-    if truth is not None:
-        return ModelInfo(list(truth.detection_classes), truth.segmentation_classes, None)
-    return ModelInfo([], None, None)
+def _model_info(args: argparse.Namespace) -> ModelInfo | None:
+    """The checkpoint's classes and palette; ``None`` with ``--attach`` and no ``--model``."""
+    if args.model is None:
+        return None
+    payload = load_checkpoint(args.model)  # UserError when missing/foreign
+    return ModelInfo(list(payload["detection_classes"]), list(payload["segmentation_classes"]) or None,
+                     [list(c) for c in payload["palette"]] or None)
+
+
+def _ground_truth(args: argparse.Namespace, model: ModelInfo | None) -> GroundTruth | None:
+    """``--ground-truth``, a label file rasterised with ``--classes-file`` or the model's classes."""
+    if args.ground_truth is None:
+        return None
+    classes = None
+    if args.classes_file is not None:
+        classes = load_class_config(None, None, args.classes_file)
+    elif model is not None:
+        segmentation = [name for name in model.segmentation_classes or [] if name != BACKGROUND]
+        classes = ClassConfig(detection_classes=model.detection_classes, segmentation_classes=segmentation)
+    return load_ground_truth(args.ground_truth, classes)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -345,8 +364,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _replay(args: argparse.Namespace) -> int:
     _check_args(args)
-    truth = load_ground_truth(args.ground_truth) if args.ground_truth else None
-    info = _model_info(args, truth)
+    model = _model_info(args)
+    truth = _ground_truth(args, model)
+    info = model or (ModelInfo(list(truth.detection_classes), truth.segmentation_classes, None)
+                     if truth is not None else ModelInfo([], None, None))
     summary = JobSummary(PROG)
     stats = ReplayStats()
     out: Path = args.out

@@ -21,12 +21,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+import yaml
 from pycocotools import mask as mask_utils
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.errors import UserError
+from mtl_perception.core.palette import default_palette
+from mtl_perception.core.summary import JobSummary
 
 BBox = tuple[float, float, float, float]  # COCO x, y, width, height in pixels
+BACKGROUND = "background"
+"""Segmentation class 0 of every dataset and checkpoint."""
 
 
 @dataclass
@@ -265,3 +270,77 @@ def _cvat_mask_rle(shape: ET.Element, image: LabeledImage) -> dict:
     full = np.zeros((image.height, image.width), np.uint8)
     full[top:top + height, left:left + width] = values[: max(0, image.height - top), : max(0, image.width - left)]
     return mask_utils.encode(np.asfortranarray(full))
+
+
+# --------------------------------------------------------------------------- classes
+
+
+class ClassConfig(BaseModel):
+    """Configured classes; the YAML ``--classes-file`` has exactly these keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detection_classes: list[str] = []
+    segmentation_classes: list[str] = []  # without "background"
+    palette: dict[str, tuple[int, int, int]] = {}
+
+    @field_validator("detection_classes", "segmentation_classes")
+    @classmethod
+    def _unique_names(cls, names: list[str]) -> list[str]:
+        names = [n.strip() for n in names]
+        if any(not n for n in names):
+            raise ValueError("empty class name")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate class name in {names}")
+        if "background" in names:
+            raise ValueError("'background' is implicit (id 0); do not list it")
+        return names
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClassConfig:
+        if not self.detection_classes and not self.segmentation_classes:
+            raise ValueError("no detection and no segmentation classes configured")
+        if len(self.segmentation_classes) > 254:
+            raise ValueError("at most 254 segmentation classes (255 = ignore)")
+        unknown = set(self.palette) - {"background", *self.segmentation_classes}
+        if unknown:
+            raise ValueError(f"palette names classes that are not segmentation classes: {sorted(unknown)}")
+        return self
+
+    def palette_rgb(self) -> list[list[int]]:
+        """One RGB colour per segmentation class, background first."""
+        names = [BACKGROUND, *self.segmentation_classes]
+        defaults = default_palette(len(names))
+        return [list(self.palette.get(n, d)) for n, d in zip(names, defaults, strict=True)]
+
+    def detection_ids(self) -> dict[str, int]:
+        """Detection class name -> COCO category id (1-based, in list order)."""
+        return {name: i + 1 for i, name in enumerate(self.detection_classes)}
+
+    def segmentation_ids(self) -> dict[str, int]:
+        """Segmentation class name -> mask value (1-based; 0 is background)."""
+        return {name: i + 1 for i, name in enumerate(self.segmentation_classes)}
+
+
+def load_class_config(det: str | None, seg: str | None, classes_file: Path | None) -> ClassConfig:
+    """Classes from the YAML file, with ``--det-classes``/``--seg-classes`` overriding its lists."""
+    raw: dict = {}
+    where = "--det-classes/--seg-classes"
+    if classes_file is not None:
+        where = str(classes_file)
+        try:
+            raw = yaml.safe_load(classes_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise UserError(f"{classes_file}: cannot read classes file ({err})".replace("\n", " ")) from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{classes_file}: expected a mapping with detection_classes/segmentation_classes")
+    if det is not None:
+        raw["detection_classes"] = [n for n in det.split(",") if n.strip()]
+    if seg is not None:
+        raw["segmentation_classes"] = [n for n in seg.split(",") if n.strip()]
+    try:
+        return ClassConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "classes"
+        raise UserError(f"{where}: {loc}: {first['msg']}") from None

@@ -1,5 +1,9 @@
 """Region geometry -> pixels: class-id masks and clipped detection boxes.
 
+The one rasteriser: ``mtl-data build`` (the masks ``mtl-train`` and ``mtl-eval`` read) and
+``mtl-replay --ground-truth labels.json`` both turn labels into targets with
+:func:`frame_targets`, so the same labels score against the same masks everywhere.
+
 Polygon and RLE decoding is pycocotools' (the same code COCO evaluation uses), so a mask
 painted here matches what any COCO tool shows for the annotation.
 
@@ -20,8 +24,9 @@ from typing import Literal
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from data_tools.labels import BBox, Region
 from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.labels import BBox, Region
+from mtl_perception.core.summary import JobSummary
 
 BoxMaskMode = Literal["ignore", "fill"]
 
@@ -124,3 +129,57 @@ def rasterize(regions: list[tuple[int, Region]], height: int, width: int,
     for _, value, mask in sorted(layers, key=lambda layer: -layer[0]):
         out[mask] = value
     return out
+
+
+def frame_targets(regions: list[Region], detection: dict[str, int], segmentation: dict[str, int],
+                  size: tuple[int, int], box_masks: BoxMaskMode, summary: JobSummary,
+                  ) -> tuple[np.ndarray, list[dict]]:
+    """Class-id mask and COCO detection annotations of one image's regions.
+
+    Args:
+        regions: The image's labelled regions (any annotation format, see ``core.labels``).
+        detection: Detection class name -> category id; other names are no detection target.
+        segmentation: Segmentation class name -> mask value (1..254; 0 is background).
+        size: ``(height, width)`` of the image.
+        box_masks: How a segmentation region known only by its box is painted (see module).
+        summary: Receives unusable regions (counted, first example kept) and warnings.
+
+    Returns:
+        The ``uint8`` mask (0 background, ``IGNORE_INDEX`` for crowds and box-only regions by
+        default) and one ``{"category_id", "bbox" (x, y, w, h clipped), "area", "iscrowd": 0}``
+        per detection target. Crowd regions are never detection targets.
+    """
+    height, width = size
+    seg_regions, detections = [], []
+    for region in regions:
+        if region.label not in detection and region.label not in segmentation:
+            summary.add(f"ignored regions ({region.label})")
+            continue
+        if region.rle is not None and list(region.rle["size"]) != [height, width]:  # export without sizes
+            summary.fail("RLE size differs from the image size",
+                         f"{region.source}: {region.rle['size']} vs {[height, width]}")
+            continue
+        if region.label in segmentation:
+            seg_regions.append((segmentation[region.label], region))
+        if region.label in detection and not region.iscrowd:
+            ann = _detection_annotation(region, detection[region.label], height, width, summary)
+            if ann is not None:
+                detections.append(ann)
+    return rasterize(seg_regions, height, width, box_masks), detections
+
+
+def _detection_annotation(region: Region, category_id: int, height: int, width: int,
+                          summary: JobSummary) -> dict | None:
+    """COCO detection annotation of a region, or None (recorded) when its box is unusable."""
+    box = detection_box(region, height, width)
+    if box.status is BoxStatus.ZERO_AREA:
+        summary.fail("box with zero area", f"{region.source}: {list(box.bbox)}")
+        return None
+    if box.status is BoxStatus.OUTSIDE:
+        summary.fail("box outside the image",
+                     f"{region.source}: {list(region.bbox or box.bbox)} in {width}x{height}")
+        return None
+    if box.status is BoxStatus.CLIPPED:
+        summary.warn("box partly outside the image (clipped)", f"{region.source}: {list(region.bbox or ())}")
+    return {"category_id": category_id, "bbox": [round(v, 2) for v in box.bbox],
+            "area": round(box.area, 2), "iscrowd": 0}
