@@ -44,7 +44,6 @@ does not expose for saving; a resumed run re-solves it from scratch on its first
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,8 +58,6 @@ from mtl_perception.core.errors import UserError
 
 if TYPE_CHECKING:
     from mtl_perception.balancing.weighting import LossWeighting
-
-LOG = logging.getLogger(__name__)
 
 JACOBIANS: tuple[str, ...] = ("exact", "rep")
 
@@ -207,7 +204,6 @@ class GradientBalancer:
         self.last_shared_params = [p for p in last_shared_params if id(p) in shared_ids]
         self.cosine_every = cosine_every
         self.sync = sync or NoSync()
-        self.skipped_steps = 0
 
     def _aggregator(self, tasks: tuple[str, ...]) -> aggregation.Aggregator:
         # One per task subset: Nash-MTL's state (last weights) is per task, and its size is fixed.
@@ -258,17 +254,6 @@ class GradientBalancer:
             stats = self._exact_backward(tasks, losses, live_features, loss_scale)
         else:  # rep mode, or plain backward that also needs per-task gradient norms
             stats = self._rep_backward(tasks, losses, live_features, loss_scale)
-        if not stats.finite:
-            self.skipped_steps += 1
-            culprits = ", ".join(stats.nonfinite_tasks) or "unknown task"
-            LOG.warning(
-                "step %d: non-finite gradient (%s) with grad_method=%s; step skipped "
-                "(%d skipped so far)",
-                step,
-                culprits,
-                self.method,
-                self.skipped_steps,
-            )
         return stats
 
     # -- the three backward passes ---------------------------------------------------------
