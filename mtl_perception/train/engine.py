@@ -133,7 +133,7 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
               f"({ctx.skipped_steps} so far)", file=sys.stderr, flush=True)
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
-    if ctx.ema is not None:
+    if ctx.ema is not None and stats.finite:  # a skipped step leaves the EMA as it leaves the weights
         ctx.ema.update_parameters(ctx.model)
     scalars = {f"loss/{task}": float(loss.detach()) for task, loss in losses.items()}
     scalars |= {f"weighted_loss/{task}": float(loss.detach()) for task, loss in result.weighted.items()}
