@@ -1,24 +1,25 @@
 #!/usr/bin/env python3
-"""Multi-task vs single-task at an equal training budget on the synthetic dataset.
+"""Multi-task vs single-task, and balancing methods against each other, over several seeds.
 
-1. Screening: the default multi-task model with every balancing method in ``--methods``;
-   the best ``--top`` (by the combined val score, ``equal`` excluded) are kept.
-2. Every multi-task architecture with ``equal`` and with the kept methods.
-3. The single-task baselines (ssdlite, frcnn, deeplabv3, lraspp).
+For each seed: the single-task model of every task in ``--tasks`` (the same architecture with
+``model.tasks=[task]``), then the multi-task model with every balancing method in ``--methods``.
+Every run trains with the same recipe (``config/train/experiment.yaml``: input size, batch,
+epochs, schedule, augmentation); only the task set, the balancing and the seed change. The seed
+sets initialisation, data order and augmentation.
 
-Every run trains with the same recipe (``config/train/experiment.yaml``: optimiser steps,
-batch, input size, schedule, augmentation, seed, trainable layers); only the architecture and
-the balancing change. Each final checkpoint (``last.pt``: the same number of steps for every
-run, not the best epoch) is scored on val with mtl-eval's own code (COCO mAP, mIoU incl.
-background, at the frames' resolution) and profiled (CPU batch-1 latency, GFLOPs).
+Nothing is chosen on the test split: every run is scored once, at its fixed budget (``last.pt``,
+the same number of steps for every run, no best-epoch selection), on ``test`` with mtl-eval's
+code (frames at their own resolution). ``val`` only gives the learning curves (to show the
+budget is where they flatten). The table gives mean ± std over seeds of each task's primary
+metric, Δm (Maninis et al. 2019: mean relative change vs the single-task models of the same
+seed, sign-flipped for lower-is-better metrics), the task weights each method trained with,
+GFLOPs and CPU batch-1 latency.
 
-Resumable and idempotent: a run's figures are cached in ``<out>/<run>/result.json`` and a
-re-run only does what is missing (an interrupted training continues from its ``last.pt``).
-The table goes to ``bench/experiment_results.md`` (``--quick``: to ``<out>/results.md``).
+Resumable and idempotent: each run's figures are cached in ``<out>/<run>/result.json``.
 
-    python bench/experiment_mtl.py                 # full experiment (~30 min on a shared 2-core CPU)
-    python bench/experiment_mtl.py --quick         # tiny budget, smoke check
-    python bench/experiment_mtl.py --data data/processed/synth   # reuse a processed dataset
+    nice -n 10 python bench/experiment_mtl.py                       # det+seg, 3 seeds (~25 min, 2 shared cores)
+    python bench/experiment_mtl.py --tasks detection segmentation depth --out runs/exp_depth
+    python bench/experiment_mtl.py --quick                          # tiny budget, smoke check
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
+import multiprocessing
 import os
 import platform
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,31 +47,28 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "bench"))
 
 from experiment_table import (  # noqa: E402
+    PRIMARY_METRICS,
     SINGLE_TASK_LABEL,
     balancing_label,
-    baselines_of,
-    best_methods,
-    comparison,
+    curve_flatness,
     markdown_table,
     run_name,
+    summarise,
 )
 
-from mtl_perception.core.summary import JobSummary  # noqa: E402
 from mtl_perception.core.atomic_io import write_json, write_text  # noqa: E402
-from mtl_perception.demo.pipeline import BuildSettings, DemoConfig, SynthSettings, plan, run_step  # noqa: E402
 from mtl_perception.core.errors import UserError, run_cli  # noqa: E402
+from mtl_perception.core.summary import JobSummary  # noqa: E402
+from mtl_perception.demo.pipeline import DEFAULT_CONFIG, load_demo_config, plan, run_step  # noqa: E402
 from mtl_perception.evaluation.cli import evaluate  # noqa: E402
 from mtl_perception.evaluation.dataset import EvalDataset  # noqa: E402
-from mtl_perception.evaluation.metrics import combined_score  # noqa: E402
 from mtl_perception.evaluation.profiling import profile_model  # noqa: E402
 from mtl_perception.predictor import Predictor  # noqa: E402
 from mtl_perception.train.config import TrainConfig, load_config  # noqa: E402
 
 PROG = "experiment_mtl"
-MULTI_TASK_ARCHS = ("ssdlite_deeplabv3", "ssdlite_lraspp", "frcnn_deeplabv3")
-SINGLE_TASK_ARCHS = ("ssdlite", "frcnn", "deeplabv3", "lraspp")
-# Screening methods: (weighting, gradient method). Gradient methods run on equal weights.
-SCREENING = {
+# Balancing methods: (weighting, gradient method).
+METHODS = {
     "equal": ("equal", "none"),
     "uncertainty": ("uncertainty", "none"),
     "dwa": ("dwa", "none"),
@@ -77,16 +78,18 @@ SCREENING = {
     "cagrad": ("equal", "cagrad"),
     "nash_mtl": ("equal", "nash_mtl"),
 }
-DEFAULT_SCREENING = ["equal", "uncertainty", "dwa", "bmtl", "pcgrad", "upgrad"]
-# The tiny budget of --quick: a couple of steps on a few frames, just to exercise every path.
-QUICK_OVERRIDES = ["optim.epochs=1", "max_steps=2", "optim.warmup_steps=0", "model.input_size=[64,80]"]
+DEFAULT_METHODS = ["equal", "uncertainty", "dwa"]
+# The tiny budget of --quick: a couple of steps, just to exercise every path.
+QUICK_OVERRIDES = ["optim.epochs=2", "optim.warmup_steps=0", "model.input_size=[64,80]"]
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run of the experiment."""
+    """One training run: an architecture on a task set with a balancing method and a seed."""
 
     arch: str
+    tasks: tuple[str, ...]
+    seed: int
     weighting: str = "equal"
     grad_method: str = "none"
     single_task: bool = False
@@ -97,187 +100,145 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return run_name(self.arch, self.label)
+        return run_name(self.arch, self.label, self.seed, self.tasks)
 
     def overrides(self) -> list[str]:
-        return [f"name={self.name}", f"model.arch={self.arch}",
-                f"balancing.weighting={self.weighting}", f"balancing.grad_method={self.grad_method}"]
+        return [f"name={self.name}", f"model.arch={self.arch}", f"model.tasks=[{','.join(self.tasks)}]",
+                f"seed={self.seed}", f"balancing.weighting={self.weighting}", f"balancing.grad_method={self.grad_method}"]
 
 
 def build_dataset(workdir: Path, frames: int, log_dir: Path) -> Path:
-    """The synthetic dataset, made with the package's own commands (synth/unpack/prune/build).
-
-    Reuses the demo's command plan (same steps a user types); skipped once ``splits.json``
-    exists, and every tool is idempotent itself.
-    """
-    config = DemoConfig(
-        workdir=workdir,
-        synth=SynthSettings(frames=frames, size="320x240", seed=1),
-        build=BuildSettings(name=f"synth{frames}", split=[0.8, 0.2, 0.0], group_by="time", window_s=1.0),
-    )
+    """The synthetic dataset (train / val / test), made with the package's own commands."""
+    demo = load_demo_config(DEFAULT_CONFIG)
+    config = demo.model_copy(update={
+        "workdir": workdir,
+        "synth": demo.synth.model_copy(update={"frames": frames, "seed": 1}),
+        "build": demo.build.model_copy(update={"name": f"synth{frames}", "split": [0.6, 0.2, 0.2]}),
+    })
     if (config.dataset / "splits.json").is_file():
         return config.dataset
     for step in plan(config)[:4]:  # synth, unpack, prune, build (not the demo's train/eval/replay)
         if not run_step(step, log_dir):
             raise UserError(f"dataset step {step.name!r} failed; see {log_dir / (step.name + '.log')}")
-    if not (config.dataset / "splits.json").is_file():
-        raise UserError(f"dataset build failed; see {log_dir / 'build.log'}")
     return config.dataset
 
 
-def train(spec: RunSpec, config: TrainConfig) -> dict[str, Any]:
-    """Train one run (continuing an interrupted one); its wall-clock time and steps."""
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train one run (continuing an interrupted one); wall time, steps and per-epoch history."""
     from mtl_perception.train.trainer import Trainer  # heavy import, only when training
 
     trainer = Trainer(config)
-    resumed = (config.run_dir / "last.pt").is_file()
-    if resumed:
+    if (config.run_dir / "last.pt").is_file():
         trainer.resume()
     start = time.monotonic()
     result = trainer.train()
-    return {"train_s": time.monotonic() - start, "steps": result.progress.global_step,
-            "epochs": result.progress.epoch, "resumed": resumed}
+    return {"train_s": time.monotonic() - start, "steps": result.progress.global_step, "history": trainer.history}
 
 
-def score(checkpoint: Path, data: Path, profile_runs: int) -> dict[str, Any]:
-    """Val metrics exactly as ``mtl-eval`` computes them, plus CPU batch-1 cost."""
+def score(checkpoint: Path, data: Path, tasks: Sequence[str], profile_runs: int) -> dict[str, Any]:
+    """Test-split metrics exactly as ``mtl-eval`` computes them, plus CPU batch-1 cost."""
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu", half=False, score_threshold=0.001, max_detections=100)
     summary = JobSummary(PROG)
     dataset = EvalDataset(
-        data, "val",
+        data, "test",
         predictor.detection_classes if "detection" in predictor.tasks else None,
         predictor.segmentation_classes if "segmentation" in predictor.tasks else None,
         summary,
+        depth="depth" in predictor.tasks,
     )
     report = evaluate(predictor, dataset, batch_size=8)
     if summary.failed:
-        raise UserError(f"{data}: {summary.failed} val item(s) could not be scored: {summary.first_example}")
+        raise UserError(f"{data}: {summary.failed} test item(s) could not be scored: {summary.first_example}")
+    metrics = {}
+    for task in tasks:
+        key = PRIMARY_METRICS[task][0]
+        value = report.get(task, {}).get(key)
+        metrics[task] = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
     profile = profile_model(predictor.model, predictor.input_size, predictor.device, runs=profile_runs)
-    detection, segmentation = report.get("detection", {}), report.get("segmentation", {})
-    return {
-        "map": detection.get("map"), "map_50": detection.get("map_50"), "miou": segmentation.get("miou"),
-        "score": combined_score(report), "val_images": report["num_images"],
-        "latency_ms": profile["latency_ms"], "gflops": profile["gflops"], "parameters": profile["parameters"],
-    }
+    return {"metrics": metrics, "test_images": report["num_images"], "latency_ms": profile["latency_ms"],
+            "gflops": profile["gflops"], "parameters": profile["parameters"]}
 
 
 def run_one(spec: RunSpec, args: argparse.Namespace, data: Path) -> dict[str, Any]:
     """Train + score one run, or return its cached result."""
+    torch.set_num_threads(1)  # on shared, oversubscribed cores one thread per process is fastest
     run_dir = args.out / spec.name
     cache = run_dir / "result.json"
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
     overrides = [f"data.root={data}", f"output_dir={args.out}", *spec.overrides(), *(QUICK_OVERRIDES if args.quick else [])]
     config = load_config(args.config, overrides)
-    timing_file = run_dir / "train_time.json"
-    if timing_file.is_file():  # trained earlier, scoring was interrupted
-        timing = json.loads(timing_file.read_text(encoding="utf-8"))
-    else:
-        print(f"[{PROG}] {spec.name}: training", flush=True)
-        timing = train(spec, config)
-        write_json(timing_file, timing)
-    print(f"[{PROG}] {spec.name}: {timing['steps']} steps in {timing['train_s']:.0f} s; scoring", flush=True)
-    result = {"name": spec.name, "arch": spec.arch, "balancing": spec.label, "weighting": spec.weighting,
-              "grad_method": spec.grad_method, **timing, **score(run_dir / "last.pt", data, args.profile_runs)}
+    print(f"[{PROG}] {spec.name}: training", flush=True)
+    timing = train(config)
+    print(f"[{PROG}] {spec.name}: {timing['steps']} steps in {timing['train_s']:.0f} s; scoring on test", flush=True)
+    result = {"name": spec.name, "arch": spec.arch, "tasks": list(spec.tasks), "seed": spec.seed, "label": spec.label,
+              "weighting": spec.weighting, "grad_method": spec.grad_method, **timing,
+              **score(run_dir / "last.pt", data, spec.tasks, args.profile_runs)}
     write_json(cache, result)
     return result
 
 
-def run_all(
-    specs: Sequence[RunSpec], args: argparse.Namespace, data: Path, summary: JobSummary,
-    results: dict[str, dict[str, Any]], on_result: Callable[[], None],
-) -> None:
-    """Run each spec into ``results``; a failing run is counted (first error shown) and the
-    rest goes on. ``on_result`` after every run keeps the results file current, so an
-    experiment stopped part-way still leaves a table of what finished."""
-    for spec in specs:
-        if spec.name in results:
-            continue
-        try:
-            results[spec.name] = run_one(spec, args, data)
-            summary.add("done")
-        except Exception as err:  # noqa: BLE001 - one broken run must not lose the others
-            traceback.print_exc()
-            summary.fail("run failed", f"{spec.name}: {err}")
-        on_result()
+def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
+    """Seed by seed: the single-task models, then every method (a stopped experiment still has
+    complete, paired seeds)."""
+    tasks = tuple(args.tasks)
+    runs = []
+    for seed in args.seeds:
+        runs += [RunSpec(args.arch, (task,), seed, single_task=True) for task in tasks]
+        runs += [RunSpec(args.arch, tasks, seed, *METHODS[m]) for m in args.methods]
+    return runs
 
 
-def report(results: Sequence[dict[str, Any]], chosen: Sequence[str], args: argparse.Namespace, data: Path, config: TrainConfig) -> str:
-    """The results file: budget, machine, the table and the headline figures."""
-    budget = (
-        f"{config.optim.epochs} epochs of the train split (same optimiser steps for every run, see 'steps'), "
-        f"batch {config.data.batch_size}, input {list(config.model.input_size)}, {config.optim.optimizer} "
-        f"lr {config.optim.lr} {config.optim.schedule} (warm-up {config.optim.warmup_steps}), seed {config.seed}, "
-        f"model kwargs {config.model.kwargs}, from random initialisation"
-        + (" — QUICK smoke budget, figures meaningless" if args.quick else "")
-    )
+def report(results: Sequence[dict[str, Any]], args: argparse.Namespace, data: Path, config: TrainConfig, wall_s: float) -> str:
+    """The results section: setup, the table and the curve check."""
+    tasks = list(args.tasks)
     steps = sorted({r.get("steps") for r in results})
+    multi = [r for r in results if r["label"] != SINGLE_TASK_LABEL]
+    flat = curve_flatness(multi)
+    splits = json.loads((data / "splits.json").read_text(encoding="utf-8"))
+    primary = ", ".join(f"{t}: {PRIMARY_METRICS[t][0]}" for t in tasks)
     lines = [
-        "# Multi-task vs single-task at an equal training budget",
+        f"## Multi-task experiment: {' + '.join(tasks)} on {args.arch}" + (" (QUICK smoke budget: figures meaningless)" if args.quick else ""),
         "",
-        f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
-        f"- machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; shared with other jobs (load average at start {args.load_at_start})",
-        f"- dataset: {data} (val split, scored at the frames' resolution with mtl-eval's code)",
-        f"- budget: {budget}; optimiser steps per run: {steps}",
-        f"- screening on ssdlite_deeplabv3 picked: {', '.join(chosen) or 'nothing'} (combined val score, equal excluded)",
-        "- accuracy in %, Δ in points vs the matching single-task model (detection vs ssdlite/frcnn, "
-        "segmentation vs deeplabv3/lraspp); cost ratios vs the sum of those two; latency = CPU batch-1 median of 20 runs, "
-        "shown per architecture as the fastest over its runs (the machine is shared); train s is wall-clock, informative only",
+        f"- date: {dt.datetime.now().isoformat(timespec='seconds')}; `bench/experiment_mtl.py` "
+        f"(`--tasks {' '.join(tasks)} --methods {' '.join(args.methods)} --seeds {' '.join(map(str, args.seeds))}`), "
+        f"{wall_s / 60:.0f} min wall",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load average at start "
+        f"{args.load_at_start}), torch {torch.__version__}, {args.jobs} run(s) at a time with 1 thread each",
+        f"- data: synthetic bag, {len(splits['train'])} train / {len(splits['val'])} val / {len(splits['test'])} test frames "
+        "(split by time); scored on **test** (never used for any choice; val only for the curves)",
+        f"- budget per run: {config.optim.epochs} epochs, optimiser steps {steps}, batch {config.data.batch_size}, "
+        f"input {list(config.model.input_size)}, {config.optim.optimizer} lr {config.optim.lr} {config.optim.schedule}, "
+        f"from random initialisation; scored at the fixed budget (last.pt)",
+        f"- primary metrics ({primary}) in %, mean ± sample std over seeds; Δm in % vs the single-task models "
+        "of the same seed (positive = multi-task better); task weights: min–max over epochs and seeds; "
+        "latency: CPU batch-1 median, fastest run of the row",
         "",
-        markdown_table(results),
-        "",
-        goal_check(results),
+        markdown_table(summarise(results, tasks), tasks),
         "",
     ]
+    if flat:
+        lines.append(
+            f"Curves: mean val score of the multi-task runs {100 * flat['at_fraction']:.1f} at 75% of the epochs, "
+            f"{100 * flat['final']:.1f} at the end."
+        )
+        lines.append("")
     return "\n".join(lines)
-
-
-def goal_check(results: Sequence[dict[str, Any]]) -> str:
-    """The package's goal, stated per result: which multi-task runs match or beat both of their
-    single-task models (mAP@[.5:.95] and mIoU), and at what share of their combined GFLOPs."""
-    singles = {r["arch"]: r for r in results if r["balancing"] == SINGLE_TASK_LABEL}
-    winners = []
-    for r in results:
-        c = comparison(r, singles)
-        if c["d_map"] is not None and c["d_miou"] is not None and c["d_map"] >= 0 and c["d_miou"] >= 0:
-            winners.append(f"{r['name']} (GFLOPs {c['gflops_ratio']:.2f}x the sum)")
-    found = ", ".join(winners) if winners else "none"
-    return f"Goal (match or beat both single-task models at about half their combined cost): runs matching both: {found}."
-
-
-def print_headline(results: Sequence[dict[str, Any]]) -> None:
-    """RESULT lines for the best multi-task run (by combined score) against its baselines."""
-    singles = {r["arch"]: r for r in results if r["balancing"] == SINGLE_TASK_LABEL}
-    multi = [r for r in results if baselines_of(r["arch"]) and r.get("score") is not None]
-    if not multi:
-        return
-    best = max(multi, key=lambda r: r["score"])
-    c = comparison(best, singles)
-    print(f"best multi-task run: {best['name']} (score {best['score']:.4f})")
-    for key in ("d_map", "d_miou", "latency_ratio", "gflops_ratio"):
-        if c[key] is not None:
-            print(f"RESULT experiment_best_mtl_{key}={c[key]:.4f}")
-
-
-def _row_order(result: dict[str, Any]) -> tuple[int, int, str]:
-    """Table order: multi-task architectures (screening model first, ``equal`` first within
-    one), then the baselines."""
-    arch = result["arch"]
-    archs = [*MULTI_TASK_ARCHS, *SINGLE_TASK_ARCHS]
-    return (archs.index(arch) if arch in archs else len(archs), int(result["balancing"] != "equal"), result["name"])
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, help="existing processed dataset (default: build one under --workdir)")
+    parser.add_argument("--data", type=Path, help="existing processed dataset with a test split (default: build one)")
     parser.add_argument("--workdir", type=Path, help="where the synthetic dataset is built (default data/experiment[_quick])")
-    parser.add_argument("--frames", type=int, default=600, help="synthetic frames before pruning")
+    parser.add_argument("--frames", type=int, default=240, help="synthetic frames before pruning")
     parser.add_argument("--out", type=Path, help="run folders and cached results (default runs/experiment[_quick])")
     parser.add_argument("--config", type=Path, default=ROOT / "config/train/experiment.yaml", help="the shared recipe")
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_SCREENING, choices=sorted(SCREENING), help="screening methods")
-    parser.add_argument("--top", type=int, default=2, help="best screening methods carried to every architecture")
-    parser.add_argument("--profile-runs", type=int, default=20, help="timed batch-1 runs per model")
+    parser.add_argument("--arch", default="ssdlite_lraspp", help="architecture of every run (single-task runs use a subset of its heads)")
+    parser.add_argument("--tasks", nargs="+", default=["detection", "segmentation"], choices=sorted(PRIMARY_METRICS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS), help="balancing methods")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (one thread each)")
+    parser.add_argument("--profile-runs", type=int, default=10, help="timed batch-1 runs per model")
     parser.add_argument("--results", type=Path, help="results file (default bench/experiment_results.md; --quick: <out>/results.md)")
     parser.add_argument("--quick", action="store_true", help="tiny budget and dataset: smoke check of every path")
     return parser
@@ -285,42 +246,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The whole experiment; exit status 1 if any run failed."""
-    torch.set_num_threads(2)
+    started = time.monotonic()
     suffix = "_quick" if args.quick else ""
     args.out = args.out or ROOT / f"runs/experiment{suffix}"
     args.load_at_start = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     if args.quick:
         args.profile_runs = min(args.profile_runs, 2)
+    if len(set(args.seeds)) < 3 and not args.quick:
+        print(f"[{PROG}] warning: {len(set(args.seeds))} seed(s); mean ± std needs at least 3", file=sys.stderr)
     if args.data is not None:
         if not (args.data / "splits.json").is_file():
             raise UserError(f"--data {args.data}: not a processed dataset (no splits.json)")
         data = args.data
     else:
-        workdir = args.workdir or ROOT / f"data/experiment{suffix}"
-        data = build_dataset(workdir, 60 if args.quick else args.frames, args.out / "logs")
+        data = build_dataset(args.workdir or ROOT / f"data/experiment{suffix}", 80 if args.quick else args.frames, args.out / "logs")
+    if not json.loads((data / "splits.json").read_text(encoding="utf-8")).get("test"):
+        raise UserError(f"{data}: the test split is empty; the experiment scores on a split nothing was chosen on")
     config = load_config(args.config, [f"data.root={data}", *(QUICK_OVERRIDES if args.quick else [])])
     summary = JobSummary(PROG)
     results_file = args.results or (args.out / "results.md" if args.quick else ROOT / "bench/experiment_results.md")
-    results: dict[str, dict[str, Any]] = {}
-    chosen: list[str] = []
-
-    def write_report() -> None:
-        write_text(results_file, report(list(results.values()), chosen, args, data, config))
-
-    run_all([RunSpec(MULTI_TASK_ARCHS[0], *SCREENING[m]) for m in args.methods], args, data, summary, results, write_report)
-    chosen = best_methods({r["balancing"]: r for r in results.values()}, count=args.top)
-    # Baselines before the other multi-task models, so every finished row has its comparison;
-    # then method by method over the architectures, so a stopped experiment still covers each.
-    singles = [RunSpec(arch, single_task=True) for arch in SINGLE_TASK_ARCHS]
-    finals = [RunSpec(arch, *SCREENING[m]) for m in ["equal", *chosen] for arch in MULTI_TASK_ARCHS[1:]]
-    run_all([*singles, *finals], args, data, summary, results, write_report)
-
-    ordered = sorted(results.values(), key=_row_order)
-    text = report(ordered, chosen, args, data, config)
+    results: list[dict[str, Any]] = []
+    # Runs are independent: ``--jobs`` of them at a time, each in its own process with one thread.
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, spec, args, data): spec for spec in plan_runs(args)}
+        for future in as_completed(futures):
+            spec = futures[future]
+            try:
+                results.append(future.result())
+                summary.add("done")
+            except Exception as err:  # noqa: BLE001 - one broken run must not lose the others
+                traceback.print_exception(err)
+                summary.fail("run failed", f"{spec.name}: {err}")
+            write_text(results_file, report(results, args, data, config, time.monotonic() - started))
+    order = {spec.name: index for index, spec in enumerate(plan_runs(args))}
+    results.sort(key=lambda r: order.get(r["name"], len(order)))  # seed by seed, as planned
+    text = report(results, args, data, config, time.monotonic() - started)
     write_text(results_file, text)
     print(text)
     print(f"results written to {results_file}")
-    print_headline(ordered)
     summary.print(sys.stderr)
     return summary.exit_code()
 

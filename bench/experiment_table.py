@@ -1,24 +1,28 @@
-"""Pure helpers of ``experiment_mtl.py``: run names, baseline matching, ranking and the table.
+"""Pure helpers of ``experiment_mtl.py``: run names, the Δm metric, seed statistics, the table.
 
-No torch, no files: every function takes the per-run result dicts the experiment caches
-(keys ``arch``, ``balancing``, ``map``, ``map_50``, ``miou``, ``latency_ms``, ``gflops``,
-``train_s``, ``score``) and returns plain values, so the arithmetic of the table is easy to
-check on its own.
+No torch, no files: every function takes the per-run result dicts the experiment caches and
+returns plain values, so the arithmetic of the table is easy to check on its own
+(``test/test_experiment_table.py``). A result holds ``label`` (balancing method, or
+``single-task``), ``tasks``, ``seed``, ``metrics`` (``{task: primary metric on the test split}``)
+and cost figures (``gflops``, ``latency_ms``, ``train_s``).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 Result = Mapping[str, Any]
 
-# The single-task model each half of a multi-task architecture is compared with: the same
-# detection / segmentation head on the same backbone, trained alone.
-DETECTION_BASELINE = {"ssdlite": "ssdlite", "frcnn": "frcnn"}
-SEGMENTATION_BASELINE = {"deeplabv3": "deeplabv3", "lraspp": "lraspp"}
 SINGLE_TASK_LABEL = "single-task"
+# The one figure per task that Δm and the table use: (metric key, higher is better).
+PRIMARY_METRICS: dict[str, tuple[str, bool]] = {
+    "detection": ("map", True),  # COCO mAP@[.5:.95]
+    "segmentation": ("miou", True),  # mean IoU incl. background
+    "depth": ("abs_rel", False),  # mean |d - d*| / d*
+}
 
 
 def balancing_label(weighting: str, grad_method: str) -> str:
@@ -26,97 +30,122 @@ def balancing_label(weighting: str, grad_method: str) -> str:
     return grad_method if grad_method != "none" else weighting
 
 
-def run_name(arch: str, label: str) -> str:
-    """Folder / cache name of one run, e.g. ``ssdlite_deeplabv3__upgrad``."""
-    return f"{arch}__{label}"
+def run_name(arch: str, label: str, seed: int, tasks: Sequence[str] = ()) -> str:
+    """Folder / cache name of one run, e.g. ``ssdlite_lraspp__dwa__s1``; the task set is part
+    of the name when given, so different task sets on one architecture never share a run."""
+    task_part = "+".join(tasks)
+    return "__".join(part for part in (arch, task_part, label, f"s{seed}") if part)
 
 
-def baselines_of(arch: str) -> tuple[str, str] | None:
-    """``(detection baseline, segmentation baseline)`` of a multi-task arch; None for single-task."""
-    detection, sep, segmentation = arch.partition("_")
-    if not sep or detection not in DETECTION_BASELINE or segmentation not in SEGMENTATION_BASELINE:
+def delta_m(multi: Mapping[str, float], single: Mapping[str, float], tasks: Sequence[str]) -> float | None:
+    """Δm (Maninis et al., CVPR 2019), in percent: the mean over ``tasks`` of the relative
+    change of the multi-task model's primary metric against the single-task model's, with the
+    sign flipped for lower-is-better metrics. Positive = multi-task better on average.
+    None if a figure is missing or a baseline is 0."""
+    changes = []
+    for task in tasks:
+        m, b = multi.get(task), single.get(task)
+        if m is None or b is None or b == 0 or math.isnan(m) or math.isnan(b):
+            return None
+        higher_is_better = PRIMARY_METRICS[task][1]
+        changes.append((1.0 if higher_is_better else -1.0) * (m - b) / b)
+    return 100.0 * sum(changes) / len(changes) if changes else None
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float, int] | None:
+    """Mean, sample standard deviation (n-1; 0 for one value) and count of the finite values."""
+    finite = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not finite:
         return None
-    return DETECTION_BASELINE[detection], SEGMENTATION_BASELINE[segmentation]
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0, len(finite)
 
 
-def best_methods(screening: Mapping[str, Result], exclude: str = "equal", count: int = 2) -> list[str]:
-    """The ``count`` balancing labels with the highest combined val score (NaN ranks last)."""
-
-    def key(item: tuple[str, Result]) -> float:
-        score = item[1].get("score")
-        return -math.inf if score is None or math.isnan(score) else float(score)
-
-    ranked = sorted(((label, r) for label, r in screening.items() if label != exclude), key=key, reverse=True)
-    return [label for label, _ in ranked[:count]]
+def baselines_by_seed(results: Sequence[Result]) -> dict[int, dict[str, float]]:
+    """``{seed: {task: metric}}`` of the single-task runs (each solves one task)."""
+    baselines: dict[int, dict[str, float]] = {}
+    for r in results:
+        if r["label"] == SINGLE_TASK_LABEL:
+            baselines.setdefault(int(r["seed"]), {}).update(r["metrics"])
+    return baselines
 
 
-def _num(value: Any, scale: float = 1.0, digits: int = 1, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def summarise(results: Sequence[Result], tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per balancing method (and one per single-task model) over its seeds.
+
+    Δm is paired: each seed's multi-task run against the single-task runs of the same seed (same
+    initialisation and data order), then averaged over seeds.
+    """
+    baselines = baselines_by_seed(results)
+    groups: dict[tuple[str, str, tuple[str, ...]], list[Result]] = {}
+    for r in results:
+        groups.setdefault((str(r["label"]), str(r["arch"]), tuple(r["tasks"])), []).append(r)
+    rows = []
+    for (label, arch, run_tasks), runs in groups.items():
+        row: dict[str, Any] = {"label": label, "arch": arch, "tasks": list(run_tasks), "seeds": sorted(int(r["seed"]) for r in runs)}
+        for task in tasks:
+            row[task] = mean_std([r["metrics"].get(task) for r in runs])
+        if label != SINGLE_TASK_LABEL:
+            row["delta_m"] = mean_std([delta_m(r["metrics"], baselines.get(int(r["seed"]), {}), tasks) for r in runs])
+            row["weight_range"] = weight_range(runs)
+        for key in ("gflops", "latency_ms", "train_s"):
+            row[key] = mean_std([r.get(key) for r in runs])
+        row["latency_ms"] = min((r["latency_ms"] for r in runs if r.get("latency_ms") is not None), default=None)
+        rows.append(row)
+    return rows
+
+
+def weight_range(runs: Sequence[Result]) -> dict[str, tuple[float, float]]:
+    """Per task, the smallest and largest task weight any epoch of these runs trained with."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for r in runs:
+        for epoch in r.get("history", []):
+            for task, value in epoch.get("weights", {}).items():
+                if value is None or math.isnan(value):
+                    continue
+                low, high = ranges.get(task, (math.inf, -math.inf))
+                ranges[task] = (min(low, value), max(high, value))
+    return ranges
+
+
+def curve_flatness(results: Sequence[Result], fraction: float = 0.75) -> dict[str, float] | None:
+    """Mean over runs of the val score after ``fraction`` of the epochs and at the end: a budget
+    where the curve has flattened shows both close together."""
+    pairs = []
+    for r in results:
+        scores = [e.get("score") for e in r.get("history", [])]
+        if len(scores) >= 2 and all(s is not None and not math.isnan(s) for s in scores):
+            pairs.append((scores[max(0, math.ceil(len(scores) * fraction) - 1)], scores[-1]))
+    if not pairs:
+        return None
+    return {"at_fraction": statistics.fmean(p[0] for p in pairs), "final": statistics.fmean(p[1] for p in pairs)}
+
+
+def _pm(stat: tuple[float, float, int] | None, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
+    if stat is None:
         return "–"
-    return f"{value * scale:{'+' if signed else ''}.{digits}f}"
+    mean, std, _ = stat
+    sign = "+" if signed else ""
+    return f"{mean * scale:{sign}.{digits}f} ± {std * scale:.{digits}f}"
 
 
-def fastest_latency(results: Sequence[Result]) -> dict[str, float]:
-    """Per architecture, the fastest batch-1 latency over its runs.
-
-    Latency is a property of the architecture (the runs differ only in weights), and on a
-    shared machine other jobs can only make a measurement slower, so the minimum over the runs
-    of one architecture is its least disturbed figure (as ``timeit`` advises).
-    """
-    fastest: dict[str, float] = {}
-    for r in results:
-        value = r.get("latency_ms")
-        if value is not None and not math.isnan(value):
-            arch = str(r["arch"])
-            fastest[arch] = min(fastest.get(arch, math.inf), float(value))
-    return fastest
+def _num(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def comparison(result: Result, singles: Mapping[str, Result]) -> dict[str, float | None]:
-    """Accuracy deltas (points) and cost ratios of a multi-task run vs its two baselines."""
-    pair = baselines_of(str(result["arch"]))
-    empty: dict[str, float | None] = {"d_map": None, "d_map_50": None, "d_miou": None, "latency_ratio": None, "gflops_ratio": None}
-    if pair is None or pair[0] not in singles or pair[1] not in singles:
-        return empty
-    det, seg = singles[pair[0]], singles[pair[1]]
-
-    def delta(key: str, base: Result) -> float | None:
-        a, b = result.get(key), base.get(key)
-        return None if a is None or b is None else float(a) - float(b)
-
-    def ratio(key: str) -> float | None:
-        total = (det.get(key) or 0.0) + (seg.get(key) or 0.0)
-        return float(result[key]) / total if result.get(key) is not None and total > 0 else None
-
-    return {
-        "d_map": delta("map", det), "d_map_50": delta("map_50", det), "d_miou": delta("miou", seg),
-        "latency_ratio": ratio("latency_ms"), "gflops_ratio": ratio("gflops"),
-    }
-
-
-def markdown_table(results: Sequence[Result]) -> str:
-    """The experiment's table: one row per run, multi-task rows compared with their baselines.
-
-    Latency is the architecture's fastest measurement (``fastest_latency``). Accuracy in
-    percent; deltas in percentage points (detection vs the detection baseline's
-    mAP, segmentation vs the segmentation baseline's mIoU); cost ratios vs the sum of the two
-    baselines (the cost of running both single-task models).
-    """
-    latency = fastest_latency(results)
-    results = [{**r, "latency_ms": latency.get(str(r["arch"]))} for r in results]
-    singles = {str(r["arch"]): r for r in results if r["balancing"] == SINGLE_TASK_LABEL}
-    header = (
-        "| model | balancing | mAP@.5 | mAP@[.5:.95] | mIoU | latency ms | GFLOPs | train s "
-        "| Δ mAP@.5 | Δ mAP | Δ mIoU | latency / sum | GFLOPs / sum |"
-    )
+def markdown_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> str:
+    """Mean ± std over seeds of each task's primary metric (in %, test split), Δm (in %, vs the
+    single-task models), the range of task weights used, and cost."""
+    metric_heads = " | ".join(f"{task} {PRIMARY_METRICS[task][0]} %" for task in tasks)
+    header = f"| model | tasks | balancing | seeds | {metric_heads} | Δm % | task weights (min–max) | GFLOPs | latency ms | train s |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in results:
-        c = comparison(r, singles)
+    for row in rows:
+        metrics = " | ".join(_pm(row.get(task)) for task in tasks)
+        weights = ", ".join(f"{task[:3]} {low:.2f}–{high:.2f}" for task, (low, high) in sorted(row.get("weight_range", {}).items()))
+        gflops = row.get("gflops")
         lines.append(
-            f"| {r['arch']} | {r['balancing']} | {_num(r.get('map_50'), 100)} | {_num(r.get('map'), 100)} "
-            f"| {_num(r.get('miou'), 100)} | {_num(r.get('latency_ms'))} | {_num(r.get('gflops'), digits=2)} "
-            f"| {_num(r.get('train_s'), digits=0)} | {_num(c['d_map_50'], 100, signed=True)} "
-            f"| {_num(c['d_map'], 100, signed=True)} | {_num(c['d_miou'], 100, signed=True)} "
-            f"| {_num(c['latency_ratio'], digits=2)} | {_num(c['gflops_ratio'], digits=2)} |"
+            f"| {row['arch']} | {'+'.join(t[:3] for t in row['tasks'])} | {row['label']} | {len(row['seeds'])} | {metrics} "
+            f"| {_pm(row.get('delta_m'), scale=1.0, signed=True)} | {weights or '–'} "
+            f"| {_num(gflops[0] if gflops else None, 2)} | {_num(row.get('latency_ms'))} "
+            f"| {_num(row['train_s'][0] if row.get('train_s') else None, 0)} |"
         )
     return "\n".join(lines)

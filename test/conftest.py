@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 # DDS isolation for every test that touches ROS: one domain per test run, loopback only.
 # Set at import time, before any test can initialise rclpy, so subprocesses inherit it too.
@@ -39,7 +40,7 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (
     """Factory: write a random-weights checkpoint (no download) and return its path.
 
     ``make_checkpoint(arch="ssdlite_deeplabv3", detection_classes=("box", "cone"),
-    segmentation_classes=("background", "floor"), input_size=(64, 64))``.
+    segmentation_classes=("background", "floor"), input_size=(64, 64), tasks=None)``.
     """
     from mtl_perception.checkpoint import inference_fields, save_checkpoint
     from mtl_perception.nets import build_model
@@ -50,13 +51,36 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (
         segmentation_classes: tuple[str, ...] = ("background", "floor", "wall"),
         input_size: tuple[int, int] = (64, 64),
         seed: int = 0,
+        tasks: tuple[str, ...] | None = None,
     ):
         import torch
 
         torch.manual_seed(seed)
-        model = build_model(arch, len(detection_classes), len(segmentation_classes), input_size)
+        model = build_model(arch, len(detection_classes), len(segmentation_classes), input_size, tasks=tasks)
         path = tmp_path_factory.mktemp("ckpt") / f"{arch}.pt"
         save_checkpoint(path, inference_fields(model, detection_classes, segmentation_classes))
         return path
 
     return _make
+
+
+def shared_dir() -> Path | None:
+    """The team's ``shared/`` folder beside the checkout (CI's layout), or beside the folder
+    holding it (git worktrees in a subfolder); ``None`` when there is none."""
+    repo = Path(__file__).resolve().parents[1]
+    for candidate in (repo.parent / "shared", repo.parent.parent / "shared"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """``shared/`` (rosdistro snapshot, vendored ROS 2 tools). CI always has it: fail there."""
+    folder = shared_dir()
+    if folder is None:
+        message = "no shared/ folder beside the checkout (rosdistro snapshot)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder

@@ -35,7 +35,7 @@ def _batch(n: int = 2, seed: int = 0) -> tuple[list[torch.Tensor], list[dict]]:
 
 
 def _frozen_statistics(model: nn.Module) -> nn.Module:
-    """Training mode, but BatchNorm uses running statistics: samples no longer affect each other."""
+    """Training mode, but BatchNorm uses running statistics: samples do not affect each other."""
     model.train()
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -47,7 +47,9 @@ def _frozen_statistics(model: nn.Module) -> nn.Module:
 def test_every_architecture_takes_a_depth_head(arch: str) -> None:
     spec = ARCHITECTURES[arch]
     model = build_model(arch, 2, 3, SIZE, tasks=[*spec.tasks, "depth"])
-    assert model.tasks == (*spec.tasks, "depth") and model.model_kwargs["tasks"] == list(model.tasks)
+    assert model.tasks == (*spec.tasks, "depth") and model.model_kwargs["tasks"] == list(
+        model.tasks
+    )
     model.eval()
     with torch.no_grad():
         outputs = model([torch.rand(3, *SIZE)])
@@ -61,7 +63,10 @@ def test_every_architecture_takes_a_depth_head(arch: str) -> None:
 def test_single_task_depth_baseline_shares_body_and_head_with_the_multitask_model() -> None:
     solo = build_model("ssdlite_deeplabv3", 2, 3, SIZE, tasks=["depth"])
     multi = build_model("ssdlite_deeplabv3", 2, 3, SIZE, tasks=ALL)
-    assert solo.tasks == ("depth",) and solo.num_detection_classes == solo.num_segmentation_classes == 0
+    assert (
+        solo.tasks == ("depth",)
+        and solo.num_detection_classes == solo.num_segmentation_classes == 0
+    )
     shapes = {k: v.shape for k, v in solo.state_dict().items()}
     assert all(multi.state_dict()[k].shape == shape for k, shape in shapes.items())
     images, targets = _batch()
@@ -69,7 +74,7 @@ def test_single_task_depth_baseline_shares_body_and_head_with_the_multitask_mode
     assert set(solo(images, targets)) == {"depth"}
 
 
-def test_old_checkpoints_without_a_task_set_keep_the_architecture_tasks() -> None:
+def test_model_kwargs_without_a_task_set_build_the_architecture_tasks() -> None:
     model = build_model("ssdlite_lraspp", 2, 3, SIZE)
     assert model.tasks == ("detection", "segmentation")
     payload = inference_fields(model, ["a", "b"], ["x", "y", "z"])
@@ -91,7 +96,9 @@ def test_old_checkpoints_without_a_task_set_keep_the_architecture_tasks() -> Non
         ("ssdlite_deeplabv3", {"tasks": ["depth"], "aspp_channels": 64}, "aspp_channels"),
     ],
 )
-def test_bad_task_sets_and_depth_options_are_user_errors(arch: str, kwargs: dict, message: str) -> None:
+def test_bad_task_sets_and_depth_options_are_user_errors(
+    arch: str, kwargs: dict, message: str
+) -> None:
     with pytest.raises(UserError, match=message):
         build_model(arch, 2, 3, SIZE, **kwargs)
 
@@ -119,9 +126,13 @@ def test_silog_matches_a_per_image_numpy_reference() -> None:
 
 def test_silog_is_invariant_to_a_global_scale_only_when_lambda_is_one() -> None:
     pred, target, valid = _maps()
-    # Scaling the prediction shifts d by a constant: only the (1 - lambda) share of mean(d)^2 moves.
-    assert float(silog_loss(pred * 3, target, valid)) != pytest.approx(float(silog_loss(pred, target, valid)))
-    assert float(silog_loss(target.nan_to_num(1.0).clamp(min=0.1), target, valid)) == pytest.approx(0.0, abs=1e-3)
+    # Scaling the prediction shifts d by a constant: the (1 - lambda) share of mean(d)^2 moves.
+    assert float(silog_loss(pred * 3, target, valid)) != pytest.approx(
+        float(silog_loss(pred, target, valid))
+    )
+    assert float(
+        silog_loss(target.nan_to_num(1.0).clamp(min=0.1), target, valid)
+    ) == pytest.approx(0.0, abs=1e-3)
 
 
 def test_berhu_and_l1_match_numpy_references() -> None:
@@ -140,7 +151,9 @@ def test_losses_ignore_invalid_pixels_and_survive_an_all_invalid_batch(loss) -> 
     pred.requires_grad_(True)
     changed = torch.where(valid, target, torch.full_like(target, -1.0))  # other invalid values
     with torch.no_grad():
-        assert float(loss(pred, target, valid)) == pytest.approx(float(loss(pred, changed, valid_depth(changed))))
+        assert float(loss(pred, target, valid)) == pytest.approx(
+            float(loss(pred, changed, valid_depth(changed)))
+        )
     value = loss(pred, target, valid)
     value.backward()
     assert float(pred.grad[~valid].abs().sum()) == 0.0 and float(pred.grad[valid].abs().sum()) > 0
@@ -161,7 +174,9 @@ def test_a_depth_only_frame_adds_nothing_to_detection_and_segmentation(arch: str
     torch.manual_seed(1)
     mixed, _ = model.forward_train(images, [targets[0], unlabeled])
     for task in ("detection", "segmentation"):
-        assert float(mixed[task]) == pytest.approx(float(alone[task]), rel=1e-4), task
+        assert float(mixed[task].detach()) == pytest.approx(
+            float(alone[task].detach()), rel=1e-4
+        ), task
     # ... but it does add to the depth loss.
     assert float(mixed["depth"]) != pytest.approx(float(alone["depth"]), rel=1e-4)
 
@@ -182,14 +197,18 @@ def test_a_task_absent_from_the_batch_gets_a_zero_loss_with_zero_gradients() -> 
     losses, features = model.forward_train(images, targets)
     assert float(losses["detection"]) == float(losses["segmentation"]) == 0.0
     assert float(losses["depth"]) > 0
-    # torchjd's multi-task backward accepts the zero losses (they reach features and head parameters).
+    # torchjd's multi-task backward accepts the zero losses (they reach features and heads).
     mtl_backward(
         list(losses.values()),
         features=features,
         tasks_params=[model.task_parameters(task) for task in model.tasks],
         shared_params=model.shared_parameters(),
     )
-    assert all(float(p.grad.abs().sum()) == 0.0 for p in model.task_parameters("detection") if p.grad is not None)
+    assert all(
+        float(p.grad.abs().sum()) == 0.0
+        for p in model.task_parameters("detection")
+        if p.grad is not None
+    )
     assert any(float(p.grad.abs().sum()) > 0 for p in model.task_parameters("depth"))
 
 

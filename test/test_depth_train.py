@@ -29,7 +29,9 @@ def depth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _record(data: ProcessedDataset, **wanted: object) -> int:
-    return next(i for i, r in enumerate(data.images) if all(r.get(k) == v for k, v in wanted.items()))
+    return next(
+        i for i, r in enumerate(data.images) if all(r.get(k) == v for k, v in wanted.items())
+    )
 
 
 def test_depth_is_read_in_metres_with_invalid_pixels_as_zero(depth_root: Path) -> None:
@@ -88,12 +90,16 @@ def test_crop_and_resize_keep_depth_values_aligned_with_the_mask(depth_root: Pat
 def test_bad_depth_files_are_clear_errors(tmp_path: Path) -> None:
     root = make_processed_dataset(tmp_path / "ds", depth=True)
     train_ids = json.loads((root / "splits.json").read_text())["train"]
-    records = [im for im in json.loads((root / "annotations.json").read_text())["images"] if im["id"] in train_ids]
+    records = [
+        im
+        for im in json.loads((root / "annotations.json").read_text())["images"]
+        if im["id"] in train_ids
+    ]
     record = next(r for r in records if "depth_file" in r)
     path = root / record["depth_file"]
     cv2.imwrite(str(path), np.zeros((48, 64), np.uint8))  # 8-bit, not millimetres
     data = ProcessedDataset(root, "train")
-    with pytest.raises(UserError, match=f"{path.name}: expected a uint16 depth PNG"):
+    with pytest.raises(UserError, match=f"{path.name}: depth targets are single-channel uint16"):
         data[data.images.index(next(r for r in data.images if r["id"] == record["id"]))]
     path.unlink()
     with pytest.raises(UserError, match=f"missing, first {record['depth_file']}"):
@@ -103,20 +109,43 @@ def test_bad_depth_files_are_clear_errors(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- training runs
 def _args(root: Path, out: Path, name: str, *extra: str) -> list[str]:
     return [
-        f"data.root={root}", f"output_dir={out}", f"name={name}", "device=cpu", "model.input_size=[48,48]",
-        "data.batch_size=3", "data.val_batch_size=2", "data.num_workers=0", "optim.warmup_steps=1",
-        "logging.preview_images=1", "logging.progress=false", "logging.log_every=1", *extra,
+        f"data.root={root}",
+        f"output_dir={out}",
+        f"name={name}",
+        "device=cpu",
+        "model.input_size=[48,48]",
+        "data.batch_size=3",
+        "data.val_batch_size=2",
+        "data.num_workers=0",
+        "optim.warmup_steps=1",
+        "logging.preview_images=1",
+        "logging.progress=false",
+        "logging.log_every=1",
+        *extra,
     ]
 
 
-def test_three_task_run_records_the_task_set_and_depth_metrics(depth_root: Path, tmp_path: Path) -> None:
+def test_three_task_run_records_the_task_set_and_depth_metrics(
+    depth_root: Path, tmp_path: Path
+) -> None:
     tasks = "model.tasks=[detection,segmentation,depth]"
-    assert cli.run(_args(depth_root, tmp_path, "three", tasks, "optim.epochs=1", "balancing.weighting=dwa")) == 0
+    assert (
+        cli.run(
+            _args(
+                depth_root, tmp_path, "three", tasks, "optim.epochs=1", "balancing.weighting=dwa"
+            )
+        )
+        == 0
+    )
     last = load_checkpoint(tmp_path / "three" / "last.pt")
     assert last["model_kwargs"]["tasks"] == ["detection", "segmentation", "depth"]
     depth = last["metrics"]["depth"]
     assert depth["valid_pixels"] > 0 and 0.0 <= depth["delta1"] <= 1.0
-    assert last["balancer"]["_extra_state"]["history"][0].keys() == {"detection", "segmentation", "depth"}
+    assert last["balancer"]["_extra_state"]["history"][0].keys() == {
+        "detection",
+        "segmentation",
+        "depth",
+    }
     from mtl_perception.predictor import Predictor
 
     prediction = Predictor.from_checkpoint(tmp_path / "three" / "last.pt", device="cpu").predict(
@@ -128,17 +157,29 @@ def test_three_task_run_records_the_task_set_and_depth_metrics(depth_root: Path,
 
 def test_depth_task_without_depth_in_the_data_is_a_clear_error(tmp_path: Path) -> None:
     root = make_processed_dataset(tmp_path / "plain")
-    with pytest.raises(UserError, match="model.tasks includes depth but no train image has a depth_file"):
+    with pytest.raises(
+        UserError, match="model.tasks includes depth but no train image has a depth_file"
+    ):
         Trainer(load_config(None, _args(root, tmp_path, "x", "model.tasks=[depth]")))
     with pytest.raises(UserError, match="model.tasks"):
         load_config(None, _args(root, tmp_path, "x", "model.tasks=[]"))
 
 
 def test_depth_only_baseline_learns_one_batch(depth_root: Path, tmp_path: Path) -> None:
-    config = load_config(None, _args(
-        depth_root, tmp_path, "solo", "model.tasks=[depth]", "optim.warmup_steps=0", "optim.epochs=20",
-        "augment.crop_prob=0", "augment.hflip_prob=0", "model.kwargs={bn_momentum: 0.1}",
-    ))
+    config = load_config(
+        None,
+        _args(
+            depth_root,
+            tmp_path,
+            "solo",
+            "model.tasks=[depth]",
+            "optim.warmup_steps=0",
+            "optim.epochs=20",
+            "augment.crop_prob=0",
+            "augment.hflip_prob=0",
+            "model.kwargs={bn_momentum: 0.1}",
+        ),
+    )
     trainer = Trainer(config)
     assert trainer.model.tasks == ("depth",)
     records = [i for i, r in enumerate(trainer.train_set.images) if "depth_file" in r][:3]

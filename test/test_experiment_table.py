@@ -1,8 +1,9 @@
-"""The pure table/ranking helpers of bench/experiment_mtl.py (no training)."""
+"""The pure helpers of bench/experiment_mtl.py: Δm, seed statistics, the table (no training)."""
 
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -13,92 +14,69 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from experiment_table import (  # noqa: E402
     SINGLE_TASK_LABEL,
     balancing_label,
-    baselines_of,
-    best_methods,
-    comparison,
-    fastest_latency,
+    curve_flatness,
+    delta_m,
     markdown_table,
+    mean_std,
     run_name,
+    summarise,
+    weight_range,
 )
 
+TASKS = ("detection", "segmentation")
 
-def _row(arch: str, balancing: str, **figures: float | None) -> dict:
-    return {"arch": arch, "balancing": balancing, "name": run_name(arch, balancing), **figures}
+
+def _run(label: str, seed: int, tasks: tuple[str, ...], history: list | None = None, **metrics: float) -> dict:
+    return {"label": label, "arch": "ssdlite_lraspp", "tasks": list(tasks), "seed": seed, "metrics": metrics,
+            "gflops": 0.1, "latency_ms": 10.0 + seed, "train_s": 60.0, "history": history or []}
 
 
 def test_labels_and_names() -> None:
     assert balancing_label("equal", "upgrad") == "upgrad"
     assert balancing_label("dwa", "none") == "dwa"
-    assert run_name("ssdlite_lraspp", "dwa") == "ssdlite_lraspp__dwa"
+    assert run_name("ssdlite_lraspp", "dwa", 2, TASKS) == "ssdlite_lraspp__detection+segmentation__dwa__s2"
+    assert run_name("ssdlite_lraspp", SINGLE_TASK_LABEL, 0, ("detection",)) != run_name("ssdlite_lraspp", SINGLE_TASK_LABEL, 0, ("segmentation",))
 
 
-@pytest.mark.parametrize(
-    ("arch", "expected"),
-    [
-        ("ssdlite_deeplabv3", ("ssdlite", "deeplabv3")),
-        ("frcnn_deeplabv3", ("frcnn", "deeplabv3")),
-        ("ssdlite_lraspp", ("ssdlite", "lraspp")),
-        ("ssdlite", None),
-        ("deeplabv3", None),
-        ("yolo_deeplabv3", None),  # an architecture without a known baseline is not compared
-    ],
-)
-def test_baselines_of(arch: str, expected: tuple[str, str] | None) -> None:
-    assert baselines_of(arch) == expected
+def test_delta_m_follows_maninis_with_sign_flip_for_lower_is_better() -> None:
+    # +10% on detection, -5% on segmentation: mean +2.5%.
+    assert delta_m({"detection": 0.33, "segmentation": 0.57}, {"detection": 0.30, "segmentation": 0.60}, TASKS) == pytest.approx(2.5)
+    # Depth abs_rel is lower-is-better: 0.09 vs 0.10 is a 10% improvement.
+    assert delta_m({"depth": 0.09}, {"depth": 0.10}, ("depth",)) == pytest.approx(10.0)
+    assert delta_m({"detection": 0.3}, {"detection": 0.0}, ("detection",)) is None  # no relative change from 0
+    assert delta_m({"detection": 0.3}, {}, ("detection",)) is None
 
 
-def test_best_methods_ranks_by_score_excludes_equal_and_sinks_nan() -> None:
-    screening = {
-        "equal": {"score": 0.9},
-        "dwa": {"score": 0.2},
-        "upgrad": {"score": 0.5},
-        "pcgrad": {"score": math.nan},
-        "bmtl": {"score": None},
-        "uncertainty": {"score": 0.3},
-    }
-    assert best_methods(screening, count=2) == ["upgrad", "uncertainty"]
-    assert best_methods({"equal": {"score": 1.0}}) == []
+def test_mean_std_is_the_sample_statistic_over_finite_values() -> None:
+    mean, std, count = mean_std([0.1, 0.2, 0.4, None, math.nan])
+    assert (mean, count) == (pytest.approx(statistics.fmean([0.1, 0.2, 0.4])), 3)
+    assert std == pytest.approx(statistics.stdev([0.1, 0.2, 0.4]))
+    assert mean_std([0.5]) == (0.5, 0.0, 1)
+    assert mean_std([None]) is None
 
 
-def test_comparison_deltas_and_cost_ratios() -> None:
-    singles = {
-        "ssdlite": _row("ssdlite", SINGLE_TASK_LABEL, map=0.30, map_50=0.50, latency_ms=10.0, gflops=1.0),
-        "deeplabv3": _row("deeplabv3", SINGLE_TASK_LABEL, miou=0.60, latency_ms=30.0, gflops=3.0),
-    }
-    multi = _row("ssdlite_deeplabv3", "equal", map=0.35, map_50=0.45, miou=0.55, latency_ms=20.0, gflops=2.0)
-    c = comparison(multi, singles)
-    assert c["d_map"] == pytest.approx(0.05)
-    assert c["d_map_50"] == pytest.approx(-0.05)
-    assert c["d_miou"] == pytest.approx(-0.05)
-    assert c["latency_ratio"] == pytest.approx(0.5)
-    assert c["gflops_ratio"] == pytest.approx(0.5)
-    # A missing baseline (its run failed) leaves the comparison empty rather than wrong.
-    assert set(comparison(multi, {"ssdlite": singles["ssdlite"]}).values()) == {None}
-    assert set(comparison(singles["ssdlite"], singles).values()) == {None}
+def test_summary_pairs_each_seed_with_its_own_baselines() -> None:
+    results = []
+    for seed, (det, seg) in enumerate([(0.30, 0.60), (0.20, 0.50), (0.40, 0.40)]):
+        results += [_run(SINGLE_TASK_LABEL, seed, ("detection",), detection=det),
+                    _run(SINGLE_TASK_LABEL, seed, ("segmentation",), segmentation=seg),
+                    # multi-task: exactly +10% detection, +0% segmentation in every seed
+                    _run("equal", seed, TASKS, [{"weights": {"detection": 1.0, "segmentation": 1.0}}], detection=det * 1.1, segmentation=seg)]
+    rows = {(r["label"], tuple(r["tasks"])): r for r in summarise(results, TASKS)}
+    assert set(rows) == {(SINGLE_TASK_LABEL, ("detection",)), (SINGLE_TASK_LABEL, ("segmentation",)), ("equal", TASKS)}
+    equal = rows[("equal", TASKS)]
+    mean, std, count = equal["delta_m"]
+    assert (mean, std, count) == (pytest.approx(5.0), pytest.approx(0.0, abs=1e-9), 3)  # unpaired, it would vary
+    assert equal["detection"][0] == pytest.approx(statistics.fmean([0.33, 0.22, 0.44]))
+    assert equal["latency_ms"] == 10.0  # the fastest run of the row
+    table = markdown_table(list(rows.values()), TASKS)
+    assert "| ssdlite_lraspp | det+seg | equal | 3 | 33.0 ± 11.0 | 50.0 ± 10.0 | +5.0 ± 0.0 | det 1.00–1.00, seg 1.00–1.00 |" in table
 
 
-def test_markdown_table_rows_and_missing_values() -> None:
-    rows = [
-        _row("ssdlite_deeplabv3", "equal", map=0.35, map_50=0.45, miou=None, latency_ms=20.0, gflops=2.0, train_s=12.3),
-        _row("ssdlite", SINGLE_TASK_LABEL, map=0.30, map_50=0.50, latency_ms=10.0, gflops=1.0, train_s=9.0),
-        _row("deeplabv3", SINGLE_TASK_LABEL, miou=0.60, latency_ms=30.0, gflops=3.0, train_s=8.0),
-    ]
-    lines = markdown_table(rows).splitlines()
-    assert len(lines) == 2 + len(rows)
-    assert all(line.count("|") == lines[0].count("|") for line in lines)
-    multi = [cell.strip() for cell in lines[2].split("|")[1:-1]]
-    assert multi[:6] == ["ssdlite_deeplabv3", "equal", "45.0", "35.0", "–", "20.0"]
-    assert multi[8:] == ["-5.0", "+5.0", "–", "0.50", "0.50"]  # mIoU undefined: no delta
-    baseline = [cell.strip() for cell in lines[3].split("|")[1:-1]]
-    assert baseline[8:] == ["–"] * 5
-
-
-def test_latency_is_the_fastest_measurement_of_each_architecture() -> None:
-    rows = [
-        _row("ssdlite_deeplabv3", "equal", latency_ms=12.0),
-        _row("ssdlite_deeplabv3", "dwa", latency_ms=365.0),  # disturbed by another job
-        _row("ssdlite", SINGLE_TASK_LABEL, latency_ms=None),
-    ]
-    assert fastest_latency(rows) == {"ssdlite_deeplabv3": 12.0}
-    table = markdown_table(rows).splitlines()
-    assert [line.split("|")[6].strip() for line in table[2:]] == ["12.0", "12.0", "–"]
+def test_weight_range_and_curve_flatness_read_the_history() -> None:
+    history = [{"weights": {"detection": w, "segmentation": 2 - w}, "score": s}
+               for w, s in [(1.0, 0.1), (1.0, 0.3), (1.3, 0.38), (0.8, 0.4)]]
+    runs = [_run("dwa", 0, TASKS, history)]
+    assert weight_range(runs) == {"detection": (0.8, 1.3), "segmentation": (0.7, 1.2)}
+    assert curve_flatness(runs) == {"at_fraction": 0.38, "final": 0.4}
+    assert curve_flatness([_run("dwa", 0, TASKS)]) is None

@@ -1,4 +1,5 @@
-"""Weights in and out: backbone initialisation files, checkpoints, mismatches as UserErrors."""
+"""Weights in and out: local backbone files, checkpoints, mismatches as UserErrors (torchvision's
+pretrained weights: test_nets_pretrained.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torchvision.models import mobilenet_v3_large, resnet18
 
 from mtl_perception.checkpoint import load_checkpoint, save_checkpoint
 from mtl_perception.core.errors import UserError
-from mtl_perception.nets import IMAGENET, build_model, load_weights, model_from_checkpoint
+from mtl_perception.nets import build_model, load_pretrained, load_weights, model_from_checkpoint
 
 SIZE = (64, 64)
 
@@ -21,52 +22,44 @@ def assert_same_backbone(model: torch.nn.Module, reference: dict[str, torch.Tens
     assert all(torch.equal(state[key], reference[key]) for key in state)
 
 
-@pytest.mark.parametrize("layout", ["body", "features", "classifier"])
+@pytest.mark.parametrize("layout", ["body", "features", "classifier", "model"])
 def test_local_backbone_weights_file_is_loaded(tmp_path: Path, layout: str) -> None:
     source = mobilenet_v3_large(weights=None)
     saved = {
         "body": build_model("deeplabv3", 0, 2, SIZE).backbone.state_dict,
         "features": source.features.state_dict,
         "classifier": source.state_dict,  # a full ImageNet-style classifier; its head is ignored
+        "model": build_model("deeplabv3", 0, 2, SIZE).state_dict,  # a whole model of this package
     }[layout]()
     path = tmp_path / "backbone.pth"
     torch.save(saved, path)
-    model = build_model("ssdlite_deeplabv3", 2, 2, SIZE, backbone_weights=path)
-    body = {key: value for key, value in saved.items() if not key.startswith("classifier.")}
+    model = build_model("ssdlite_deeplabv3", 2, 2, SIZE)
+    record = load_pretrained(model, {"backbone": str(path)})["backbone"]
+    assert record["loaded"] == record["total"] and record["file"] == str(path)
+    body = {key.removeprefix("backbone."): v for key, v in saved.items() if not key.startswith(("classifier.", "heads."))}
     prefixed = {key if key.startswith("features.") else f"features.{key}": v for key, v in body.items()}
     assert_same_backbone(model, prefixed)
 
 
 def test_missing_backbone_weights_file_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"weights file .*nope\.pth does not exist"):
-        build_model("ssdlite", 2, 0, SIZE, backbone_weights=tmp_path / "nope.pth")
+        load_pretrained(build_model("ssdlite", 2, 0, SIZE), {"backbone": str(tmp_path / "nope.pth")})
 
 
 def test_foreign_or_corrupt_backbone_weights_are_user_errors(tmp_path: Path) -> None:
+    model = build_model("ssdlite", 2, 0, SIZE)
     foreign = tmp_path / "resnet.pth"
     torch.save(resnet18(weights=None).state_dict(), foreign)
-    with pytest.raises(UserError, match=r"backbone weights .*resnet\.pth: weights do not fit \(\d+ missing"):
-        build_model("ssdlite", 2, 0, SIZE, backbone_weights=foreign)
+    with pytest.raises(UserError, match=r"no tensor of .*resnet\.pth fits the backbone"):
+        load_pretrained(model, {"backbone": str(foreign)})
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a torch file")
     with pytest.raises(UserError, match=r"corrupt\.pth cannot be read"):
-        build_model("ssdlite", 2, 0, SIZE, backbone_weights=corrupt)
+        load_pretrained(model, {"backbone": str(corrupt)})
     not_a_state_dict = tmp_path / "list.pth"
     torch.save([1, 2, 3], not_a_state_dict)
     with pytest.raises(UserError, match="does not hold a state_dict"):
-        build_model("ssdlite", 2, 0, SIZE, backbone_weights=not_a_state_dict)
-
-
-def test_imagenet_weights_come_only_from_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(UserError, match="not in the local torch hub cache"):
-        build_model("ssdlite", 2, 0, SIZE, backbone_weights=IMAGENET)
-    cached = mobilenet_v3_large(weights=None).state_dict()
-    cache_dir = tmp_path / "hub" / "checkpoints"
-    cache_dir.mkdir(parents=True)
-    torch.save(cached, cache_dir / "mobilenet_v3_large-8738ca79.pth")
-    model = build_model("ssdlite", 2, 0, SIZE, backbone_weights=IMAGENET)
-    assert_same_backbone(model, {k: v for k, v in cached.items() if k.startswith("features.")})
+        load_pretrained(model, {"backbone": str(not_a_state_dict)})
 
 
 def payload_for(model: torch.nn.Module) -> dict:

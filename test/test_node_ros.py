@@ -1,7 +1,8 @@
 """The perception node as a real process over DDS on loopback (one process per scenario group).
 
 - a node started from config/perception.yaml declares exactly the file's parameters;
-- rgb8 frames in -> Detection2DArray, mono8 and rgb8 masks and the overlay out, same headers;
+- rgb8 frames in -> Detection2DArray, mono8 and rgb8 masks, the overlay, 32FC1 depth (metres,
+  equal to the Predictor's) and its colour image out, same headers;
 - run-time parameter changes: good values apply, bad ones are rejected with a reason;
 - a burst of bad frames does not kill it and /diagnostics counts them;
 - compressed (JPEG) input with compressed:=true;
@@ -52,9 +53,9 @@ BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weights checkpoint (64x48 input)."""
+    """A tiny random-weights checkpoint (64x48 input) with all three tasks."""
     kwargs = {"arch": "ssdlite_deeplabv3", "num_detection_classes": 3, "num_segmentation_classes": 3,
-              "input_size": [HEIGHT, WIDTH]}
+              "input_size": [HEIGHT, WIDTH], "tasks": ["detection", "segmentation", "depth"]}
     model = build_model(**kwargs)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     save_checkpoint(path, inference_fields(model, DETECTION_CLASSES, SEGMENTATION_CLASSES, [[0, 0, 0], [0, 200, 0], [0, 0, 200]]))
@@ -198,7 +199,7 @@ def nodes(checkpoint: Path, ros_domain: dict[str, str], tmp_path_factory: pytest
     ``jpeg``: from command-line parameters, compressed input, in namespace /jpeg.
     """
     document = yaml.safe_load(CONFIG.read_text())
-    params = document["perception_node"]["ros__parameters"]
+    params = document["/**"]["ros__parameters"]
     params.update(model_path=str(checkpoint), device="cpu", warmup_iterations=1, diagnostics_period=0.3,
                   score_threshold=0.0, max_detections=5)
     folder = tmp_path_factory.mktemp("nodes")
@@ -266,6 +267,32 @@ def test_frames_in_results_out_with_the_same_header(yaml_node: tuple[NodeProcess
         assert 0.0 <= detection.bbox.center.position.x <= WIDTH and 0.0 <= detection.bbox.size_y <= HEIGHT
 
 
+def test_depth_in_metres_with_the_input_header(yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient,
+                                               checkpoint: Path) -> None:
+    from mtl_perception.core.images import decode_image
+    from mtl_perception.predictor import Predictor
+
+    node, _ = yaml_node
+    depths = client.collect(Image, f"{NODE}/depth")
+    colors = client.collect(Image, f"{NODE}/depth/color")
+    publisher = client.node.create_publisher(Image, "/test_cam/image", 10)
+    frame = _frame()
+    msg = _rgb8(_header(102, "rgbd_camera"), frame)
+
+    def both() -> bool:
+        return bool(_with_stamp(depths, 102) and _with_stamp(colors, 102))
+
+    assert client.spin_until(both, timeout=90.0, every=lambda: publisher.publish(msg)), node.output()
+    depth, color = _with_stamp(depths, 102)[0], _with_stamp(colors, 102)[0]
+    for out in (depth, color):
+        assert (out.header.frame_id, out.header.stamp.sec, out.header.stamp.nanosec) == ("rgbd_camera", 102, 1234)
+    assert (depth.encoding, depth.height, depth.width, depth.step) == ("32FC1", HEIGHT, WIDTH, WIDTH * 4)
+    assert (color.encoding, color.height, color.width) == ("rgb8", HEIGHT, WIDTH)
+    # Metres, exactly what the ROS-free Predictor computes for the same frame.
+    expected = Predictor.from_checkpoint(checkpoint, device="cpu").predict(frame).depth
+    assert np.allclose(decode_image(depth), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_run_time_parameters(yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient) -> None:
     node, _ = yaml_node
     rejected = client.set_parameter("score_threshold", -0.5)
@@ -308,16 +335,25 @@ def test_bad_frames_are_counted_and_do_not_kill_the_node(yaml_node: tuple[NodePr
     # Serialized bytes that are no valid Image (rclpy publishes bytes as they are): the node
     # subscribes raw and deserialises in its worker, so this is a bad frame, not a crash.
     malformed = serialize_message(good)[:64]
-    for bad in (bad_encoding, truncated, empty, malformed, resized):
-        publisher.publish(bad)
-        client.spin_until(lambda: False, timeout=0.4)  # let the worker take each frame (no drops)
 
-    def counted() -> bool:
-        values = _diagnostic_values(diagnostics)
-        return (int(values.get("errors: unsupported encoding", 0)) >= 1 and int(values.get("errors: bad image", 0)) >= 2
-                and int(values.get("errors: bad message", 0)) >= 1 and int(values.get("errors: size changed", 0)) >= 1)
+    def count(kind: str) -> int:
+        return int(_diagnostic_values(diagnostics).get(f"errors: {kind}", 0))
 
-    assert client.spin_until(counted, timeout=20.0), (_diagnostic_values(diagnostics), node.output())
+    def fresh_diagnostics() -> None:
+        seen = len(diagnostics)
+        assert client.spin_until(lambda: len(diagnostics) >= seen + 2, timeout=20.0), node.output()
+
+    # One frame at a time, each waited for by its count in /diagnostics (no pacing by sleeps): the
+    # node keeps only the newest frame, so frames sent back to back would replace each other.
+    for bad, kind in ((bad_encoding, "unsupported encoding"), (truncated, "bad image"), (empty, "bad image"),
+                      (malformed, "bad message"), (resized, "size changed")):
+        fresh_diagnostics()
+        before = count(kind)
+        for _ in range(3):  # best-effort input: a frame may be lost, send it again
+            publisher.publish(bad)
+            if client.spin_until(lambda: count(kind) > before, timeout=10.0):  # noqa: B023
+                break
+        assert count(kind) > before, (kind, _diagnostic_values(diagnostics), node.output())
     # The resized frame is valid: it is processed at its own resolution.
     assert client.spin_until(lambda: bool(_with_stamp(masks, 307)), 20.0, lambda: publisher.publish(resized))
     assert _with_stamp(masks, 307)[0].width == WIDTH * 2
@@ -464,5 +500,67 @@ def test_compressed_topic_follows_remapping(remaps: tuple[str, ...], expected: s
     try:
         assert node.resolve_topic_name(node._compressed_topic()) == expected
     finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+class _Log:
+    """Records what the node logs (its rclpy logger's methods, by level)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., bool]:
+        return lambda message, **_: self.lines.append((level, str(message))) or True
+
+    def at(self, level: str) -> list[str]:
+        return [message for lvl, message in self.lines if lvl == level]
+
+
+def test_a_bug_in_a_frame_is_logged_with_traceback_once_counted_and_an_error(
+        checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames go straight to the worker's code (no DDS): every failure is counted, the traceback is
+    logged once per kind, diagnostics are ERROR while all frames fail; depth frames get a warning."""
+    from mtl_perception.ros.diagnostics import ERROR, OK
+    from mtl_perception.ros.node import Frame, PerceptionNode
+
+    context = Context()
+    rclpy.init(context=context, args=["--ros-args", "-p", f"model_path:={checkpoint}", "-p", "device:=cpu",
+                                      "-p", "autostart:=false", "-p", "warmup_iterations:=0", "-r", "__ns:=/bug"])
+    node = PerceptionNode(context=context)
+    log = _Log()
+    monkeypatch.setattr(node, "get_logger", lambda: log)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        good = serialize_message(_rgb8(_header(1, "cam"), _frame()))
+
+        def broken(rgb: np.ndarray) -> Any:
+            return rgb.shape[0] / 0
+
+        monkeypatch.setattr(node._predictor, "predict", broken)
+        for _ in range(3):
+            node._process(Frame(good, time.monotonic()))
+        report = node._stats.report()
+        assert report.errors == {"unexpected ZeroDivisionError": 3} and report.level == ERROR
+        errors = log.at("error")
+        assert len(errors) == 1 and "Traceback" in errors[0] and "ZeroDivisionError" in errors[0]
+        assert "in broken" in errors[0]  # the traceback names the failing function
+
+        monkeypatch.undo()  # the real predictor again (and the real logger: keep ours)
+        monkeypatch.setattr(node, "get_logger", lambda: log)
+        node._process(Frame(good, time.monotonic()))
+        assert node._stats.report().new_processed == 1
+        assert node._stats.report().level == OK
+
+        depth = Image(header=_header(2, "cam"), height=HEIGHT, width=WIDTH, encoding="16UC1", step=WIDTH * 2)
+        depth.data = np.full((HEIGHT, WIDTH), 1500, np.uint16).tobytes()
+        for _ in range(2):
+            node._process(Frame(serialize_message(depth), time.monotonic()))
+        warnings = [w for w in log.at("warning") if "depth encoding" in w]
+        assert len(warnings) == 1 and "16UC1" in warnings[0] and "remapped" in warnings[0]
+        assert node._stats.report().new_processed == 2  # still processed
+    finally:
+        node.stop_processing()
         node.destroy_node()
         rclpy.shutdown(context=context)

@@ -8,13 +8,13 @@ the report also explains a demo that stopped half-way.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mtl_perception import figures
+from mtl_perception.core.json_io import format_number
 from mtl_perception.demo.html import Figure, Table, write_page
 from mtl_perception.demo.pipeline import DemoConfig, Step
 
@@ -48,27 +48,24 @@ def _load_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    """A metric for a table: numbers rounded, missing values as 'n/a'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def headline(metrics: Mapping[str, Any] | None, replay: Mapping[str, Any] | None) -> dict[str, Any]:
     """The few figures the summary table and README quote."""
     metrics = metrics or {}
     detection = metrics.get("detection", {}) or {}
     segmentation = metrics.get("segmentation", {}) or {}
+    depth = metrics.get("depth", {}) or {}
     model = metrics.get("profile", {}) or {}
     latency = (replay or {}).get("latency_ms", {}) or {}
+    depth_figures = {}
+    if depth:
+        depth_figures = {"depth AbsRel": depth.get("abs_rel"), "depth RMSE m": depth.get("rmse"),
+                         "depth δ<1.25": depth.get("delta1")}
     return {
         "mAP@[.5:.95]": detection.get("map"),
         "mAP@.5": detection.get("map_50"),
         "mIoU (incl. background)": segmentation.get("miou"),
         "pixel accuracy": segmentation.get("pixel_accuracy"),
+        **depth_figures,
         "model latency ms/frame": model.get("latency_ms"),
         "replay p50 latency ms": latency.get("p50"),
         "replay frames sent/answered": f"{(replay or {}).get('frames_sent', 'n/a')}/{(replay or {}).get('frames_answered', 'n/a')}",
@@ -82,13 +79,20 @@ def _per_class_tables(metrics: Mapping[str, Any]) -> tuple[list[Table], dict[str
     if detection.get("per_class_ap"):
         ap, ap50 = detection["per_class_ap"], detection.get("per_class_ap_50", {})
         tables.append(Table("Detection per class (val)", ["class", "AP@[.5:.95]", "AP@.5"],
-                            [[name, fmt(ap[name]), fmt(ap50.get(name))] for name in ap]))
+                            [[name, format_number(ap[name]), format_number(ap50.get(name))] for name in ap]))
         bars["AP@.5 per class"] = {name: ap50.get(name) for name in ap}
     segmentation = metrics.get("segmentation") or {}
     if segmentation.get("per_class_iou"):
         iou = segmentation["per_class_iou"]
-        tables.append(Table("Segmentation per class (val)", ["class", "IoU"], [[name, fmt(v)] for name, v in iou.items()]))
+        tables.append(Table("Segmentation per class (val)", ["class", "IoU"], [[name, format_number(v)] for name, v in iou.items()]))
         bars["IoU per class"] = dict(iou)
+    depth = metrics.get("depth") or {}
+    if depth:
+        names = [("AbsRel", "abs_rel"), ("SqRel", "sq_rel"), ("RMSE (m)", "rmse"), ("RMSE(log)", "rmse_log"),
+                 ("MAE (m)", "mae"), ("δ<1.25", "delta1"), ("δ<1.25²", "delta2"), ("δ<1.25³", "delta3"),
+                 ("frames", "frames"), ("valid pixels", "valid_pixels")]
+        tables.append(Table("Depth (val, every valid pixel counts once)", ["metric", "value"],
+                            [[label, format_number(depth.get(key))] for label, key in names]))
     return tables, bars
 
 
@@ -101,7 +105,7 @@ def build_report(config: DemoConfig, steps: Sequence[Step]) -> tuple[Path, dict[
     summary = headline(metrics, replay)
     tables = [
         Table("Pipeline", ["step", "status", "seconds"], [[s.name, s.status, f"{s.seconds:.1f}"] for s in steps]),
-        Table("Summary", ["figure", "value"], [[k, fmt(v)] for k, v in summary.items()]),
+        Table("Summary", ["figure", "value"], [[k, format_number(v)] for k, v in summary.items()]),
     ]
     page_figures: list[Figure] = []
     notes: dict[str, str] = {}

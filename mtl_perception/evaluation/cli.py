@@ -2,15 +2,17 @@
 
 Runs the same ``Predictor`` as the robot (so pre/post-processing are what is measured) with a
 low score threshold (mAP needs the whole precision/recall curve), compares against
-``annotations.json`` and the masks, and reports COCO mAP, mIoU (incl. background), pixel
-accuracy and the model's cost (latency at batch 1, parameters, GFLOPs). The report is written
-as JSON (atomically) and printed as a table; the exit status is 1 if any item failed.
+``annotations.json``, the masks and the depth maps, and reports COCO mAP, mIoU (incl.
+background), pixel accuracy, depth metrics (AbsRel, SqRel, RMSE, RMSE log, delta thresholds,
+MAE over every valid pixel of the split, at the frames' resolution) and the model's cost
+(latency at batch 1, parameters, GFLOPs). Depth-only frames (``"labeled": false``) are scored
+for depth only. The report is written as JSON (atomically) and printed as a table; the exit
+status is 1 if any item failed.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +23,9 @@ from tqdm import tqdm
 from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.atomic_io import write_json
 from mtl_perception.core.errors import UserError, run_cli
+from mtl_perception.core.json_io import format_number, json_ready
 from mtl_perception.evaluation.dataset import SPLITS, EvalDataset, EvalSample
+from mtl_perception.evaluation.depth_metrics import DepthMetrics
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
 from mtl_perception.evaluation.profiling import profile_model
 from mtl_perception.predictor import Predictor
@@ -56,14 +60,19 @@ def _batches(samples: Iterator[EvalSample], size: int) -> Iterator[list[EvalSamp
 
 
 def evaluate(predictor: Predictor, dataset: EvalDataset, batch_size: int = 1) -> dict[str, Any]:
-    """Detection and segmentation metrics of ``predictor`` over ``dataset`` (one full pass)."""
+    """Detection, segmentation and depth metrics of ``predictor`` over ``dataset`` (one full pass)."""
     detection = DetectionEvaluator(predictor.detection_classes, predictor.max_detections) if dataset.detection_scored else None
     confusion = ConfusionMatrix(len(predictor.segmentation_classes)) if dataset.segmentation_available else None
+    depth = DepthMetrics() if dataset.depth_scored else None
     evaluated = masks_scored = 0
     progress = tqdm(total=len(dataset), desc=PROG, unit="img", disable=None)
     for batch in _batches(iter(dataset), batch_size):
         predictions = predictor.predict_batch([sample.rgb for sample in batch])
         for sample, prediction in zip(batch, predictions, strict=True):
+            if depth is not None and sample.depth is not None and prediction.depth is not None:
+                depth.update(prediction.depth, sample.depth)
+            if not sample.labeled:
+                continue
             if detection is not None:
                 pred = {"boxes": prediction.boxes, "scores": prediction.scores, "labels": prediction.labels}
                 detection.update([pred], [sample.target])
@@ -80,22 +89,14 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, batch_size: int = 1) ->
         seg = confusion.compute()
         seg["per_class_iou"] = dict(zip(predictor.segmentation_classes, seg["per_class_iou"], strict=True))
         report["segmentation"] = {**seg, "num_images": masks_scored, "classes": predictor.segmentation_classes}
+    if depth is not None and depth.frames:
+        report["depth"] = depth.compute()
     return report
 
 
-def _json_ready(value: Any) -> Any:
-    """NaN (undefined metric) becomes JSON null: strict JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(item) for item in value]
-    return value
-
-
-def _fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * scale:.{digits}f}"
+def _fmt(value: float | None) -> str:
+    """An accuracy figure as a percentage with one decimal."""
+    return format_number(value, digits=1, scale=100.0)
 
 
 def print_table(report: dict[str, Any], stream: TextIO | None = None) -> None:
@@ -119,6 +120,18 @@ def print_table(report: dict[str, Any], stream: TextIO | None = None) -> None:
             lines.append(f"    {name:<20} IoU {_fmt(iou):>6}{note}")
     elif report.get("tasks") and "segmentation" in report["tasks"]:
         lines.append("  segmentation not scored (no masks or no classes.json)")
+    if "depth" in report:
+        d = report["depth"]
+        lines.append(
+            f"  depth       AbsRel {_fmt(d['abs_rel'], 1, 3)}   SqRel {_fmt(d['sq_rel'], 1, 3)}"
+            f"   RMSE {_fmt(d['rmse'], 1, 3)} m   RMSE(log) {_fmt(d['rmse_log'], 1, 3)}   MAE {_fmt(d['mae'], 1, 3)} m"
+        )
+        lines.append(
+            f"              d<1.25 {_fmt(d['delta1'])}   d<1.25^2 {_fmt(d['delta2'])}   d<1.25^3 {_fmt(d['delta3'])}"
+            f"   ({d['frames']} frames, {d['valid_pixels']} valid pixels)"
+        )
+    elif report.get("tasks") and "depth" in report["tasks"]:
+        lines.append("  depth not scored (no depth maps in this split)")
     lines.append(f"  combined score {_fmt(report['score'])}")
     if "profile" in report:
         prof = report["profile"]
@@ -148,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         predictor.detection_classes if "detection" in predictor.tasks else None,
         predictor.segmentation_classes if "segmentation" in predictor.tasks else None,
         summary,
+        depth="depth" in predictor.tasks,
     )
     report: dict[str, Any] = {
         "checkpoint": str(args.checkpoint),
@@ -164,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         )
     report["summary"] = {"counts": dict(summary.counts), "problems": dict(summary.problems), "first_example": summary.first_example}
     out = args.out or args.checkpoint.parent / f"eval_{args.data.name}_{args.split}.json"
-    write_json(out, _json_ready(report))
+    write_json(out, json_ready(report))
     print_table(report)
     print(f"metrics written to {out}")
     summary.print(sys.stderr)  # explicit: the default is bound at import time

@@ -21,6 +21,7 @@ import torch
 
 from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.depth import read_depth_target
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.json_io import read_json
 
@@ -38,6 +39,8 @@ class EvalSample:
     rgb: np.ndarray  # [H, W, 3] uint8
     target: dict[str, torch.Tensor]  # boxes xyxy float32, labels int64 (1-based), iscrowd int64
     mask: np.ndarray | None  # [H, W] uint8 checkpoint segmentation ids, 255 = ignore; None = no mask
+    depth: np.ndarray | None = None  # [H, W] float32 metres, 0 = invalid; None = no depth map
+    labeled: bool = True  # False: a depth-only frame, not scored for detection / segmentation
 
 
 def _key(name: str) -> str:
@@ -63,7 +66,8 @@ class EvalDataset:
 
     ``detection_classes`` / ``segmentation_classes`` are the checkpoint's (``None`` when the
     model lacks that task). Segmentation needs ``classes.json`` to know what mask ids mean;
-    without it segmentation is not scored (``segmentation_available`` is False).
+    without it segmentation is not scored (``segmentation_available`` is False). With
+    ``depth=True`` each sample carries its ``depth_file`` in metres (docs/CONTRACTS.md 11.1).
     """
 
     def __init__(
@@ -73,9 +77,11 @@ class EvalDataset:
         detection_classes: Sequence[str] | None,
         segmentation_classes: Sequence[str] | None,
         summary: JobSummary,
+        depth: bool = False,
     ) -> None:
         self.root = Path(root)
         self.summary = summary
+        self.depth_scored = depth
         if not self.root.is_dir():
             raise UserError(f"--data {self.root} is not a folder")
         if split not in SPLITS:
@@ -215,4 +221,26 @@ class EvalDataset:
                 continue
             height, width = rgb.shape[:2]
             self.summary.add("read")
-            yield EvalSample(record["id"], file_name, rgb, self._target(record, height, width), self._mask(record, (height, width)))
+            if not record.get("labeled", True):
+                self.summary.add("depth-only frames (not scored for detection/segmentation)")
+                depth = self._depth(record, (height, width))
+                no_boxes = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                            "iscrowd": torch.zeros(0, dtype=torch.int64)}
+                yield EvalSample(record["id"], file_name, rgb, no_boxes, None, depth, False)
+                continue
+            target, mask = self._target(record, height, width), self._mask(record, (height, width))
+            yield EvalSample(record["id"], file_name, rgb, target, mask, self._depth(record, (height, width)))
+
+    def _depth(self, record: dict[str, Any], shape: tuple[int, int]) -> np.ndarray | None:
+        """The frame's depth in metres, or None (not scored, no depth file, or a bad one)."""
+        if not self.depth_scored:
+            return None
+        depth_file = record.get("depth_file")
+        if not depth_file:
+            self.summary.add("depth skipped (frame has no depth)")
+            return None
+        try:
+            return read_depth_target(self.root / depth_file, shape)
+        except UserError as err:
+            self.summary.fail("depth file unreadable or of the wrong size", str(err))
+            return None

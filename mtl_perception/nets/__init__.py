@@ -1,12 +1,13 @@
 """The networks: one shared MobileNetV3-Large body with detection, segmentation and/or depth heads.
 
 Public API (docs/CONTRACTS.md section 6): ``build_model``, ``ARCHITECTURES``, ``MultiTaskModel``,
-``load_weights``, ``model_from_checkpoint``, ``count_parameters``.
+``load_weights``, ``load_pretrained``, ``model_from_checkpoint``, ``count_parameters``.
 """
 
-from mtl_perception.nets.backbone import IMAGENET, MobileNetV3Body
+from mtl_perception.nets.backbone import MobileNetV3Body
 from mtl_perception.nets.depth import DEPTH_LOSSES, DepthHead
 from mtl_perception.nets.multitask import MultiTaskModel
+from mtl_perception.nets.pretrained import COCO, IMAGENET, load_pretrained
 from mtl_perception.nets.registry import (
     ARCHITECTURES,
     DEFAULT_ARCH,
@@ -23,6 +24,7 @@ from mtl_perception.nets.task_head import DEPTH, DETECTION, SEGMENTATION, TASKS
 
 __all__ = [
     "ARCHITECTURES",
+    "COCO",
     "DEFAULT_ARCH",
     "DEPTH",
     "DEPTH_LOSSES",
@@ -38,6 +40,7 @@ __all__ = [
     "MultiTaskModel",
     "build_model",
     "count_parameters",
+    "load_pretrained",
     "load_weights",
     "model_from_checkpoint",
     "parameter_breakdown",

@@ -1,7 +1,7 @@
 """The shared MobileNetV3-Large body: one construction recipe for every architecture.
 
 The body is torchvision's ``mobilenet_v3_large(...).features`` (state_dict keys ``features.N...``,
-so ImageNet classification weights load unchanged). It runs once per forward and returns the
+so ImageNet classification weights load unchanged; see ``pretrained``). It runs once per forward and returns the
 "taps" (intermediate feature maps) that the model's heads asked for:
 
 - ``stride8``: output of the first stride-8 block (40 ch), LR-ASPP's low-level input;
@@ -13,25 +13,18 @@ so ImageNet classification weights load unchanged). It runs once per forward and
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection
-from pathlib import Path
 
-import torch
 from torch import Tensor, nn
-from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
+from torchvision.models import mobilenet_v3_large
 
 from mtl_perception.core.errors import UserError
-from mtl_perception.nets.weights import load_state_dict_checked, read_weights_file
 
 TAP_STRIDE8 = "stride8"
 TAP_STRIDE16_EXPAND = "stride16_expand"
 TAP_STRIDE32_BLOCK = "stride32_block"
 TAP_STRIDE32 = "stride32"
 TAPS = (TAP_STRIDE8, TAP_STRIDE16_EXPAND, TAP_STRIDE32_BLOCK, TAP_STRIDE32)
-
-# ``backbone_weights`` value naming torchvision's ImageNet weights (used only when already cached).
-IMAGENET = "imagenet"
 
 
 class MobileNetV3Body(nn.Module):
@@ -63,6 +56,11 @@ class MobileNetV3Body(nn.Module):
         }
         self.trainable_layers = len(stages) if trainable_layers is None else trainable_layers
         self._frozen_blocks = self._freeze(self.trainable_layers)
+
+    @property
+    def expand_index(self) -> int:
+        """Index in ``features`` of the last strided block (whose expansion layer is a tap)."""
+        return self._expand_index
 
     def _freeze(self, trainable_layers: int) -> int:
         """Freeze every block before the last ``trainable_layers`` stages; return how many are frozen."""
@@ -105,25 +103,3 @@ class MobileNetV3Body(nn.Module):
                 out[TAP_STRIDE8] = x.view_as(x)
         out[TAP_STRIDE32] = x
         return {tap: out[tap] for tap in self.taps}
-
-    def load_weights(self, spec: str | os.PathLike[str]) -> None:
-        """Initialise from ``"imagenet"`` (torchvision weights, only if already in the local torch
-        hub cache: never downloads) or a local ``.pth`` file holding a MobileNetV3-Large state_dict
-        (a full classifier, its ``features`` or this body; classifier keys are ignored)."""
-        path = _imagenet_cache_path() if str(spec).lower() == IMAGENET else Path(spec)
-        if str(spec).lower() == IMAGENET and not path.is_file():
-            raise UserError(
-                f"backbone_weights={IMAGENET!r}: {path.name} is not in the local torch hub cache "
-                f"({path.parent}); downloads are disabled, copy the file there or pass a local weights file"
-            )
-        state = read_weights_file(path)
-        if not any(key.startswith("features.") for key in state):  # saved from ``model.features``
-            state = {f"features.{key}": value for key, value in state.items()}
-        state = {key: value for key, value in state.items() if not key.startswith("classifier.")}
-        load_state_dict_checked(self, state, f"backbone weights {path}")
-
-
-def _imagenet_cache_path() -> Path:
-    """Where torchvision would keep the ImageNet MobileNetV3-Large weights after a download."""
-    file_name = os.path.basename(MobileNet_V3_Large_Weights.IMAGENET1K_V1.url)
-    return Path(torch.hub.get_dir()) / "checkpoints" / file_name

@@ -63,7 +63,9 @@ def silog_loss(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
             continue
         d = torch.log(p[v]) - torch.log(t[v])
         # The variance term is >= 0 for lambda <= 1; the epsilon keeps sqrt's gradient finite at 0.
-        per_image.append(torch.sqrt((d.square().mean() - SILOG_LAMBDA * d.mean().square()).clamp(min=0) + 1e-8))
+        per_image.append(
+            torch.sqrt((d.square().mean() - SILOG_LAMBDA * d.mean().square()).clamp(min=0) + 1e-8)
+        )
     return torch.stack(per_image).mean() if per_image else _zero(pred)
 
 
@@ -89,7 +91,7 @@ DEPTH_LOSSES: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
 
 
 class DepthHead(nn.Module):
-    """LR-ASPP-style depth decoder on the stride-8 and stride-32 taps; metres at input resolution."""
+    """LR-ASPP-style depth decoder on the stride-8 and stride-32 taps; metres at input size."""
 
     task = DEPTH
     feature_taps = (TAP_STRIDE8, TAP_STRIDE32)
@@ -106,11 +108,20 @@ class DepthHead(nn.Module):
         super().__init__()
         if depth_loss not in DEPTH_LOSSES:
             raise UserError(f"depth_loss={depth_loss!r} is not one of {', '.join(DEPTH_LOSSES)}")
-        if isinstance(depth_channels, bool) or not isinstance(depth_channels, int) or depth_channels < 8:
+        if (
+            isinstance(depth_channels, bool)
+            or not isinstance(depth_channels, int)
+            or depth_channels < 8
+        ):
             raise UserError(f"depth_channels={depth_channels!r} must be an integer >= 8")
-        self.options: dict[str, object] = {"depth_loss": depth_loss, "depth_channels": depth_channels}
+        self.options: dict[str, object] = {
+            "depth_loss": depth_loss,
+            "depth_channels": depth_channels,
+        }
         self._loss = DEPTH_LOSSES[depth_loss]
-        self.head = LRASPPHead(tap_channels[TAP_STRIDE8], tap_channels[TAP_STRIDE32], 1, depth_channels)
+        self.head = LRASPPHead(
+            tap_channels[TAP_STRIDE8], tap_channels[TAP_STRIDE32], 1, depth_channels
+        )
         with torch.no_grad():  # softplus^-1(INIT_DEPTH_M - MIN_DEPTH_M): the untrained output
             self.head.high_classifier.bias.fill_(math.log(math.expm1(INIT_DEPTH_M - MIN_DEPTH_M)))
             self.head.low_classifier.bias.zero_()
@@ -126,7 +137,11 @@ class DepthHead(nn.Module):
         self, features: Mapping[str, Tensor], images: Tensor, targets: Targets | None = None
     ) -> Tensor | list[dict[str, Tensor]]:
         """The loss when ``targets`` are given, else the depth maps."""
-        return self.predict(features, images) if targets is None else self.loss(features, images, targets)
+        return (
+            self.predict(features, images)
+            if targets is None
+            else self.loss(features, images, targets)
+        )
 
     def loss(self, features: Mapping[str, Tensor], images: Tensor, targets: Targets) -> Tensor:
         """The configured depth loss over the valid pixels of the targets' ``depth`` maps."""
@@ -149,6 +164,9 @@ class DepthHead(nn.Module):
                 maps.append(images.new_zeros((1, *size), dtype=torch.float32))
                 continue
             if tuple(depth.shape[-2:]) != size or depth.numel() != size[0] * size[1]:
-                raise ValueError(f"target {index}: depth shape {tuple(depth.shape)} must equal the input size {size}")
+                raise ValueError(
+                    f"target {index}: depth shape {tuple(depth.shape)} "
+                    f"must equal the input size {size}"
+                )
             maps.append(depth.reshape(1, *size).float())
         return torch.stack(maps)

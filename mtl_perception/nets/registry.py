@@ -71,7 +71,6 @@ def build_model(
     num_detection_classes: int = 0,
     num_segmentation_classes: int = 0,
     input_size: Sequence[int] = (320, 320),
-    backbone_weights: str | os.PathLike[str] | None = None,
     *,
     trainable_backbone_layers: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -93,9 +92,8 @@ def build_model(
     body. Class counts of tasks left out are ignored (stored as 0).
 
     ``num_detection_classes`` counts real classes (background is added inside);
-    ``num_segmentation_classes`` includes background. ``backbone_weights``: ``None`` (random),
-    ``"imagenet"`` (torchvision's, only from the local cache) or a local state_dict file; it only
-    initialises, so ``model.model_kwargs`` (what checkpoints store) leaves it out.
+    ``num_segmentation_classes`` includes background. Weights are random (torchvision's
+    initialisation); ``pretrained.load_pretrained`` starts parts from pretrained ones.
 
     ``bn_momentum``: momentum of every BatchNorm in the model; ``None`` keeps torchvision's (0.01 in
     the body, 0.03 in SSDLite, 0.1 elsewhere), tuned for long runs from ImageNet weights. Short
@@ -134,8 +132,6 @@ def build_model(
     options = _route_head_options(arch, head_classes, given)
     taps = {tap for head in head_classes.values() for tap in head.feature_taps}
     backbone = MobileNetV3Body(taps, trainable_backbone_layers)
-    if backbone_weights is not None:
-        backbone.load_weights(backbone_weights)
     heads: dict[str, TaskHead] = {}
     if DETECTION in chosen:
         heads[DETECTION] = head_classes[DETECTION](backbone.channels, num_detection_classes, size, **options[DETECTION])

@@ -37,14 +37,6 @@ def state_dict_problems(module: nn.Module, state_dict: Mapping[str, Tensor]) -> 
     return problems
 
 
-def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Tensor], what: str) -> None:
-    """Load ``state_dict`` strictly into ``module``; a mismatch is a ``UserError`` starting with ``what``."""
-    problems = state_dict_problems(module, state_dict)
-    if problems:
-        raise UserError(f"{what}: weights do not fit ({'; '.join(problems)})")
-    module.load_state_dict(state_dict, strict=True)
-
-
 def read_weights_file(path: str | Path) -> dict[str, Tensor]:
     """Read a ``torch.save``-d state_dict safely (``weights_only=True``).
 

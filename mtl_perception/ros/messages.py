@@ -5,6 +5,8 @@
 - ``mask_message``: ``mono8`` class-id mask at input resolution.
 - ``color_mask_message``: ``rgb8`` colourised mask (palette lookup).
 - ``overlay_message``: ``rgb8`` frame with mask and boxes drawn (``mtl_perception.visualize``).
+- ``depth_message``: ``32FC1`` depth in metres (REP 118), little-endian.
+- ``color_depth_message``: ``rgb8`` colourised depth (``visualize.colorize_depth``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sensor_msgs.msg import Image
 from vision_msgs.msg import BoundingBox2D, Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
 from mtl_perception.ros.conversions import image_message
-from mtl_perception.visualize import colorize_mask, draw_prediction
+from mtl_perception.visualize import colorize_depth, colorize_mask, draw_prediction
 
 if TYPE_CHECKING:  # the predictor imports torch; message building does not need it
     from mtl_perception.predictor import Prediction
@@ -52,3 +54,16 @@ def overlay_message(rgb: np.ndarray, prediction: Prediction, palette: Sequence[S
                     header: Any) -> Image:
     """``rgb8`` frame with the mask blended in (``alpha``) and labelled boxes drawn on top."""
     return image_message(draw_prediction(rgb, prediction, palette, alpha), header)
+
+
+def depth_message(depth_m: np.ndarray, header: Any) -> Image:
+    """``32FC1`` image of a ``[H, W]`` depth map in metres (little-endian float32)."""
+    depth = np.ascontiguousarray(depth_m, dtype="<f4")
+    height, width = depth.shape
+    return Image(header=header, height=height, width=width, encoding="32FC1", is_bigendian=0,
+                 step=width * 4, data=depth.tobytes())
+
+
+def color_depth_message(depth_m: np.ndarray, max_m: float, header: Any) -> Image:
+    """``rgb8`` image of the depth map, near red to far (``max_m``) blue."""
+    return image_message(colorize_depth(depth_m, max_m), header)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from mtl_perception.checkpoint import inference_fields
 from mtl_perception.core.errors import UserError
@@ -79,10 +80,20 @@ def training_payload(
     weighting: nn.Module,
     progress: Progress,
     config: dict[str, Any],
+    ema: AveragedModel | None = None,
+    pretrained: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Full checkpoint dict for ``save_checkpoint``."""
+    """Full checkpoint dict for ``save_checkpoint``.
+
+    With an ``ema``, ``model`` holds the averaged weights (what is validated and deployed) and
+    ``ema`` the trained ("online") weights and the update count, to resume both. ``pretrained``:
+    what the run started from (``nets.pretrained.load_pretrained``'s record).
+    """
+    deployed = model if ema is None else ema.module
+    extra = {} if ema is None else {"ema": {"updates": int(ema.n_averaged), "online_model": model.state_dict()}}
     return {
-        **inference_fields(model, info.detection_classes, info.segmentation_classes, info.palette),
+        **inference_fields(deployed, info.detection_classes, info.segmentation_classes, info.palette),
+        **extra,
         "epoch": progress.epoch,
         "step_in_epoch": progress.step_in_epoch,
         "epoch_loss_sums": dict(progress.epoch_loss_sums),
@@ -96,6 +107,7 @@ def training_payload(
         "metrics": progress.metrics,
         "best_score": progress.best_score,
         "rng": rng_state(),
+        "pretrained": dict(pretrained or {}),
     }
 
 
@@ -107,13 +119,21 @@ def restore_training_state(
     scaler: torch.amp.GradScaler,
     weighting: nn.Module,
     source: str,
+    ema: AveragedModel | None = None,
 ) -> Progress:
-    """Load every training component from ``checkpoint``; UserError if it is not a training one."""
+    """Load every training component from ``checkpoint``; UserError if it is not a training one.
+
+    A run that now averages weights (``ema``) but did not before starts its average afresh.
+    """
     missing = [key for key in ("optimizer", "scheduler", "balancer", "epoch", "global_step", "rng") if key not in checkpoint]
     if missing:
         raise UserError(f"{source}: cannot resume, checkpoint lacks training field(s) {', '.join(missing)}")
+    saved_ema = checkpoint.get("ema")
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(saved_ema["online_model"] if saved_ema else checkpoint["model"])
+        if ema is not None and saved_ema:
+            ema.module.load_state_dict(checkpoint["model"])
+            ema.n_averaged.fill_(int(saved_ema["updates"]))
         weighting.load_state_dict(checkpoint["balancer"])
     except RuntimeError as err:
         raise UserError(f"{source}: weights do not fit this configuration ({str(err).splitlines()[0]})") from None

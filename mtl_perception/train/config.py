@@ -35,12 +35,20 @@ class DataConfig(Section):
     num_workers: int = Field(2, ge=0)
 
 
+class PretrainedConfig(Section):
+    """Where each part starts from (``nets.pretrained``); null = random initialisation."""
+
+    backbone: str | None = None  # imagenet | coco | a MobileNetV3-Large state_dict file
+    detection: str | None = None  # coco
+    segmentation: str | None = None  # coco (COCO images with the 20 VOC classes)
+
+
 class ModelConfig(Section):
     arch: str = "ssdlite_deeplabv3"
     # Heads to train: a non-empty subset of detection, segmentation, depth; null = the arch's own.
     tasks: list[Literal["detection", "segmentation", "depth"]] | None = None
     input_size: tuple[int, int] = (320, 320)
-    backbone_weights: str | None = None  # local file only; nothing is downloaded
+    pretrained: PretrainedConfig = Field(default_factory=PretrainedConfig)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("input_size")
@@ -68,6 +76,9 @@ class OptimConfig(Section):
     warmup_steps: int = Field(100, ge=0)
     grad_clip_norm: float | None = Field(10.0, gt=0)
     amp: bool = True  # mixed precision; only takes effect on CUDA
+    backbone_lr_scale: float = Field(1.0, gt=0)  # backbone lr = lr * this (fine-tuning: < 1)
+    ema_decay: float | None = Field(None, gt=0, lt=1)  # EMA of the weights for validation/best.pt
+    nonfinite_loss: Literal["stop", "skip"] = "stop"  # on a NaN/inf loss: stop the run, or skip the step
 
 
 class BalancingConfig(Section):

@@ -23,11 +23,9 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision import tv_tensors
 
 from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.depth import read_depth_target
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.json_io import read_json
-
-# Depth PNGs store uint16 millimetres (docs/CONTRACTS.md section 4); 0 = invalid.
-DEPTH_PNG_MM_PER_M = 1000.0
 
 
 @dataclass(frozen=True)
@@ -148,7 +146,7 @@ class ProcessedDataset(Dataset):
             "labeled": labeled,
         }
         if record.get("depth_file"):
-            depth = read_depth_png(self.root / record["depth_file"], (height, width))
+            depth = read_depth_target(self.root / record["depth_file"], (height, width))
             target["depth"] = tv_tensors.Mask(torch.from_numpy(depth)[None])
         return tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1).contiguous()), target
 
@@ -165,19 +163,6 @@ class ProcessedDataset(Dataset):
         if "depth" in target:
             target["depth"] = target["depth"].as_subclass(torch.Tensor)[0].float()
         return image.as_subclass(torch.Tensor), target
-
-
-def read_depth_png(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A processed dataset's depth map as float32 metres ``[H, W]``, 0 where invalid.
-
-    Raises:
-        UserError: the file is unreadable, not single-channel uint16, or not of ``shape`` (HxW).
-    """
-    depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if depth is None or depth.ndim != 2 or depth.dtype != np.uint16 or depth.shape != shape:
-        found = "unreadable" if depth is None else f"{depth.dtype} {list(depth.shape)}"
-        raise UserError(f"{path}: expected a uint16 depth PNG (mm) of {list(shape)}, found {found}")
-    return depth.astype(np.float32) / DEPTH_PNG_MM_PER_M
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from mtl_perception.balancing import GradientBalancer, LossWeighting, WeightedLosses
 from mtl_perception.device import autocast
+from mtl_perception.core.errors import UserError
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
 from mtl_perception.nets.multitask import task_samples
 
 Batch = tuple[list[Tensor], list[dict[str, Any]]]
+# With ``nonfinite_loss: skip``, this many non-finite steps in a row mean the run has diverged
+# (skipping cannot recover it): stop then as ``stop`` would.
+MAX_CONSECUTIVE_SKIPS = 20
+
+
+class NonFiniteLossError(UserError):
+    """Training produced a NaN/inf loss or gradient; the weights were not updated with it."""
 
 
 @dataclass
@@ -34,6 +44,10 @@ class StepContext:
     grad_clip_norm: float | None
     before_forward: Callable[[], None] = lambda: None  # e.g. broadcast BatchNorm buffers (DDP)
     clip_params: list[nn.Parameter] = field(default_factory=list)
+    nonfinite_loss: str = "stop"  # "stop" | "skip", see ``OptimConfig.nonfinite_loss``
+    ema: AveragedModel | None = None  # updated after every optimiser step
+    skipped_steps: int = 0  # non-finite steps skipped in this process (all time)
+    consecutive_skips: int = 0
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -43,16 +57,56 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return [image.to(device, non_blocking=True) for image in images], moved
 
 
+def _nonfinite(
+    ctx: StepContext, step: int, bad: list[str], losses: dict[str, Tensor], buffers: list[Tensor], saved: list[Tensor]
+) -> dict[str, float]:
+    """Stop (``NonFiniteLossError``) or skip a step whose ``bad`` tasks' losses are not finite; the parameters
+    are left untouched either way, and on a skip the forward pass's BatchNorm statistics are
+    undone too (``saved``: the ``buffers`` before it). A skipped step still advances the
+    schedule (as a step the AMP scaler skips), so the learning rate stays tied to the global step."""
+    values = ", ".join(f"{task} {float(loss.detach()):.4g}" for task, loss in losses.items())
+    what = f"the {' and '.join(bad)} loss"
+    if ctx.nonfinite_loss == "stop" or ctx.consecutive_skips + 1 >= MAX_CONSECUTIVE_SKIPS:
+        why = "optim.nonfinite_loss=stop" if ctx.nonfinite_loss == "stop" else f"{MAX_CONSECUTIVE_SKIPS} such steps in a row"
+        raise NonFiniteLossError(
+            f"step {step + 1}: {what} is not finite (losses: {values}); stopped before it reached the weights "
+            f"({why}). Lower optim.lr, keep optim.grad_clip_norm, check the labels of this batch, or set "
+            "optim.nonfinite_loss=skip to drop such steps"
+        )
+    ctx.optimizer.zero_grad(set_to_none=True)
+    if saved:
+        torch._foreach_copy_(buffers, saved)
+    ctx.scheduler.step()
+    ctx.skipped_steps += 1
+    ctx.consecutive_skips += 1
+    print(f"step {step + 1}: {what} is not finite (losses: {values}); step skipped "
+          f"({ctx.skipped_steps} so far)", file=sys.stderr, flush=True)
+    scalars = {f"loss/{task}": float(loss.detach()) for task, loss in losses.items()}
+    return scalars | {"skipped": 1.0, "nonfinite_skips": float(ctx.skipped_steps)}
+
+
 def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
-    """Forward, balanced backward, clip, optimiser and scheduler step; returns scalars to log."""
+    """Forward, balanced backward, clip, optimiser and scheduler step; returns scalars to log.
+
+    A non-finite loss (named by task) never reaches the weights: the run stops or the step is
+    skipped (``ctx.nonfinite_loss``; the returned scalars then hold ``skipped: 1``). A finite loss
+    with a non-finite gradient is skipped by the balancer (``BackwardStats.finite``).
+    """
     images, targets = to_device(batch, ctx.device)
     ctx.before_forward()
+    # A skipped step must not keep what its forward pass did to the BatchNorm statistics (a
+    # NaN input would poison them); the copy costs little next to the step.
+    buffers = list(ctx.model.buffers()) if ctx.nonfinite_loss == "skip" else []
+    saved = [b.detach().clone() for b in buffers]
     with autocast(ctx.device, ctx.amp):
         losses, features = ctx.model.forward_train(images, targets)
     # A task with no sample labelled for it in this batch gets a stand-in zero loss from the
     # model; it sits this step out, or it would still move uncertainty's log-variance, DWA's epoch
     # means and GradNorm's training rates.
     losses = {task: loss.float() for task, loss in losses.items() if task_samples(task, targets)}
+    bad = [task for task, loss in losses.items() if not bool(torch.isfinite(loss.detach()))]
+    if bad:
+        return _nonfinite(ctx, step, bad, losses, buffers, saved)
     if losses:
         result = ctx.weighting.weigh(losses)
     else:  # nothing supervised in this batch: no gradient, but every rank takes part in the step
@@ -67,6 +121,7 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
         ctx.scaler.unscale_(ctx.optimizer)
         if ctx.grad_clip_norm is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(ctx.clip_params, ctx.grad_clip_norm))
+        ctx.consecutive_skips = 0
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
     elif ctx.scaler.is_enabled():
@@ -74,6 +129,8 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
         ctx.scaler.update(ctx.scaler.get_scale() * ctx.scaler.get_backoff_factor())
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
+    if ctx.ema is not None:
+        ctx.ema.update_parameters(ctx.model)
     scalars = {f"loss/{task}": float(loss.detach()) for task, loss in losses.items()}
     scalars |= {f"weighted_loss/{task}": float(loss.detach()) for task, loss in result.weighted.items()}
     scalars |= {f"weight/{task}": value for task, value in result.weights.items()}
@@ -81,7 +138,7 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
     scalars |= {f"aggregator_weight/{task}": value for task, value in stats.aggregator_weights.items()}
     scalars["loss/total"] = float(result.total.detach())
     scalars["skipped_steps"] = float(ctx.balancer.skipped_steps)
-    scalars["lr"] = float(ctx.optimizer.param_groups[0]["lr"])
+    scalars["lr"] = max(float(group["lr"]) for group in ctx.optimizer.param_groups)
     if not math.isnan(grad_norm):
         scalars["grad_norm"] = grad_norm
     return scalars
@@ -113,7 +170,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def validation_metrics(
     model: nn.Module,
     batches: Iterable[Batch],
     device: torch.device,

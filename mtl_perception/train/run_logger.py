@@ -30,12 +30,17 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "val") -> dict[str
     return flat
 
 
+# Validation figures shown in the epoch line: (label, metrics section, key).
+_EPOCH_METRICS = (("mAP", "detection", "map"), ("mIoU", "segmentation", "miou"))
+
+
 class RunLogger:
     """TensorBoard (``<run_dir>/tb``) and optional W&B for one run."""
 
     def __init__(self, config: TrainConfig, enabled: bool = True) -> None:
         self.writer = None
         self.wandb = None
+        self.enabled = enabled
         self.preview_count = config.logging.preview_images
         if not enabled:
             return
@@ -56,8 +61,28 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log(dict(values), step=step)
 
+    def epoch_line(
+        self, epoch: int, epochs: int, losses: Mapping[str, float], weights: Mapping[str, float],
+        metrics: Mapping[str, Any], seconds: float, skipped_steps: int = 0,
+    ) -> None:
+        """One line per finished epoch on stdout: mean raw loss and last weight per task, the
+        validation score with its parts, wall time (and non-finite steps skipped so far, if any)."""
+        if not self.enabled:
+            return
+        parts = [f"epoch {epoch}/{epochs}"]
+        parts.append("loss " + " ".join(f"{task} {value:.4f}" for task, value in losses.items()))
+        parts.append("weight " + " ".join(f"{task} {value:.3f}" for task, value in weights.items()))
+        if metrics:
+            found = [(label, metrics.get(task, {}).get(key)) for label, task, key in _EPOCH_METRICS]
+            detail = " ".join(f"{label} {value:.3f}" for label, value in found if isinstance(value, (int, float)))
+            parts.append(f"val score {metrics['score']:.4f}" + (f" ({detail})" if detail else ""))
+        parts.append(f"{seconds:.0f} s")
+        if skipped_steps:
+            parts.append(f"{skipped_steps} non-finite steps skipped")
+        print(" | ".join(parts), flush=True)
+
     def metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Log validation metrics (nested dict from ``engine.evaluate``)."""
+        """Log validation metrics (nested dict from ``engine.validation_metrics``)."""
         self.scalars(flatten_metrics(metrics), step)
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from mtl_perception.balancing import build_gradient_balancer, build_weighting
 from mtl_perception.checkpoint import load_checkpoint, save_checkpoint
 from mtl_perception.device import configure_backend, resolve_device
 from mtl_perception.core.errors import UserError
-from mtl_perception.nets import build_model
+from mtl_perception.nets import build_model, load_pretrained
+from mtl_perception.nets.pretrained import describe as describe_pretrained
 from mtl_perception.train.checkpointing import Progress, restore_training_state, training_payload
 from mtl_perception.train.config import TrainConfig, save_config
 from mtl_perception.train.dataset import ProcessedDataset, ResumableSampler, collate
@@ -31,9 +33,9 @@ from mtl_perception.train.distributed import (
     TorchDistSync,
     device_spec_for_rank,
 )
-from mtl_perception.train.engine import StepContext, evaluate, train_one_epoch
+from mtl_perception.train.engine import StepContext, train_one_epoch, validation_metrics
 from mtl_perception.train.run_logger import RunLogger
-from mtl_perception.train.optim import build_optimizer, build_scheduler
+from mtl_perception.train.optim import build_ema, build_optimizer, build_scheduler, parameter_groups
 from mtl_perception.train.transforms import build_eval_transform, build_train_transform
 
 
@@ -43,7 +45,6 @@ class RunResult:
 
     run_dir: Path
     progress: Progress
-    stopped_early: bool
 
 
 def seed_everything(seed: int) -> None:
@@ -79,7 +80,6 @@ class Trainer:
                 num_detection_classes=len(self.info.detection_classes),
                 num_segmentation_classes=len(self.info.segmentation_classes),
                 input_size=size,
-                backbone_weights=config.model.backbone_weights,
                 tasks=config.model.tasks,
                 **config.model.kwargs,
             )
@@ -90,6 +90,11 @@ class Trainer:
                 f"{root}: model.tasks includes depth but no train image has a depth_file "
                 "(build the dataset from bags with an aligned depth topic)"
             )
+        # What was loaded from where is printed and stored in every checkpoint of the run.
+        self.pretrained = load_pretrained(model, config.model.pretrained.model_dump())
+        if self.context.is_main:
+            for line in describe_pretrained(self.pretrained):
+                print(line, flush=True)
         self.model = model.to(self.device)
         self.sync.broadcast_module_(self.model)  # every rank starts from rank 0's weights
         options = config.balancing.model_dump()
@@ -105,7 +110,9 @@ class Trainer:
             last_shared_params=self.model.last_shared_parameters(),
         )
         params = [*self.model.parameters(), *self.weighting.parameters()]
-        self.optimizer = build_optimizer(config.optim, params)
+        self.optimizer = build_optimizer(config.optim, parameter_groups(config.optim, self.model, self.weighting.parameters()))
+        # The weights validated and written to best.pt: an average of the trained ones if enabled.
+        self.ema = build_ema(self.model, config.optim.ema_decay) if config.optim.ema_decay else None
         self.sampler = ResumableSampler(self.train_set, self.context.world_size, self.context.rank, seed=config.seed)
         # BatchNorm cannot train on a single sample (the ASPP pooling branch has 1x1 features), so
         # a last batch of one image is dropped, and a split of one image per process is an error.
@@ -128,9 +135,18 @@ class Trainer:
             grad_clip_norm=config.optim.grad_clip_norm,
             before_forward=lambda: self.sync.broadcast_module_(self.model, buffers_only=True),
             clip_params=params,
+            nonfinite_loss=config.optim.nonfinite_loss,
+            ema=self.ema,
         )
         self.progress = Progress()
+        # Per finished epoch (this process's run only): mean raw losses, task weights, val score.
+        self.history: list[dict[str, Any]] = []
         self.logger = RunLogger(config, enabled=self.context.is_main)
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """The weights that are validated and written to best.pt: the EMA when enabled."""
+        return self.model if self.ema is None else self.ema.module
 
     @property
     def run_dir(self) -> Path:
@@ -141,7 +157,7 @@ class Trainer:
         path = path or self.run_dir / "last.pt"
         checkpoint = load_checkpoint(path, map_location=self.device)
         self.progress = restore_training_state(
-            checkpoint, self.model, self.optimizer, self.scheduler, self.scaler, self.weighting, str(path)
+            checkpoint, self.model, self.optimizer, self.scheduler, self.scaler, self.weighting, str(path), self.ema
         )
 
     def _loader(self, dataset: ProcessedDataset, batch_size: int, sampler: Any = None, drop_last: bool = False) -> DataLoader:
@@ -165,7 +181,7 @@ class Trainer:
             return
         payload = training_payload(
             self.model, self.info, self.optimizer, self.scheduler, self.scaler, self.weighting,
-            self.progress, self.config.to_dict(),
+            self.progress, self.config.to_dict(), self.ema, self.pretrained,
         )
         save_checkpoint(self.run_dir / name, payload)
 
@@ -180,9 +196,9 @@ class Trainer:
         """
         if len(self.val_set) == 0:
             return {}
-        self.sync.broadcast_module_(self.model, buffers_only=True)
-        return evaluate(
-            self.model, self._loader(self.val_set, self.config.data.val_batch_size), self.device,
+        self.sync.broadcast_module_(self.evaluated_model, buffers_only=True)
+        return validation_metrics(
+            self.evaluated_model, self._loader(self.val_set, self.config.data.val_batch_size), self.device,
             self.info.detection_classes, len(self.info.segmentation_classes), self.amp,
             self.config.logging.progress and self.context.is_main,
         )
@@ -197,10 +213,13 @@ class Trainer:
             nonlocal stopped
             self.progress.global_step = step
             self.progress.step_in_epoch += 1
-            # Running epoch sums (checkpointed) for DWA, over the tasks that had a loss this step.
-            self.progress.add_losses(
-                {task: scalars[f"loss/{task}"] for task in self.weighting.tasks if f"loss/{task}" in scalars}
-            )
+            last_scalars.update(scalars)
+            # Running epoch sums (checkpointed) for DWA and the epoch line, over the tasks that
+            # had a loss this step; a skipped step's non-finite losses stay out.
+            if not scalars.get("skipped"):
+                self.progress.add_losses(
+                    {task: scalars[f"loss/{task}"] for task in self.weighting.tasks if f"loss/{task}" in scalars}
+                )
             if step % config.logging.log_every == 0 or any(key.startswith("cosine/") for key in scalars):
                 self.logger.scalars(scalars, step)
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
@@ -213,8 +232,10 @@ class Trainer:
 
         # A run resumed after it reached max_steps has nothing left to do.
         stopped = bool(config.max_steps) and self.progress.global_step >= config.max_steps
+        last_scalars: dict[str, float] = {}
         while self.progress.epoch < config.optim.epochs and not stopped:
             epoch = self.progress.epoch
+            started = time.monotonic()
             self.train_set.set_epoch(epoch)
             self.sampler.set_position(epoch, self.progress.step_in_epoch * config.data.batch_size)
             train_one_epoch(
@@ -224,18 +245,24 @@ class Trainer:
             )
             if stopped and self.progress.step_in_epoch < self.steps_per_epoch:
                 break  # mid-epoch stop: last.pt already holds the position
-            self.weighting.epoch_end(
-                self.sync.all_reduce_scalars(self.progress.epoch_mean_losses(self.weighting.tasks))
-            )
+            mean_losses = self.sync.all_reduce_scalars(self.progress.epoch_mean_losses(self.weighting.tasks))
+            self.weighting.epoch_end(mean_losses)
             self.progress.next_epoch()
             metrics = self.validate()
+            weights = {task: last_scalars.get(f"weight/{task}", math.nan) for task in self.weighting.tasks}
+            self.history.append({"epoch": epoch + 1, "losses": dict(mean_losses), "weights": weights,
+                                 "score": metrics.get("score", math.nan)})
+            self.logger.epoch_line(
+                epoch + 1, config.optim.epochs, mean_losses, weights, metrics,
+                time.monotonic() - started, self.step_context.skipped_steps,
+            )
             if metrics:
                 self.progress.metrics = metrics
                 self.logger.metrics(metrics, self.progress.global_step)
-                self.logger.previews(self.model, self.val_set, self.info, self.device, self.progress.global_step)
+                self.logger.previews(self.evaluated_model, self.val_set, self.info, self.device, self.progress.global_step)
                 if metrics["score"] > self.progress.best_score:  # NaN never wins
                     self.progress.best_score = float(metrics["score"])
                     self.save("best.pt")
             self.save("last.pt")
         self.logger.close()
-        return RunResult(self.run_dir, self.progress, stopped)
+        return RunResult(self.run_dir, self.progress)
