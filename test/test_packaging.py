@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["setup.py", "setup.cfg", "package.xml", "resource", "launch", "config", "mtl_perception", "data_tools"]
-EXECUTABLES = {"mtl-data", "mtl-train", "mtl-eval", "mtl-replay", "mtl-demo", "perception_node"}
+EXECUTABLES = {"mtl-data", "mtl-train", "mtl-eval", "mtl-export", "mtl-replay", "mtl-demo", "perception_node"}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ frame (counting the one it replaces as dropped) and a worker thread deserialises
 infers and publishes, so the executor stays free for parameters, lifecycle services and
 diagnostics. The subscription is ``raw``: rclpy hands over the serialized bytes and only the
 frame the worker takes is deserialised, so frames dropped under overload cost almost nothing
-(deserialising a 640x480 rgb8 frame is a 900 KB copy). Every output carries the input header
+(deserialising a 480x640 rgb8 frame is a 900 KB copy). Every output carries the input header
 unchanged. A bad frame (malformed message, unknown encoding, truncated, empty, undecodable)
 is counted, logged with a throttled warning and skipped; an unexpected exception (a bug) is
 counted and logged with its traceback once per kind, and /diagnostics turns ERROR while every
@@ -87,7 +87,7 @@ SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FA
 
 
 @dataclasses.dataclass(frozen=True)
-class Frame:
+class ReceivedFrame:
     """A received frame, still serialized (CDR bytes), and when it arrived (monotonic seconds, for latency)."""
 
     data: bytes
@@ -170,7 +170,7 @@ class PerceptionNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._stats = FrameStats()
-        self._mailbox: Mailbox[Frame] = Mailbox()
+        self._mailbox: Mailbox[ReceivedFrame] = Mailbox()
         self._predictor: Predictor | None = None
         self._decoder: ImageDecoder | None = None
         self._outputs: dict[str, Any] = {}
@@ -319,14 +319,14 @@ class PerceptionNode(LifecycleNode):
     def _on_image(self, data: bytes) -> None:
         """Subscription callback (raw): keep only the newest serialized frame for the worker."""
         self._stats.received()
-        if self._mailbox.put(Frame(data, time.monotonic())):
+        if self._mailbox.put(ReceivedFrame(data, time.monotonic())):
             self._stats.dropped()
 
     def _run_worker(self) -> None:
         while (frame := self._mailbox.take()) is not None:
             self._process(frame)
 
-    def _process(self, frame: Frame) -> None:
+    def _process(self, frame: ReceivedFrame) -> None:
         """One frame; a bug (unexpected exception) is logged with its traceback and counted."""
         predictor = self._predictor
         if predictor is None:
@@ -336,7 +336,7 @@ class PerceptionNode(LifecycleNode):
         except Exception as err:  # noqa: BLE001 (a bug in one frame must not stop the robot's perception)
             self._unexpected_error(err)
 
-    def _process_frame(self, frame: Frame, predictor: Predictor, settings: Settings) -> None:
+    def _process_frame(self, frame: ReceivedFrame, predictor: Predictor, settings: Settings) -> None:
         """Deserialise, decode, infer and publish one frame, timing each stage; a bad frame is skipped."""
         clock = time.monotonic
         start = clock()
@@ -427,7 +427,7 @@ class PerceptionNode(LifecycleNode):
         if prediction.mask is not None:
             if settings.publish_segmentation:
                 out.append((pubs["segmentation"], mask_message(prediction.mask, header)))
-            # Colourising (~1.5 ms at 640x480) and drawing (a few ms) only while someone is looking;
+            # Colourising (~1.5 ms at 480x640) and drawing (a few ms) only while someone is looking;
             # the class-id mask is always published (replay evaluation and recorders rely on it).
             if settings.publish_color and _has_subscribers(pubs["color"]):
                 out.append((pubs["color"], color_mask_message(prediction.mask, palette, header)))
