@@ -13,7 +13,7 @@ both sides alike:
 
     RESULT node_overhead_ms=<node p50 - model p50>        (target <= 10 ms on CPU)
     RESULT node_latency_ratio=<node p50 / model p50>
-    RESULT node_overhead_cpu_ms=<node CPU ms per frame (all its threads) - model CPU ms per forward>
+    RESULT node_overhead_cpu_ms=<node CPU ms per frame (all threads) - model CPU ms per forward>
 
 The CPU-time figure is what load from other processes on a shared machine does not distort: on
 an idle machine the wall-clock overhead approaches it (plus DDS delivery); on a loaded one the
@@ -23,7 +23,8 @@ It also prints the node's own per-stage medians from /diagnostics (wait, deseria
 preprocess, model, postprocess, messages, publish), which say where the overhead goes.
 Random weights (no download) unless ``--checkpoint`` is given.
 
-    .venv/bin/python bench/bench_node_latency.py [--quick] [--input-size 160x120] [--rounds 4 --frames 15]
+    .venv/bin/python bench/bench_node_latency.py [--quick] [--input-size 160x120] \
+        [--rounds 4 --frames 15]
 """
 
 from __future__ import annotations
@@ -38,24 +39,26 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import rclpy  # noqa: E402
-import torch  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.context import Context  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from sequence import camera_frames  # noqa: E402
-from vision_msgs.msg import Detection2DArray  # noqa: E402
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from sequence import camera_frames
+from vision_msgs.msg import Detection2DArray
 
-from mtl_perception.checkpoint import inference_fields, save_checkpoint  # noqa: E402
-from mtl_perception.core.errors import run_cli  # noqa: E402
-from mtl_perception.core.images import rgb8_to_image_fields  # noqa: E402
-from mtl_perception.predictor import Predictor  # noqa: E402
-from mtl_perception.ros.replay_launch import NodeProcess, dds_environment  # noqa: E402
+from mtl_perception.checkpoint import inference_fields, save_checkpoint
+from mtl_perception.core.errors import run_cli
+from mtl_perception.core.images import rgb8_to_image_fields
+from mtl_perception.predictor import Predictor
+from mtl_perception.ros.replay_launch import NodeProcess, dds_environment
 
 TOPIC = "/bench_latency/image_raw"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -69,13 +72,26 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, help="model to run (default: random-weights ssdlite_deeplabv3)")
-    parser.add_argument("--input-size", type=_size, default=(120, 160), help="network input WIDTHxHEIGHT (default 160x120)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, model and node alike")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, help="model to run (default: random-weights ssdlite_deeplabv3)"
+    )
+    parser.add_argument(
+        "--input-size",
+        type=_size,
+        default=(120, 160),
+        help="network input WIDTHxHEIGHT (default 160x120)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads, model and node alike"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="alternating node/model rounds")
     parser.add_argument("--frames", type=int, default=15, help="frames per round")
-    parser.add_argument("--quick", action="store_true", help="short smoke run (2 rounds of 5 frames)")
+    parser.add_argument(
+        "--quick", action="store_true", help="short smoke run (2 rounds of 5 frames)"
+    )
     return parser
 
 
@@ -92,12 +108,14 @@ def random_checkpoint(folder: Path, input_size: tuple[int, int]) -> Path:
     torch.manual_seed(0)
     model = build_model("ssdlite_deeplabv3", 3, 3, input_size)
     path = folder / "bench_model.pt"
-    save_checkpoint(path, inference_fields(model, ["box", "cone", "ball"], ["background", "floor", "wall"]))
+    save_checkpoint(
+        path, inference_fields(model, ["box", "cone", "ball"], ["background", "floor", "wall"])
+    )
     return path
 
 
 class Lockstep:
-    """Publishes one frame, waits until every output with its stamp arrived, returns the latency."""
+    """Publishes a frame, waits until every output with its stamp arrived, returns the latency."""
 
     def __init__(self, context: Context, namespace: str) -> None:
         self.node = rclpy.create_node("bench_node_latency", context=context)
@@ -106,8 +124,9 @@ class Lockstep:
         self.publisher = self.node.create_publisher(Image, TOPIC, qos_profile_sensor_data)
         self.arrived: dict[str, dict[int, float]] = {"detections": {}, "segmentation": {}}
         for name, msg_type in (("detections", Detection2DArray), ("segmentation", Image)):
-            self.node.create_subscription(msg_type, f"{namespace}/{name}",
-                                          lambda msg, n=name: self._arrive(n, msg), 10)
+            self.node.create_subscription(
+                msg_type, f"{namespace}/{name}", lambda msg, n=name: self._arrive(n, msg), 10
+            )
         self.stages: dict[str, str] = {}
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diagnostics, 10)
         self.count = 0
@@ -119,8 +138,11 @@ class Lockstep:
     def _diagnostics(self, array: DiagnosticArray) -> None:
         for status in array.status:
             if status.name.startswith("perception_node"):
-                self.stages = {kv.key.split(": ", 1)[1]: kv.value for kv in status.values
-                               if kv.key.startswith("stage p50")}
+                self.stages = {
+                    kv.key.split(": ", 1)[1]: kv.value
+                    for kv in status.values
+                    if kv.key.startswith("stage p50")
+                }
 
     def send(self, msg: Image, timeout: float = 60.0) -> float | None:
         """Latency (ms) of one frame, or None if an output did not arrive within ``timeout``."""
@@ -155,7 +177,9 @@ def _main() -> int:
         args.rounds, args.frames = 2, 5
     torch.set_num_threads(args.threads)
     os.environ.update(dds_environment())
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the node subprocess gets the same thread count
+    os.environ["OMP_NUM_THREADS"] = str(
+        args.threads
+    )  # the node subprocess gets the same thread count
     rgb_frames = [rgb for _, rgb in camera_frames(args.frames, seed=2)]
     messages = [Image(**rgb8_to_image_fields(rgb)) for rgb in rgb_frames]
 
@@ -167,8 +191,12 @@ def _main() -> int:
             predictor.predict(rgb)
         context = Context()
         rclpy.init(args=[], context=context)
-        node = NodeProcess(checkpoint.resolve(), TOPIC, Path(tmp) / "node.log",
-                           parameters=["device:=cpu", "diagnostics_period:=0.5"])
+        node = NodeProcess(
+            checkpoint.resolve(),
+            TOPIC,
+            Path(tmp) / "node.log",
+            parameters=["device:=cpu", "diagnostics_period:=0.5"],
+        )
         try:
             node.start()
             lockstep = Lockstep(context, node.namespace)
@@ -186,7 +214,9 @@ def _main() -> int:
                         raise RuntimeError(f"a frame got no answer; node log: {node.log_tail()}")
                     node_ms.append(latency)
                 node_cpu += cpu_seconds(node.pid) - cpu_start
-                for rgb in rgb_frames:  # the forward pass alone (resize and post-processing timed apart)
+                for (
+                    rgb
+                ) in rgb_frames:  # the forward pass alone (resize and post-processing timed apart)
                     with torch.inference_mode():
                         tensor = predictor._preprocess(rgb)
                         cpu_start, wall_start = time.thread_time(), time.perf_counter()
@@ -200,18 +230,32 @@ def _main() -> int:
 
     node_p50, model_p50 = statistics.median(node_ms), statistics.median(model_ms)
     overhead = node_p50 - model_p50
-    print(f"640x480 rgb8 frames, network input {args.input_size[1]}x{args.input_size[0]}, CPU, "
-          f"{args.threads} torch thread(s), {args.rounds} alternating rounds of {args.frames} frames, lockstep")
-    print(f"end-to-end p50 {node_p50:.1f} ms (p90 {np.percentile(node_ms, 90):.1f}), bare model p50 {model_p50:.1f} ms "
-          f"-> overhead {overhead:.1f} ms ({'meets' if overhead <= TARGET_MS else 'misses'} the {TARGET_MS:g} ms target)")
+    print(
+        f"640x480 rgb8 frames, network input {args.input_size[1]}x{args.input_size[0]}, CPU, "
+        f"{args.threads} torch thread(s), {args.rounds} alternating rounds of {args.frames} "
+        "frames, lockstep"
+    )
+    print(
+        f"end-to-end p50 {node_p50:.1f} ms (p90 {np.percentile(node_ms, 90):.1f}), "
+        f"bare model p50 {model_p50:.1f} ms -> overhead {overhead:.1f} ms "
+        f"({'meets' if overhead <= TARGET_MS else 'misses'} the {TARGET_MS:g} ms target)"
+    )
     if lockstep.stages:
-        print("node stages, p50 ms: " + ", ".join(f"{stage} {value}" for stage, value in lockstep.stages.items()))
+        print(
+            "node stages, p50 ms: "
+            + ", ".join(f"{stage} {value}" for stage, value in lockstep.stages.items())
+        )
     frames = len(node_ms)
     cpu_overhead = (node_cpu - model_cpu) / frames * 1000.0
-    print(f"CPU time per frame: node {node_cpu / frames * 1000.0:.1f} ms (all threads), "
-          f"model {model_cpu / frames * 1000.0:.1f} ms -> {cpu_overhead:.1f} ms")
-    print(f"RESULT node_overhead_ms={overhead:.2f} node_latency_ratio={node_p50 / model_p50:.3f} "
-          f"node_overhead_cpu_ms={cpu_overhead:.2f}", flush=True)
+    print(
+        f"CPU time per frame: node {node_cpu / frames * 1000.0:.1f} ms (all threads), "
+        f"model {model_cpu / frames * 1000.0:.1f} ms -> {cpu_overhead:.1f} ms"
+    )
+    print(
+        f"RESULT node_overhead_ms={overhead:.2f} node_latency_ratio={node_p50 / model_p50:.3f} "
+        f"node_overhead_cpu_ms={cpu_overhead:.2f}",
+        flush=True,
+    )
     return 0
 
 
