@@ -113,9 +113,8 @@ class FileReport:
             f" at byte {self.intact_bytes} of {self.size}" if self.intact_bytes is not None else ""
         )
         return (
-            f"{self.path.name}: salvaged {self.messages} complete messages; "
-            f"damaged{where}, the rest is lost: "
-            f"{self.damage}"
+            f"{self.path.name}: salvaged {self.messages} complete messages; damage{where}: "
+            f"{self.damage}; what follows is lost"
         )
 
 
@@ -318,8 +317,8 @@ def _cut_message(start: int, recovered: int | None) -> str:
     if recovered is None:
         return f"the file ends inside the record at byte {start}"
     return (
-        f"the file ends inside the chunk at byte {start} "
-        f"({recovered} of its messages are complete and kept)"
+        f"the file ends inside the chunk at byte {start}, "
+        f"{recovered} of its messages are complete and kept"
     )
 
 
@@ -479,9 +478,8 @@ def _scan_ros1(path: Path, report: FileReport) -> Scan:
                     # rosbag writes a chunk's sizes when it closes it: this one was still open
                     recovered = yield from _ros1_open_chunk(handle, start, state, report)
                     raise _Damage(
-                        f"the chunk at byte {start} was never closed, the recording stopped "
-                        "while it was "
-                        f"written ({recovered} of its messages are complete and kept)"
+                        f"the chunk at byte {start} was never closed (the recording stopped "
+                        f"while it was written), {recovered} of its messages are complete and kept"
                     )
                 try:
                     items = list(state.chunk(_decode_whole(compression, data, size)))

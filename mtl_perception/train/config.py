@@ -89,7 +89,7 @@ class BalancingConfig(Section):
     jacobian: str = "exact"
     task_weights: dict[str, float] = Field(default_factory=dict)  # for weighting=constant
     init_log_var: float = 0.0  # uncertainty
-    # uncertainty: tasks with a regression loss (Kendall's 1/(2 sigma^2) form); others classification
+    # uncertainty: tasks weighed in the regression form 1/(2 sigma^2); the others 1/sigma^2
     regression_tasks: list[str] = Field(default_factory=lambda: list(REGRESSION_TASKS))
     gradnorm_alpha: float = Field(1.5, ge=0)  # gradnorm: pull towards equal training rates
     dwa_temperature: float = Field(2.0, gt=0)
