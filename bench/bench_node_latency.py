@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What the perception node adds on top of its model: end-to-end latency minus bare model latency.
 
 Same run, same frames (640x480 rgb8 camera-like sequence, bench/sequence.py), same checkpoint, CPU,

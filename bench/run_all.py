@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Run every benchmark and print one table: name, figure, target, pass/fail.
 
 Each bench script prints machine-readable lines ``RESULT <name>=<value>``; the targets are

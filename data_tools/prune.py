@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Drop near-duplicate frames: keep a frame only when it differs enough from the last KEPT one.
 
 Reads ``<raw>/<bag>/<topic_dir>/manifest.csv`` (written by ``mtl-data unpack``) and writes the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fast, exact grayscale SSIM with reusable per-frame window statistics (and, for 8-bit
 frames, a cheap estimate from a sample of the windows: :class:`BlockStats`).
 

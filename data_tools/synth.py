@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Write a deterministic, labeled demo bag: a moving camera over a textured floor and wall
 with boxes, cones and balls standing on the floor, plus its COCO ground truth.
 

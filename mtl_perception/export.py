@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-export``: turn a training run into a deployable model folder, ``models/<name>/``.
 
 A run folder (``runs/<name>/``) holds what training needs to resume: optimiser, scheduler,

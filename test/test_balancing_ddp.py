@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Balancing under distributed training: 2 CPU processes (gloo) stay bit-identical."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-eval`` and its tolerant dataset reader on tiny hand-written datasets."""
 
 from __future__ import annotations

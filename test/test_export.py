@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`mtl-export`: a run's checkpoint becomes models/<name>/ that the predictor loads."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The same labels give the same targets through `mtl-eval`'s path and `mtl-replay`'s path.
 
 `mtl-eval` scores against the dataset `mtl-data build` wrote (masks on disk, read by

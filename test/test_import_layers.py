@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The package's layers (docs/CONTRACTS.md, "Layers") hold: walk every import with ast.
 
 A *unit* is a top-level package (``data_tools``, ``bench``, ``tools``, ``launch``) or a direct

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The perception node as a real process over DDS on loopback (one process per scenario group).
 
 - a node started from config/perception.yaml declares exactly the file's parameters;

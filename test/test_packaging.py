@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The package installs like an ament_python package: wheel contents and entry points."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Training config: validation, overrides, shipped YAML files, CLI error handling."""
 
 from __future__ import annotations

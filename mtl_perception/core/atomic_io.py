@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Atomic file writes: write to a temporary file in the same folder, then rename.
 
 A reader (or a resumed job) never sees a half-written file: either the old content or the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Finding and opening robot bags: ROS 1 ``.bag``, ROS 2 folders, bare ``.db3``/``.mcap`` files.
 
 Everything goes through rosbags' ``AnyReader``; a bag it cannot read (cut short, damaged, a

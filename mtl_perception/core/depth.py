@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Depth images: which encodings are depth, unit conversion, invalid pixels, stamp pairing.
 
 The one place that knows the depth conventions of docs/CONTRACTS.md §11: metres in memory,

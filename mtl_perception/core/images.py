@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one place that knows ROS image encodings: messages <-> numpy arrays.
 
 Duck-typed on the ``sensor_msgs`` fields, so it works on rosbags messages (unpack, replay)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """JSON in and out, and the one way numbers are shown in tables and summaries.
 
 Reading the files users hand us fails with one clear error; writing gives strict JSON.

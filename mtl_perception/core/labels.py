@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Read annotation exports into one internal form, whatever tool produced them.
 
 Supported inputs:

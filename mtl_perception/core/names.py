@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """File and folder names made from data: topic names, bag names, entries of manifests.
 
 A ROS 1 bag can hold any string as a topic name (``/..``, ``.``, empty, 10 kB long,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Default colours of segmentation classes (``mtl-data build``, checkpoints, drawing)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Region geometry -> pixels: class-id masks and clipped detection boxes.
 
 The one rasteriser: ``mtl-data build`` (the masks ``mtl-train`` and ``mtl-eval`` read) and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Read what a cut-off or damaged bag still holds.
 
 Robots lose power mid-recording. What is left on disk then:

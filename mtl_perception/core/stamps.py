@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Header stamps as integer nanoseconds.
 
 The stamp links a bag frame, the node's answer and its label, so it is kept exact: integer

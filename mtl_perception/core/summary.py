@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Counting what a batch job did, so every command ends with the same kind of summary.
 
 A long job never stops on one bad item: it records the failure (count + first example per

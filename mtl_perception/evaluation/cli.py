@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-eval``: score a checkpoint on a labelled split at the frames' original resolution.
 
 Runs the same ``Predictor`` as the robot (so pre/post-processing are what is measured) with a

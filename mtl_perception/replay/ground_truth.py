@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Ground truth for bag replay, indexed by header stamp.
 
 The header stamp is the key that links a bag frame, the node's answer and its label.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The frames a replay publishes: one image topic of one bag (ROS 1 or 2, any storage).
 
 Bag access goes through ``mtl_perception.core.bags`` (rosbags ``AnyReader``; a damaged bag is

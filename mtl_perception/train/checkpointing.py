@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Training-state checkpoints on top of ``mtl_perception.checkpoint`` (CONTRACTS section 5).
 
 ``training_payload`` collects everything needed to continue a run exactly (model, optimiser,

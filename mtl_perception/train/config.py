@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The training configuration: a validated pydantic model loaded from YAML plus overrides.
 
 Every key has a type and a default; an unknown or misspelt key is an error that lists the

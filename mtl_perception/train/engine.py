@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The training and validation loops: one optimiser step, one epoch, one evaluation pass."""
 
 from __future__ import annotations
