@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run logging: TensorBoard scalars and preview images, optional Weights & Biases.
 
 Only the main process logs (``enabled=False`` elsewhere turns every call into a no-op).
@@ -82,7 +83,7 @@ class RunLogger:
         print(" | ".join(parts), flush=True)
 
     def metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Log validation metrics (nested dict from ``engine.evaluate``)."""
+        """Log validation metrics (nested dict from ``engine.validation_metrics``)."""
         self.scalars(flatten_metrics(metrics), step)
 
     @torch.no_grad()
