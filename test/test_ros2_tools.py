@@ -57,7 +57,8 @@ SOURCES = [
     "mtl_perception",
     "data_tools",
 ]
-EXECUTABLES = {"mtl-data", "mtl-train", "mtl-eval", "mtl-replay", "mtl-demo", "perception_node"}
+# Every console script of setup.py (ros2 run looks for them in lib/mtl_perception).
+EXECUTABLES = set(re.findall(r'"([\w-]+) = [\w.]+:\w+"', (REPO / "setup.py").read_text()))
 LAUNCH_TEST = REPO / "test" / "launch" / "perception_node.test.py"
 HEIGHT, WIDTH = 48, 64
 TIMEOUT = 180.0  # upper bound for start-up on a loaded 2-core machine; waits end at their event
