@@ -109,3 +109,14 @@ def test_cli_user_error_is_one_line_and_nonzero(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == "prog: error: file x.bag: truncated"
+
+
+def test_size_strings_are_height_first() -> None:
+    from mtl_perception.core.constants import MIN_INPUT_SIDE, format_hw, parse_hw
+
+    assert parse_hw(" 480 X 640 ") == (480, 640)
+    assert format_hw(parse_hw("240x320")) == "240x320"
+    with pytest.raises(ValueError, match=r"--size '640': expected HEIGHTxWIDTH"):
+        parse_hw("640", "--size")
+    with pytest.raises(ValueError, match=f">= {MIN_INPUT_SIDE}"):
+        parse_hw("16x640", "input_size", MIN_INPUT_SIDE)
