@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS), help="balancing methods")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (one thread each)")
-    parser.add_argument("--profile-runs", type=int, default=10, help="timed batch-1 runs per model")
+    parser.add_argument("--profile-runs", type=int, default=5, help="timed batch-1 runs per model")
     parser.add_argument("--results", type=Path, help="results file (default bench/experiment_results.md; --quick: <out>/results.md)")
     parser.add_argument("--quick", action="store_true", help="tiny budget and dataset: smoke check of every path")
     return parser
