@@ -5,9 +5,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mtl-installed
+# The ROS 2 command line and launch system (not on PyPI): the vendored upstream sources beside
+# the repository when they exist, else tools/install_ros2_tools.sh fetches them from upstream.
+ROS2_TOOLS_SRC ?= $(abspath ../shared/vendor/ros2-jazzy-python)
 # Re-install only when one of these changes.
 SETUP_INPUTS := requirements.txt constraints.txt setup.py setup.cfg package.xml \
-                tools/build_vision_msgs.sh $(wildcard ros_interfaces/vision_msgs/msg/*.msg)
+                tools/build_interfaces.sh tools/install_ros2_tools.sh \
+                $(wildcard ros_interfaces/vision_msgs/msg/*.msg)
 
 .PHONY: venv test lint demo bench clean-venv help
 
@@ -23,10 +27,11 @@ venv: $(STAMP)
 
 $(STAMP): $(SETUP_INPUTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel -c constraints.txt
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	bash tools/build_vision_msgs.sh $(VENV)
+	bash tools/build_interfaces.sh $(VENV) ros_interfaces/vision_msgs
+	bash tools/install_ros2_tools.sh $(VENV) $(ROS2_TOOLS_SRC)
 	@touch $@
 
 test: $(STAMP)

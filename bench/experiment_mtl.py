@@ -59,7 +59,7 @@ from experiment_table import (  # noqa: E402
 from mtl_perception.core.atomic_io import write_json, write_text  # noqa: E402
 from mtl_perception.core.errors import UserError, run_cli  # noqa: E402
 from mtl_perception.core.summary import JobSummary  # noqa: E402
-from mtl_perception.demo.pipeline import BuildSettings, DemoConfig, SynthSettings, plan, run_step  # noqa: E402
+from mtl_perception.demo.pipeline import DEFAULT_CONFIG, load_demo_config, plan, run_step  # noqa: E402
 from mtl_perception.evaluation.cli import evaluate  # noqa: E402
 from mtl_perception.evaluation.dataset import EvalDataset  # noqa: E402
 from mtl_perception.evaluation.profiling import profile_model  # noqa: E402
@@ -109,11 +109,12 @@ class RunSpec:
 
 def build_dataset(workdir: Path, frames: int, log_dir: Path) -> Path:
     """The synthetic dataset (train / val / test), made with the package's own commands."""
-    config = DemoConfig(
-        workdir=workdir,
-        synth=SynthSettings(frames=frames, size="320x240", seed=1),
-        build=BuildSettings(name=f"synth{frames}", split=[0.6, 0.2, 0.2], group_by="time", window_s=1.0),
-    )
+    demo = load_demo_config(DEFAULT_CONFIG)
+    config = demo.model_copy(update={
+        "workdir": workdir,
+        "synth": demo.synth.model_copy(update={"frames": frames, "seed": 1}),
+        "build": demo.build.model_copy(update={"name": f"synth{frames}", "split": [0.6, 0.2, 0.2]}),
+    })
     if (config.dataset / "splits.json").is_file():
         return config.dataset
     for step in plan(config)[:4]:  # synth, unpack, prune, build (not the demo's train/eval/replay)
@@ -143,6 +144,7 @@ def score(checkpoint: Path, data: Path, tasks: Sequence[str], profile_runs: int)
         predictor.detection_classes if "detection" in predictor.tasks else None,
         predictor.segmentation_classes if "segmentation" in predictor.tasks else None,
         summary,
+        depth="depth" in predictor.tasks,
     )
     report = evaluate(predictor, dataset, batch_size=8)
     if summary.failed:

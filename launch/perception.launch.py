@@ -1,12 +1,14 @@
 """Launch the mtl_perception perception node.
 
-    ros2 launch mtl_perception perception.launch.py model:=/path/to/best.pt \
+    ros2 launch mtl_perception perception.launch.py model:=models/<name>/model.pt \
         image:=/camera/image_raw [compressed:=true] [device:=cuda] [namespace:=front] \
-        [params_file:=my_perception.yaml] [dds_profile:=]
+        [params_file:=my_perception.yaml] [use_sim_time:=true] [autostart:=false] [dds_profile:=]
 
 Parameters come from ``params_file`` (default: the package's ``config/perception.yaml``);
-the ``model``, ``device`` and ``compressed`` arguments override it only when given (their
-empty default keeps the file's value). The node subscribes to ``image`` (or
+the ``model``, ``device``, ``compressed`` and ``autostart`` arguments override it only when
+given (their empty default keeps the file's value). ``autostart:=false`` starts the node
+unconfigured, for a lifecycle manager (or ``ros2 lifecycle set``) to drive it;
+``use_sim_time:=true`` follows ``/clock`` (``ros2 bag play --clock``). The node subscribes to ``image`` (or
 ``<image>/compressed`` with compressed input, the image_transport naming), remapped here to
 the ``image`` argument. ``dds_profile`` points Fast DDS at a profile
 with a large shared-memory segment (big images are otherwise fragmented and lost); set it
@@ -27,10 +29,10 @@ PACKAGE = "mtl_perception"
 EXECUTABLE = "perception_node"
 NODE_NAME = "perception_node"
 
-# Launch argument -> node parameter it overrides when not empty (checked against the node's
-# declared parameters by test/test_launch_static.py).
-PARAMETER_ARGUMENTS = {"model": "model_path", "device": "device", "compressed": "compressed"}
-BOOLEAN_PARAMETERS = {"compressed"}
+# Launch argument -> node parameter it overrides when not empty (test/test_ros2_tools.py runs them).
+PARAMETER_ARGUMENTS = {"model": "model_path", "device": "device", "compressed": "compressed", "autostart": "autostart",
+                       "use_sim_time": "use_sim_time"}
+BOOLEAN_PARAMETERS = {"compressed", "autostart", "use_sim_time"}
 
 
 def _share(*parts: str) -> str:
@@ -39,14 +41,20 @@ def _share(*parts: str) -> str:
 
 def _arguments() -> list[DeclareLaunchArgument]:
     return [
-        DeclareLaunchArgument("model", default_value="", description="Checkpoint (.pt); empty = model_path from params_file."),
+        DeclareLaunchArgument("model", default_value="",
+                              description="Checkpoint, e.g. models/<name>/model.pt (mtl-export); "
+                                          "empty = model_path from params_file."),
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="Input image topic (raw)."),
         DeclareLaunchArgument("compressed", default_value="",
                               description="true: subscribe to <image>/compressed; empty = from params_file."),
         DeclareLaunchArgument("params_file", default_value=_share("config", "perception.yaml"),
-                              description="Node parameters (YAML with a perception_node: ros__parameters: section)."),
+                              description="Node parameters: a copy of config/perception.yaml (key /**: any namespace)."),
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node and its outputs."),
         DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda or cuda:N; empty = from params_file."),
+        DeclareLaunchArgument("autostart", default_value="",
+                              description="false: start unconfigured, for a lifecycle manager; empty = from params_file."),
+        DeclareLaunchArgument("use_sim_time", default_value="",
+                              description="true: use /clock (ros2 bag play --clock); empty = from params_file (false)."),
         DeclareLaunchArgument("dds_profile", default_value=_share("config", "fastdds_large_images.xml"),
                               description="Fast DDS profile XML (FASTRTPS_DEFAULT_PROFILES_FILE); empty = leave unset."),
         DeclareLaunchArgument("log_level", default_value="info", description="Node log level."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 # DDS isolation for every test that touches ROS: one domain per test run, loopback only.
 # Set at import time, before any test can initialise rclpy, so subprocesses inherit it too.
@@ -61,3 +62,25 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (
         return path
 
     return _make
+
+
+def shared_dir() -> Path | None:
+    """The team's ``shared/`` folder beside the checkout (CI's layout), or beside the folder
+    holding it (git worktrees in a subfolder); ``None`` when there is none."""
+    repo = Path(__file__).resolve().parents[1]
+    for candidate in (repo.parent / "shared", repo.parent.parent / "shared"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """``shared/`` (rosdistro snapshot, vendored ROS 2 tools). CI always has it: fail there."""
+    folder = shared_dir()
+    if folder is None:
+        message = "no shared/ folder beside the checkout (rosdistro snapshot)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder

@@ -27,7 +27,7 @@ def _tiny_config(tmp_path: Path) -> Path:
     config.write_text(yaml.safe_dump({
         "workdir": str(tmp_path / "data"), "run_dir": str(tmp_path / "runs" / "demo"),
         "report_dir": str(tmp_path / "report"), "train_config": str(train),
-        "synth": {"frames": 40, "size": "96x72"}, "prune": {"threshold": 0.999}, "build": {"window_s": 0.2, "split": [0.6, 0.4, 0.0]},
+        "synth": {"frames": 40, "size": "72x96"}, "prune": {"threshold": 0.999}, "build": {"window_s": 0.2, "split": [0.6, 0.4, 0.0]},
         "replay": {"lockstep": True, "max_frames": 6},
     }))
     return config
@@ -76,6 +76,7 @@ def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path: Path, ros_domain
     assert "depth AbsRel" in page
     replay = json.loads((report / "replay" / "report.json").read_text())
     assert replay["frames_answered"] == replay["frames_sent"] == 6
+    assert replay["accuracy"]["depth"]["frames"] == 6  # ~/depth scored against the bag's depth topic
     assert "mIoU (incl. background)" in first.stdout  # the summary table
 
     checkpoint = tmp_path / "runs" / "demo" / "best.pt"

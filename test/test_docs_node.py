@@ -46,21 +46,37 @@ def _parameter_rows(text: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_node_doc_is_the_generators_output(generator: ModuleType, doc: str) -> None:
+def test_node_doc_and_params_file_are_the_generators_output(generator: ModuleType, doc: str) -> None:
     assert doc == generator.render(), "docs/NODE.md is stale: run .venv/bin/python tools/gen_node_docs.py"
+    assert CONFIG.read_text(encoding="utf-8") == generator.render_params_file(), (
+        "config/perception.yaml is stale: run .venv/bin/python tools/gen_node_docs.py")
+
+
+def test_params_file_has_every_parameter_with_its_default_for_any_namespace() -> None:
+    document = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    assert list(document) == ["/**"]  # a plain `perception_node:` key is ignored under a namespace
+    params = document["/**"]["ros__parameters"]
+    assert list(params) == [spec.name for spec in PARAMETERS]
+    for spec in PARAMETERS:
+        expected = [] if spec.default is None else spec.default
+        assert params[spec.name] == expected and type(params[spec.name]) is type(expected), spec.name
 
 
 def test_check_mode_detects_a_stale_file(generator: ModuleType, tmp_path: Path) -> None:
-    stale = tmp_path / "NODE.md"
+    stale, params = tmp_path / "NODE.md", tmp_path / "perception.yaml"
     stale.write_text(generator.render().replace("score_threshold", "score_thresh"), encoding="utf-8")
-    assert generator.main(["--check", "--out", str(stale)]) == 1
-    assert generator.main(["--out", str(stale)]) == 0
-    assert generator.main(["--check", "--out", str(stale)]) == 0
-    assert generator.main(["--check", "--out", str(tmp_path / "missing.md")]) == 1
+    params.write_text(generator.render_params_file(), encoding="utf-8")
+    outputs = ["--out", str(stale), "--params-out", str(params)]
+    assert generator.main(["--check", *outputs]) == 1
+    assert generator.main(outputs) == 0
+    assert generator.main(["--check", *outputs]) == 0
+    params.write_text(generator.render_params_file().replace("0.3", "0.4"), encoding="utf-8")
+    assert generator.main(["--check", *outputs]) == 1
+    assert generator.main(["--check", "--out", str(tmp_path / "missing.md"), "--params-out", str(params)]) == 1
 
 
 def test_every_parameter_of_the_yaml_is_documented_with_its_default(doc: str) -> None:
-    values = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))["perception_node"]["ros__parameters"]
+    values = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))["/**"]["ros__parameters"]
     rows = _parameter_rows(doc)
     assert set(values) <= set(rows), f"undocumented: {sorted(set(values) - set(rows))}"
     for name, value in values.items():
@@ -104,7 +120,8 @@ def test_launch_defaults_are_read_from_the_launch_file(generator: ModuleType, tm
     ]
 
 
-def test_readme_points_to_the_node_reference() -> None:
+def test_readme_points_to_the_node_reference_and_the_results() -> None:
     readme = README.read_text(encoding="utf-8")
-    assert "docs/NODE.md" in readme
-    assert "<!-- DEMO-RESULTS -->" in readme and "<!-- BENCH-TABLE -->" in readme
+    assert "docs/NODE.md" in readme and "docs/RESULTS.md" in readme
+    results = (REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8")
+    assert results.index("<!-- BENCH-TABLE -->") < results.index("<!-- /BENCH-TABLE -->")

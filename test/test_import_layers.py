@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "mtl_perception.train": 4,
     "mtl_perception.evaluation": 4,
     "mtl_perception.replay": 4,
+    "mtl_perception.export": 4,
     "mtl_perception.ros": 5,
     "mtl_perception.demo": 6,
     "bench": 6,

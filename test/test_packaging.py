@@ -10,10 +10,11 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["setup.py", "setup.cfg", "package.xml", "resource", "launch", "config", "mtl_perception", "data_tools"]
-EXECUTABLES = {"mtl-data", "mtl-train", "mtl-eval", "mtl-replay", "mtl-demo", "perception_node"}
+EXECUTABLES = {"mtl-data", "mtl-train", "mtl-eval", "mtl-export", "mtl-replay", "mtl-demo", "perception_node"}
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +80,28 @@ def test_console_scripts_resolve_to_callables() -> None:
     for module_name, func in targets:
         module = importlib.import_module(module_name)
         assert callable(getattr(module, func)), f"{module_name}:{func}"
+
+
+def _rosdistro_keys(shared: Path) -> tuple[set[str], set[str]]:
+    """(rosdep keys of rosdep/*.yaml, package names of jazzy/distribution.yaml)."""
+    rosdistro = shared / "rosdistro"
+    keys: set[str] = set()
+    for path in sorted((rosdistro / "rosdep").glob("*.yaml")):
+        keys |= set(yaml.safe_load(path.read_text(encoding="utf-8")))
+    distribution = yaml.safe_load((rosdistro / "jazzy" / "distribution.yaml").read_text(encoding="utf-8"))
+    packages: set[str] = set()
+    for name, repository in distribution["repositories"].items():
+        release = repository.get("release") or {}
+        packages |= set(release.get("packages") or ([name] if release else []))
+    return keys, packages
+
+
+def test_every_package_xml_key_resolves_with_rosdep(shared: Path) -> None:
+    """`rosdep install --from-paths src` fails on the robot for a key rosdistro does not know."""
+    keys, packages = _rosdistro_keys(shared)
+    assert {"python3-numpy", "python3-rosbags-pip"} <= keys and {"rclpy", "vision_msgs"} <= packages  # parsed right
+    root = ElementTree.parse(ROOT / "package.xml").getroot()
+    depends = [e.text.strip() for e in root if e.tag.endswith("depend") and e.text]
+    assert depends
+    unknown = sorted(key for key in depends if key not in keys and key not in packages)
+    assert not unknown, f"package.xml keys rosdep cannot resolve: {unknown}"

@@ -61,7 +61,8 @@ def _coco(path: Path) -> Path:
 @pytest.fixture()
 def checkpoint(make_checkpoint) -> Path:  # noqa: ANN001
     return make_checkpoint(detection_classes=("box", "cone", "ball"),
-                           segmentation_classes=("background", "floor", "wall", "box"), input_size=(HEIGHT, WIDTH))
+                           segmentation_classes=("background", "floor", "wall", "box"), input_size=(HEIGHT, WIDTH),
+                           tasks=("detection", "segmentation", "depth"))
 
 
 def test_lockstep_replay_answers_every_frame(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
@@ -107,6 +108,8 @@ def test_lockstep_replay_answers_every_frame(tmp_path: Path, checkpoint: Path, m
     assert types["/perception_node/detections"] == "vision_msgs/msg/Detection2DArray"
     assert sorted(by_topic["/perception_node/detections"]) == STAMPS
     assert sorted(by_topic["/perception_node/segmentation"]) == STAMPS
+    assert sorted(by_topic["/perception_node/depth"]) == STAMPS  # 32FC1 metres, recorded for every frame
+    assert types["/perception_node/depth/color"] == "sensor_msgs/msg/Image"
 
 
 def test_clear_errors_before_and_during_start_up(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,3 +196,4 @@ def test_timed_replay_of_compressed_topic_into_attached_node(tmp_path: Path, che
     with AnyReader([out / "outputs"], default_typestore=replay_typestore()) as reader:
         topics = {c.topic for c in reader.connections}
     assert "/attached_node/detections" in topics and "/attached_node/segmentation/color" not in topics
+    assert "/attached_node/depth/color" not in topics

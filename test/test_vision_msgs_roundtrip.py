@@ -1,4 +1,4 @@
-"""vision_msgs built into the venv (tools/build_vision_msgs.sh): import, fields, type hash, DDS.
+"""vision_msgs built into the venv (tools/build_interfaces.sh): import, fields, type hash, DDS.
 
 The cross-process test proves rclpy finds the generated C type support of a package that
 was built here (not shipped as a wheel) in a fresh interpreter, and that the type hash
@@ -146,12 +146,19 @@ def test_cross_process_round_trip_and_type_hash(ros_domain: dict[str, str]) -> N
 
 
 def test_build_script_is_idempotent_and_explains_bad_input(tmp_path: Path) -> None:
-    script = REPO / "tools" / "build_vision_msgs.sh"
+    script = REPO / "tools" / "build_interfaces.sh"
     venv = Path(sys.executable).parents[1]
-    again = subprocess.run(["bash", str(script), str(venv)], capture_output=True, text=True, timeout=60)
+    package = REPO / "ros_interfaces" / "vision_msgs"
+
+    def run(*args: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(script), *map(str, args)], capture_output=True, text=True, timeout=60)
+
+    again = run(venv, package)
     assert again.returncode == 0, again.stderr
-    assert "up to date" in again.stderr or "already importable" in again.stderr  # no rebuild
-    missing = subprocess.run(["bash", str(script), str(tmp_path / "no_venv")], capture_output=True, text=True, timeout=60)
+    assert "vision_msgs up to date" in again.stderr or "already importable" in again.stderr  # no rebuild
+    missing = run(tmp_path / "no_venv", package)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
-    not_venv = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    not_venv = run(tmp_path, package)
     assert not_venv.returncode == 1 and "is not a Python venv" in not_venv.stderr
+    no_package = run(venv, tmp_path)
+    assert no_package.returncode == 1 and "is not an interface package" in no_package.stderr

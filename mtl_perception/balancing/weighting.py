@@ -79,11 +79,6 @@ class LossWeighting(nn.Module):
         total = torch.stack(list(weighted.values())).sum()
         return WeightedLosses(total, weighted, {task: float(weights[task].detach()) for task in present})
 
-    def forward(self, losses: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """``(total loss, weight per task)``; see ``weigh`` for the per-task weighted losses."""
-        result = self.weigh(losses)
-        return result.total, result.weights
-
     def epoch_end(self, mean_losses: Mapping[str, float]) -> None:
         """Hook called once per epoch with the epoch-mean raw loss per task (default: no-op);
         NaN for a task that had no loss in the whole epoch."""

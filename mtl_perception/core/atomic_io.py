@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,3 +57,16 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], Any]) -> N
     """Atomically produce ``path`` by calling ``writer(tmp_path)`` (e.g. ``cv2.imwrite``)."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Atomically place ``source`` at ``target`` as a hard link, or a copy if linking fails.
+
+    A hard link costs no space and never moves or changes ``source`` (inputs stay untouched).
+    """
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:  # other filesystem, no link support, ...
+            shutil.copyfile(source, tmp)

@@ -31,14 +31,19 @@ compressedDepth (16UC1 / 32FC1 png)       ``[H, W]`` uint16 / float32 (inverse d
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 from rosbags.image import ImageError, image_to_cvimage
 from rosbags.image.image import Format, to_cvtype
+
+from mtl_perception.core.atomic_io import write_with
 
 
 class UnsupportedEncoding(ValueError):
@@ -255,3 +260,16 @@ def rgb8_to_image_fields(array: np.ndarray) -> dict[str, Any]:
         "data": np.ascontiguousarray(array).tobytes(),
     }
 
+
+def write_image(path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] = ()) -> None:
+    """Atomically write an image file with OpenCV (format from the suffix; BGR channel order).
+
+    Raises:
+        OSError: OpenCV could not write it (it reports failure only by returning False).
+    """
+
+    def write(tmp: Path) -> None:
+        if not cv2.imwrite(str(tmp), image, list(params)):
+            raise OSError(f"{path}: OpenCV could not write the image")
+
+    write_with(path, write)

@@ -13,7 +13,6 @@ status is 1 if any item failed.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.atomic_io import write_json
 from mtl_perception.core.errors import UserError, run_cli
+from mtl_perception.core.json_io import format_number, json_ready
 from mtl_perception.evaluation.dataset import SPLITS, EvalDataset, EvalSample
 from mtl_perception.evaluation.depth_metrics import DepthMetrics
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
@@ -94,19 +94,9 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, batch_size: int = 1) ->
     return report
 
 
-def _json_ready(value: Any) -> Any:
-    """NaN (undefined metric) becomes JSON null: strict JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(item) for item in value]
-    return value
-
-
-def _fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * scale:.{digits}f}"
+def _fmt(value: float | None) -> str:
+    """An accuracy figure as a percentage with one decimal."""
+    return format_number(value, digits=1, scale=100.0)
 
 
 def print_table(report: dict[str, Any], stream: TextIO | None = None) -> None:
@@ -188,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         )
     report["summary"] = {"counts": dict(summary.counts), "problems": dict(summary.problems), "first_example": summary.first_example}
     out = args.out or args.checkpoint.parent / f"eval_{args.data.name}_{args.split}.json"
-    write_json(out, _json_ready(report))
+    write_json(out, json_ready(report))
     print_table(report)
     print(f"metrics written to {out}")
     summary.print(sys.stderr)  # explicit: the default is bound at import time

@@ -21,6 +21,7 @@ from mtl_perception.core.bags import COMPRESSED_TYPE, image_connections, is_bag,
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.images import decode_compressed, decode_image, to_rgb8
 from mtl_perception.core.salvage import RecoveringReader
+from mtl_perception.core.stamps import stamp_to_ns
 from mtl_perception.replay.depth_scoring import DepthReference
 
 __all__ = ["BagFrame", "ImageBag", "open_depth_reference", "open_image_bag"]
@@ -39,11 +40,6 @@ class BagFrame:
     def rgb(self) -> Any:
         """The frame as RGB uint8 (for example overlays); raises ``ValueError`` if undecodable."""
         return to_rgb8(decode_compressed(self.msg) if self.compressed else decode_image(self.msg))
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """``builtin_interfaces/Time`` (rosbags or rclpy) -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 @dataclass

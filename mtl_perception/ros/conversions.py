@@ -1,8 +1,10 @@
 """ROS image messages <-> numpy arrays for the node: the only place the node touches encodings.
 
-Decoding uses ``cv_bridge`` when it is importable (the robot's ROS install) and the package's
-own ``mtl_perception.core.images`` otherwise (PyPI wheels, CI). Both paths return the same layout:
-the natural array of ``mtl_perception.core.images.decode_image`` (colour as RGB, alpha kept, mono 2-D),
+Decoding uses the package's own decoder (``mtl_perception.core.images``: tested on every encoding it
+accepts, pixel-exact against real bags) unless the ``decoder`` parameter asks for ``cv_bridge``
+explicitly: ROS's cv_bridge cannot be built in CI, so the node never switches to it by itself
+(docs/ROS2.md lists the encodings of each path). Both paths return the same layout: the
+natural array of ``mtl_perception.core.images.decode_image`` (colour as RGB, alpha kept, mono 2-D),
 which ``to_rgb8`` turns into the network's RGB uint8 input. cv_bridge hands out OpenCV's BGR
 order, so its adapter swaps channels back. Publishing always goes through
 ``mtl_perception.core.images.rgb8_to_image_fields`` (``msg.data = bytes`` is fast; cv_bridge's
@@ -19,15 +21,17 @@ import numpy as np
 from sensor_msgs.msg import Image
 
 from mtl_perception.core import images
+from mtl_perception.core.errors import UserError
 from mtl_perception.core.images import UnsupportedEncoding
 
 __all__ = [
-    "CvBridgeDecoder",
+    "DECODERS",
     "CoreDecoder",
+    "CvBridgeDecoder",
     "ImageDecoder",
     "UnsupportedEncoding",
-    "default_decoder",
     "image_message",
+    "make_decoder",
 ]
 
 # Encodings whose cv_bridge "passthrough" array is in OpenCV's blue-first channel order.
@@ -52,7 +56,7 @@ class ImageDecoder(Protocol):
 class CoreDecoder:
     """The package's own decoder (docs/CONTRACTS.md section 8)."""
 
-    name = "mtl_perception.core.images"
+    name = "builtin"
 
     def decode_image(self, msg: Any) -> np.ndarray:
         return images.decode_image(msg)
@@ -100,12 +104,25 @@ def _blue_first_to_rgb(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[:, :, order])
 
 
-def default_decoder() -> ImageDecoder:
-    """cv_bridge when importable (robot), else the package's own decoder."""
-    try:
-        return CvBridgeDecoder()
-    except ImportError:
+DECODERS = ("builtin", "cv_bridge")
+
+
+def make_decoder(name: str) -> ImageDecoder:
+    """The decoder named by the node's ``decoder`` parameter (one of ``DECODERS``).
+
+    Raises:
+        UserError: ``cv_bridge`` was asked for but does not import.
+        ValueError: ``name`` is not one of ``DECODERS``.
+    """
+    if name == "builtin":
         return CoreDecoder()
+    if name == "cv_bridge":
+        try:
+            return CvBridgeDecoder()
+        except ImportError as err:
+            raise UserError(f"parameter decoder is cv_bridge but it does not import ({err}); install "
+                            "ros-$ROS_DISTRO-cv-bridge or set decoder:=builtin") from None
+    raise ValueError(f"decoder {name!r} is not one of {', '.join(DECODERS)}")
 
 
 def to_network_rgb(decoder: ImageDecoder, msg: Any, compressed: bool) -> np.ndarray:

@@ -17,15 +17,13 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
-from mtl_perception.core.constants import MIN_INPUT_SIDE, parse_hw
+from mtl_perception.core.constants import DEVICE_CHOICES, DEVICE_SPEC, MIN_INPUT_SIDE, parse_hw
 from mtl_perception.core.errors import UserError
+from mtl_perception.ros.conversions import DECODERS
 
 #: A value check: returns ``None`` when fine, else the reason (without the parameter name).
 Check = Callable[[Any], "str | None"]
 
-# Same spelling that mtl_perception.device.resolve_device accepts; availability of CUDA is
-# checked later, when the model is loaded.
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _REJECTED_VALUE_RE = re.compile(r"Invalid parameter value \((.*?)\)")
 
 
@@ -37,7 +35,7 @@ def _one_of(*choices: str) -> Check:
 
 
 def _device(value: str) -> str | None:
-    return None if _DEVICE_RE.match(value.strip().lower()) else f"{value!r} is not one of auto, cpu, cuda, cuda:N"
+    return None if DEVICE_SPEC.match(value.strip().lower()) else f"{value!r} is not one of {DEVICE_CHOICES}"
 
 
 def parse_input_size(value: str) -> tuple[int, ...]:
@@ -111,7 +109,7 @@ _ARRAY_TYPES = (Parameter.Type.STRING_ARRAY, Parameter.Type.INTEGER_ARRAY, Param
 _T = Parameter.Type
 PARAMETERS: tuple[ParamSpec, ...] = (
     # -- model (read-only: changing any of these means loading the model again)
-    ParamSpec("model_path", "", _T.STRING, "Checkpoint file (.pt) written by mtl-train; required.", read_only=True),
+    ParamSpec("model_path", "", _T.STRING, "Checkpoint file (.pt): models/<name>/model.pt from mtl-export (or a run's best.pt); required.", read_only=True),
     ParamSpec("device", "auto", _T.STRING, "Inference device: auto (CUDA if available), cpu, cuda or cuda:N.",
               read_only=True, check=_device, constraints="auto | cpu | cuda | cuda:N"),
     ParamSpec("half", "auto", _T.STRING, "FP16 inference: auto (on for CUDA, off for CPU), true or false.",
@@ -132,6 +130,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=True, check=_one_of("best_effort", "reliable"), constraints="best_effort | reliable"),
     ParamSpec("depth", 1, _T.INTEGER, "Input QoS history depth; 1 = only the newest frame.", read_only=True,
               low=1, high=100),
+    ParamSpec("decoder", "builtin", _T.STRING, "Image decoder: builtin (the package's own, tested on every encoding "
+              "it accepts) or cv_bridge (ROS's; must be installed; see docs/ROS2.md).", read_only=True,
+              check=_one_of(*DECODERS), constraints=" | ".join(DECODERS)),
     ParamSpec("autostart", True, _T.BOOL, "Configure and activate at start (plain `ros2 run`); false = wait for "
               "lifecycle transitions.", read_only=True),
     ParamSpec("diagnostics_period", 1.0, _T.DOUBLE, "Seconds between /diagnostics messages.", read_only=True,
@@ -172,6 +173,7 @@ class Settings:
     compressed: bool
     reliability: str
     depth: int
+    decoder: str
     autostart: bool
     diagnostics_period: float
     score_threshold: float

@@ -170,7 +170,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def validation_metrics(
     model: nn.Module,
     batches: Iterable[Batch],
     device: torch.device,

@@ -82,7 +82,7 @@ class RunLogger:
         print(" | ".join(parts), flush=True)
 
     def metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Log validation metrics (nested dict from ``engine.evaluate``)."""
+        """Log validation metrics (nested dict from ``engine.validation_metrics``)."""
         self.scalars(flatten_metrics(metrics), step)
 
     @torch.no_grad()

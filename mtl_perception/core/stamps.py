@@ -1,0 +1,20 @@
+"""Header stamps as integer nanoseconds: the key that links a bag frame, the node's answer and
+its label (exact integer arithmetic: float seconds lose nanoseconds after ~100 days of epoch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NS_PER_S = 1_000_000_000
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """``builtin_interfaces/Time`` (rosbags or rclpy message, or anything with ``sec`` and
+    ``nanosec``) -> integer nanoseconds."""
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
+
+
+def ns_to_sec_nanosec(stamp_ns: int) -> tuple[int, int]:
+    """Integer nanoseconds -> ``(sec, nanosec)`` for a ``builtin_interfaces/Time``."""
+    sec, nanosec = divmod(int(stamp_ns), NS_PER_S)
+    return sec, nanosec
