@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ament_python package definition: works with `colcon build` on the robot and `pip install` in a venv."""
 
 from glob import glob

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Latency of each multi-task model relative to running its two single-task models.
 
 The point of the shared backbone is that one multi-task forward pass costs much less than a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The perception node against the bare model, and the node under overload.
 
 Same run, same frames (480x640 camera-like sequence, bench/sequence.py), same checkpoint, CPU,

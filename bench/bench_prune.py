@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Benchmark: fast prune vs the straightforward skimage reference, same frames, same run.
 
 The reference is what one would write first: for every frame, decode it, convert to gray and

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Multi-task vs single-task, and balancing methods against each other, over several seeds.
 
 For each seed: the single-task model of every task in ``--tasks`` (the same architecture with

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Run every benchmark and print one table: name, figure, target, pass/fail.
 
 Each bench script prints machine-readable lines ``RESULT <name>=<value>``; the targets are
@@ -28,7 +29,7 @@ from mtl_perception.core.atomic_io import write_text  # noqa: E402
 
 RESULTS_FILE = BENCH_DIR.parent / "docs" / "RESULTS.md"
 TABLE_START, TABLE_END = "<!-- BENCH-TABLE -->", "<!-- /BENCH-TABLE -->"
-SCRIPTS = ["bench_prune.py", "bench_balancing.py", "bench_latency.py", "bench_node.py"]
+SCRIPTS = ["bench_prune.py", "bench_balancing.py", "bench_latency.py", "bench_node.py", "bench_node_latency.py"]
 RESULT_PAIR = re.compile(r"([\w.]+)=([-+0-9.eEnaif]+)")  # one or more per "RESULT ..." line
 
 
@@ -54,6 +55,7 @@ TARGETS: list[tuple[re.Pattern[str], Target]] = [
     (re.compile(r"node_throughput_ratio"), Target(">=", 0.95, ">= 0.95x bare model")),
     (re.compile(r"overload_p99_over_model"), Target("<=", 2.0, "p99 <= 2x model latency")),
     (re.compile(r"overload_rss_growth"), Target("<=", 0.05, "RSS growth < 5%")),
+    (re.compile(r"node_overhead_(cpu_)?ms"), Target("<=", 10.0, "<= 10 ms over the bare model (CPU)")),
 ]
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A realistic camera sequence for benchmarking the prune step, in the unpack layout.
 
 A virtual 480x640 camera looks at scikit-image's bundled photographs (astronaut, coffee,

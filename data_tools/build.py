@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Turn pruned frames plus annotation exports into a training dataset with grouped splits.
 
 Inputs: ``--frames`` is a folder of interim frames (``manifest.csv`` per topic, see

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Drop near-duplicate frames: keep a frame only when it differs enough from the last KEPT one.
 
 Reads ``<raw>/<bag>/<topic_dir>/manifest.csv`` (written by ``mtl-data unpack``) and writes the
@@ -19,7 +20,7 @@ Speed: an 8-bit frame is first compared on a sample of the SSIM windows (the dis
 blocks); a clear near-duplicate, estimated at ``threshold + 0.02`` or more, is dropped on that
 estimate (its error is below 0.004 on camera footage). Every other frame, so every kept one,
 gets the exact value, which is what the manifest records. ``--exact`` computes the exact value
-for every frame (about 3x slower; decisions then equal skimage's).
+for every frame (slower; decisions then equal skimage's).
 
 Depth topics (manifest ``encoding`` 16UC1, 32FC1 or compressedDepth) are not pruned: they are
 linked whole, so every kept colour frame still finds its aligned depth frame when ``mtl-data

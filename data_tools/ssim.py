@@ -1,4 +1,6 @@
-"""Fast, exact grayscale SSIM with reusable per-frame window statistics.
+# SPDX-License-Identifier: Apache-2.0
+"""Fast, exact grayscale SSIM with reusable per-frame window statistics (and, for 8-bit
+frames, a cheap estimate from a sample of the windows: :class:`BlockStats`).
 
 Computes the same number as the reference
 ``skimage.metrics.structural_similarity(a, b, data_range=R)`` on 2-D images with its defaults:
@@ -232,8 +234,8 @@ class BlockStats:
 
     The sample is the disjoint ``win x win`` blocks that tile the frame (one window in
     ``win^2``, spread evenly over the whole frame). Their SSIM mean estimates the full mean;
-    measured on 540x960 camera footage the estimate is within 0.004 of the exact value, at a
-    tenth of the cost. :func:`sampled_ssim` compares two of them.
+    measured on 540x960 camera footage the estimate is within 0.004 of the exact value, at
+    about a fifth of the cost. :func:`sampled_ssim` compares two of them.
     """
 
     image: np.ndarray

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Extract every image message of ROS 1 / ROS 2 bags to image files plus a manifest per topic.
 
 Inputs are bag files (.bag, .bag.active, .db3, .mcap), rosbag2 folders (with or without

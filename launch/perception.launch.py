@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Launch the mtl_perception perception node.
 
     ros2 launch mtl_perception perception.launch.py model:=models/<name>/model.pt \

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one place that knows about devices: parsing ``auto``/``cpu``/``cuda``/``cuda:N``,
 choosing FP16, and CUDA-only speed settings. Code elsewhere asks here and never checks
 ``torch.cuda`` itself, so the same code runs on the CPU (tests, CI) and the robot's GPU.

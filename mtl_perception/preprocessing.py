@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one resize from a frame to the network's input size, shared by training, evaluation and the node.
 
 A network only works as well in deployment as the pixels it is given resemble the ones it was

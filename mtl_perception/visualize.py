@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Drawing predictions: colour a class-id mask, draw boxes with labels, blend the two.
 
 Used by the ROS node's overlay image, TensorBoard image grids and the demo report. Every

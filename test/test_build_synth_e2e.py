@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """End to end: synth bag -> frames decoded from the bag (as unpack would) -> build."""
 
 from __future__ import annotations

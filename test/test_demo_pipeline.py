@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`make demo` in miniature: every step on a tiny synthetic bag, then a second run that reuses it."""
 
 from __future__ import annotations

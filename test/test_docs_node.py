@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """docs/NODE.md is the generator's output, and it documents everything the node really has."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The perception node as a real process over DDS on loopback (one process per scenario group).
 
 - a node started from config/perception.yaml declares exactly the file's parameters;
@@ -522,7 +523,7 @@ def test_a_bug_in_a_frame_is_logged_with_traceback_once_counted_and_an_error(
     """Frames go straight to the worker's code (no DDS): every failure is counted, the traceback is
     logged once per kind, diagnostics are ERROR while all frames fail; depth frames get a warning."""
     from mtl_perception.ros.diagnostics import ERROR, OK
-    from mtl_perception.ros.node import Frame, PerceptionNode
+    from mtl_perception.ros.node import PerceptionNode, ReceivedFrame
 
     context = Context()
     rclpy.init(context=context, args=["--ros-args", "-p", f"model_path:={checkpoint}", "-p", "device:=cpu",
@@ -540,7 +541,7 @@ def test_a_bug_in_a_frame_is_logged_with_traceback_once_counted_and_an_error(
 
         monkeypatch.setattr(node._predictor, "predict", broken)
         for _ in range(3):
-            node._process(Frame(good, time.monotonic()))
+            node._process(ReceivedFrame(good, time.monotonic()))
         report = node._stats.report()
         assert report.errors == {"unexpected ZeroDivisionError": 3} and report.level == ERROR
         errors = log.at("error")
@@ -549,14 +550,14 @@ def test_a_bug_in_a_frame_is_logged_with_traceback_once_counted_and_an_error(
 
         monkeypatch.undo()  # the real predictor again (and the real logger: keep ours)
         monkeypatch.setattr(node, "get_logger", lambda: log)
-        node._process(Frame(good, time.monotonic()))
+        node._process(ReceivedFrame(good, time.monotonic()))
         assert node._stats.report().new_processed == 1
         assert node._stats.report().level == OK
 
         depth = Image(header=_header(2, "cam"), height=HEIGHT, width=WIDTH, encoding="16UC1", step=WIDTH * 2)
         depth.data = np.full((HEIGHT, WIDTH), 1500, np.uint16).tobytes()
         for _ in range(2):
-            node._process(Frame(serialize_message(depth), time.monotonic()))
+            node._process(ReceivedFrame(serialize_message(depth), time.monotonic()))
         warnings = [w for w in log.at("warning") if "depth encoding" in w]
         assert len(warnings) == 1 and "16UC1" in warnings[0] and "remapped" in warnings[0]
         assert node._stats.report().new_processed == 2  # still processed

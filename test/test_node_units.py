@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Unit tests of the perception node's pure helpers: parameters, statistics, mailbox, messages."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Pure parts of mtl-replay: ground truth by stamp, scoring, stats, CDR stamp peek, recorder, source."""
 
 from __future__ import annotations

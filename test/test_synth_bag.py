@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`mtl-data synth`: bag contents, ground truth consistency, determinism, re-runs."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-data unpack``: ROS 1 / ROS 2 bags -> one file per image message + manifest per topic."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Generate docs/NODE.md (the perception node's reference) and config/perception.yaml (its
 parameter file) from the code that defines the node.
 

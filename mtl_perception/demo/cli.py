@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-demo`` (``make demo``): every part of the package on the built-in synthetic bag.
 
 synth bag -> unpack -> prune -> build dataset -> train -> eval -> replay through the live

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The demo's steps: the same commands a user types, run one after another.
 
 Each step is a command line of one of the package's tools (``mtl-data``, ``mtl-train``,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Assemble the demo report from what the pipeline wrote: TensorBoard scalars of the training
 run, ``mtl-eval``'s metrics JSON and ``mtl-replay``'s report folder.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-eval``: score a checkpoint on a labelled split at the frames' original resolution.
 
 Runs the same ``Predictor`` as the robot (so pre/post-processing are what is measured) with a
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.atomic_io import write_json
+from mtl_perception.core.constants import DEVICE_CHOICES
 from mtl_perception.core.errors import UserError, run_cli
 from mtl_perception.core.json_io import format_number, json_ready
 from mtl_perception.evaluation.dataset import SPLITS, EvalDataset, EvalSample
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, type=Path, help="processed dataset folder (data/processed/<name>)")
     parser.add_argument("--split", default="val", choices=SPLITS, help="split from splits.json; 'all' = every image")
     parser.add_argument("--out", type=Path, help="metrics JSON (default: <checkpoint folder>/eval_<dataset>_<split>.json)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help=DEVICE_CHOICES)
     parser.add_argument("--half", choices=("auto", "on", "off"), default="auto", help="FP16 inference (auto = on for CUDA)")
     parser.add_argument("--score-threshold", type=float, default=0.001, help="keep detections at least this confident")
     parser.add_argument("--max-detections", type=int, default=100, help="detections per image (COCO uses 100)")
@@ -123,8 +125,8 @@ def print_table(report: dict[str, Any], stream: TextIO | None = None) -> None:
     if "depth" in report:
         d = report["depth"]
         lines.append(
-            f"  depth       AbsRel {_fmt(d['abs_rel'], 1, 3)}   SqRel {_fmt(d['sq_rel'], 1, 3)}"
-            f"   RMSE {_fmt(d['rmse'], 1, 3)} m   RMSE(log) {_fmt(d['rmse_log'], 1, 3)}   MAE {_fmt(d['mae'], 1, 3)} m"
+            f"  depth       AbsRel {format_number(d['abs_rel'])}   SqRel {format_number(d['sq_rel'])}"
+            f"   RMSE {format_number(d['rmse'])} m   RMSE(log) {format_number(d['rmse_log'])}   MAE {format_number(d['mae'])} m"
         )
         lines.append(
             f"              d<1.25 {_fmt(d['delta1'])}   d<1.25^2 {_fmt(d['delta2'])}   d<1.25^3 {_fmt(d['delta3'])}"

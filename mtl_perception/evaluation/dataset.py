@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Reading a labelled split for evaluation, tolerant of real-world COCO datasets.
 
 Unlike the training dataset (which refuses a flawed folder before a long run), evaluation

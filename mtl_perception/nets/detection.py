@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Detection heads on the shared MobileNetV3 taps: SSDLite and Faster R-CNN with FPN.
 
 Both subclass torchvision's detector so its anchor generators, box matchers, losses and

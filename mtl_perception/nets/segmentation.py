@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Segmentation heads on the shared MobileNetV3 taps: DeepLabv3 (ASPP) and LR-ASPP.
 
 The heads are torchvision's ``DeepLabHead`` and ``LRASPPHead``; this module adds the part

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What happens to each message the node sends back: record it, score it, keep examples.
 
 Messages arrive as raw CDR (rclpy ``raw=True`` subscriptions), are written verbatim to the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The replay report folder: ``report.json``, a latency histogram and example overlays.
 
 Figures reuse ``mtl_perception.figures`` (matplotlib, Agg) and overlays are drawn with

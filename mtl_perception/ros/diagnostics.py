@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Frame statistics for the node's ``/diagnostics``: rates, drops, latency per stage, error counts.
 
 Pure Python (no rclpy) so it can be tested without ROS; the node turns ``FrameStats.report()``

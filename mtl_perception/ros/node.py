@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ROS 2 perception node: camera frames in, detections, segmentation and depth out.
 
 A lifecycle node (``rclpy.lifecycle.LifecycleNode``):

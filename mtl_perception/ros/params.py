@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The perception node's parameters: one table of names, defaults, ranges and descriptions.
 
 Everything that describes a parameter lives in ``PARAMETERS`` so the declarations (with

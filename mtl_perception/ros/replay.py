@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-replay``: evaluate the live perception node by replaying a bag into it over DDS.
 
 The bag's image topic (``sensor_msgs/Image`` or ``CompressedImage``, ROS 1 or 2, any storage)

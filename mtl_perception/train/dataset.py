@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The processed multi-task dataset (docs/CONTRACTS.md section 4) as a torch ``Dataset``.
 
 One sample = an RGB image, its detection boxes/labels, its class-id mask and (when the frame

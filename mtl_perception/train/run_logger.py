@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run logging: TensorBoard scalars and preview images, optional Weights & Biases.
 
 Only the main process logs (``enabled=False`` elsewhere turns every call into a no-op).

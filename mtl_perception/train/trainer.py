@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One training run end to end: data, model, balancing, loop, validation, checkpoints, logs.
 
 The run folder ``<output_dir>/<name>/`` holds ``config.yaml`` (the resolved config),
