@@ -239,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS), help="balancing methods")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (one thread each)")
-    parser.add_argument("--profile-runs", type=int, default=10, help="timed batch-1 runs per model")
+    parser.add_argument("--profile-runs", type=int, default=5, help="timed batch-1 runs per model")
     parser.add_argument("--results", type=Path, help="results file (default bench/experiment_results.md; --quick: <out>/results.md)")
+    parser.add_argument("--report-only", action="store_true", help="only write the table of the runs already cached in --out")
     parser.add_argument("--quick", action="store_true", help="tiny budget and dataset: smoke check of every path")
     return parser
 
@@ -267,9 +268,13 @@ def run(args: argparse.Namespace) -> int:
     summary = JobSummary(PROG)
     results_file = args.results or (args.out / "results.md" if args.quick else ROOT / "bench/experiment_results.md")
     results: list[dict[str, Any]] = []
+    if args.report_only:  # the table of the runs already cached, nothing trained
+        caches = [args.out / spec.name / "result.json" for spec in plan_runs(args)]
+        results = [json.loads(path.read_text(encoding="utf-8")) for path in caches if path.is_file()]
+        args.jobs = 0
     # Runs are independent: ``--jobs`` of them at a time, each in its own process with one thread.
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, spec, args, data): spec for spec in plan_runs(args)}
+    with ProcessPoolExecutor(max_workers=max(args.jobs, 1), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, spec, args, data): spec for spec in plan_runs(args) if args.jobs}
         for future in as_completed(futures):
             spec = futures[future]
             try:

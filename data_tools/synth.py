@@ -14,8 +14,10 @@ Output (docs/CONTRACTS.md §3): ``<out>/synth_bag/`` (rosbag2, mcap or sqlite3) 
 (``sensor_msgs/msg/CompressedImage``), and ``<out>/synth_coco.json``. Unless ``--no-depth``,
 the bag also has ``/camera/aligned_depth_to_color/image_raw``: the same scene's depth as a
 RealSense-like sensor reports it aligned to colour (``16UC1`` millimetres of z-depth, same size
-and header stamps as the colour frames, 0 = no return), see ``sensor_depth_mm``. Re-running with the same
-arguments is a no-op; other arguments over existing output need ``--force``.
+and header stamps as the colour frames, 0 = no return), see ``sensor_depth_mm``. The floor's
+depth grows towards the horizon; the wall faces the camera, so its z-depth is one value per
+frame. Re-running with the same arguments is a no-op; other arguments over existing output
+need ``--force``.
 
 Classes: ``box``, ``cone``, ``ball`` (objects: box + visible-outline polygons) and ``floor``,
 ``wall`` (stuff: RLE of the visible region); the photos above the wall are background. The

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection
 
 from mtl_perception.core.bags import COMPRESSED_TYPE, image_connections, is_bag, open_bag
@@ -101,12 +100,12 @@ def _choose_connection(path: Path, reader: RecoveringReader, topic: str | None) 
     return max(matches, key=lambda c: c.msgcount)
 
 
-def _open_reader(path: Path, stack: ExitStack) -> AnyReader:
+def _open_reader(path: Path, stack: ExitStack) -> RecoveringReader:
     """Open ``path`` on ``stack``; ``UserError`` for a missing, foreign or corrupt bag."""
     if not path.exists():
         raise UserError(f"{path}: bag not found")
     if not is_bag(path):
-        raise UserError(f"{path}: not a bag (expected .bag, .db3, .mcap or a rosbag2 folder)")
+        raise UserError(f"{path}: not a bag (expected .bag, .bag.active, .db3, .mcap or a rosbag2 folder)")
     try:
         return stack.enter_context(open_bag(path))
     except Exception as err:  # rosbags' reader errors: corrupt or foreign files
@@ -158,20 +157,12 @@ def open_depth_reference(path: str | Path, topic: str) -> Iterator[DepthReferenc
 def open_image_bag(path: str | Path, topic: str | None = None) -> Iterator[ImageBag]:
     """Open ``path`` and pick the image topic (``topic``, or the only one in the bag)."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: bag not found")
-    if not is_bag(path):
-        raise UserError(f"{path}: not a bag (expected .bag, .bag.active, .db3, .mcap or a rosbag2 folder)")
     stack = ExitStack()
     try:
-        reader = stack.enter_context(open_bag(path))
+        reader = _open_reader(path, stack)
         connection = _choose_connection(path, reader, topic)
     except UserError:
         stack.close()
         raise
-    except Exception as err:  # rosbags' reader errors: corrupt or foreign files
-        stack.close()
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: cannot read the bag ({first})") from None
     with stack:  # errors of the caller's code inside the with-block pass through unchanged
         yield ImageBag(path, reader, connection)

@@ -32,7 +32,7 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "val") -> dict[str
 
 
 # Validation figures shown in the epoch line: (label, metrics section, key).
-_EPOCH_METRICS = (("mAP", "detection", "map"), ("mIoU", "segmentation", "miou"))
+_EPOCH_METRICS = (("mAP", "detection", "map"), ("mIoU", "segmentation", "miou"), ("delta1", "depth", "delta1"))
 
 
 class RunLogger:
