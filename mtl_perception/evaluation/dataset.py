@@ -21,9 +21,9 @@ import torch
 
 from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.depth import read_depth_png_m
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.json_io import read_json
-from mtl_perception.train.dataset import read_depth_png
 
 __all__ = ["EvalDataset", "EvalSample", "SPLITS"]
 
@@ -240,7 +240,12 @@ class EvalDataset:
             self.summary.add("depth skipped (frame has no depth)")
             return None
         try:
-            return read_depth_png(self.root / depth_file, shape)
-        except UserError as err:
+            depth = read_depth_png_m(self.root / depth_file)
+        except ValueError as err:
             self.summary.fail("depth file unreadable or of the wrong size", str(err))
             return None
+        if depth.shape != shape:
+            found = f"{self.root / depth_file}: {list(depth.shape)} for an image of {list(shape)}"
+            self.summary.fail("depth file unreadable or of the wrong size", found)
+            return None
+        return depth
