@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ament_python package definition: works with `colcon build` on the robot and `pip install` in a venv."""
 
 from glob import glob
@@ -33,6 +34,7 @@ setup(
             "mtl-data = data_tools.cli:main",
             "mtl-train = mtl_perception.train.cli:main",
             "mtl-eval = mtl_perception.evaluation.cli:main",
+            "mtl-export = mtl_perception.export:main",
             "mtl-replay = mtl_perception.ros.replay:main",
             "mtl-demo = mtl_perception.demo.cli:main",
             "perception_node = mtl_perception.ros.node:main",

@@ -1,6 +1,7 @@
+# SPDX-License-Identifier: Apache-2.0
 """The perception node against the bare model, and the node under overload.
 
-Same run, same frames (640x480 camera-like sequence, bench/sequence.py), same checkpoint, CPU,
+Same run, same frames (480x640 camera-like sequence, bench/sequence.py), same checkpoint, CPU,
 same number of torch threads:
 
 1. Throughput. The bare ``Predictor`` runs the frames back to back (model fps); the node, as a
@@ -42,7 +43,9 @@ from sequence import camera_frames  # noqa: E402
 
 from mtl_perception.core.images import rgb8_to_image_fields  # noqa: E402
 from mtl_perception.checkpoint import inference_fields, save_checkpoint  # noqa: E402
+from mtl_perception.core.constants import MIN_INPUT_SIDE, parse_hw  # noqa: E402
 from mtl_perception.core.errors import run_cli  # noqa: E402
+from mtl_perception.core.stamps import ns_to_sec_nanosec  # noqa: E402
 from mtl_perception.predictor import Predictor  # noqa: E402
 from mtl_perception.replay.outputs import OutputSink  # noqa: E402
 from mtl_perception.replay.stats import ReplayStats  # noqa: E402
@@ -56,15 +59,17 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _size(text: str) -> tuple[int, int]:
-    """``WIDTHxHEIGHT`` -> ``(height, width)``."""
-    width, height = (int(v) for v in text.lower().split("x"))
-    return height, width
+    """``HEIGHTxWIDTH`` -> ``(height, width)``."""
+    try:
+        return parse_hw(text, "--input-size", MIN_INPUT_SIDE)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, help="model to run (default: random-weights ssdlite_deeplabv3)")
-    parser.add_argument("--input-size", type=_size, default=(320, 320), help="network input WIDTHxHEIGHT of the random model")
+    parser.add_argument("--input-size", type=_size, default=(320, 320), help="network input HEIGHTxWIDTH of the random model")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, model and node alike")
     parser.add_argument("--rounds", type=int, default=3, help="alternating model/node throughput rounds")
     parser.add_argument("--frames", type=int, default=20, help="frames per throughput round")
@@ -112,7 +117,7 @@ class Feeder:
     def publish(self) -> int:
         msg = self.messages[self.count % len(self.messages)]
         stamp = STAMP0 + self.count * 1_000_000
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_sec_nanosec(stamp)
         self.session.publish(stamp, msg)
         self.count += 1
         return stamp

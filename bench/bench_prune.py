@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Benchmark: fast prune vs the straightforward skimage reference, same frames, same run.
 
 The reference is what one would write first: for every frame, decode it, convert to gray and
@@ -6,7 +7,7 @@ sequentially. The fast path is ``data_tools.prune.select_frames`` (clear near-du
 on a sampled estimate, exact SSIM from cached window statistics for the rest).
 
 Both run on a realistic camera sequence (``bench.sequence``: pans, zooms, still stretches
-with sensor noise, 960x540 JPEG) in a temporary folder. Measured in one run:
+with sensor noise, 540x960 (HxW) JPEG) in a temporary folder. Measured in one run:
 
 * per core: CPU time per frame of the reference and of the fast path with ``--jobs 1`` (one
   worker thread), i.e. the same work on one core each; their ratio is the per-core speed-up;
@@ -42,6 +43,7 @@ from skimage.metrics import structural_similarity  # noqa: E402
 from bench.sequence import write_sequence  # noqa: E402
 from data_tools.prune import DEFAULT_THRESHOLD, FrameDecision, read_gray, select_frames  # noqa: E402
 from data_tools.ssim import dtype_data_range  # noqa: E402
+from mtl_perception.core.constants import parse_hw  # noqa: E402
 
 T = TypeVar("T")
 
@@ -91,14 +93,14 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=300, help="sequence length")
     parser.add_argument("--quick", action="store_true", help="short run (60 frames, one repetition) for CI")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    parser.add_argument("--size", default="960x540", help="frame size WIDTHxHEIGHT")
+    parser.add_argument("--size", default="540x960", help="frame size HEIGHTxWIDTH")
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                         else os.cpu_count() or 1, help="worker threads of the N-core run")
     parser.add_argument("--repeat", type=int, default=2, help="timing repetitions per method (best is kept)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     frames, repeat = (60, 1) if args.quick else (args.frames, args.repeat)
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    height, width = parse_hw(args.size, "--size")
 
     with tempfile.TemporaryDirectory(prefix="bench_prune_") as tmp:
         folder = write_sequence(Path(tmp), frames, args.seed, width=width, height=height)

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Does free depth supervision help detection and segmentation? An equal-budget, multi-seed test.
 
 Two arms on one architecture, trained with ``experiment_mtl.py``'s recipe, runs and scoring

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Multi-task vs single-task, and balancing methods against each other, over several seeds.
 
 For each seed: the single-task model of every task in ``--tasks`` (the same architecture with
@@ -59,7 +60,7 @@ from experiment_table import (  # noqa: E402
 from mtl_perception.core.atomic_io import write_json, write_text  # noqa: E402
 from mtl_perception.core.errors import UserError, run_cli  # noqa: E402
 from mtl_perception.core.summary import JobSummary  # noqa: E402
-from mtl_perception.demo.pipeline import BuildSettings, DemoConfig, SynthSettings, plan, run_step  # noqa: E402
+from mtl_perception.demo.pipeline import DEFAULT_CONFIG, load_demo_config, plan, run_step  # noqa: E402
 from mtl_perception.evaluation.cli import evaluate  # noqa: E402
 from mtl_perception.evaluation.dataset import EvalDataset  # noqa: E402
 from mtl_perception.evaluation.profiling import profile_model  # noqa: E402
@@ -109,11 +110,12 @@ class RunSpec:
 
 def build_dataset(workdir: Path, frames: int, log_dir: Path) -> Path:
     """The synthetic dataset (train / val / test), made with the package's own commands."""
-    config = DemoConfig(
-        workdir=workdir,
-        synth=SynthSettings(frames=frames, size="320x240", seed=1),
-        build=BuildSettings(name=f"synth{frames}", split=[0.6, 0.2, 0.2], group_by="time", window_s=1.0),
-    )
+    demo = load_demo_config(DEFAULT_CONFIG)
+    config = demo.model_copy(update={
+        "workdir": workdir,
+        "synth": demo.synth.model_copy(update={"frames": frames, "seed": 1}),
+        "build": demo.build.model_copy(update={"name": f"synth{frames}", "split": [0.6, 0.2, 0.2]}),
+    })
     if (config.dataset / "splits.json").is_file():
         return config.dataset
     for step in plan(config)[:4]:  # synth, unpack, prune, build (not the demo's train/eval/replay)
@@ -237,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS), help="balancing methods")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (one thread each)")
-    parser.add_argument("--profile-runs", type=int, default=10, help="timed batch-1 runs per model")
+    parser.add_argument("--profile-runs", type=int, default=5, help="timed batch-1 runs per model")
     parser.add_argument("--results", type=Path, help="results file (default bench/experiment_results.md; --quick: <out>/results.md)")
+    parser.add_argument("--report-only", action="store_true", help="only write the table of the runs already cached in --out")
     parser.add_argument("--quick", action="store_true", help="tiny budget and dataset: smoke check of every path")
     return parser
 
@@ -265,9 +268,13 @@ def run(args: argparse.Namespace) -> int:
     summary = JobSummary(PROG)
     results_file = args.results or (args.out / "results.md" if args.quick else ROOT / "bench/experiment_results.md")
     results: list[dict[str, Any]] = []
+    if args.report_only:  # the table of the runs already cached, nothing trained
+        caches = [args.out / spec.name / "result.json" for spec in plan_runs(args)]
+        results = [json.loads(path.read_text(encoding="utf-8")) for path in caches if path.is_file()]
+        args.jobs = 0
     # Runs are independent: ``--jobs`` of them at a time, each in its own process with one thread.
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, spec, args, data): spec for spec in plan_runs(args)}
+    with ProcessPoolExecutor(max_workers=max(args.jobs, 1), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_one, spec, args, data): spec for spec in plan_runs(args) if args.jobs}
         for future in as_completed(futures):
             spec = futures[future]
             try:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Pure helpers of ``experiment_mtl.py``: run names, the Δm metric, seed statistics, the table.
 
 No torch, no files: every function takes the per-run result dicts the experiment caches and

@@ -1,6 +1,7 @@
+# SPDX-License-Identifier: Apache-2.0
 """A realistic camera sequence for benchmarking the prune step, in the unpack layout.
 
-A virtual 640x480 camera looks at scikit-image's bundled photographs (astronaut, coffee,
+A virtual 480x640 camera looks at scikit-image's bundled photographs (astronaut, coffee,
 chelsea, rocket, ...) through a crop window that stands still, pans slowly, or moves and
 zooms fast, with occasional cuts to another photograph. Every frame gets a little sensor
 noise and is JPEG-encoded, so "still" frames are near-duplicates, not exact copies — the case
@@ -25,6 +26,7 @@ import numpy as np
 from skimage import data as skdata
 
 from mtl_perception.core.atomic_io import write_bytes, write_text
+from mtl_perception.core.constants import MANIFEST_NAME
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 MANIFEST_COLUMNS = ("index", "stamp_ns", "bag_time_ns", "frame_id", "encoding", "width", "height", "bag", "file")
@@ -113,7 +115,7 @@ def write_sequence(root: Path, count: int, seed: int = 0, bag: str = "bench_bag"
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text(folder / "manifest.csv", buffer.getvalue())
+    write_text(folder / MANIFEST_NAME, buffer.getvalue())
     return folder
 
 

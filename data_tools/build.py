@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Turn pruned frames plus annotation exports into a training dataset with grouped splits.
 
 Inputs: ``--frames`` is a folder of interim frames (``manifest.csv`` per topic, see
@@ -71,7 +72,8 @@ from data_tools import depth_targets
 from data_tools.depth_targets import DepthFrame, DepthIndex, DepthOptions, DepthStats
 from data_tools.split import SplitItem, assign_splits, parse_fractions
 from mtl_perception.core import atomic_io
-from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.constants import IGNORE_INDEX, MANIFEST_NAME
+from mtl_perception.core.images import write_image
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.labels import ClassConfig, LabeledImage, Region, label_files, load_class_config, read_labels
 from mtl_perception.core.rasterize import BoxMaskMode, frame_targets
@@ -88,7 +90,7 @@ LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 
 
 @dataclass(frozen=True)
-class Frame:
+class FrameFile:
     """One candidate image on disk."""
 
     path: Path
@@ -110,28 +112,28 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
-def discover_frames(root: Path, summary: JobSummary, skip_folder: str | None = None) -> list[Frame]:
+def discover_frames(root: Path, summary: JobSummary, skip_folder: str | None = None) -> list[FrameFile]:
     """Frames under ``root``: manifest rows where a ``manifest.csv`` exists, else image files.
 
     Topic folders named ``skip_folder`` (the depth topic) and depth-encoded rows are left out.
     """
     if not root.is_dir():
         raise UserError(f"--frames {root}: not a folder")
-    frames: list[Frame] = []
+    frames: list[FrameFile] = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # no hidden/partial outputs
         here = Path(folder)
         rel = here.relative_to(root)
-        if "manifest.csv" in files and here.name == skip_folder:
+        if MANIFEST_NAME in files and here.name == skip_folder:
             continue
-        if "manifest.csv" in files:
-            frames += _manifest_frames(here / "manifest.csv", summary)
+        if MANIFEST_NAME in files:
+            frames += _manifest_frames(here / MANIFEST_NAME, summary)
             continue
         images = [here / n for n in sorted(files) if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith(".")]
         stamps = _still_stamps([p.stem for p in images])
         for path in images:
             bag = rel.parts[0] if rel.parts else root.resolve().name
-            frames.append(Frame(path=path, bag=bag, topic="/".join(rel.parts[1:]), stamp_ns=stamps.get(path.stem),
+            frames.append(FrameFile(path=path, bag=bag, topic="/".join(rel.parts[1:]), stamp_ns=stamps.get(path.stem),
                                 width=None, height=None))
     return frames
 
@@ -149,7 +151,7 @@ def _still_stamps(stems: Sequence[str]) -> dict[str, int]:
     return values if is_time else {}
 
 
-def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
+def _manifest_frames(manifest: Path, summary: JobSummary) -> list[FrameFile]:
     frames = []
     with manifest.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -168,7 +170,7 @@ def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
             if not path.is_file():
                 summary.fail("manifest row without its file", str(path))
                 continue
-            frames.append(Frame(path=path, bag=row["bag"] or manifest.parent.parent.name, topic=manifest.parent.name,
+            frames.append(FrameFile(path=path, bag=row["bag"] or manifest.parent.parent.name, topic=manifest.parent.name,
                                 stamp_ns=_int_or_none(row["stamp_ns"]), width=_int_or_none(row.get("width")),
                                 height=_int_or_none(row.get("height"))))
     return frames
@@ -180,15 +182,15 @@ def _manifest_frames(manifest: Path, summary: JobSummary) -> list[Frame]:
 class FrameIndex:
     """Looks up the frame a labeled image refers to (see the module docstring)."""
 
-    def __init__(self, frames: Iterable[Frame]) -> None:
-        self.by_stem: dict[str, list[Frame]] = defaultdict(list)
-        self.by_stamp: dict[int, list[Frame]] = defaultdict(list)
+    def __init__(self, frames: Iterable[FrameFile]) -> None:
+        self.by_stem: dict[str, list[FrameFile]] = defaultdict(list)
+        self.by_stamp: dict[int, list[FrameFile]] = defaultdict(list)
         for frame in frames:
             self.by_stem[frame.stem].append(frame)
             if frame.stamp_ns is not None:
                 self.by_stamp[frame.stamp_ns].append(frame)
 
-    def match(self, image: LabeledImage) -> list[Frame]:
+    def match(self, image: LabeledImage) -> list[FrameFile]:
         """Candidate frames, best rule first; more than one means ambiguous."""
         candidates = self.by_stem.get(image.stem) or self.by_stem.get(LABEL_STUDIO_PREFIX.sub("", image.stem), [])
         if not candidates:
@@ -206,14 +208,14 @@ class FrameIndex:
 class Sample:
     """A frame selected for the dataset with the labeled regions that apply to it."""
 
-    frame: Frame
+    frame: FrameFile
     regions: list[Region] = field(default_factory=list)
     labeled: bool = False
     depth: DepthFrame | None = None
     depth_only: bool = False  # joins for the depth task only (no detection/segmentation labels)
 
 
-def match_labels(frames: Sequence[Frame], labeled: Iterable[LabeledImage], summary: JobSummary) -> dict[Path, Sample]:
+def match_labels(frames: Sequence[FrameFile], labeled: Iterable[LabeledImage], summary: JobSummary) -> dict[Path, Sample]:
     """Attach every labeled image's regions to its frame; record unmatched and ambiguous ones."""
     index = FrameIndex(frames)
     samples = {frame.path: Sample(frame) for frame in frames}
@@ -254,7 +256,7 @@ class BuildOptions:
     depth: DepthOptions = field(default_factory=DepthOptions)
 
 
-def _image_size(frame: Frame) -> tuple[int, int]:
+def _image_size(frame: FrameFile) -> tuple[int, int]:
     """(height, width) from the manifest, else from the file (plain image folders)."""
     if frame.width is not None and frame.height is not None:
         return frame.height, frame.width
@@ -264,22 +266,13 @@ def _image_size(frame: Frame) -> tuple[int, int]:
     return image.shape[0], image.shape[1]
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (never move); copy when linking is impossible."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _output_names(frames: Sequence[Frame]) -> dict[Path, str]:
+def _output_names(frames: Sequence[FrameFile]) -> dict[Path, str]:
     """Output file names with unique stems (masks are ``<stem>.png``).
 
     A frame keeps its own name; names whose stem occurs more than once (the same stamp in two
     bags, ``a.jpg`` next to ``a.png``) get the bag and topic as prefix, then the extension.
     """
-    def qualified(frame: Frame) -> str:  # bag and topic come from manifests: data, made safe
+    def qualified(frame: FrameFile) -> str:  # bag and topic come from manifests: data, made safe
         return "__".join(safe_component(p) for p in (frame.bag, frame.topic, frame.path.name) if p)
 
     names = {f.path: f.path.name for f in frames}
@@ -331,12 +324,12 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         else:
             mask, detections = frame_targets(sample.regions, det, seg, (height, width), options.box_masks, summary)
         annotations += [{"id": len(annotations) + k + 1, "image_id": image_id, **ann} for k, ann in enumerate(detections)]
-        atomic_io.write_with(out_dir / "masks" / mask_name, lambda p, m=mask: _imwrite(p, m))
-        _link_or_copy(frame.path, out_dir / "images" / file_name)
+        write_image(out_dir / "masks" / mask_name, mask)
+        atomic_io.link_or_copy(frame.path, out_dir / "images" / file_name)
         entry = {"id": image_id, "file_name": f"images/{file_name}", "width": width, "height": height,
                  "stamp_ns": frame.stamp_ns, "bag": frame.bag, "mask_file": f"masks/{mask_name}"}
         if depth is not None:
-            atomic_io.write_with(out_dir / "depth" / f"{stem}.png", lambda p, d=depth: _imwrite(p, d))
+            write_image(out_dir / "depth" / f"{stem}.png", depth)
             entry["depth_file"] = f"depth/{stem}.png"
             depth_stats.paired += 1
         if sample.depth_only:
@@ -373,11 +366,6 @@ def pair_depth(samples: dict[Path, Sample], index: DepthIndex, options: DepthOpt
         if options.color_folder is not None and frame.topic != options.color_folder:
             continue
         sample.depth = index.nearest(frame.bag, frame.stamp_ns, options.tolerance_ns)
-
-
-def _imwrite(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"{path}: OpenCV could not write the mask")
 
 
 def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSummary) -> list[Sample]:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-data``: one command with a subcommand per data-pipeline step.
 
 Each step lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Depth targets for ``mtl-data build``: pair colour frames with aligned depth, write ``depth/``.
 
 An RGB-D camera (RealSense, OAK-D, ZED) publishes depth aligned to the colour image on its own
@@ -24,6 +25,7 @@ import cv2
 import numpy as np
 
 from mtl_perception.core.bags import topic_dirname
+from mtl_perception.core.constants import MANIFEST_NAME
 from mtl_perception.core.depth import (
     DEFAULT_DEPTH_TOLERANCE_MS,
     DEFAULT_DEPTH_UNIT_M,
@@ -96,7 +98,7 @@ def discover_depth(root: Path, options: DepthOptions, summary: JobSummary) -> De
     assert options.folder is not None
     by_bag: dict[str, list[DepthFrame]] = {}
     seen_topics: set[str] = set()
-    for manifest in sorted(root.rglob("manifest.csv")):
+    for manifest in sorted(root.rglob(MANIFEST_NAME)):
         if any(part.startswith(".") for part in manifest.relative_to(root).parts):
             continue  # hidden: partial outputs of an interrupted job
         seen_topics.add(manifest.parent.name)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Drop near-duplicate frames: keep a frame only when it differs enough from the last KEPT one.
 
 Reads ``<raw>/<bag>/<topic_dir>/manifest.csv`` (written by ``mtl-data unpack``) and writes the
@@ -19,7 +20,7 @@ Speed: an 8-bit frame is first compared on a sample of the SSIM windows (the dis
 blocks); a clear near-duplicate, estimated at ``threshold + 0.02`` or more, is dropped on that
 estimate (its error is below 0.004 on camera footage). Every other frame, so every kept one,
 gets the exact value, which is what the manifest records. ``--exact`` computes the exact value
-for every frame (about 3x slower; decisions then equal skimage's).
+for every frame (slower; decisions then equal skimage's).
 
 Depth topics (manifest ``encoding`` 16UC1, 32FC1 or compressedDepth) are not pruned: they are
 linked whole, so every kept colour frame still finds its aligned depth frame when ``mtl-data
@@ -38,7 +39,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,7 +55,8 @@ from tqdm import tqdm
 from data_tools.ssim import (
     DEFAULT_WIN_SIZE, BlockStats, WindowStats, block_stats, sampled_ssim, ssim_from_stats, to_gray, window_stats,
 )
-from mtl_perception.core.atomic_io import atomic_path, write_json, write_text
+from mtl_perception.core.atomic_io import link_or_copy, write_json, write_text
+from mtl_perception.core.constants import MANIFEST_NAME
 from mtl_perception.core.depth import is_depth_encoding
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.names import inside
@@ -65,7 +66,6 @@ DEFAULT_THRESHOLD = 0.90
 SETTLE_MARGIN = 0.02
 """Frames estimated at ``threshold + SETTLE_MARGIN`` or more are dropped without the exact SSIM
 (5x the estimate's largest error measured on camera footage, see ``data_tools.ssim.BlockStats``)."""
-MANIFEST = "manifest.csv"
 MARKER = ".prune_complete"
 SCORE_COLUMNS = ("ssim", "compared_to")
 MARKER_VERSION = 1
@@ -254,9 +254,9 @@ class Topic:
 
 def read_manifest(folder: Path) -> tuple[list[str], list[dict[str, str]], str]:
     """Columns, rows and SHA-256 of ``folder/manifest.csv``; ``UserError`` if missing/invalid."""
-    path = folder / MANIFEST
+    path = folder / MANIFEST_NAME
     if not path.is_file():
-        raise UserError(f"{folder}: no {MANIFEST} (not an unpacked topic folder; run `mtl-data unpack` first)")
+        raise UserError(f"{folder}: no {MANIFEST_NAME} (not an unpacked topic folder; run `mtl-data unpack` first)")
     data = path.read_bytes()
     reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
     columns = list(reader.fieldnames or [])
@@ -270,17 +270,7 @@ def frame_path(folder: Path, entry: str) -> Path:
     try:
         return inside(folder, entry)
     except ValueError:
-        raise FrameError("bad file entry in manifest", f"{folder / MANIFEST}: {entry!r}") from None
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """Atomically place ``source`` at ``target`` as a hard link, or a copy if linking fails."""
-    with atomic_path(target) as tmp:
-        tmp.unlink()
-        try:
-            os.link(source, tmp)
-        except OSError:  # other filesystem, no link support, ...
-            shutil.copyfile(source, tmp)
+        raise FrameError("bad file entry in manifest", f"{folder / MANIFEST_NAME}: {entry!r}") from None
 
 
 def marker_content(threshold: float, manifest_hash: str, win_size: int,
@@ -311,7 +301,7 @@ def manifest_text(columns: list[str], rows: list[dict[str, str]]) -> str:
 def previous_outputs(out: Path) -> set[str]:
     """Frame entries listed by an earlier run's output manifest (candidates for stale removal)."""
     try:
-        with (out / MANIFEST).open(newline="", encoding="utf-8") as handle:
+        with (out / MANIFEST_NAME).open(newline="", encoding="utf-8") as handle:
             return {row["file"] for row in csv.DictReader(handle) if row.get("file")}
     except (OSError, KeyError, csv.Error):
         return set()
@@ -323,7 +313,7 @@ def write_topic(topic: Topic, columns: list[str], kept_rows: list[dict[str, str]
     stale = previous_outputs(topic.out)
     for row in kept_rows:
         link_or_copy(frame_path(topic.raw, row["file"]), frame_path(topic.out, row["file"]))
-    write_text(topic.out / MANIFEST, manifest_text(columns + list(SCORE_COLUMNS), kept_rows))
+    write_text(topic.out / MANIFEST_NAME, manifest_text(columns + list(SCORE_COLUMNS), kept_rows))
     for entry in stale - {row["file"] for row in kept_rows}:
         try:  # frames kept by a run with another threshold; our own outputs, never raw inputs
             frame_path(topic.out, entry).unlink(missing_ok=True)
@@ -423,23 +413,23 @@ def find_topics(raw: Path, out: Path, targets: Sequence[str], summary: JobSummar
             folder = Path(target) if Path(target).exists() else raw / target
             if not folder.is_dir():
                 raise UserError(f"{target}: no such bag or topic folder (also looked in {raw})")
-            if (folder / MANIFEST).is_file():
+            if (folder / MANIFEST_NAME).is_file():
                 bags.append(folder)
-            elif not any((sub / MANIFEST).is_file() for sub in folder.iterdir() if sub.is_dir()):
-                raise UserError(f"{folder}: no {MANIFEST} here or in its topic folders (run `mtl-data unpack` first)")
+            elif not any((sub / MANIFEST_NAME).is_file() for sub in folder.iterdir() if sub.is_dir()):
+                raise UserError(f"{folder}: no {MANIFEST_NAME} here or in its topic folders (run `mtl-data unpack` first)")
             else:
                 bags.append(folder)
 
     topics: list[Topic] = []
     for folder in bags:
-        if (folder / MANIFEST).is_file():  # a topic folder named directly
+        if (folder / MANIFEST_NAME).is_file():  # a topic folder named directly
             topics.append(Topic(folder, out / folder.parent.name / folder.name))
             continue
         for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-            if (sub / MANIFEST).is_file():
+            if (sub / MANIFEST_NAME).is_file():
                 topics.append(Topic(sub, out / folder.name / sub.name))
             else:
-                summary.fail(f"topic folder without {MANIFEST}", str(sub))
+                summary.fail(f"topic folder without {MANIFEST_NAME}", str(sub))
     return topics
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Deterministic train/val/test split that keeps neighbouring frames together.
 
 Consecutive frames of a robot camera are near-duplicates; splitting single frames at random

@@ -1,4 +1,6 @@
-"""Fast, exact grayscale SSIM with reusable per-frame window statistics.
+# SPDX-License-Identifier: Apache-2.0
+"""Fast, exact grayscale SSIM with reusable per-frame window statistics (and, for 8-bit
+frames, a cheap estimate from a sample of the windows: :class:`BlockStats`).
 
 Computes the same number as the reference
 ``skimage.metrics.structural_similarity(a, b, data_range=R)`` on 2-D images with its defaults:
@@ -123,7 +125,7 @@ def _buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A per-thread scratch array, reused across calls.
 
     Hand-managed because allocating fresh ~1 MB temporaries on every call costs more in page
-    faults than the arithmetic itself (measured: 3.3 ms vs 0.6 ms per 640x480 frame).
+    faults than the arithmetic itself (measured: 3.3 ms vs 0.6 ms per 480x640 frame).
     """
     buffers: dict[str, np.ndarray] = _scratch.__dict__.setdefault("buffers", {})
     array = buffers.get(name)
@@ -232,8 +234,8 @@ class BlockStats:
 
     The sample is the disjoint ``win x win`` blocks that tile the frame (one window in
     ``win^2``, spread evenly over the whole frame). Their SSIM mean estimates the full mean;
-    measured on 960x540 camera footage the estimate is within 0.004 of the exact value, at a
-    tenth of the cost. :func:`sampled_ssim` compares two of them.
+    measured on 540x960 camera footage the estimate is within 0.004 of the exact value, at
+    about a fifth of the cost. :func:`sampled_ssim` compares two of them.
     """
 
     image: np.ndarray

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Write a deterministic, labeled demo bag: a moving camera over a textured floor and wall
 with boxes, cones and balls standing on the floor, plus its COCO ground truth.
 
@@ -13,8 +14,10 @@ Output (docs/CONTRACTS.md §3): ``<out>/synth_bag/`` (rosbag2, mcap or sqlite3) 
 (``sensor_msgs/msg/CompressedImage``), and ``<out>/synth_coco.json``. Unless ``--no-depth``,
 the bag also has ``/camera/aligned_depth_to_color/image_raw``: the same scene's depth as a
 RealSense-like sensor reports it aligned to colour (``16UC1`` millimetres of z-depth, same size
-and header stamps as the colour frames, 0 = no return), see ``sensor_depth_mm``. Re-running with the same
-arguments is a no-op; other arguments over existing output need ``--force``.
+and header stamps as the colour frames, 0 = no return), see ``sensor_depth_mm``. The floor's
+depth grows towards the horizon; the wall faces the camera, so its z-depth is one value per
+frame. Re-running with the same arguments is a no-op; other arguments over existing output
+need ``--force``.
 
 Classes: ``box``, ``cone``, ``ball`` (objects: box + visible-outline polygons) and ``floor``,
 ``wall`` (stuff: RLE of the visible region); the photos above the wall are background. The
@@ -41,7 +44,8 @@ from skimage import data as skdata
 from tqdm import tqdm
 
 from mtl_perception.core import atomic_io
-from mtl_perception.core.constants import SYNTH_CAMERA_TOPIC, SYNTH_DEPTH_TOPIC
+from mtl_perception.core.constants import MIN_INPUT_SIDE, SYNTH_CAMERA_TOPIC, SYNTH_DEPTH_TOPIC, parse_hw
+from mtl_perception.core.stamps import ns_to_sec_nanosec
 from mtl_perception.core.errors import UserError
 
 OBJECT_CLASSES: tuple[str, ...] = ("box", "cone", "ball")
@@ -449,8 +453,9 @@ class _MessageFactory:
 
     def _header(self, stamp: int) -> object:
         types = self.typestore.types
+        sec, nanosec = ns_to_sec_nanosec(stamp)
         return types["std_msgs/msg/Header"](
-            stamp=types["builtin_interfaces/msg/Time"](sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000),
+            stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec),
             frame_id="camera",
         )
 
@@ -532,21 +537,11 @@ def synthesize(config: SynthConfig, out_dir: Path, show_progress: bool = True) -
 # --------------------------------------------------------------------------- command line
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
-    if w < 32 or h < 24:
-        raise UserError(f"--size {text!r}: must be at least 32x24")
-    return w, h
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/synth"),
                         help=f"output folder; receives {BAG_DIRNAME}/ and {COCO_NAME}")
     parser.add_argument("--frames", type=int, default=SynthConfig.frames, help="number of frames (30 Hz)")
-    parser.add_argument("--size", default="640x480", help="image size WIDTHxHEIGHT")
+    parser.add_argument("--size", default="480x640", help="image size HEIGHTxWIDTH")
     parser.add_argument("--encoding", choices=ENCODINGS, default="rgb8",
                         help="rgb8/bgr8: sensor_msgs/Image; jpeg/png: sensor_msgs/CompressedImage")
     parser.add_argument("--storage", choices=("mcap", "db3"), default="mcap", help="rosbag2 storage plugin")
@@ -562,7 +557,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--frames {args.frames}: must be at least 1")
     if args.objects < 0:
         raise UserError(f"--objects {args.objects}: must not be negative")
-    width, height = _parse_size(args.size)
+    try:
+        height, width = parse_hw(args.size, "--size", MIN_INPUT_SIDE)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     config = SynthConfig(frames=args.frames, width=width, height=height, encoding=args.encoding,
                          storage=args.storage, seed=args.seed, objects=args.objects, depth=args.depth)
     out_dir: Path = args.out

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Extract every image message of ROS 1 / ROS 2 bags to image files plus a manifest per topic.
 
 Inputs are bag files (.bag, .bag.active, .db3, .mcap), rosbag2 folders (with or without
@@ -40,7 +41,7 @@ import os
 import re
 import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -58,11 +59,18 @@ from mtl_perception.core.bags import (
 from mtl_perception.core import atomic_io
 from mtl_perception.core.depth import metres_to_depth_png
 from mtl_perception.core.errors import UserError
-from mtl_perception.core.images import UnsupportedEncoding, compressed_kind, decode_compressed, decode_image
+from mtl_perception.core.constants import MANIFEST_NAME
+from mtl_perception.core.images import (
+    UnsupportedEncoding,
+    compressed_kind,
+    decode_compressed,
+    decode_image,
+    write_image,
+)
+from mtl_perception.core.stamps import stamp_to_ns
 from mtl_perception.core.salvage import BagSalvageError, RecoveringReader
 from mtl_perception.core.summary import JobSummary
 
-MANIFEST = "manifest.csv"
 MARKER = ".unpack_complete"
 MANIFEST_COLUMNS = ("index", "stamp_ns", "bag_time_ns", "frame_id", "encoding", "width", "height", "bag", "file")
 # Files this command writes into a topic folder (frames and temporary files of atomic writes);
@@ -102,7 +110,7 @@ class BagResult:
 
 
 @dataclass(frozen=True)
-class Frame:
+class WrittenFrame:
     """One written frame, as it appears in the manifest."""
 
     file: str
@@ -116,16 +124,6 @@ class BagReadError(Exception):
 
 
 # ----------------------------------------------------------------------------- frame writing
-
-
-def _imwrite(path: Path, image: np.ndarray, params: Sequence[int] = ()) -> None:
-    """Atomically write an image with OpenCV (which reports failure by returning False)."""
-
-    def write(tmp: Path) -> None:
-        if not cv2.imwrite(str(tmp), image, list(params)):
-            raise OSError(f"{path}: OpenCV could not write the image")
-
-    atomic_io.write_with(path, write)
 
 
 def write_array(array: np.ndarray, stem_path: Path, options: UnpackOptions) -> Path:
@@ -146,14 +144,14 @@ def write_array(array: np.ndarray, stem_path: Path, options: UnpackOptions) -> P
         bgr = cv2.cvtColor(array, cv2.COLOR_RGBA2BGR if jpeg else cv2.COLOR_RGBA2BGRA)
     if jpeg:
         path = stem_path.with_suffix(".jpg")
-        _imwrite(path, bgr, (cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality))
+        write_image(path, bgr, (cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality))
     else:
         path = stem_path.with_suffix(".png")
-        _imwrite(path, bgr)
+        write_image(path, bgr)
     return path
 
 
-def write_frame(msg: Any, msgtype: str, stem_path: Path, options: UnpackOptions) -> Frame:
+def write_frame(msg: Any, msgtype: str, stem_path: Path, options: UnpackOptions) -> WrittenFrame:
     """Decode/validate one image message and write its file next to ``stem_path``.
 
     Runs in a thread pool: OpenCV releases the GIL while decoding and encoding.
@@ -172,7 +170,7 @@ def write_frame(msg: Any, msgtype: str, stem_path: Path, options: UnpackOptions)
         encoding = str(msg.encoding)
         array = decode_image(msg)
         path = write_array(array, stem_path, options)
-    return Frame(path.name, encoding, int(array.shape[1]), int(array.shape[0]))
+    return WrittenFrame(path.name, encoding, int(array.shape[1]), int(array.shape[0]))
 
 
 # ----------------------------------------------------------------------------- per-topic output
@@ -202,7 +200,7 @@ class TopicOutput:
         self._stems.add(stem)
         return self.folder / stem
 
-    def add(self, index: int, stamp_ns: int, bag_time_ns: int, frame_id: str, frame: Frame) -> None:
+    def add(self, index: int, stamp_ns: int, bag_time_ns: int, frame_id: str, frame: WrittenFrame) -> None:
         self.written += 1
         self.rows.append({
             "index": index, "stamp_ns": stamp_ns, "bag_time_ns": bag_time_ns, "frame_id": frame_id,
@@ -217,7 +215,7 @@ class TopicOutput:
         writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(sorted(self.rows, key=lambda row: row["index"]))
-        atomic_io.write_text(self.folder / MANIFEST, buffer.getvalue())
+        atomic_io.write_text(self.folder / MANIFEST_NAME, buffer.getvalue())
         keep = {row["file"] for row in self.rows}
         for path in self.folder.iterdir():
             if path.name not in keep and _OWN_FILE_RE.match(path.name):
@@ -238,11 +236,6 @@ def completed_messages(folder: Path, settings: dict[str, Any]) -> int | None:
 
 
 # ----------------------------------------------------------------------------- per-bag work
-
-
-def _stamp_ns(msg: Any) -> int:
-    stamp = msg.header.stamp
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def _read_messages(reader: RecoveringReader, connections: list[Connection]) -> Iterator[tuple[Connection, int, bytes]]:
@@ -269,7 +262,7 @@ def _extract(reader: RecoveringReader, outputs: dict[str, TopicOutput], connecti
     """Read the selected connections in bag order; decode+write frames in a bounded thread pool."""
     total = sum(conn.msgcount for conn in connections)
     window = 4 * options.threads  # frames in flight: bounds memory on long high-res bags
-    pending: deque[tuple[TopicOutput, int, int, int, str, Future[Frame]]] = deque()
+    pending: deque[tuple[TopicOutput, int, int, int, str, Future[WrittenFrame]]] = deque()
 
     def collect() -> None:
         out, index, stamp, bag_time, frame_id, future = pending.popleft()
@@ -290,7 +283,7 @@ def _extract(reader: RecoveringReader, outputs: dict[str, TopicOutput], connecti
             summary.add("read")
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
-                stamp = _stamp_ns(msg)
+                stamp = stamp_to_ns(msg.header.stamp)
             except Exception as err:  # rosbags raises several types for malformed CDR/ROS 1 data
                 _fail_message(summary, out, index, ValueError(f"cannot deserialize: {err}"))
                 continue

@@ -1,6 +1,7 @@
+# SPDX-License-Identifier: Apache-2.0
 """Launch the mtl_perception perception node.
 
-    ros2 launch mtl_perception perception.launch.py model:=/path/to/best.pt \
+    ros2 launch mtl_perception perception.launch.py model:=models/<name>/model.pt \
         image:=/camera/image_raw [compressed:=true] [device:=cuda] [namespace:=front] \
         [params_file:=my_perception.yaml] [use_sim_time:=true] [autostart:=false] [dds_profile:=]
 
@@ -41,7 +42,9 @@ def _share(*parts: str) -> str:
 
 def _arguments() -> list[DeclareLaunchArgument]:
     return [
-        DeclareLaunchArgument("model", default_value="", description="Checkpoint (.pt); empty = model_path from params_file."),
+        DeclareLaunchArgument("model", default_value="",
+                              description="Checkpoint, e.g. models/<name>/model.pt (mtl-export); "
+                                          "empty = model_path from params_file."),
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="Input image topic (raw)."),
         DeclareLaunchArgument("compressed", default_value="",
                               description="true: subscribe to <image>/compressed; empty = from params_file."),

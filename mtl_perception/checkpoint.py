@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Checkpoint files: what they contain, saving them atomically, loading them safely.
 
 A checkpoint is self-describing: ``model_kwargs`` (architecture, tasks, input size,

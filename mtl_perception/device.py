@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one place that knows about devices: parsing ``auto``/``cpu``/``cuda``/``cuda:N``,
 choosing FP16, and CUDA-only speed settings. Code elsewhere asks here and never checks
 ``torch.cuda`` itself, so the same code runs on the CPU (tests, CI) and the robot's GPU.
@@ -5,21 +6,19 @@ choosing FP16, and CUDA-only speed settings. Code elsewhere asks here and never 
 
 from __future__ import annotations
 
-import re
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from mtl_perception.core.constants import DEVICE_CHOICES, DEVICE_SPEC
 from mtl_perception.core.errors import UserError
-
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """Turn a user's device string into a ``torch.device``; a clear error if unavailable."""
     spec = (spec or "auto").strip().lower()
-    if not _DEVICE_RE.match(spec):
-        raise UserError(f"device {spec!r} is not one of auto, cpu, cuda, cuda:N")
+    if not DEVICE_SPEC.match(spec):
+        raise UserError(f"device {spec!r} is not one of {DEVICE_CHOICES}")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda"):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The demo report's figures, drawn with matplotlib (Agg backend: no display needed).
 
 Each function takes plain data and writes one PNG atomically, so the figures can be reused

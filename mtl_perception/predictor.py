@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Inference on single frames: the one pre/post-processing path shared by ``mtl-eval``, the
 ROS 2 node and bag replay (docs/CONTRACTS.md §7).
 

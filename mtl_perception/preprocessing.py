@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one resize from a frame to the network's input size, shared by training, evaluation and the node.
 
 A network only works as well in deployment as the pixels it is given resemble the ones it was
@@ -6,12 +7,12 @@ the node, bag replay, the experiment's scoring) therefore all resize with ``resi
 antialiased bilinear on the uint8 frame, on the CPU, before any conversion to float. The same
 frame gives the same input tensor, bit for bit, on every path (``test_preprocessing.py``).
 
-Antialiased because camera frames are usually shrunk (1280x720 -> 320x320): plain bilinear
+Antialiased because camera frames are usually shrunk (720x1280 -> 320x320): plain bilinear
 interpolation then samples only a few source pixels per output pixel and aliases thin edges,
 which differs visibly between libraries. torchvision's uint8 kernel is used (not OpenCV's
 ``INTER_AREA``) because training must resize boxes and masks with the image through
 ``transforms.v2``; on an ``[H, W, 3]`` numpy frame viewed as ``[3, H, W]`` it runs at about
-cv2's speed (0.8 ms vs 0.6 ms for 1280x720 -> 320x240 on one core).
+cv2's speed (0.8 ms vs 0.6 ms for 720x1280 -> 240x320 on one core).
 """
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Drawing predictions: colour a class-id mask, draw boxes with labels, blend the two.
 
 Used by the ROS node's overlay image, TensorBoard image grids and the demo report. Every
@@ -64,7 +65,7 @@ def colorize_mask(
         raise ValueError(f"class ids must be within 0..255 to colour a mask, got {mask.min()}..{mask.max()}")
     key = tuple(tuple(int(v) for v in colour) for colour in palette) if palette is not None else ()
     table = _cached_table(key, ignore_index, tuple(ignore_color))
-    # np.take is ~4x faster than fancy indexing (table[mask]) for a 640x480 mask.
+    # np.take is ~4x faster than fancy indexing (table[mask]) for a 480x640 mask.
     return np.take(table, mask.astype(np.uint8, copy=False), axis=0)
 
 

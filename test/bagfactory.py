@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Write tiny ROS 1 / ROS 2 bags for tests with the rosbags writers.
 
 Build messages with :func:`image_msg` / :func:`compressed_msg` (or any message of the ROS 2

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared test set-up: small thread counts, an isolated DDS domain, tiny data folders."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tiny processed datasets (docs/CONTRACTS.md section 4) written programmatically for tests.
 
 ``make_processed_dataset(tmp_path)`` writes ~8 images of 64x48 with boxes and masks: bright

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Salvage of cut-off and damaged bags: exactly the complete messages before the damage.
 
 Bags of every storage (ROS 1 uncompressed/bz2/lz4, MCAP as rosbags and as ``ros2 bag record``

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Loss weightings and gradient methods on a toy two-task model (independent of the nets)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every loss weighting, every gradient method and every architecture on the real nets."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`mtl-data build`: matching, validation, splits, idempotence, on small hand-made inputs."""
 
 from __future__ import annotations

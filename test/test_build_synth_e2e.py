@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """End to end: synth bag -> frames decoded from the bag (as unpack would) -> build."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ WIDTH, HEIGHT, FRAMES = 64, 48, 20
 def synth_args(out: Path, **over) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
-    args = parser.parse_args(["--out", str(out), "--frames", str(FRAMES), "--size", f"{WIDTH}x{HEIGHT}"])
+    args = parser.parse_args(["--out", str(out), "--frames", str(FRAMES), "--size", f"{HEIGHT}x{WIDTH}"])
     vars(args).update(over)
     return args
 

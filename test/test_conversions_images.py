@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Image conversion for the node: every encoding, padded rows, bad images, cv_bridge adapter."""
 
 from __future__ import annotations

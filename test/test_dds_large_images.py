@@ -1,4 +1,5 @@
-"""config/fastdds_large_images.xml: 640x480 rgb8 at 30 Hz, best effort, between two processes.
+# SPDX-License-Identifier: Apache-2.0
+"""config/fastdds_large_images.xml: 480x640 rgb8 at 30 Hz, best effort, between two processes.
 
 Both ends are subprocesses so each loads the profile at start-up (Fast DDS reads
 FASTRTPS_DEFAULT_PROFILES_FILE once per process, when its first participant is created).

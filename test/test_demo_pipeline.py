@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`make demo` in miniature: every step on a tiny synthetic bag, then a second run that reuses it."""
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _tiny_config(tmp_path: Path) -> Path:
     config.write_text(yaml.safe_dump({
         "workdir": str(tmp_path / "data"), "run_dir": str(tmp_path / "runs" / "demo"),
         "report_dir": str(tmp_path / "report"), "train_config": str(train),
-        "synth": {"frames": 40, "size": "96x72"}, "prune": {"threshold": 0.999}, "build": {"window_s": 0.2, "split": [0.6, 0.4, 0.0]},
+        "synth": {"frames": 40, "size": "72x96"}, "prune": {"threshold": 0.999}, "build": {"window_s": 0.2, "split": [0.6, 0.4, 0.0]},
         "replay": {"lockstep": True, "max_frames": 6},
     }))
     return config

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-eval`` with depth: metrics against an independent computation, depth-only frames."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Depth targets in the training data (reading, transforms, depth-only frames) and depth runs."""
 
 from __future__ import annotations

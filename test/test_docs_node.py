@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """docs/NODE.md is the generator's output, and it documents everything the node really has."""
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def test_launch_defaults_are_read_from_the_launch_file(generator: ModuleType, tm
     ]
 
 
-def test_readme_points_to_the_node_reference() -> None:
+def test_readme_points_to_the_node_reference_and_the_results() -> None:
     readme = README.read_text(encoding="utf-8")
-    assert "docs/NODE.md" in readme
-    assert "<!-- DEMO-RESULTS -->" in readme and "<!-- BENCH-TABLE -->" in readme
+    assert "docs/NODE.md" in readme and "docs/RESULTS.md" in readme
+    results = (REPO / "docs" / "RESULTS.md").read_text(encoding="utf-8")
+    assert results.index("<!-- BENCH-TABLE -->") < results.index("<!-- /BENCH-TABLE -->")

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-eval`` and its tolerant dataset reader on tiny hand-written datasets."""
 
 from __future__ import annotations
@@ -221,3 +222,18 @@ def test_plain_coco_export_without_classes_json(tmp_path: Path) -> None:
     assert not dataset.segmentation_available and all(s.mask is None for s in samples)
     assert len(samples) == 3 and summary.failed == 0
     assert summary.counts["segmentation not scored (no classes.json)"] == 1
+
+
+def test_table_shows_depth_errors_in_metres_and_deltas_in_percent() -> None:
+    import io
+
+    from mtl_perception.evaluation.cli import print_table
+
+    depth = {"abs_rel": 0.1234, "sq_rel": 0.05, "rmse": 1.5, "rmse_log": 0.2, "mae": 0.75,
+             "delta1": 0.9, "delta2": 0.95, "delta3": float("nan"), "frames": 3, "valid_pixels": 100}
+    stream = io.StringIO()
+    print_table({"checkpoint": "m.pt", "data": "ds", "split": "val", "num_images": 3, "depth": depth,
+                 "score": 0.5}, stream)
+    text = stream.getvalue()
+    assert "AbsRel 0.123" in text and "RMSE 1.500 m" in text
+    assert "d<1.25 90.0" in text and "d<1.25^3 n/a" in text and "combined score 50.0" in text

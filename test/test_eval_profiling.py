@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Latency, parameter and FLOP figures of the profiler on models with known cost."""
 
 from __future__ import annotations

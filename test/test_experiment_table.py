@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The pure helpers of bench/experiment_mtl.py: Δm, seed statistics, the table (no training)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared foundation: atomic writes, device parsing, checkpoint validation, CLI error handling."""
 
 from __future__ import annotations

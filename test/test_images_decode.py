@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """mtl_perception.core.images: every supported encoding decodes to the expected array."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Label readers (COCO json, CVAT XML) and rasterisation into class-id masks."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """DetectionEvaluator against pycocotools' COCOeval run directly on the same hand-made case."""
 
 from __future__ import annotations

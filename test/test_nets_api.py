@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Model API around training: parameter groups, torchjd features, frozen layers, build options."""
 
 from __future__ import annotations

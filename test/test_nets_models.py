@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every architecture builds, trains and predicts through the one model API (tiny inputs, CPU)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Pretrained starts: torchvision's own builders' state_dicts, planted in a temporary TORCH_HOME
 under the file names of the weights enums' URLs, load into every architecture as claimed.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Inference-speed options of the networks: fast mask argmax, FRCNN test-time proposals, light
 DeepLabv3 ASPP and BatchNorm momentum, and their round trip through checkpoints."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Weights in and out: local backbone files, checkpoints, mismatches as UserErrors (torchvision's
 pretrained weights: test_nets_pretrained.py)."""
 

@@ -1,9 +1,11 @@
+# SPDX-License-Identifier: Apache-2.0
 """Unit tests of the perception node's pure helpers: parameters, statistics, mailbox, messages."""
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from rclpy.qos import HistoryPolicy, ReliabilityPolicy
 from std_msgs.msg import Header
 
 from mtl_perception.predictor import Prediction
-from mtl_perception.ros.diagnostics import OK, WARN, FrameStats
+from mtl_perception.ros.diagnostics import ERROR, OK, STAGES, WARN, FrameStats
 from mtl_perception.ros.mailbox import Mailbox
 from mtl_perception.ros.messages import color_mask_message, detections_message, mask_message, overlay_message
 from mtl_perception.core.constants import MIN_INPUT_SIDE
@@ -149,6 +151,7 @@ def test_frame_stats_rates_latency_and_errors() -> None:
     assert report.level == WARN and report.new_errors == 3
     values = dict(report.key_values())
     assert values["frames dropped"] == "10" and values["errors"] == "3" and values["errors: bad image"] == "2"
+    assert values["stage p50 (ms): model"] == "n/a"  # processed() was given no stage times
     # No new errors since the last report: back to OK; the counts stay.
     again = stats.report()
     assert again.level == OK and again.errors["bad image"] == 2
@@ -168,17 +171,24 @@ def test_mailbox_keeps_only_the_newest_item() -> None:
     assert box.take(timeout=0.01) is None  # empty: times out
 
 
-def test_mailbox_put_wakes_a_waiting_worker_at_once() -> None:
-    """The worker blocks without a timeout and is notified by ``put`` (no polling delay)."""
-    box: Mailbox[float] = Mailbox()
-    woken: list[float] = []
-    worker = threading.Thread(target=lambda: woken.append(time.monotonic() - box.take()))
+def _blocked_in_take(box: Mailbox[Any]) -> None:
+    """Return once a thread waits inside ``box.take()`` (an event: the condition has a waiter)."""
+    deadline = time.monotonic() + 30.0
+    while not box._cond._waiters:  # type: ignore[attr-defined]  # CPython's Condition keeps its waiters here
+        assert time.monotonic() < deadline, "the worker never blocked in take()"
+        time.sleep(0)  # yield the GIL to the worker thread
+
+
+def test_mailbox_put_wakes_a_worker_blocked_without_timeout() -> None:
+    """The worker blocks with no timeout (no polling) and ``put`` alone wakes it with the item."""
+    box: Mailbox[int] = Mailbox()
+    taken: list[int | None] = []
+    worker = threading.Thread(target=lambda: taken.append(box.take()))
     worker.start()
-    time.sleep(0.05)  # let the worker block in take()
-    box.put(time.monotonic())
-    worker.join(timeout=2.0)
-    assert not worker.is_alive() and len(woken) == 1
-    assert woken[0] < 0.5  # a polling loop would add its period; a notify is immediate (generous bound: shared CI)
+    _blocked_in_take(box)
+    box.put(7)
+    worker.join(timeout=30.0)
+    assert not worker.is_alive() and taken == [7]
 
 
 def test_mailbox_close_wakes_a_waiting_worker() -> None:
@@ -186,6 +196,7 @@ def test_mailbox_close_wakes_a_waiting_worker() -> None:
     results: list[int | None] = []
     worker = threading.Thread(target=lambda: results.append(box.take()))
     worker.start()
+    _blocked_in_take(box)
     box.close()
     worker.join(timeout=2.0)
     assert not worker.is_alive() and results == [None]
@@ -254,3 +265,22 @@ def test_overlay_message_draws_on_a_copy_of_the_frame() -> None:
     assert (msg.encoding, msg.height, msg.width) == ("rgb8", 48, 64)
     drawn = np.frombuffer(bytes(msg.data), np.uint8).reshape(48, 64, 3)
     assert not np.array_equal(drawn, frame) and np.all(frame == 128)
+
+
+def test_frame_stats_error_while_every_frame_fails_and_stage_medians() -> None:
+    stats = FrameStats(clock=_Clock())
+    for model_ms in (10.0, 30.0, 20.0):
+        stats.processed(0.05, {"decode": 0.001, "model": model_ms / 1000.0})
+    report = stats.report()
+    assert report.level == OK and report.new_processed == 3
+    assert report.stage_p50_ms["model"] == pytest.approx(20.0) and report.stage_p50_ms["decode"] == pytest.approx(1.0)
+    values = dict(report.key_values())
+    assert values["stage p50 (ms): model"] == "20.0" and values["stage p50 (ms): publish"] == "n/a"
+    assert [key for key in values if key.startswith("stage")] == [f"stage p50 (ms): {s}" for s in STAGES]
+    stats.error("unexpected ZeroDivisionError")
+    stats.error("unexpected ZeroDivisionError")
+    assert stats.report().level == ERROR  # errors and not one frame processed since the last report
+    stats.error("bad image")
+    stats.processed(0.05)
+    assert stats.report().level == WARN  # some frames fail, others get through
+    assert stats.report().level == OK

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The package installs like an ament_python package: wheel contents and entry points."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["setup.py", "setup.cfg", "package.xml", "resource", "launch", "config", "mtl_perception", "data_tools"]
-EXECUTABLES = {"mtl-data", "mtl-train", "mtl-eval", "mtl-replay", "mtl-demo", "perception_node"}
+EXECUTABLES = {"mtl-data", "mtl-train", "mtl-eval", "mtl-export", "mtl-replay", "mtl-demo", "perception_node"}
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +106,35 @@ def test_every_package_xml_key_resolves_with_rosdep(shared: Path) -> None:
     assert depends
     unknown = sorted(key for key in depends if key not in keys and key not in packages)
     assert not unknown, f"package.xml keys rosdep cannot resolve: {unknown}"
+
+
+def test_the_node_runs_without_the_pip_only_packages() -> None:
+    """What rosdep cannot install (package.xml says so) must not be needed to decode and infer."""
+    script = """
+import importlib.abc, sys
+PIP_ONLY = ("rosbags", "pycocotools", "torchmetrics", "torchjd", "data_tools")
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in PIP_ONLY:
+            raise ImportError(f"{name} is blocked")
+sys.meta_path.insert(0, Block())
+import numpy as np
+from sensor_msgs.msg import Image
+import mtl_perception.ros.node
+import mtl_perception.predictor
+from mtl_perception.ros.conversions import UnsupportedEncoding, make_decoder, to_network_rgb
+decoder = make_decoder("builtin")
+for encoding, channels in (("rgb8", 3), ("bgr8", 3), ("mono8", 1)):
+    msg = Image(height=2, width=3, encoding=encoding, step=3 * channels, data=bytes(range(6 * channels)))
+    assert to_network_rgb(decoder, msg, False).shape == (2, 3, 3)
+bayer = Image(height=2, width=2, encoding="bayer_rggb8", step=2, data=bytes(4))
+try:
+    to_network_rgb(decoder, bayer, False)
+except UnsupportedEncoding as err:
+    assert "pip install rosbags-image" in str(err), err
+else:
+    raise AssertionError("bayer decoded without rosbags-image")
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

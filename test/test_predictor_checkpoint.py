@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Predictor.from_checkpoint with real networks (random weights, tiny inputs)."""
 
 from __future__ import annotations

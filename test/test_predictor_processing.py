@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Predictor pre/post-processing with a stub model whose outputs are known exactly."""
 
 from __future__ import annotations

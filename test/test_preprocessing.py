@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One resize everywhere: a full-size camera frame reaches the network as the same pixels in
 training, validation and deployment (``Predictor``: mtl-eval, the node, replay)."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`mtl-data prune`: keep/drop rules, output layout, resume, bad input (tiny images)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """mtl-replay's depth scoring (pure, no ROS): the bag's depth topic is the reference."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-replay --depth-topic`` end to end: an RGB-D bag into a real node, ``~/depth`` scored.
 
 The node (random weights, depth head) answers each colour frame on ``~/depth``; the replay

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-replay`` end to end: a tiny bag replayed in lockstep into a real node subprocess.
 
 Random-weights checkpoint (no download), 64x48 frames; the replay (run in-process, so torch

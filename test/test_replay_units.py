@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Pure parts of mtl-replay: ground truth by stamp, scoring, stats, CDR stamp peek, recorder, source."""
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from mtl_perception.core.labels import ClassConfig
 from mtl_perception.replay.ground_truth import load_ground_truth
 from mtl_perception.replay.outputs import DETECTIONS_TYPE, OutputSink, detections_to_arrays, header_stamp_ns
 from mtl_perception.replay.recorder import OutputRecorder, replay_typestore, vision_msgs_msg_dir
-from mtl_perception.replay.report import json_ready, write_report
+from mtl_perception.core.json_io import json_ready
+from mtl_perception.replay.report import write_report
 from mtl_perception.replay.scoring import StampScorer
 from mtl_perception.replay.source import open_image_bag
 from mtl_perception.replay.stats import ReplayStats, latency_summary

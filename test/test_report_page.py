@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The demo report: figures are drawn from data and the page shows them in a real browser."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The fast SSIM must give skimage's answer (the reference semantics of the prune step)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`mtl-data synth`: bag contents, ground truth consistency, determinism, re-runs."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ W, H, N = 64, 48, 12
 def run_synth(out: Path, *extra: str) -> int:
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
-    return synth.run(parser.parse_args(["--out", str(out), "--frames", str(N), "--size", f"{W}x{H}", *extra]))
+    return synth.run(parser.parse_args(["--out", str(out), "--frames", str(N), "--size", f"{H}x{W}", *extra]))
 
 
 def read_bag(bag: Path, depth: bool = False) -> list[tuple[str, int, object]]:

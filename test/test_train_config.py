@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Training config: validation, overrides, shipped YAML files, CLI error handling."""
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def test_overrides_are_type_checked_and_nested() -> None:
         load_config(None, ["optim.lr"])
     with pytest.raises(UserError, match="pcgard"):
         load_config(None, ["balancing.grad_method=pcgard"])
+    with pytest.raises(UserError, match="'gpu' is not one of auto, cpu, cuda, cuda:N"):
+        load_config(None, ["device=gpu"])
+    with pytest.raises(UserError, match="model.input_size"):
+        load_config(None, ["model.input_size=[16,64]"])  # below the one minimum side
 
 
 def test_every_shipped_config_is_valid_and_default_yaml_documents_every_key() -> None:

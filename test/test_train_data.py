@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Processed dataset reading and the train/eval transforms."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Training hygiene: non-finite losses never reach the weights, no weight decay where it does
 harm, and an EMA of the weights that is validated, written to best.pt and resumed exactly."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """End-to-end ``mtl-train`` runs on a tiny dataset: outputs, exact resume, bad datasets, learning."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-data unpack``: ROS 1 / ROS 2 bags -> one file per image message + manifest per topic."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from bagfactory import COMPRESSED, IMAGE, ROS2_TYPES, compressed_msg, image_msg,
 
 from data_tools import unpack
 from mtl_perception.core.bags import find_bags, output_names, topic_dirname
+from mtl_perception.core.constants import MANIFEST_NAME
 from mtl_perception.core.errors import UserError
 
 H, W = 6, 8
@@ -41,7 +43,7 @@ def run_unpack(*argv: str | Path) -> int:
 
 
 def read_manifest(folder: Path) -> list[dict[str, str]]:
-    with (folder / unpack.MANIFEST).open(newline="") as handle:
+    with (folder / MANIFEST_NAME).open(newline="") as handle:
         return list(csv.DictReader(handle))
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """vision_msgs built into the venv (tools/build_interfaces.sh): import, fields, type hash, DDS.
 
 The cross-process test proves rclpy finds the generated C type support of a package that

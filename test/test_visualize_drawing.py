@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Palette, mask colouring and overlay drawing."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Generate docs/NODE.md (the perception node's reference) and config/perception.yaml (its
 parameter file) from the code that defines the node.
 
@@ -245,10 +246,19 @@ def render() -> str:
         "",
         *(f"- `{key}`" for key in diagnostics_keys()),
         "",
-        "`<kind>` is one of `unsupported encoding`, `bad image` (truncated, empty, undecodable) and "
-        "`inference failed` (the frame is skipped), or `size changed` (the stream's resolution changed; "
-        "the frame is still processed). Input frames that arrive while the previous one is still being "
-        "processed replace the waiting frame and count as `frames dropped` (the node never builds a backlog).",
+        "`<kind>` is one of `bad message`, `unsupported encoding`, `bad image` (truncated, empty, "
+        "undecodable): the frame is skipped with a throttled warning; `unexpected <ExceptionType>`: a bug, "
+        "logged with its traceback once per kind (type and place), the frame is skipped; or `size changed` "
+        "(the stream's resolution changed; the frame is still processed). The level is WARN while errors "
+        "occur and ERROR while every frame fails (no frame processed since the last report). Input frames "
+        "that arrive while the previous one is still being processed replace the waiting frame and count "
+        "as `frames dropped` (the node never builds a backlog).",
+        "",
+        "`stage p50 (ms): <stage>` is the median time per frame of each step from arrival to publication: "
+        "`wait` (arrival until the worker takes the frame), `deserialise`, `decode` (to RGB), `preprocess` "
+        "(resize to the network input and upload), `model`, `postprocess` (thresholds, boxes and masks back to "
+        "the frame's pixels), `messages` (building the output messages) and `publish`. `bench/bench_node_latency.py` "
+        "measures the whole overhead against the bare model.",
         "",
         "## Launch arguments (`launch/perception.launch.py`)",
         "",

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Gradient methods: how the per-task gradients of one multi-task step become one update.
 
 A multi-task step has two parts: each task's own parameters (its head, and any weighting
@@ -44,7 +45,6 @@ does not expose for saving; a resumed run re-solves it from scratch on its first
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,19 +60,20 @@ from mtl_perception.core.errors import UserError
 if TYPE_CHECKING:
     from mtl_perception.balancing.weighting import LossWeighting
 
-LOG = logging.getLogger(__name__)
-
 JACOBIANS: tuple[str, ...] = ("exact", "rep")
 
 
 class GradientSync(Protocol):
     """Collective operations the backward step needs (no-ops in a single process)."""
 
-    def all_reduce_mean_(self, tensors: Sequence[Tensor]) -> None: ...
+    def all_reduce_mean_(self, tensors: Sequence[Tensor]) -> None:
+        """Average ``tensors`` in place across ranks."""
 
-    def all_reduce_grads_(self, params: Sequence[Tensor]) -> None: ...
+    def all_reduce_grads_(self, params: Sequence[Tensor]) -> None:
+        """Average the ``.grad`` of ``params`` across ranks (a missing one counts as zeros)."""
 
-    def broadcast_(self, tensors: Sequence[Tensor]) -> None: ...
+    def broadcast_(self, tensors: Sequence[Tensor]) -> None:
+        """Overwrite ``tensors`` with rank 0's values."""
 
 
 class NoSync:
@@ -185,7 +186,9 @@ class GradientBalancer:
         last_shared_params: Sequence[Tensor] = (),
     ) -> None:
         if jacobian not in JACOBIANS:
-            raise UserError(f"balancing.jacobian: {jacobian!r} is not one of {', '.join(JACOBIANS)}")
+            raise UserError(
+                f"balancing.jacobian: {jacobian!r} is not one of {', '.join(JACOBIANS)}"
+            )
         self.method = method
         self.weighting = weighting
         self.tasks = tuple(weighting.tasks)
@@ -202,7 +205,6 @@ class GradientBalancer:
         self.last_shared_params = [p for p in last_shared_params if id(p) in shared_ids]
         self.cosine_every = cosine_every
         self.sync = sync or NoSync()
-        self.skipped_steps = 0
 
     def _aggregator(self, tasks: tuple[str, ...]) -> aggregation.Aggregator:
         # One per task subset: Nash-MTL's state (last weights) is per task, and its size is fixed.
@@ -246,47 +248,47 @@ class GradientBalancer:
         losses = [weighted[t] * loss_scale if loss_scale != 1.0 else weighted[t] for t in tasks]
         # A tap computed only by frozen layers leads to no shared parameter.
         live_features = [f for f in features if f.requires_grad]
-        if not self.shared_params or not live_features:
-            stats = self._plain_backward(tasks, losses, step, loss_scale)
-        elif self.method == "none" and not self.weighting.needs_gradient_norms:
-            stats = self._plain_backward(tasks, losses, step, loss_scale)
+        plain = self.method == "none" and not self.weighting.needs_gradient_norms
+        if not self.shared_params or not live_features or plain:
+            stats = self._plain_backward(tasks, losses, step)
         elif self.jacobian == "exact" and self.method != "none":
             stats = self._exact_backward(tasks, losses, live_features, loss_scale)
         else:  # rep mode, or plain backward that also needs per-task gradient norms
             stats = self._rep_backward(tasks, losses, live_features, loss_scale)
-        if not stats.finite:
-            self.skipped_steps += 1
-            culprits = ", ".join(stats.nonfinite_tasks) or "unknown task"
-            LOG.warning(
-                "step %d: non-finite gradient (%s) with grad_method=%s; step skipped "
-                "(%d skipped so far)", step, culprits, self.method, self.skipped_steps,
-            )
         return stats
 
     # -- the three backward passes ---------------------------------------------------------
 
     def _plain_backward(
-        self, tasks: tuple[str, ...], losses: list[Tensor], step: int, loss_scale: float
+        self, tasks: tuple[str, ...], losses: list[Tensor], step: int
     ) -> BackwardStats:
         stats = BackwardStats(tasks=tasks)
         cosine_step = self.cosine_every > 0 and step % self.cosine_every == 0
         if cosine_step and len(losses) > 1 and self.shared_params:
-            # Per-task gradients cost one extra backward each, so only every ``cosine_every`` steps.
+            # Per-task gradients cost a backward each, so only every ``cosine_every`` steps.
             rows = []
             for loss in losses:
                 grads = torch.autograd.grad(
                     loss, self.shared_params, retain_graph=True, allow_unused=True
                 )
-                rows.append(torch.cat([
-                    (g if g is not None else torch.zeros_like(p)).flatten().float()
-                    for g, p in zip(grads, self.shared_params, strict=True)
-                ]))
+                rows.append(
+                    torch.cat(
+                        [
+                            (g if g is not None else torch.zeros_like(p)).flatten().float()
+                            for g, p in zip(grads, self.shared_params, strict=True)
+                        ]
+                    )
+                )
             matrix = torch.stack(rows)
             gramian = matrix @ matrix.T
             diagonal = gramian.diagonal().tolist()
-            active = [i for i, value in enumerate(diagonal) if value > 0.0 and math.isfinite(value)]
+            active = [
+                i for i, value in enumerate(diagonal) if value > 0.0 and math.isfinite(value)
+            ]
             if len(active) > 1:  # tasks without a gradient (masked out) have no direction
-                stats.cosine = cosine_from_gramian(gramian[active][:, active], [tasks[i] for i in active])
+                stats.cosine = cosine_from_gramian(
+                    gramian[active][:, active], [tasks[i] for i in active]
+                )
         if losses:
             torch.stack(losses).sum().backward()
         self.sync.all_reduce_grads_(self.shared_params + self._non_shared_params())
@@ -306,8 +308,11 @@ class GradientBalancer:
             # one pass after another is faster (default model, 128 px, batch 4: 3.2 s vs 5.0 s
             # per step), on CUDA the batched one.
             mtl_backward(
-                losses, features=features, tasks_params=[self.task_params[t] for t in tasks],
-                shared_params=self.shared_params, parallel_chunk_size=1 if device.type == "cpu" else None,
+                losses,
+                features=features,
+                tasks_params=[self.task_params[t] for t in tasks],
+                shared_params=self.shared_params,
+                parallel_chunk_size=1 if device.type == "cpu" else None,
             )
             rows = torch.tensor([self.tasks.index(t) for t in tasks], device=device)
             offset = 0
@@ -315,7 +320,9 @@ class GradientBalancer:
                 jac = getattr(param, "jac", None)
                 if jac is not None:  # torchjd leaves it out for a parameter no loss reaches
                     del param.jac
-                    matrix[:, offset : offset + size].index_copy_(0, rows, jac.reshape(len(tasks), -1).float())
+                    matrix[:, offset : offset + size].index_copy_(
+                        0, rows, jac.reshape(len(tasks), -1).float()
+                    )
                 offset += size
         self.sync.all_reduce_mean_([matrix])
         self.sync.all_reduce_grads_(self._non_shared_params())
@@ -347,18 +354,23 @@ class GradientBalancer:
                 if grad is not None:
                     matrix[row, offset : offset + size] = grad.reshape(-1).float()
                 offset += size
-            for param, grad in zip(params, grads[len(features) : len(features) + len(params)], strict=True):
+            for param, grad in zip(
+                params, grads[len(features) : len(features) + len(params)], strict=True
+            ):
                 if grad is not None:
                     self._accumulate(param, grad)
             last_grads = [g.float() for g in grads[len(features) + len(params) :] if g is not None]
             if last_grads:
-                last_norms[row] = torch.linalg.vector_norm(torch.cat([g.flatten() for g in last_grads])) / scale
+                last_norms[row] = (
+                    torch.linalg.vector_norm(torch.cat([g.flatten() for g in last_grads])) / scale
+                )
         norms = last_norms if last else None
         aggregate = self.method != "none"
         vector = self._aggregate(matrix, scale, stats, norms, aggregate=aggregate)
         if stats.finite and tasks:
             grads = [
-                chunk.view_as(f).to(f.dtype) for chunk, f in zip(vector.split(sizes), features, strict=True)
+                chunk.view_as(f).to(f.dtype)
+                for chunk, f in zip(vector.split(sizes), features, strict=True)
             ]
             torch.autograd.backward(features, grad_tensors=grads)
         elif not stats.finite:
@@ -405,19 +417,26 @@ class GradientBalancer:
         finite = torch.isfinite(diagonal)
         all_finite = bool(finite.all())
         # A task without a gradient this step (absent, or masked out on every sample) sits out.
-        active = [i for i, value in enumerate(diagonal.tolist()) if value > 0.0] if all_finite else []
+        active = (
+            [i for i, value in enumerate(diagonal.tolist()) if value > 0.0] if all_finite else []
+        )
         active_tasks = tuple(self.tasks[i] for i in active)
-        if self.weighting.needs_gradient_norms:  # same collectives on every rank, whatever the data
+        if (
+            self.weighting.needs_gradient_norms
+        ):  # same collectives on every rank, whatever the data
             row_norms = diagonal.clamp_min(0).sqrt() if norms is None else norms
             self.sync.all_reduce_mean_([row_norms])
             if active:
                 self.weighting.gradient_norm_feedback(
-                    {t: row_norms[i] for t, i in zip(active_tasks, active, strict=True)}, grad_scale=scale
+                    {t: row_norms[i] for t, i in zip(active_tasks, active, strict=True)},
+                    grad_scale=scale,
                 )
             self.sync.all_reduce_grads_(self._weighting_params())
         if not all_finite:
             stats.finite = False
-            stats.nonfinite_tasks = tuple(t for t, ok in zip(self.tasks, finite.tolist(), strict=True) if not ok)
+            stats.nonfinite_tasks = tuple(
+                t for t, ok in zip(self.tasks, finite.tolist(), strict=True) if not ok
+            )
             return torch.full_like(matrix[0], float("nan"))
         stats.tasks = active_tasks
         sub_gramian = gramian[active][:, active]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Loss weightings: how the per-task losses are combined into the scalar that is optimised.
 
 Every weighting is an ``nn.Module`` so learned weights (uncertainty) reach the optimiser via
@@ -14,7 +15,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-
 
 # Tasks whose loss is a regression (Gaussian likelihood) for uncertainty weighting's form.
 REGRESSION_TASKS: tuple[str, ...] = ("depth",)
@@ -72,21 +72,24 @@ class LossWeighting(nn.Module):
         """
         unknown = sorted(set(losses) - set(self.tasks))
         if unknown or not losses:
-            raise KeyError(f"losses for {sorted(losses)} given, weighting expects a subset of {list(self.tasks)}")
+            raise KeyError(
+                f"losses for {sorted(losses)} given; expected a subset of {list(self.tasks)}"
+            )
         present = {task: losses[task] for task in self.tasks if task in losses}
         weights = self.task_weights(present)
-        weighted = {task: weights[task] * loss + self.regularizer(task) for task, loss in present.items()}
+        weighted = {
+            task: weights[task] * loss + self.regularizer(task) for task, loss in present.items()
+        }
         total = torch.stack(list(weighted.values())).sum()
-        return WeightedLosses(total, weighted, {task: float(weights[task].detach()) for task in present})
-
-    def forward(self, losses: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """``(total loss, weight per task)``; see ``weigh`` for the per-task weighted losses."""
-        result = self.weigh(losses)
-        return result.total, result.weights
+        return WeightedLosses(
+            total, weighted, {task: float(weights[task].detach()) for task in present}
+        )
 
     def epoch_end(self, mean_losses: Mapping[str, float]) -> None:
-        """Hook called once per epoch with the epoch-mean raw loss per task (default: no-op);
-        NaN for a task that had no loss in the whole epoch."""
+        """Hook called once per epoch with the epoch-mean raw loss per task (default: no-op).
+
+        The mean is NaN for a task that had no loss in the whole epoch.
+        """
 
     def gradient_norm_feedback(self, norms: Mapping[str, Tensor], grad_scale: float = 1.0) -> None:
         """Learn from this step's gradient norms of the weighted task losses (GradNorm only).
@@ -101,8 +104,9 @@ class EqualWeighting(LossWeighting):
     """Plain sum of the task losses."""
 
     def task_weights(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Weight 1 for every task present."""
         one = next(iter(losses.values())).new_ones(())
-        return {task: one for task in losses}
+        return dict.fromkeys(losses, one)
 
 
 class ConstantWeighting(LossWeighting):
@@ -113,10 +117,13 @@ class ConstantWeighting(LossWeighting):
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(self.tasks))
         if unknown:
-            raise ValueError(f"constant weights given for unknown task(s) {unknown}; tasks are {list(self.tasks)}")
+            raise ValueError(
+                f"constant weights for unknown task(s) {unknown}; tasks are {list(self.tasks)}"
+            )
         self.weights = {task: float(weights.get(task, 1.0)) for task in self.tasks}
 
     def task_weights(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The configured weight of every task present."""
         ref = next(iter(losses.values()))
         return {task: ref.new_tensor(self.weights[task]) for task in losses}
 
@@ -142,15 +149,18 @@ class UncertaintyWeighting(LossWeighting):
         self.regression_tasks = tuple(task for task in self.tasks if task in set(regression_tasks))
 
     def task_weights(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``exp(-s_t)``, halved for a regression task."""
         return {
             task: torch.exp(-self.log_vars[task]) * (0.5 if task in self.regression_tasks else 1.0)
             for task in losses
         }
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """``s_t``: trained by the task's own backward."""
         return [self.log_vars[task]]
 
     def regularizer(self, task: str) -> Tensor:
+        """``log sigma_t = s_t / 2``."""
         return 0.5 * self.log_vars[task]
 
 
@@ -166,30 +176,38 @@ class DynamicWeightAverage(LossWeighting):
         if temperature <= 0:
             raise ValueError(f"dwa temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
-        self.history: list[dict[str, float]] = []  # epoch-mean losses, oldest first (last two kept)
+        self.history: list[
+            dict[str, float]
+        ] = []  # epoch-mean losses, oldest first (last two kept)
 
     def current_weights(self) -> dict[str, float]:
         """The weights used during the current epoch (constant within an epoch)."""
         if len(self.history) < 2:
-            return {task: 1.0 for task in self.tasks}
+            return dict.fromkeys(self.tasks, 1.0)
         previous, last = self.history[-2], self.history[-1]
-        ratios = torch.tensor([_ratio(last.get(t), previous.get(t)) for t in self.tasks], dtype=torch.float64)
+        ratios = torch.tensor(
+            [_ratio(last.get(t), previous.get(t)) for t in self.tasks], dtype=torch.float64
+        )
         weights = len(self.tasks) * torch.softmax(ratios / self.temperature, dim=0)
         return dict(zip(self.tasks, weights.tolist(), strict=True))
 
     def task_weights(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """This epoch's weights for the tasks present."""
         ref = next(iter(losses.values()))
         weights = self.current_weights()
         return {task: ref.new_tensor(weights[task]) for task in losses}
 
     def epoch_end(self, mean_losses: Mapping[str, float]) -> None:
+        """Remember this epoch's mean losses (the last two epochs are kept)."""
         self.history.append({task: float(mean_losses.get(task, math.nan)) for task in self.tasks})
         self.history = self.history[-2:]
 
     def get_extra_state(self) -> dict[str, Any]:
+        """The loss history, for checkpoints."""
         return {"history": [dict(entry) for entry in self.history]}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the loss history from a checkpoint."""
         self.history = [dict(entry) for entry in state.get("history", [])]
 
 
@@ -216,6 +234,7 @@ class BalancedMultiTaskLoss(LossWeighting):
         self.temperature = float(temperature)
 
     def task_weights(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``K softmax(L / T)`` over the K tasks present."""
         present = list(losses)
         raw = torch.stack([losses[task].detach().float() for task in present])
         if not torch.isfinite(raw).all():  # a diverged loss: fall back to equal weights this step
@@ -259,19 +278,30 @@ class GradNorm(LossWeighting):
         weights.mul_(len(self.tasks) / weights.sum())
 
     def task_weights(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The current ``w_t`` (renormalised), detached."""
         self._renormalise()
         self._last_losses = {task: loss.detach().float() for task, loss in losses.items()}
         for task, loss in self._last_losses.items():
             index = self.tasks.index(task)
-            if math.isnan(float(self.initial_losses[index])) and math.isfinite(float(loss)) and float(loss) > 0:
+            if (
+                math.isnan(float(self.initial_losses[index]))
+                and math.isfinite(float(loss))
+                and float(loss) > 0
+            ):
                 self.initial_losses[index] = loss
         weights = self.loss_weights.detach()
-        return {task: weights[self.tasks.index(task)].to(loss.dtype) for task, loss in losses.items()}
+        return {
+            task: weights[self.tasks.index(task)].to(loss.dtype) for task, loss in losses.items()
+        }
 
     def gradient_norm_feedback(self, norms: Mapping[str, Tensor], grad_scale: float = 1.0) -> None:
+        """Write ``d L_grad / d w`` into ``w.grad`` (see the class docstring)."""
         tasks = [
-            t for t in self.tasks
-            if t in norms and t in self._last_losses and not math.isnan(float(self.initial_losses[self.tasks.index(t)]))
+            t
+            for t in self.tasks
+            if t in norms
+            and t in self._last_losses
+            and not math.isnan(float(self.initial_losses[self.tasks.index(t)]))
         ]
         grad = torch.zeros_like(self.loss_weights)
         if tasks:
@@ -293,4 +323,3 @@ WEIGHTINGS: dict[str, type[LossWeighting]] = {
     "bmtl": BalancedMultiTaskLoss,
     "gradnorm": GradNorm,
 }
-

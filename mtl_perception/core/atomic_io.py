@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Atomic file writes: write to a temporary file in the same folder, then rename.
 
 A reader (or a resumed job) never sees a half-written file: either the old content or the
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +26,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -56,3 +60,16 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], Any]) -> N
     """Atomically produce ``path`` by calling ``writer(tmp_path)`` (e.g. ``cv2.imwrite``)."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Atomically place ``source`` at ``target`` as a hard link, or a copy if linking fails.
+
+    A hard link costs no space and never moves or changes ``source`` (inputs stay untouched).
+    """
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:  # other filesystem, no link support, ...
+            shutil.copyfile(source, tmp)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Facts many layers share: the mask ignore value, the smallest input side, HxW size strings.
 
 Sizes are always height first (``HxW``, ``(H, W)``), like numpy arrays and torch tensors.
@@ -5,17 +6,27 @@ Sizes are always height first (``HxW``, ``(H, W)``), like numpy arrays and torch
 
 from __future__ import annotations
 
+import re
+
 IGNORE_INDEX = 255
 """Mask value meaning "no label here": skipped by the loss and by every metric."""
 
 MIN_INPUT_SIDE = 32
 """Smallest network input height/width: below it the stride-32 feature map is empty."""
 
+MANIFEST_NAME = "manifest.csv"
+"""Per-topic frame list written by ``mtl-data unpack`` and ``prune`` (docs/CONTRACTS.md 1-2)."""
+
 SYNTH_CAMERA_TOPIC = "/camera/image_raw"
 """Colour topic of ``mtl-data synth``'s bag (``/compressed`` appended for jpeg/png)."""
 
 SYNTH_DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"
 """Aligned 16UC1 depth topic of ``mtl-data synth``'s bag."""
+
+DEVICE_SPEC = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+"""Device names the train config, the node's ``device`` parameter and the commands accept
+(lower case); whether CUDA is there is checked only when the device is used."""
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
 
 
 def parse_hw(text: str, what: str = "size", min_side: int = 1) -> tuple[int, int]:

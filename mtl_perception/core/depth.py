@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Depth images: which encodings are depth, unit conversion, invalid pixels, stamp pairing.
 
 The one place that knows the depth conventions of docs/CONTRACTS.md §11: metres in memory,
@@ -16,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mtl_perception.core.errors import UserError
+
 __all__ = [
     "DEFAULT_DEPTH_TOLERANCE_MS",
     "DEFAULT_DEPTH_UNIT_M",
@@ -27,6 +30,7 @@ __all__ = [
     "nearest_stamp",
     "read_depth_file",
     "read_depth_png_m",
+    "read_depth_target",
 ]
 
 #: ``sensor_msgs/Image`` encodings that carry depth (REP 118): integer units or float metres.
@@ -155,3 +159,20 @@ def nearest_stamp(sorted_stamps: Sequence[int], stamp: int, tolerance_ns: int) -
             if gap <= tolerance_ns and (best is None or gap < abs(sorted_stamps[best] - stamp)):
                 best = i
     return best
+
+
+def read_depth_target(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A dataset's depth map (``depth/<stem>.png``) as float32 metres ``[H, W]``, 0 = invalid.
+
+    Raises:
+        UserError: the file is unreadable, not single-channel uint16, or not of ``shape`` (HxW).
+    """
+    try:
+        depth = read_depth_png_m(path)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if depth.shape != shape:
+        raise UserError(
+            f"{path}: depth map of {list(depth.shape)} for an image of {list(shape)} (HxW)"
+        )
+    return depth

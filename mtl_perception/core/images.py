@@ -1,10 +1,14 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one place that knows ROS image encodings: messages <-> numpy arrays.
 
 Duck-typed on the ``sensor_msgs`` fields, so it works on rosbags messages (unpack, replay)
 and on rclpy messages (the ROS node) alike.
 
-Raw ``sensor_msgs/Image`` conversion is delegated to rosbags-image (which in turn uses
-OpenCV's colour conversions, including cv_bridge's Bayer pattern mapping). rosbags-image
+Raw encodings whose pixels are stored as they are (rgb8, bgr8, mono8, 16UC1, 32FC1, ...; see
+``_PLAIN_LAYOUTS``) are read by numpy alone, so the perception node needs no rosbags-image for
+ordinary cameras. Bayer and YUV conversion is delegated to rosbags-image (which in turn uses
+OpenCV's colour conversions, including cv_bridge's Bayer pattern mapping), imported only for
+those encodings (it is a pip-only dependency, not in rosdep). rosbags-image
 ignores ``step``, so padded rows come out sheared; :func:`decode_image` therefore first
 copies the pixel rows out of the padded buffer (and validates the sizes) and hands the
 library a compact message. Big-endian data is byte-swapped by the library itself.
@@ -31,14 +35,17 @@ compressedDepth (16UC1 / 32FC1 png)       ``[H, W]`` uint16 / float32 (inverse d
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from rosbags.image import ImageError, image_to_cvimage
-from rosbags.image.image import Format, to_cvtype
+
+from mtl_perception.core.atomic_io import write_with
 
 
 class UnsupportedEncoding(ValueError):
@@ -55,12 +62,15 @@ _NAMED_ENCODINGS = frozenset({
 })
 _GENERIC_ENCODINGS = frozenset({"8UC1", "8UC3", "8UC4", "16UC1", "16UC3", "16UC4", "32FC1"})
 
-# Colour-space target per source format family (rosbags-image/OpenCV do the conversion).
-_THREE_CHANNEL_SOURCES = frozenset({
-    Format.RGB, Format.BGR, Format.YUV_UYVY, Format.YUV_YUYV,
-    Format.BAYER_RG, Format.BAYER_BG, Format.BAYER_GB, Format.BAYER_GR,
-})
-_FOUR_CHANNEL_SOURCES = frozenset({Format.RGBA, Format.BGRA})
+# Encodings whose natural array is the buffer as it is: (numpy type, channels, blue first).
+# Hand-written (a plain reshape) so decoding them needs neither rosbags-image nor a conversion.
+_PLAIN_LAYOUTS: dict[str, tuple[str, int, bool]] = {
+    "rgb8": ("u1", 3, False), "bgr8": ("u1", 3, True), "rgba8": ("u1", 4, False), "bgra8": ("u1", 4, True),
+    "mono8": ("u1", 1, False), "8UC1": ("u1", 1, False), "8UC3": ("u1", 3, False), "8UC4": ("u1", 4, False),
+    "rgb16": ("u2", 3, False), "bgr16": ("u2", 3, True), "rgba16": ("u2", 4, False), "bgra16": ("u2", 4, True),
+    "mono16": ("u2", 1, False), "16UC1": ("u2", 1, False), "16UC3": ("u2", 3, False), "16UC4": ("u2", 4, False),
+    "32FC1": ("f4", 1, False),
+}
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,16 +102,12 @@ class _CompactImage:
     data: np.ndarray
 
 
-def _compact_message(msg: Any) -> tuple[str, _CompactImage]:
-    """Return (encoding, message-like) whose ``data`` has no row padding.
+def _pixel_rows(msg: Any, row_bytes: int) -> np.ndarray:
+    """``[height, row_bytes]`` uint8 view of the pixel bytes, row padding (``step``) cut off.
 
-    Hand-written because rosbags-image reads ``data`` as if ``step == width * bpp``.
     Raises ``ValueError`` when ``step`` or the data length do not fit width/height.
     """
-    encoding = canonical_encoding(msg.encoding)
-    _, _, typestr, channels = to_cvtype(encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    row_bytes = width * channels * np.dtype(typestr).itemsize
     if height <= 0 or width <= 0:
         raise ValueError(f"empty image {width}x{height}")
     if step < row_bytes:
@@ -109,31 +115,53 @@ def _compact_message(msg: Any) -> tuple[str, _CompactImage]:
     raw = np.frombuffer(msg.data, dtype=np.uint8)
     if raw.size < step * height:
         raise ValueError(f"data has {raw.size} bytes, expected step*height = {step * height}")
-    rows = raw[: step * height].reshape(height, step)[:, :row_bytes]
-    compact = _CompactImage(height, width, encoding, bool(msg.is_bigendian), np.ascontiguousarray(rows).reshape(-1))
-    return encoding, compact
+    return raw[: step * height].reshape(height, step)[:, :row_bytes]
+
+
+def _decode_plain(msg: Any, encoding: str) -> np.ndarray:
+    """The buffer of a ``_PLAIN_LAYOUTS`` encoding as its natural array (native byte order, RGB)."""
+    typestr, channels, blue_first = _PLAIN_LAYOUTS[encoding]
+    dtype = np.dtype(typestr).newbyteorder(">" if msg.is_bigendian else "<")
+    height, width = int(msg.height), int(msg.width)
+    pixels = _pixel_rows(msg, width * channels * dtype.itemsize).view(dtype).reshape(height, width, channels)
+    if blue_first:
+        pixels = pixels[:, :, [2, 1, 0, 3][:channels]]
+    if channels == 1:
+        pixels = pixels[:, :, 0]
+    return np.ascontiguousarray(pixels, dtype=dtype.newbyteorder("="))
+
+
+def _decode_converted(msg: Any, encoding: str) -> np.ndarray:
+    """Bayer and YUV encodings, converted to RGB by rosbags-image (imported only for these)."""
+    try:
+        from rosbags.image import ImageError, image_to_cvimage
+        from rosbags.image.image import to_cvtype
+    except ImportError:
+        raise UnsupportedEncoding(f"image encoding {encoding!r} needs rosbags-image (pip install rosbags-image)") from None
+    depth, _, typestr, channels = to_cvtype(encoding)
+    rows = _pixel_rows(msg, int(msg.width) * channels * np.dtype(typestr).itemsize)
+    # rosbags-image reads ``data`` as if ``step == width * bpp``: hand it the rows without padding.
+    compact = _CompactImage(int(msg.height), int(msg.width), encoding, bool(msg.is_bigendian),
+                            np.ascontiguousarray(rows).reshape(-1))
+    try:
+        array = image_to_cvimage(compact, "rgb16" if depth == 16 else "rgb8")
+    except (ImageError, cv2.error) as err:
+        raise ValueError(f"cannot convert {encoding}: {err}") from err
+    # The library returns a byte-swapped view/copy; make it native, contiguous and writable.
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
 
 
 def decode_image(msg: Any) -> np.ndarray:
     """Convert a ``sensor_msgs/Image`` to its natural array (see the module table).
 
     Honours ``step`` (padded rows) and ``is_bigendian``. Raises ``UnsupportedEncoding`` for
-    unknown encodings and ``ValueError`` when sizes do not match.
+    unknown encodings (and for Bayer/YUV without rosbags-image) and ``ValueError`` when sizes
+    do not match.
     """
-    encoding, compact = _compact_message(msg)
-    depth, fmt, _, _ = to_cvtype(encoding)
-    suffix = "16" if depth == 16 else "8"
-    target: str | None = None
-    if fmt in _THREE_CHANNEL_SOURCES:
-        target = f"rgb{suffix}"
-    elif fmt in _FOUR_CHANNEL_SOURCES:
-        target = f"rgba{suffix}"
-    try:
-        array = image_to_cvimage(compact, target)
-    except (ImageError, cv2.error) as err:
-        raise ValueError(f"cannot convert {encoding}: {err}") from err
-    # The library returns a byte-swapped view/copy; make it native, contiguous and writable.
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+    encoding = canonical_encoding(msg.encoding)
+    if encoding in _PLAIN_LAYOUTS:
+        return _decode_plain(msg, encoding)
+    return _decode_converted(msg, encoding)
 
 
 def compressed_kind(msg: Any) -> str:
@@ -255,3 +283,16 @@ def rgb8_to_image_fields(array: np.ndarray) -> dict[str, Any]:
         "data": np.ascontiguousarray(array).tobytes(),
     }
 
+
+def write_image(path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] = ()) -> None:
+    """Atomically write an image file with OpenCV (format from the suffix; BGR channel order).
+
+    Raises:
+        OSError: OpenCV could not write it (it reports failure only by returning False).
+    """
+
+    def write(tmp: Path) -> None:
+        if not cv2.imwrite(str(tmp), image, list(params)):
+            raise OSError(f"{path}: OpenCV could not write the image")
+
+    write_with(path, write)

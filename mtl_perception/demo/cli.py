@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-demo`` (``make demo``): every part of the package on the built-in synthetic bag.
 
 synth bag -> unpack -> prune -> build dataset -> train -> eval -> replay through the live
@@ -14,8 +15,9 @@ import time
 from pathlib import Path
 
 from mtl_perception.demo.pipeline import DemoConfig, Step, is_up_to_date, load_demo_config, plan, run_step
-from mtl_perception.demo.report import build_report, fmt
+from mtl_perception.demo.report import build_report
 from mtl_perception.core.errors import UserError, run_cli
+from mtl_perception.core.json_io import format_number
 
 STEP_NAMES = ("synth", "unpack", "prune", "build", "train", "eval", "replay")
 
@@ -53,7 +55,7 @@ def _print_summary(steps: list[Step], summary: dict[str, object], page: Path, to
         print(f"  {step.name:<8} {step.status:<22} {step.seconds:7.1f} s")
     print("-" * 60)
     for key, value in summary.items():
-        print(f"  {key:<{width}}  {fmt(value)}")
+        print(f"  {key:<{width}}  {format_number(value)}")
     print("-" * 60)
     print(f"  total {total_s / 60:.1f} min; report: {page.resolve()}")
     print("=" * 60)

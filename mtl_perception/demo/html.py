@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A static, self-contained HTML report page (no server, no JavaScript libraries).
 
 The page references its PNG figures by relative path so the folder can be copied or zipped.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The demo's steps: the same commands a user types, run one after another.
 
 Each step is a command line of one of the package's tools (``mtl-data``, ``mtl-train``,
@@ -25,6 +26,8 @@ from mtl_perception.core.errors import UserError
 
 
 _PROGRESS_BAR = re.compile(r"\d+%\|")
+# The demo's settings; the demo runs from a source checkout (make demo), where this file is.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
 
 
 class _Strict(BaseModel):
@@ -32,43 +35,44 @@ class _Strict(BaseModel):
 
 
 class SynthSettings(_Strict):
-    frames: int = 300
-    size: str = "320x240"
-    seed: int = 0
-    storage: str = "mcap"
-    encoding: str = "rgb8"
+    frames: int
+    size: str  # HEIGHTxWIDTH
+    seed: int
+    storage: str
+    encoding: str
 
 
 class PruneSettings(_Strict):
-    threshold: float = 0.9
+    threshold: float
 
 
 class BuildSettings(_Strict):
-    name: str = "demo"
-    det_classes: list[str] = ["box", "cone", "ball"]
-    seg_classes: list[str] = ["floor", "wall"]
-    split: list[float] = [0.8, 0.2, 0.0]
-    group_by: str = "time"
-    window_s: float = 1.0
+    name: str
+    det_classes: list[str]
+    seg_classes: list[str]
+    split: list[float]
+    group_by: str
+    window_s: float
 
 
 class ReplaySettings(_Strict):
-    lockstep: bool = True
-    max_frames: int = 0
+    lockstep: bool
+    max_frames: int = 0  # 0 = every frame; not a demo setting, a knob for quick runs
 
 
 class DemoConfig(_Strict):
-    """``config/demo.yaml``: what the demo runs and where it writes."""
+    """``config/demo.yaml``: what the demo runs and where it writes (no defaults here: the
+    file is the one place of the demo's settings; another ``--config`` file overrides it)."""
 
-    workdir: Path = Path("data/demo")
-    run_dir: Path = Path("runs/demo")
-    report_dir: Path = Path("reports/demo")
-    synth: SynthSettings = SynthSettings()
-    prune: PruneSettings = PruneSettings()
-    build: BuildSettings = BuildSettings()
-    train_config: Path = Path("config/train/demo_cpu.yaml")
+    workdir: Path
+    run_dir: Path
+    report_dir: Path
+    synth: SynthSettings
+    prune: PruneSettings
+    build: BuildSettings
+    train_config: Path
     train_overrides: list[str] = []
-    replay: ReplaySettings = ReplaySettings()
+    replay: ReplaySettings
 
     @property
     def synth_dir(self) -> Path:
@@ -95,14 +99,34 @@ class DemoConfig(_Strict):
         return self.report_dir / "replay"
 
 
-def load_demo_config(path: Path) -> DemoConfig:
-    """Read and validate the demo config; a bad key or value is one clear error."""
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        raw: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as err:
         raise UserError(f"demo config {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise UserError(f"demo config {path} is not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"demo config {path}: expected a mapping of settings")
+    return raw
+
+
+def _overlay(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied; nested mappings are merged key by key."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_demo_config(path: Path, defaults: Path = DEFAULT_CONFIG) -> DemoConfig:
+    """Read and validate a demo config laid over ``config/demo.yaml``; one clear error per problem."""
+    raw = _read_yaml(path)
+    if path.resolve() != defaults.resolve():
+        raw = _overlay(_read_yaml(defaults), raw)
     try:
         return DemoConfig.model_validate(raw)
     except ValidationError as err:

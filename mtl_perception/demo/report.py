@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Assemble the demo report from what the pipeline wrote: TensorBoard scalars of the training
 run, ``mtl-eval``'s metrics JSON and ``mtl-replay``'s report folder.
 
@@ -8,13 +9,13 @@ the report also explains a demo that stopped half-way.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mtl_perception import figures
+from mtl_perception.core.json_io import format_number
 from mtl_perception.demo.html import Figure, Table, write_page
 from mtl_perception.demo.pipeline import DemoConfig, Step
 
@@ -48,15 +49,6 @@ def _load_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    """A metric for a table: numbers rounded, missing values as 'n/a'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def headline(metrics: Mapping[str, Any] | None, replay: Mapping[str, Any] | None) -> dict[str, Any]:
     """The few figures the summary table and README quote."""
     metrics = metrics or {}
@@ -88,12 +80,12 @@ def _per_class_tables(metrics: Mapping[str, Any]) -> tuple[list[Table], dict[str
     if detection.get("per_class_ap"):
         ap, ap50 = detection["per_class_ap"], detection.get("per_class_ap_50", {})
         tables.append(Table("Detection per class (val)", ["class", "AP@[.5:.95]", "AP@.5"],
-                            [[name, fmt(ap[name]), fmt(ap50.get(name))] for name in ap]))
+                            [[name, format_number(ap[name]), format_number(ap50.get(name))] for name in ap]))
         bars["AP@.5 per class"] = {name: ap50.get(name) for name in ap}
     segmentation = metrics.get("segmentation") or {}
     if segmentation.get("per_class_iou"):
         iou = segmentation["per_class_iou"]
-        tables.append(Table("Segmentation per class (val)", ["class", "IoU"], [[name, fmt(v)] for name, v in iou.items()]))
+        tables.append(Table("Segmentation per class (val)", ["class", "IoU"], [[name, format_number(v)] for name, v in iou.items()]))
         bars["IoU per class"] = dict(iou)
     depth = metrics.get("depth") or {}
     if depth:
@@ -101,7 +93,7 @@ def _per_class_tables(metrics: Mapping[str, Any]) -> tuple[list[Table], dict[str
                  ("MAE (m)", "mae"), ("δ<1.25", "delta1"), ("δ<1.25²", "delta2"), ("δ<1.25³", "delta3"),
                  ("frames", "frames"), ("valid pixels", "valid_pixels")]
         tables.append(Table("Depth (val, every valid pixel counts once)", ["metric", "value"],
-                            [[label, fmt(depth.get(key))] for label, key in names]))
+                            [[label, format_number(depth.get(key))] for label, key in names]))
     return tables, bars
 
 
@@ -114,7 +106,7 @@ def build_report(config: DemoConfig, steps: Sequence[Step]) -> tuple[Path, dict[
     summary = headline(metrics, replay)
     tables = [
         Table("Pipeline", ["step", "status", "seconds"], [[s.name, s.status, f"{s.seconds:.1f}"] for s in steps]),
-        Table("Summary", ["figure", "value"], [[k, fmt(v)] for k, v in summary.items()]),
+        Table("Summary", ["figure", "value"], [[k, format_number(v)] for k, v in summary.items()]),
     ]
     page_figures: list[Figure] = []
     notes: dict[str, str] = {}

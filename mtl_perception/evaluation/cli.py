@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-eval``: score a checkpoint on a labelled split at the frames' original resolution.
 
 Runs the same ``Predictor`` as the robot (so pre/post-processing are what is measured) with a
@@ -13,7 +14,6 @@ status is 1 if any item failed.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.atomic_io import write_json
+from mtl_perception.core.constants import DEVICE_CHOICES
 from mtl_perception.core.errors import UserError, run_cli
+from mtl_perception.core.json_io import format_number, json_ready
 from mtl_perception.evaluation.dataset import SPLITS, EvalDataset, EvalSample
 from mtl_perception.evaluation.depth_metrics import DepthMetrics
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, type=Path, help="processed dataset folder (data/processed/<name>)")
     parser.add_argument("--split", default="val", choices=SPLITS, help="split from splits.json; 'all' = every image")
     parser.add_argument("--out", type=Path, help="metrics JSON (default: <checkpoint folder>/eval_<dataset>_<split>.json)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help=DEVICE_CHOICES)
     parser.add_argument("--half", choices=("auto", "on", "off"), default="auto", help="FP16 inference (auto = on for CUDA)")
     parser.add_argument("--score-threshold", type=float, default=0.001, help="keep detections at least this confident")
     parser.add_argument("--max-detections", type=int, default=100, help="detections per image (COCO uses 100)")
@@ -94,19 +96,9 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, batch_size: int = 1) ->
     return report
 
 
-def _json_ready(value: Any) -> Any:
-    """NaN (undefined metric) becomes JSON null: strict JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(item) for item in value]
-    return value
-
-
-def _fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * scale:.{digits}f}"
+def _fmt(value: float | None) -> str:
+    """An accuracy figure as a percentage with one decimal."""
+    return format_number(value, digits=1, scale=100.0)
 
 
 def print_table(report: dict[str, Any], stream: TextIO | None = None) -> None:
@@ -133,8 +125,8 @@ def print_table(report: dict[str, Any], stream: TextIO | None = None) -> None:
     if "depth" in report:
         d = report["depth"]
         lines.append(
-            f"  depth       AbsRel {_fmt(d['abs_rel'], 1, 3)}   SqRel {_fmt(d['sq_rel'], 1, 3)}"
-            f"   RMSE {_fmt(d['rmse'], 1, 3)} m   RMSE(log) {_fmt(d['rmse_log'], 1, 3)}   MAE {_fmt(d['mae'], 1, 3)} m"
+            f"  depth       AbsRel {format_number(d['abs_rel'])}   SqRel {format_number(d['sq_rel'])}"
+            f"   RMSE {format_number(d['rmse'])} m   RMSE(log) {format_number(d['rmse_log'])}   MAE {format_number(d['mae'])} m"
         )
         lines.append(
             f"              d<1.25 {_fmt(d['delta1'])}   d<1.25^2 {_fmt(d['delta2'])}   d<1.25^3 {_fmt(d['delta3'])}"
@@ -188,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         )
     report["summary"] = {"counts": dict(summary.counts), "problems": dict(summary.problems), "first_example": summary.first_example}
     out = args.out or args.checkpoint.parent / f"eval_{args.data.name}_{args.split}.json"
-    write_json(out, _json_ready(report))
+    write_json(out, json_ready(report))
     print_table(report)
     print(f"metrics written to {out}")
     summary.print(sys.stderr)  # explicit: the default is bound at import time

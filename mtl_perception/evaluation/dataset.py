@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Reading a labelled split for evaluation, tolerant of real-world COCO datasets.
 
 Unlike the training dataset (which refuses a flawed folder before a long run), evaluation
@@ -21,7 +22,7 @@ import torch
 
 from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.constants import IGNORE_INDEX
-from mtl_perception.core.depth import read_depth_png_m
+from mtl_perception.core.depth import read_depth_target
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.json_io import read_json
 
@@ -240,12 +241,7 @@ class EvalDataset:
             self.summary.add("depth skipped (frame has no depth)")
             return None
         try:
-            depth = read_depth_png_m(self.root / depth_file)
-        except ValueError as err:
+            return read_depth_target(self.root / depth_file, shape)
+        except UserError as err:
             self.summary.fail("depth file unreadable or of the wrong size", str(err))
             return None
-        if depth.shape != shape:
-            found = f"{self.root / depth_file}: {list(depth.shape)} for an image of {list(shape)}"
-            self.summary.fail("depth file unreadable or of the wrong size", found)
-            return None
-        return depth

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Monocular depth metrics over a whole split: AbsRel, SqRel, RMSE, RMSE(log), δ thresholds, MAE.
 
 The standard set of Eigen et al. (2014), as KITTI / NYUv2 papers report it. Pure numpy (torch

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Validation/test metrics shared by training (``best.pt`` selection) and ``mtl-eval``.
 
 - ``DetectionEvaluator``: COCO box mAP through torchmetrics' ``MeanAveragePrecision``

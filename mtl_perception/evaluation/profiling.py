@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Model cost figures reported next to the accuracy: latency, parameter count and GFLOPs.
 
 Latency is measured on the model's forward pass at batch 1 (what the robot runs per frame),

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The shared MobileNetV3-Large body: one construction recipe for every architecture.
 
 The body is torchvision's ``mobilenet_v3_large(...).features`` (state_dict keys ``features.N...``,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Monocular depth head on the shared MobileNetV3 taps, and its losses.
 
 The decoder is LR-ASPP's (torchvision's ``LRASPPHead``, MobileNetV3 paper section 6.4) with one

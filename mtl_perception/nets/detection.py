@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Detection heads on the shared MobileNetV3 taps: SSDLite and Faster R-CNN with FPN.
 
 Both subclass torchvision's detector so its anchor generators, box matchers, losses and
@@ -199,7 +200,7 @@ class TapFeaturePyramid(nn.Module):
 
 # Test-time RPN proposals kept before / after NMS. torchvision's default (1000 / 1000) is meant for
 # 800-px images; its low-resolution mobile model (``fasterrcnn_mobilenet_v3_large_320_fpn``) keeps
-# 150 / 150. The RoI box head runs once per proposal, so at 320x240 1000 proposals cost ~29 GFLOPs
+# 150 / 150. The RoI box head runs once per proposal, so at 240x320 1000 proposals cost ~29 GFLOPs
 # there (>20x the whole backbone); 150 bring it to ~4. Training keeps torchvision's 2000 / 2000
 # (the RoI head then samples 512 per image anyway, so it is not the training bottleneck).
 DEFAULT_RPN_PRE_NMS_TOP_N_TEST = 150

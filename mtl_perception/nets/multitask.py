@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The model class shared by every architecture: one backbone pass feeding one head per task.
 
 Single-task baselines are the same class with one head, so multi- and single-task models differ

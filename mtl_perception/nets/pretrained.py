@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Pretrained starts per model part through torchvision's weights API.
 
 Each part of a model can start from its own source:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Architecture names -> model construction, rebuilding models from checkpoints, parameter counts.
 
 Every architecture goes through the same ``build_model`` path: one body recipe, one input size,

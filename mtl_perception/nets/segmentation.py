@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Segmentation heads on the shared MobileNetV3 taps: DeepLabv3 (ASPP) and LR-ASPP.
 
 The heads are torchvision's ``DeepLabHead`` and ``LRASPPHead``; this module adds the part
@@ -64,7 +65,7 @@ class SegmentationHead(nn.Module):
         # ``max(dim).indices`` instead of ``argmax(dim)``: the same indices (both documented to return
         # the first maximal index on ties; NaN counts as the maximum in both), but PyTorch's CPU
         # argmax over the channel dim of a [B, C, H, W] tensor is ~10-30x slower (~25 ms vs ~1 ms at
-        # 320x240), which was a fifth of a whole SSDLite + LR-ASPP forward pass.
+        # 240x320), which was a fifth of a whole SSDLite + LR-ASPP forward pass.
         classes = self._full_resolution_logits(features, images).max(dim=1).indices
         return [{"mask": mask} for mask in classes]
 
@@ -93,7 +94,7 @@ ASPP_RATES_STRIDE32 = (3, 6, 9)
 # torchvision's (and the paper's) ASPP width; with it the head has exactly torchvision's DeepLabHead layout.
 DEFAULT_ASPP_CHANNELS = 256
 # Depthwise-separable atrous convolutions by default: speed on the robot at similar accuracy. With
-# full 3x3 convs on the 960-channel stride-32 map the head costs ~1.3 GFLOPs at 320x240, about twice
+# full 3x3 convs on the 960-channel stride-32 map the head costs ~1.3 GFLOPs at 240x320, about twice
 # the whole MobileNetV3 body (~0.6), so sharing the body saves little; separable convs bring the head
 # to ~0.3 GFLOPs (measured CPU latency gain is smaller, ~3 ms of ~23, since depthwise convs run at low
 # arithmetic efficiency on CPU). DeepLabv3+ (Chen et al. 2018, sec. 3.2 and 4) reports that

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The interface every task head implements, so the multi-task model treats all heads alike."""
 
 from __future__ import annotations

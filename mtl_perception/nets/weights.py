@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fitting stored weights into modules, with one-line ``UserError`` messages when they do not fit.
 
 ``torch.nn.Module.load_state_dict`` reports mismatches as a multi-line ``RuntimeError`` (and shape

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Depth accuracy of a replay: the node's ``~/depth`` against the bag's own depth topic.
 
 An RGB-D bag is its own ground truth: the aligned depth topic (``16UC1`` millimetres,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What happens to each message the node sends back: record it, score it, keep examples.
 
 Messages arrive as raw CDR (rclpy ``raw=True`` subscriptions), are written verbatim to the
@@ -17,6 +18,7 @@ import numpy as np
 from rosbags.serde import SerdeError
 
 from mtl_perception.core.images import decode_image
+from mtl_perception.core.stamps import NS_PER_S
 from mtl_perception.core.summary import JobSummary
 from mtl_perception.replay.depth_scoring import DepthScorer
 from mtl_perception.replay.recorder import OutputRecorder, replay_typestore
@@ -39,7 +41,7 @@ def header_stamp_ns(cdr: bytes) -> int | None:
     if len(cdr) < 12 or cdr[1:2] not in _TIME:
         return None
     sec, nanosec = _TIME[cdr[1:2]].unpack_from(cdr, 4)
-    return sec * 1_000_000_000 + nanosec
+    return sec * NS_PER_S + nanosec
 
 
 def detections_to_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Recording the node's outputs into a rosbag2 ``.mcap`` that Foxglove, rviz and rosbags read.
 
 Messages arrive already serialised (CDR bytes from ``rclpy.serialization.serialize_message``)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The replay report folder: ``report.json``, a latency histogram and example overlays.
 
 Figures reuse ``mtl_perception.figures`` (matplotlib, Agg) and overlays are drawn with
@@ -6,7 +7,6 @@ Figures reuse ``mtl_perception.figures`` (matplotlib, Agg) and overlays are draw
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,26 +15,15 @@ import cv2
 import numpy as np
 
 from mtl_perception.core import atomic_io
+from mtl_perception.core.images import write_image
+from mtl_perception.core.json_io import json_ready
 from mtl_perception.figures import example_strip, latency_histogram
 from mtl_perception.replay.outputs import Answer
 from mtl_perception.visualize import draw_prediction
 
-__all__ = ["json_ready", "write_report"]
+__all__ = ["write_report"]
 
 REPORT_NAME = "report.json"
-
-
-def json_ready(value: Any) -> Any:
-    """NaN/inf -> None and numpy scalars -> Python, recursively (strict JSON for other tools)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def write_overlays(out_dir: Path, frames: Mapping[int, np.ndarray], answers: Mapping[int, Answer],
@@ -48,7 +37,7 @@ def write_overlays(out_dir: Path, frames: Mapping[int, np.ndarray], answers: Map
         mask = answer.mask if answer.mask is not None and answer.mask.shape == rgb.shape[:2] else None
         overlay = draw_prediction(rgb, Answer(answer.boxes, answer.scores, answer.labels, answer.label_names, mask), palette)
         path = out_dir / f"overlay_{stamp}.png"
-        atomic_io.write_with(path, lambda tmp, img=overlay: cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)))
+        write_image(path, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         drawn.append(overlay)
         captions.append(f"stamp {stamp}: {len(answer.label_names)} detections")
         paths.append(path)

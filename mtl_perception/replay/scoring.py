@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Accuracy of the node's answers against ground truth, matched by header stamp.
 
 Detections arrive as class *names* (``ObjectHypothesis.class_id``) and are mapped to the

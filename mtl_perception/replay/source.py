@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The frames a replay publishes: one image topic of one bag (ROS 1 or 2, any storage).
 
 Bag access goes through ``mtl_perception.core.bags`` (rosbags ``AnyReader``; a damaged bag is
@@ -14,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Connection
 
 from mtl_perception.core.bags import COMPRESSED_TYPE, image_connections, is_bag, open_bag
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.images import decode_compressed, decode_image, to_rgb8
 from mtl_perception.core.salvage import RecoveringReader
+from mtl_perception.core.stamps import stamp_to_ns
 from mtl_perception.replay.depth_scoring import DepthReference
 
 __all__ = ["BagFrame", "ImageBag", "open_depth_reference", "open_image_bag"]
@@ -39,11 +40,6 @@ class BagFrame:
     def rgb(self) -> Any:
         """The frame as RGB uint8 (for example overlays); raises ``ValueError`` if undecodable."""
         return to_rgb8(decode_compressed(self.msg) if self.compressed else decode_image(self.msg))
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """``builtin_interfaces/Time`` (rosbags or rclpy) -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 @dataclass
@@ -104,12 +100,12 @@ def _choose_connection(path: Path, reader: RecoveringReader, topic: str | None) 
     return max(matches, key=lambda c: c.msgcount)
 
 
-def _open_reader(path: Path, stack: ExitStack) -> AnyReader:
+def _open_reader(path: Path, stack: ExitStack) -> RecoveringReader:
     """Open ``path`` on ``stack``; ``UserError`` for a missing, foreign or corrupt bag."""
     if not path.exists():
         raise UserError(f"{path}: bag not found")
     if not is_bag(path):
-        raise UserError(f"{path}: not a bag (expected .bag, .db3, .mcap or a rosbag2 folder)")
+        raise UserError(f"{path}: not a bag (expected .bag, .bag.active, .db3, .mcap or a rosbag2 folder)")
     try:
         return stack.enter_context(open_bag(path))
     except Exception as err:  # rosbags' reader errors: corrupt or foreign files
@@ -161,20 +157,12 @@ def open_depth_reference(path: str | Path, topic: str) -> Iterator[DepthReferenc
 def open_image_bag(path: str | Path, topic: str | None = None) -> Iterator[ImageBag]:
     """Open ``path`` and pick the image topic (``topic``, or the only one in the bag)."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: bag not found")
-    if not is_bag(path):
-        raise UserError(f"{path}: not a bag (expected .bag, .bag.active, .db3, .mcap or a rosbag2 folder)")
     stack = ExitStack()
     try:
-        reader = stack.enter_context(open_bag(path))
+        reader = _open_reader(path, stack)
         connection = _choose_connection(path, reader, topic)
     except UserError:
         stack.close()
         raise
-    except Exception as err:  # rosbags' reader errors: corrupt or foreign files
-        stack.close()
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: cannot read the bag ({first})") from None
     with stack:  # errors of the caller's code inside the with-block pass through unchanged
         yield ImageBag(path, reader, connection)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Frame accounting for a replay: what was sent, what was answered, how long it took.
 
 Frames are keyed by header stamp (the node copies the input header onto every output), so

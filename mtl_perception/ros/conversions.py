@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ROS image messages <-> numpy arrays for the node: the only place the node touches encodings.
 
 Decoding uses the package's own decoder (``mtl_perception.core.images``: tested on every encoding it

@@ -1,4 +1,5 @@
-"""Frame statistics for the node's ``/diagnostics``: rates, drops, latency, error counts.
+# SPDX-License-Identifier: Apache-2.0
+"""Frame statistics for the node's ``/diagnostics``: rates, drops, latency per stage, error counts.
 
 Pure Python (no rclpy) so it can be tested without ROS; the node turns ``FrameStats.report()``
 into a ``diagnostic_msgs/DiagnosticStatus``. Thread-safe: the subscription callback, the
@@ -11,10 +12,12 @@ import statistics
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 OK, WARN, ERROR = 0, 1, 2  # same values as diagnostic_msgs/DiagnosticStatus levels
+# A frame's way through the node, in order (seconds each; "wait" = arrival to the worker taking it).
+STAGES = ("wait", "deserialise", "decode", "preprocess", "model", "postprocess", "messages", "publish")
 
 
 @dataclass(frozen=True)
@@ -30,11 +33,15 @@ class StatsReport:
     latency_p95_ms: float | None
     errors: dict[str, int] = field(default_factory=dict)
     new_errors: int = 0
+    new_processed: int = 0
+    stage_p50_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def level(self) -> int:
-        """WARN while errors keep happening, else OK (the node adds ERROR when not running)."""
-        return WARN if self.new_errors else OK
+        """ERROR while every frame fails, WARN while some do, else OK (the node adds ERROR when not running)."""
+        if not self.new_errors:
+            return OK
+        return ERROR if not self.new_processed else WARN
 
     def key_values(self) -> list[tuple[str, str]]:
         """``(key, value)`` pairs in a stable order for ``DiagnosticStatus.values``."""
@@ -52,6 +59,7 @@ class StatsReport:
             ("errors", str(sum(self.errors.values()))),
         ]
         pairs += [(f"errors: {kind}", str(count)) for kind, count in sorted(self.errors.items())]
+        pairs += [(f"stage p50 (ms): {stage}", ms(self.stage_p50_ms.get(stage))) for stage in STAGES]
         return pairs
 
 
@@ -70,9 +78,11 @@ class FrameStats:
         self._arrivals: deque[float] = deque()
         self._completions: deque[float] = deque()
         self._latencies: deque[float] = deque(maxlen=latency_samples)
+        self._stages: dict[str, deque[float]] = {stage: deque(maxlen=latency_samples) for stage in STAGES}
         self._counts: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
         self._errors_reported = 0
+        self._processed_reported = 0
 
     def received(self) -> None:
         """A frame arrived from the subscription."""
@@ -85,12 +95,15 @@ class FrameStats:
         with self._lock:
             self._counts["dropped"] += n
 
-    def processed(self, latency_sec: float) -> None:
-        """A frame was processed and its results published ``latency_sec`` after arrival."""
+    def processed(self, latency_sec: float, stages: Mapping[str, float] | None = None) -> None:
+        """A frame was processed and its results published ``latency_sec`` after arrival;
+        ``stages`` maps names of ``STAGES`` to the seconds each took."""
         with self._lock:
             self._counts["processed"] += 1
             self._completions.append(self._clock())
             self._latencies.append(latency_sec)
+            for stage, seconds in (stages or {}).items():
+                self._stages[stage].append(seconds)
 
     def error(self, kind: str) -> None:
         """A frame failed (``kind`` e.g. ``unsupported encoding``, ``truncated image``)."""
@@ -100,17 +113,21 @@ class FrameStats:
     def reset(self) -> None:
         """Forget everything (e.g. on lifecycle cleanup)."""
         with self._lock:
-            for store in (self._arrivals, self._completions, self._latencies, self._counts, self._errors):
+            for store in (self._arrivals, self._completions, self._latencies, self._counts, self._errors,
+                          *self._stages.values()):
                 store.clear()
-            self._errors_reported = 0
+            self._errors_reported = self._processed_reported = 0
 
     def report(self) -> StatsReport:
-        """Snapshot of the statistics; ``new_errors`` counts errors since the previous report."""
+        """Snapshot of the statistics; ``new_errors`` / ``new_processed`` count since the previous report."""
         with self._lock:
             now = self._clock()
             total_errors = sum(self._errors.values())
             new_errors, self._errors_reported = total_errors - self._errors_reported, total_errors
+            processed = self._counts["processed"]
+            new_processed, self._processed_reported = processed - self._processed_reported, processed
             p50, p95 = _percentiles(list(self._latencies))
+            stage_p50 = {stage: statistics.median(times) * 1000.0 for stage, times in self._stages.items() if times}
             return StatsReport(
                 input_rate_hz=self._rate(self._arrivals, now),
                 processed_rate_hz=self._rate(self._completions, now),
@@ -121,6 +138,8 @@ class FrameStats:
                 latency_p95_ms=None if p95 is None else p95 * 1000.0,
                 errors=dict(self._errors),
                 new_errors=new_errors,
+                new_processed=new_processed,
+                stage_p50_ms=stage_p50,
             )
 
     def _rate(self, times: deque[float], now: float) -> float:

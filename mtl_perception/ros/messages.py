@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Build the node's output messages from a ``Prediction``; every message keeps the input header.
 
 - ``detections_message``: ``vision_msgs/Detection2DArray``, boxes as centre + size in the

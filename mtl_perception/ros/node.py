@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The ROS 2 perception node: camera frames in, detections, segmentation and depth out.
 
 A lifecycle node (``rclpy.lifecycle.LifecycleNode``):
@@ -18,9 +19,12 @@ frame (counting the one it replaces as dropped) and a worker thread deserialises
 infers and publishes, so the executor stays free for parameters, lifecycle services and
 diagnostics. The subscription is ``raw``: rclpy hands over the serialized bytes and only the
 frame the worker takes is deserialised, so frames dropped under overload cost almost nothing
-(deserialising a 640x480 rgb8 frame is a 900 KB copy). Every output carries the input header
+(deserialising a 480x640 rgb8 frame is a 900 KB copy). Every output carries the input header
 unchanged. A bad frame (malformed message, unknown encoding, truncated, empty, undecodable)
-is counted, logged with a throttled warning and skipped. Optional image outputs (colour mask,
+is counted, logged with a throttled warning and skipped; an unexpected exception (a bug) is
+counted and logged with its traceback once per kind, and /diagnostics turns ERROR while every
+frame fails. Each frame's stages (wait, deserialise, decode, preprocess, model, postprocess,
+message build, publish) are timed and their medians reported in /diagnostics. Optional image outputs (colour mask,
 overlay, colour depth) are only drawn while someone subscribes to them; the depth itself comes
 from the ``Predictor`` in metres at the frame's resolution, the node only converts it.
 """
@@ -33,6 +37,7 @@ import importlib.util
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +74,8 @@ if TYPE_CHECKING:  # the predictor imports torch; see load_predictor
 
 NODE_NAME = "perception_node"
 WARN_THROTTLE_SEC = 5.0
+# Depth encodings: on the colour input they mean a wrong remapping (warned once per encoding).
+DEPTH_ENCODINGS = frozenset({"16UC1", "32FC1", "compressedDepth"})
 # Output topics, private to the node (``~/``) so several perception nodes can run side by side.
 DETECTIONS_TOPIC = "~/detections"
 SEGMENTATION_TOPIC = "~/segmentation"
@@ -81,7 +88,7 @@ SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FA
 
 
 @dataclasses.dataclass(frozen=True)
-class Frame:
+class ReceivedFrame:
     """A received frame, still serialized (CDR bytes), and when it arrived (monotonic seconds, for latency)."""
 
     data: bytes
@@ -164,7 +171,7 @@ class PerceptionNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._stats = FrameStats()
-        self._mailbox: Mailbox[Frame] = Mailbox()
+        self._mailbox: Mailbox[ReceivedFrame] = Mailbox()
         self._predictor: Predictor | None = None
         self._decoder: ImageDecoder | None = None
         self._outputs: dict[str, Any] = {}
@@ -172,6 +179,8 @@ class PerceptionNode(LifecycleNode):
         self._input_type: type[Image] | type[CompressedImage] = Image
         self._worker: threading.Thread | None = None
         self._last_size: tuple[int, int] | None = None
+        self._warned_encodings: set[str] = set()
+        self._logged_bugs: set[str] = set()
         self._active = False
         self._fatal: str | None = None
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile_system_default)
@@ -311,23 +320,34 @@ class PerceptionNode(LifecycleNode):
     def _on_image(self, data: bytes) -> None:
         """Subscription callback (raw): keep only the newest serialized frame for the worker."""
         self._stats.received()
-        if self._mailbox.put(Frame(data, time.monotonic())):
+        if self._mailbox.put(ReceivedFrame(data, time.monotonic())):
             self._stats.dropped()
 
     def _run_worker(self) -> None:
         while (frame := self._mailbox.take()) is not None:
             self._process(frame)
 
-    def _process(self, frame: Frame) -> None:
-        """Deserialise, decode, infer and publish one frame; a bad frame is counted and skipped."""
-        settings, predictor = self.settings, self._predictor
+    def _process(self, frame: ReceivedFrame) -> None:
+        """One frame; a bug (unexpected exception) is logged with its traceback and counted."""
+        predictor = self._predictor
         if predictor is None:
             return
+        try:
+            self._process_frame(frame, predictor, self.settings)
+        except Exception as err:  # noqa: BLE001 (a bug in one frame must not stop the robot's perception)
+            self._unexpected_error(err)
+
+    def _process_frame(self, frame: ReceivedFrame, predictor: Predictor, settings: Settings) -> None:
+        """Deserialise, decode, infer and publish one frame, timing each stage; a bad frame is skipped."""
+        clock = time.monotonic
+        start = clock()
         try:
             msg = deserialize_message(frame.data, self._input_type)
         except RuntimeError as err:  # rclpy's RMWError (private type) for malformed CDR
             self._frame_error("bad message", err)
             return
+        deserialised = clock()
+        self._check_depth_encoding(msg, settings.compressed)
         try:
             rgb = to_network_rgb(self._decoder, msg, settings.compressed)
         except UnsupportedEncoding as err:
@@ -336,14 +356,26 @@ class PerceptionNode(LifecycleNode):
         except ValueError as err:
             self._frame_error("bad image", err)
             return
+        decoded = clock()
         self._check_size(rgb.shape[:2])
-        try:
-            prediction = predictor.predict(rgb)
-        except Exception as err:  # keep running: one failed frame must not stop the robot's perception
-            self._frame_error("inference failed", err)
-            return
-        self._publish(msg.header, rgb, prediction, settings)
-        self._stats.processed(time.monotonic() - frame.received)
+        prediction = predictor.predict(rgb)
+        predicted = clock()
+        messages = self._messages(msg.header, rgb, prediction, settings)
+        built = clock()
+        for publisher, message in messages:
+            publisher.publish(message)
+        published = clock()
+        timing = prediction.timing
+        self._stats.processed(published - frame.received, {
+            "wait": start - frame.received,
+            "deserialise": deserialised - start,
+            "decode": decoded - deserialised,
+            "preprocess": timing.preprocess_ms / 1000.0,
+            "model": timing.inference_ms / 1000.0,
+            "postprocess": timing.postprocess_ms / 1000.0,
+            "messages": built - predicted,
+            "publish": published - built,
+        })
 
     def _check_size(self, size: tuple[int, int]) -> None:
         """Count and warn when the stream's resolution changes (the frame is still processed)."""
@@ -353,30 +385,62 @@ class PerceptionNode(LifecycleNode):
                                       throttle_duration_sec=WARN_THROTTLE_SEC)
         self._last_size = size
 
+    def _check_depth_encoding(self, msg: Any, compressed: bool) -> None:
+        """Warn once per encoding when depth images arrive on the colour input (a wrong remapping)."""
+        encoding = str(msg.format if compressed else msg.encoding).strip()
+        kind = "compressedDepth" if compressed and "compresseddepth" in encoding.lower() else encoding.upper()
+        if kind not in DEPTH_ENCODINGS or kind in self._warned_encodings:
+            return
+        self._warned_encodings.add(kind)
+        self.get_logger().warning(
+            f"frames on {self._subscription_topic()} are {encoding}, a depth encoding: is a depth topic remapped "
+            "to the colour input `image`? They are processed as grey images (min-max scaled), which is "
+            "almost never meant")
+
+    def _subscription_topic(self) -> str:
+        subscription = self._subscription
+        return subscription.topic_name if subscription is not None else "the input topic"
+
     def _frame_error(self, kind: str, err: Exception) -> None:
         self._stats.error(kind)
         self.get_logger().warning(f"skipped a frame: {kind}: {err}", throttle_duration_sec=WARN_THROTTLE_SEC)
 
-    def _publish(self, header: Any, rgb: np.ndarray, prediction: Prediction, settings: Settings) -> None:
-        """Publish every enabled output for one frame, all with the input's ``header``."""
+    def _unexpected_error(self, err: Exception) -> None:
+        """A bug: counted every time, logged with its traceback the first time per kind (type + place)."""
+        where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+        kind = f"{type(err).__name__} at {where.filename}:{where.lineno}" if where else type(err).__name__
+        self._stats.error(f"unexpected {type(err).__name__}")
+        if kind in self._logged_bugs:
+            return
+        self._logged_bugs.add(kind)
+        trace = "".join(traceback.format_exception(err))
+        self.get_logger().error(f"unexpected error while processing a frame (logged once per kind, every one is "
+                                f"counted in /diagnostics; the node goes on with the next frame):\n{trace}")
+
+    def _messages(self, header: Any, rgb: np.ndarray, prediction: Prediction,
+                  settings: Settings) -> list[tuple[Any, Any]]:
+        """Every enabled output for one frame as (publisher, message), all with the input's ``header``."""
         pubs = self._outputs
+        out: list[tuple[Any, Any]] = []
         palette = _triplets(settings.palette) or self._predictor_palette()
         if settings.publish_detections and "detection" in self._tasks():
-            pubs["detections"].publish(detections_message(prediction, header))
+            out.append((pubs["detections"], detections_message(prediction, header)))
         if prediction.mask is not None:
             if settings.publish_segmentation:
-                pubs["segmentation"].publish(mask_message(prediction.mask, header))
-            # Colourising (~1.5 ms at 640x480) and drawing (a few ms) only while someone is looking;
+                out.append((pubs["segmentation"], mask_message(prediction.mask, header)))
+            # Colourising (~1.5 ms at 480x640) and drawing (a few ms) only while someone is looking;
             # the class-id mask is always published (replay evaluation and recorders rely on it).
             if settings.publish_color and _has_subscribers(pubs["color"]):
-                pubs["color"].publish(color_mask_message(prediction.mask, palette, header))
+                out.append((pubs["color"], color_mask_message(prediction.mask, palette, header)))
         if settings.publish_overlay and _has_subscribers(pubs["overlay"]):
-            pubs["overlay"].publish(overlay_message(rgb, prediction, palette, settings.overlay_alpha, header))
+            out.append((pubs["overlay"], overlay_message(rgb, prediction, palette, settings.overlay_alpha, header)))
         if prediction.depth is not None:
             if settings.publish_depth:
-                pubs["depth"].publish(depth_message(prediction.depth, header))
+                out.append((pubs["depth"], depth_message(prediction.depth, header)))
             if settings.publish_depth_color and _has_subscribers(pubs["depth_color"]):
-                pubs["depth_color"].publish(color_depth_message(prediction.depth, settings.depth_color_max, header))
+                out.append((pubs["depth_color"],
+                            color_depth_message(prediction.depth, settings.depth_color_max, header)))
+        return out
 
     def _predictor_palette(self) -> list[tuple[int, ...]]:
         predictor = self._predictor
@@ -415,8 +479,12 @@ class PerceptionNode(LifecycleNode):
         status = DiagnosticStatus(name=f"{self.get_name()}: perception", hardware_id=self._device_name())
         if self._active:
             status.level = bytes([report.level])
-            status.message = (f"{report.processed_rate_hz:.1f} Hz, {report.new_errors} new errors"
-                              if report.new_errors else f"{report.processed_rate_hz:.1f} Hz")
+            if report.level == ERROR:
+                status.message = f"every frame fails: {report.new_errors} errors since the last report, none processed"
+            elif report.new_errors:
+                status.message = f"{report.processed_rate_hz:.1f} Hz, {report.new_errors} new errors"
+            else:
+                status.message = f"{report.processed_rate_hz:.1f} Hz"
         else:
             status.level = bytes([ERROR if self._fatal else WARN])
             status.message = self._fatal or "inactive"

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The perception node's parameters: one table of names, defaults, ranges and descriptions.
 
 Everything that describes a parameter lives in ``PARAMETERS`` so the declarations (with
@@ -17,16 +18,13 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
-from mtl_perception.core.constants import MIN_INPUT_SIDE, parse_hw
+from mtl_perception.core.constants import DEVICE_CHOICES, DEVICE_SPEC, MIN_INPUT_SIDE, parse_hw
 from mtl_perception.core.errors import UserError
 from mtl_perception.ros.conversions import DECODERS
 
 #: A value check: returns ``None`` when fine, else the reason (without the parameter name).
 Check = Callable[[Any], "str | None"]
 
-# Same spelling that mtl_perception.device.resolve_device accepts; availability of CUDA is
-# checked later, when the model is loaded.
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _REJECTED_VALUE_RE = re.compile(r"Invalid parameter value \((.*?)\)")
 
 
@@ -38,7 +36,7 @@ def _one_of(*choices: str) -> Check:
 
 
 def _device(value: str) -> str | None:
-    return None if _DEVICE_RE.match(value.strip().lower()) else f"{value!r} is not one of auto, cpu, cuda, cuda:N"
+    return None if DEVICE_SPEC.match(value.strip().lower()) else f"{value!r} is not one of {DEVICE_CHOICES}"
 
 
 def parse_input_size(value: str) -> tuple[int, ...]:
@@ -112,7 +110,7 @@ _ARRAY_TYPES = (Parameter.Type.STRING_ARRAY, Parameter.Type.INTEGER_ARRAY, Param
 _T = Parameter.Type
 PARAMETERS: tuple[ParamSpec, ...] = (
     # -- model (read-only: changing any of these means loading the model again)
-    ParamSpec("model_path", "", _T.STRING, "Checkpoint file (.pt) written by mtl-train; required.", read_only=True),
+    ParamSpec("model_path", "", _T.STRING, "Checkpoint file (.pt): models/<name>/model.pt from mtl-export (or a run's best.pt); required.", read_only=True),
     ParamSpec("device", "auto", _T.STRING, "Inference device: auto (CUDA if available), cpu, cuda or cuda:N.",
               read_only=True, check=_device, constraints="auto | cpu | cuda | cuda:N"),
     ParamSpec("half", "auto", _T.STRING, "FP16 inference: auto (on for CUDA, off for CPU), true or false.",

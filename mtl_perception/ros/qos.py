@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Input QoS for the camera subscription, built from the node's parameters.
 
 The default matches ``rclpy.qos.qos_profile_sensor_data`` (best effort, keep last) with a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-replay``: evaluate the live perception node by replaying a bag into it over DDS.
 
 The bag's image topic (``sensor_msgs/Image`` or ``CompressedImage``, ROS 1 or 2, any storage)
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import math
 import os
 import queue
 import threading
@@ -55,6 +55,8 @@ from mtl_perception.core.summary import JobSummary
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.core.depth import DEFAULT_DEPTH_TOLERANCE_MS, DEFAULT_DEPTH_UNIT_M
 from mtl_perception.core.errors import UserError, run_cli
+from mtl_perception.core.json_io import format_number
+from mtl_perception.core.stamps import ns_to_sec_nanosec
 from mtl_perception.core.labels import BACKGROUND, ClassConfig, load_class_config
 from mtl_perception.replay.ground_truth import GroundTruth, load_ground_truth
 from mtl_perception.replay.outputs import DETECTIONS_TYPE, IMAGE_TYPE, OutputSink, header_stamp_ns
@@ -108,7 +110,8 @@ def output_topics(namespace: str, record_color: bool, record_overlay: bool) -> l
 def to_ros_message(frame: BagFrame) -> Image | CompressedImage:
     """The rclpy message for a bag frame (header, encoding and bytes unchanged)."""
     src = frame.msg
-    stamp = Time(sec=frame.stamp_ns // 1_000_000_000, nanosec=frame.stamp_ns % 1_000_000_000)
+    sec, nanosec = ns_to_sec_nanosec(frame.stamp_ns)
+    stamp = Time(sec=sec, nanosec=nanosec)
     header = Header(stamp=stamp, frame_id=str(src.header.frame_id))
     data = np.asarray(src.data, dtype=np.uint8).tobytes()  # bytes: the fast path (never an ndarray)
     if frame.compressed:
@@ -453,17 +456,13 @@ def _accuracy(scorer: StampScorer | None, depth_scorer: DepthScorer | None) -> d
     return accuracy
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
 def _print_summary(report: dict[str, Any], path: Path) -> None:
     """Two or three lines on stdout: frames and latency, then accuracy when scored."""
     latency = report["latency_ms"]
-    fmt = _fmt
+    fmt = format_number
     print(f"{PROG}: {report['frames_answered']}/{report['frames_sent']} frames answered, "
-          f"{report['frames_dropped']} dropped; latency ms p50 {fmt(latency['p50'])} p95 {fmt(latency['p95'])} "
-          f"p99 {fmt(latency['p99'])} max {fmt(latency['max'])}; report {path}")
+          f"{report['frames_dropped']} dropped; latency ms p50 {fmt(latency['p50'], 1)} p95 {fmt(latency['p95'], 1)} "
+          f"p99 {fmt(latency['p99'], 1)} max {fmt(latency['max'], 1)}; report {path}")
     accuracy = report.get("accuracy") or {}
     if "detection" in accuracy:
         detection = accuracy["detection"]

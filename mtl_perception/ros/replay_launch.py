@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Starting the perception node as a subprocess for a replay (or a benchmark) and stopping it.
 
 The node runs as ``python -m mtl_perception.ros.node`` with ``autostart`` and the input topic

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Training-state checkpoints on top of ``mtl_perception.checkpoint`` (CONTRACTS section 5).
 
 ``training_payload`` collects everything needed to continue a run exactly (model, optimiser,
@@ -149,12 +150,15 @@ def restore_training_state(
         best_score=float(checkpoint.get("best_score", float("-inf"))),
         metrics=dict(checkpoint.get("metrics") or {}),
         epoch_loss_sums={k: float(v) for k, v in (checkpoint.get("epoch_loss_sums") or {}).items()},
-        # Checkpoints from before per-task counts: every task had a loss on every step.
-        epoch_loss_counts={
-            k: int(v)
-            for k, v in (
-                checkpoint.get("epoch_loss_counts")
-                or dict.fromkeys(checkpoint.get("epoch_loss_sums") or {}, int(checkpoint.get("step_in_epoch", 0)))
-            ).items()
-        },
+        epoch_loss_counts=_loss_counts(checkpoint),
     )
+
+
+def _loss_counts(checkpoint: dict[str, Any]) -> dict[str, int]:
+    """Steps with a loss per task this epoch; checkpoints from before per-task counts had a loss
+    for every task on every step."""
+    counts = checkpoint.get("epoch_loss_counts")
+    if counts is None:
+        steps = int(checkpoint.get("step_in_epoch", 0))
+        counts = dict.fromkeys(checkpoint.get("epoch_loss_sums") or {}, steps)
+    return {task: int(count) for task, count in counts.items()}

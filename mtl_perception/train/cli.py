@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-train``: train a multi-task model from a YAML config.
 
     mtl-train --config config/train/demo_cpu.yaml [key=value ...] [--resume]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The training configuration: a validated pydantic model loaded from YAML plus overrides.
 
 Every key has a type and a default; an unknown or misspelt key is an error that lists the
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from mtl_perception.balancing import GRAD_METHODS, JACOBIANS, REGRESSION_TASKS, WEIGHTINGS
 from mtl_perception.core.atomic_io import write_text
-from mtl_perception.core.constants import MIN_INPUT_SIDE
+from mtl_perception.core.constants import DEVICE_CHOICES, DEVICE_SPEC, MIN_INPUT_SIDE
 from mtl_perception.core.errors import UserError
 
 
@@ -89,7 +90,7 @@ class BalancingConfig(Section):
     jacobian: str = "exact"
     task_weights: dict[str, float] = Field(default_factory=dict)  # for weighting=constant
     init_log_var: float = 0.0  # uncertainty
-    # uncertainty: tasks with a regression loss (Kendall's 1/(2 sigma^2) form); others classification
+    # uncertainty: tasks weighed in the regression form 1/(2 sigma^2); the others 1/sigma^2
     regression_tasks: list[str] = Field(default_factory=lambda: list(REGRESSION_TASKS))
     gradnorm_alpha: float = Field(1.5, ge=0)  # gradnorm: pull towards equal training rates
     dwa_temperature: float = Field(2.0, gt=0)
@@ -140,6 +141,14 @@ class TrainConfig(Section):
     balancing: BalancingConfig = Field(default_factory=BalancingConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, value: str) -> str:
+        # Spelling only; whether CUDA is there is checked when the run starts.
+        if not DEVICE_SPEC.match(value.strip().lower()):
+            raise ValueError(f"{value!r} is not one of {DEVICE_CHOICES}")
+        return value
 
     @property
     def run_dir(self) -> Path:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The processed multi-task dataset (docs/CONTRACTS.md section 4) as a torch ``Dataset``.
 
 One sample = an RGB image, its detection boxes/labels, its class-id mask and (when the frame
@@ -23,7 +24,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision import tv_tensors
 
 from mtl_perception.core.constants import IGNORE_INDEX
-from mtl_perception.core.depth import read_depth_png_m
+from mtl_perception.core.depth import read_depth_target
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.json_io import read_json
 
@@ -146,7 +147,7 @@ class ProcessedDataset(Dataset):
             "labeled": labeled,
         }
         if record.get("depth_file"):
-            depth = read_depth_png(self.root / record["depth_file"], (height, width))
+            depth = read_depth_target(self.root / record["depth_file"], (height, width))
             target["depth"] = tv_tensors.Mask(torch.from_numpy(depth)[None])
         return tv_tensors.Image(torch.from_numpy(rgb).permute(2, 0, 1).contiguous()), target
 
@@ -163,21 +164,6 @@ class ProcessedDataset(Dataset):
         if "depth" in target:
             target["depth"] = target["depth"].as_subclass(torch.Tensor)[0].float()
         return image.as_subclass(torch.Tensor), target
-
-
-def read_depth_png(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A processed dataset's depth map (``depth/<stem>.png``) as float32 metres ``[H, W]``, 0 = invalid.
-
-    Raises:
-        UserError: the file is unreadable, not single-channel uint16, or not of ``shape`` (HxW).
-    """
-    try:
-        depth = read_depth_png_m(path)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    if depth.shape != shape:
-        raise UserError(f"{path}: depth map of {list(depth.shape)} for an image of {list(shape)} (HxW)")
-    return depth
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Multi-process training helpers for torchrun (env:// initialisation).
 
 We do not wrap the model in ``DistributedDataParallel``: torchjd's gradient methods need the

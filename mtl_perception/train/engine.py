@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The training and validation loops: one optimiser step, one epoch, one evaluation pass."""
 
 from __future__ import annotations
@@ -124,12 +125,16 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
         ctx.consecutive_skips = 0
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
-    elif ctx.scaler.is_enabled():
-        # Skipped (the balancer logged it): back off the loss scale as after an fp16 overflow.
-        ctx.scaler.update(ctx.scaler.get_scale() * ctx.scaler.get_backoff_factor())
+    else:  # finite loss, non-finite gradient (e.g. an fp16 overflow): skipped like a loss
+        if ctx.scaler.is_enabled():  # back off the loss scale as the scaler does after an overflow
+            ctx.scaler.update(ctx.scaler.get_scale() * ctx.scaler.get_backoff_factor())
+        ctx.skipped_steps += 1
+        culprits = f"the {' and '.join(stats.nonfinite_tasks)}" if stats.nonfinite_tasks else "a task's"
+        print(f"step {step + 1}: the gradient of {culprits} loss is not finite; step skipped "
+              f"({ctx.skipped_steps} so far)", file=sys.stderr, flush=True)
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
-    if ctx.ema is not None:
+    if ctx.ema is not None and stats.finite:  # a skipped step leaves the EMA as it leaves the weights
         ctx.ema.update_parameters(ctx.model)
     scalars = {f"loss/{task}": float(loss.detach()) for task, loss in losses.items()}
     scalars |= {f"weighted_loss/{task}": float(loss.detach()) for task, loss in result.weighted.items()}
@@ -137,7 +142,8 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
     scalars |= {f"cosine/{pair}": value for pair, value in stats.cosine.items()}
     scalars |= {f"aggregator_weight/{task}": value for task, value in stats.aggregator_weights.items()}
     scalars["loss/total"] = float(result.total.detach())
-    scalars["skipped_steps"] = float(ctx.balancer.skipped_steps)
+    if not stats.finite:
+        scalars |= {"skipped": 1.0, "nonfinite_skips": float(ctx.skipped_steps)}
     scalars["lr"] = max(float(group["lr"]) for group in ctx.optimizer.param_groups)
     if not math.isnan(grad_norm):
         scalars["grad_norm"] = grad_norm
@@ -170,7 +176,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def validation_metrics(
     model: nn.Module,
     batches: Iterable[Batch],
     device: torch.device,

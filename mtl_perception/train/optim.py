@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Optimiser, its parameter groups, the per-step learning-rate schedule, and the weight EMA."""
 
 from __future__ import annotations

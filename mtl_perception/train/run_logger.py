@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run logging: TensorBoard scalars and preview images, optional Weights & Biases.
 
 Only the main process logs (``enabled=False`` elsewhere turns every call into a no-op).
@@ -31,7 +32,7 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "val") -> dict[str
 
 
 # Validation figures shown in the epoch line: (label, metrics section, key).
-_EPOCH_METRICS = (("mAP", "detection", "map"), ("mIoU", "segmentation", "miou"))
+_EPOCH_METRICS = (("mAP", "detection", "map"), ("mIoU", "segmentation", "miou"), ("delta1", "depth", "delta1"))
 
 
 class RunLogger:
@@ -82,7 +83,7 @@ class RunLogger:
         print(" | ".join(parts), flush=True)
 
     def metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Log validation metrics (nested dict from ``engine.evaluate``)."""
+        """Log validation metrics (nested dict from ``engine.validation_metrics``)."""
         self.scalars(flatten_metrics(metrics), step)
 
     @torch.no_grad()

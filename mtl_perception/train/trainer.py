@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One training run end to end: data, model, balancing, loop, validation, checkpoints, logs.
 
 The run folder ``<output_dir>/<name>/`` holds ``config.yaml`` (the resolved config),
@@ -33,7 +34,7 @@ from mtl_perception.train.distributed import (
     TorchDistSync,
     device_spec_for_rank,
 )
-from mtl_perception.train.engine import StepContext, evaluate, train_one_epoch
+from mtl_perception.train.engine import StepContext, train_one_epoch, validation_metrics
 from mtl_perception.train.run_logger import RunLogger
 from mtl_perception.train.optim import build_ema, build_optimizer, build_scheduler, parameter_groups
 from mtl_perception.train.transforms import build_eval_transform, build_train_transform
@@ -45,7 +46,6 @@ class RunResult:
 
     run_dir: Path
     progress: Progress
-    stopped_early: bool
 
 
 def seed_everything(seed: int) -> None:
@@ -198,7 +198,7 @@ class Trainer:
         if len(self.val_set) == 0:
             return {}
         self.sync.broadcast_module_(self.evaluated_model, buffers_only=True)
-        return evaluate(
+        return validation_metrics(
             self.evaluated_model, self._loader(self.val_set, self.config.data.val_batch_size), self.device,
             self.info.detection_classes, len(self.info.segmentation_classes), self.amp,
             self.config.logging.progress and self.context.is_main,
@@ -266,4 +266,4 @@ class Trainer:
                     self.save("best.pt")
             self.save("last.pt")
         self.logger.close()
-        return RunResult(self.run_dir, self.progress, stopped)
+        return RunResult(self.run_dir, self.progress)

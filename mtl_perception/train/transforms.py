@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Training and evaluation transforms (torchvision transforms.v2 on tv_tensors).
 
 Image, boxes and mask are wrapped as ``tv_tensors`` so every geometric transform moves all

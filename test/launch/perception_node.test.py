@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """launch_testing test of perception.launch.py for a lifecycle manager: start inactive, sim time.
 
 Run by ``launch_test`` (as ROS's ``add_launch_test`` does; test/test_ros2_tools.py runs it in CI
@@ -23,7 +24,6 @@ import launch_testing.actions
 import launch_testing.asserts
 import rclpy
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
@@ -35,13 +35,17 @@ from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
 
+from launch import LaunchDescription
+
 NODE = "/lt/perception_node"
 CAMERA = "/lt/camera/image"
 TIMEOUT = 120.0  # a loaded 2-core CI machine imports torch slowly; every wait ends at its event
 
 
 def generate_test_description() -> tuple[LaunchDescription, dict[str, Any]]:
-    launch_file = os.path.join(get_package_share_directory("mtl_perception"), "launch", "perception.launch.py")
+    launch_file = os.path.join(
+        get_package_share_directory("mtl_perception"), "launch", "perception.launch.py"
+    )
     perception = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(launch_file),
         launch_arguments={
@@ -53,11 +57,13 @@ def generate_test_description() -> tuple[LaunchDescription, dict[str, Any]]:
             "use_sim_time": "true",
         }.items(),
     )
-    return LaunchDescription([
-        DeclareLaunchArgument("model", description="checkpoint for the node"),
-        perception,
-        launch_testing.actions.ReadyToTest(),
-    ]), {}
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("model", description="checkpoint for the node"),
+            perception,
+            launch_testing.actions.ReadyToTest(),
+        ]
+    ), {}
 
 
 class TestLifecycleManagerStart(unittest.TestCase):
@@ -79,23 +85,28 @@ class TestLifecycleManagerStart(unittest.TestCase):
 
     def _call(self, srv_type: type, name: str, request: Any) -> Any:
         client = self.node.create_client(srv_type, name)
-        self.assertTrue(client.wait_for_service(timeout_sec=TIMEOUT), f"{name} never appeared")
+        assert client.wait_for_service(timeout_sec=TIMEOUT), f"{name} never appeared"
         future = client.call_async(request)
         self.executor.spin_until_future_complete(future, timeout_sec=TIMEOUT)
         self.node.destroy_client(client)
-        self.assertTrue(future.done(), f"{name} did not answer")
+        assert future.done(), f"{name} did not answer"
         return future.result()
 
     def _transition(self, transition_id: int) -> None:
-        result = self._call(ChangeState, f"{NODE}/change_state",
-                            ChangeState.Request(transition=Transition(id=transition_id)))
-        self.assertTrue(result.success, f"transition {transition_id} refused")
+        result = self._call(
+            ChangeState,
+            f"{NODE}/change_state",
+            ChangeState.Request(transition=Transition(id=transition_id)),
+        )
+        assert result.success, f"transition {transition_id} refused"
 
     def test_starts_inactive_with_sim_time_then_runs_when_driven(self, proc_output: Any) -> None:
         state = self._call(GetState, f"{NODE}/get_state", GetState.Request())
-        self.assertEqual(state.current_state.label, "unconfigured")
-        values = self._call(GetParameters, f"{NODE}/get_parameters", GetParameters.Request(names=["use_sim_time"]))
-        self.assertTrue(values.values[0].bool_value)
+        assert state.current_state.label == "unconfigured"
+        values = self._call(
+            GetParameters, f"{NODE}/get_parameters", GetParameters.Request(names=["use_sim_time"])
+        )
+        assert values.values[0].bool_value
 
         self._transition(Transition.TRANSITION_CONFIGURE)
         proc_output.assertWaitFor("configured: model", timeout=TIMEOUT)
@@ -110,12 +121,14 @@ class TestLifecycleManagerStart(unittest.TestCase):
         frame.header.stamp.sec = 4242
         deadline = time.monotonic() + TIMEOUT
         while not answers and time.monotonic() < deadline:
-            publisher.publish(frame)  # again until the subscription has matched (best-effort input)
+            publisher.publish(
+                frame
+            )  # again until the subscription has matched (best-effort input)
             end = time.monotonic() + 0.5
             while not answers and time.monotonic() < end:
                 self.executor.spin_once(timeout_sec=0.05)
-        self.assertTrue(answers, "no detections for the published frame")
-        self.assertEqual((answers[0].header.frame_id, answers[0].header.stamp.sec), ("lt_camera", 4242))
+        assert answers, "no detections for the published frame"
+        assert (answers[0].header.frame_id, answers[0].header.stamp.sec) == ("lt_camera", 4242)
 
 
 @launch_testing.post_shutdown_test()
