@@ -10,26 +10,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtl_perception.core import atomic_io
 from mtl_perception.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
-from mtl_perception.device import resolve_device, use_half
+from mtl_perception.core import atomic_io
 from mtl_perception.core.errors import UserError
+from mtl_perception.device import resolve_device, use_half
 
 
 def _payload() -> dict:
     return {
-        "model_kwargs": {"arch": "toy"}, "detection_classes": ["a"], "segmentation_classes": ["background", "b"],
-        "palette": [[0, 0, 0], [255, 0, 0]], "model": {"w": torch.arange(3.0)},
+        "model_kwargs": {"arch": "toy"},
+        "detection_classes": ["a"],
+        "segmentation_classes": ["background", "b"],
+        "palette": [[0, 0, 0], [255, 0, 0]],
+        "model": {"w": torch.arange(3.0)},
     }
 
 
 def test_atomic_write_leaves_no_temp_file_on_error(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
     atomic_io.write_json(target, {"a": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_io.atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), atomic_io.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
     assert target.read_text().strip().startswith("{")  # old content intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
