@@ -15,7 +15,7 @@ The table gives each seed, mean ± sample std per arm, and Δm (Maninis et al. 2
 segmentation mIoU, paired by seed (same seed = same initialisation of the shared parts, data
 order and augmentation). Resumable: results are cached per run like ``experiment_mtl.py``'s.
 
-    nice -n 10 python bench/experiment_depth.py     # 3 seeds x 2 arms, ~20 min, 2 shared cores
+    nice -n 10 python bench/experiment_depth.py     # 3 seeds x 2 arms
     python bench/experiment_depth.py --quick        # tiny budget, smoke check
 """
 
