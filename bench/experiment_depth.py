@@ -135,7 +135,8 @@ def report(
         + (" (QUICK smoke budget: figures meaningless)" if args.quick else ""),
         "",
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}; `bench/experiment_depth.py "
-        f"--seeds {' '.join(map(str, args.seeds))}`, {wall_s / 60:.0f} min wall",
+        f"--seeds {' '.join(map(str, args.seeds))} --config {args.config}`, "
+        f"{wall_s / 60:.0f} min wall",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load "
         f"average at start {args.load_at_start}), torch {torch.__version__}, {args.jobs} run(s) "
         "at a time with 1 thread each",
