@@ -57,7 +57,15 @@ SOURCES = [
     "mtl_perception",
     "data_tools",
 ]
-EXECUTABLES = {"mtl-data", "mtl-train", "mtl-eval", "mtl-replay", "mtl-demo", "perception_node"}
+EXECUTABLES = {
+    "mtl-data",
+    "mtl-train",
+    "mtl-eval",
+    "mtl-export",
+    "mtl-replay",
+    "mtl-demo",
+    "perception_node",
+}
 LAUNCH_TEST = REPO / "test" / "launch" / "perception_node.test.py"
 HEIGHT, WIDTH = 48, 64
 TIMEOUT = 180.0  # upper bound for start-up on a loaded 2-core machine; waits end at their event
