@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Training-step time of every gradient method relative to plain backward (``none``).
 
 Same run, same default multi-task model, same fixed batch at a small input, same threads: only

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Depth targets for ``mtl-data build``: pair colour frames with aligned depth, write ``depth/``.
 
 An RGB-D camera (RealSense, OAK-D, ZED) publishes depth aligned to the colour image on its own

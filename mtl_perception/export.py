@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """``mtl-export``: turn a training run into a deployable model folder, ``models/<name>/``.
 
 A run folder (``runs/<name>/``) holds what training needs to resume: optimiser, scheduler,
@@ -35,17 +36,21 @@ from mtl_perception.core.json_io import read_json
 
 PROG = "mtl-export"
 MODEL_FILE = "model.pt"
-# Training state that only resuming needs; everything else in a checkpoint is kept.
+# Training state only resuming needs (with EMA, `model` holds the averaged weights; `ema` the
+# online ones); everything else in a checkpoint is kept.
 TRAINING_STATE = frozenset({
-    "optimizer", "scheduler", "scaler", "balancer", "rng",
+    "optimizer", "scheduler", "scaler", "balancer", "rng", "ema",
     "step_in_epoch", "epoch_loss_sums", "epoch_loss_counts",
-})
+})  # fmt: skip
 
 
 def deployable(payload: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint ``payload`` without its training state (format and version re-added on save)."""
-    return {key: value for key, value in payload.items()
-            if key not in TRAINING_STATE and key not in ("format", "version")}
+    """The checkpoint ``payload`` without training state (format and version are re-added)."""
+    return {
+        key: value
+        for key, value in payload.items()
+        if key not in TRAINING_STATE and key not in ("format", "version")
+    }
 
 
 def _dataset_summary(config: dict[str, Any]) -> dict[str, Any]:
@@ -55,20 +60,23 @@ def _dataset_summary(config: dict[str, Any]) -> dict[str, Any]:
     splits_file = Path(root) / "splits.json" if root else None
     if splits_file is not None and splits_file.is_file():
         splits = read_json(splits_file)
-        summary["images"] = {name: len(ids) for name, ids in splits.items() if isinstance(ids, list)}
+        summary["images"] = {
+            name: len(ids) for name, ids in splits.items() if isinstance(ids, list)
+        }
         summary["group_by"] = splits.get("group_by")
     return summary
 
 
-def model_card(name: str, payload: dict[str, Any], source: Path,
-               eval_metrics: dict[str, Any] | None) -> dict[str, Any]:
+def model_card(
+    name: str, payload: dict[str, Any], source: Path, eval_metrics: dict[str, Any] | None
+) -> dict[str, Any]:
     """What a user of the model needs to know, from the checkpoint (and an ``mtl-eval`` report)."""
     kwargs = payload["model_kwargs"]
     config = payload.get("config") or {}
     balancing = config.get("balancing") or {}
     return {
         "name": name,
-        "exported": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "exported": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "source": str(source),
         "arch": kwargs.get("arch"),
         "tasks": kwargs.get("tasks"),
@@ -83,6 +91,7 @@ def model_card(name: str, payload: dict[str, Any], source: Path,
             "weighting": balancing.get("weighting"),
             "grad_method": balancing.get("grad_method"),
             "data": _dataset_summary(config),
+            "pretrained": payload.get("pretrained"),
         },
         "validation_metrics": payload.get("metrics"),
         "evaluation": eval_metrics,
@@ -108,27 +117,41 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- Trained: {_number(training['epochs'])} epochs, {_number(training['steps'])} steps, "
         f"weighting `{training['weighting']}`, gradient method `{training['grad_method']}`",
         f"- Training data: `{training['data'].get('root')}`"
-        + (f", images per split {training['data']['images']}" if training["data"].get("images") else ""),
+        + (
+            f", images per split {training['data']['images']}"
+            if training["data"].get("images")
+            else ""
+        ),
         f"- Exported {card['exported']} from `{card['source']}`",
         "",
     ]
-    for title, metrics in (("Validation (best epoch)", card["validation_metrics"]),
-                           ("Evaluation (mtl-eval)", card["evaluation"])):
+    for title, metrics in (
+        ("Validation (best epoch)", card["validation_metrics"]),
+        ("Evaluation (mtl-eval)", card["evaluation"]),
+    ):
         if not metrics:
             continue
         lines += [f"## {title}", "", "| figure | value |", "| --- | --- |"]
         for task, values in metrics.items():
             if isinstance(values, dict):
-                lines += [f"| {task} {key} | {_number(v)} |" for key, v in values.items()
-                          if isinstance(v, int | float) or v is None]
+                lines += [
+                    f"| {task} {key} | {_number(v)} |"
+                    for key, v in values.items()
+                    if isinstance(v, int | float) or v is None
+                ]
             elif isinstance(values, int | float):
                 lines.append(f"| {task} | {_number(values)} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def export(run_checkpoint: Path, out_dir: Path, name: str, eval_report: Path | None = None,
-           force: bool = False) -> Path:
+def export(
+    run_checkpoint: Path,
+    out_dir: Path,
+    name: str,
+    eval_report: Path | None = None,
+    force: bool = False,
+) -> Path:
     """Write ``out_dir/name/`` from a run's checkpoint; returns the folder.
 
     Raises:
@@ -160,17 +183,26 @@ def export(run_checkpoint: Path, out_dir: Path, name: str, eval_report: Path | N
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``mtl-export``."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="run folder of mtl-train (runs/<name>) or a checkpoint file")
+    parser.add_argument(
+        "run", type=Path, help="run folder of mtl-train (runs/<name>) or a checkpoint file"
+    )
     parser.add_argument("--name", help="model name (default: the run folder's name)")
     parser.add_argument("--checkpoint", default="best.pt", help="checkpoint inside the run folder")
-    parser.add_argument("--eval", type=Path, help="mtl-eval metrics JSON to put into the model card")
-    parser.add_argument("--out", type=Path, default=Path("models"), help="folder of deployed models")
+    parser.add_argument(
+        "--eval", type=Path, help="mtl-eval metrics JSON to put into the model card"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("models"), help="folder of deployed models"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing model folder")
     return parser
 
 
 def main() -> None:
+    """Console entry point of ``mtl-export``."""
+
     def run() -> int:
         args = build_parser().parse_args()
         checkpoint = args.run / args.checkpoint if args.run.is_dir() else args.run

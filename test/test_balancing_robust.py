@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Balancing under AMP, non-finite Jacobians, frozen taps, three tasks and missing tasks.
 
 A toy three-task model (detection, segmentation, depth) drives the real training step

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """DepthMetrics against a pixel-by-pixel Python reference and a hand-worked example."""
 
 from __future__ import annotations

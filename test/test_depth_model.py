@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Depth as a task: the head on every architecture, task sets, losses, per-sample task masking."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The node's depth outputs as messages: 32FC1 metres and the colourised image (no DDS)."""
 
 from __future__ import annotations

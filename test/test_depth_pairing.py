@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Depth in `mtl-data build`: stamp pairing, units, invalid pixels, size refusal, resampling."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Depth targets in the training data (reading, transforms, depth-only frames) and depth runs."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from datasets import make_processed_dataset
+
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.core.errors import UserError
 from mtl_perception.train import cli

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The same labels give the same targets through `mtl-eval`'s path and `mtl-replay`'s path.
 
 `mtl-eval` scores against the dataset `mtl-data build` wrote (masks on disk, read by
@@ -42,8 +43,21 @@ def _frames(root: Path) -> Path:
         rows.append([i, stamp, stamp, "camera", "rgb8", W, H, "run", f"{stamp}.png", "", ""])
     with (topic / "manifest.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "stamp_ns", "bag_time_ns", "frame_id", "encoding", "width", "height",
-                         "bag", "file", "ssim", "compared_to"])
+        writer.writerow(
+            [
+                "index",
+                "stamp_ns",
+                "bag_time_ns",
+                "frame_id",
+                "encoding",
+                "width",
+                "height",
+                "bag",
+                "file",
+                "ssim",
+                "compared_to",
+            ]
+        )
         writer.writerows(rows)
     return root
 
@@ -53,31 +67,45 @@ def _rect(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
 
 
 def _labels(path: Path) -> Path:
-    """Overlapping regions whose paint order matters, a crowd, a box-only region, an extra class."""
+    """Overlapping regions (paint order matters), a crowd, a box-only region, an extra class."""
     images, anns = [], []
     for i, stamp in enumerate(STAMPS):
         image_id = 10 + i
-        images.append({"id": image_id, "file_name": f"{stamp}.png", "width": W, "height": H,
-                       "stamp_ns": stamp})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": f"{stamp}.png",
+                "width": W,
+                "height": H,
+                "stamp_ns": stamp,
+            }
+        )
         shift = 3 * i
         regions = [
             # A small box listed before the floor it stands on: painted last (largest first).
             (1, _rect(20 + shift, 10, 30 + shift, 30), [20 + shift, 10, 10, 20], 0),
-            (3, _rect(0, 20, W, H), [0, 20, W, H - 20], 0),                       # floor (stuff)
-            (1, _rect(44, 4, 60, 16), [44, 4, 16, 12], 1),                        # a crowd of boxes
-            (2, None, [4 + shift, 2, 8, 10], 0),                                  # cone: box only
-            (4, _rect(2, 30, 10, 38), [2, 30, 8, 8], 0),                          # "person": no list
+            (3, _rect(0, 20, W, H), [0, 20, W, H - 20], 0),  # floor (stuff)
+            (1, _rect(44, 4, 60, 16), [44, 4, 16, 12], 1),  # a crowd of boxes
+            (2, None, [4 + shift, 2, 8, 10], 0),  # cone: box only
+            (4, _rect(2, 30, 10, 38), [2, 30, 8, 8], 0),  # "person": no list
         ]
         for category, polygon, bbox, crowd in regions:
-            ann = {"id": len(anns) + 1, "image_id": image_id, "category_id": category, "bbox": bbox,
-                   "iscrowd": crowd}
+            ann = {
+                "id": len(anns) + 1,
+                "image_id": image_id,
+                "category_id": category,
+                "bbox": bbox,
+                "iscrowd": crowd,
+            }
             if polygon is not None:
                 ann["segmentation"] = polygon
             anns.append(ann)
-    categories = [{"id": 1, "name": "box", "supercategory": "object"},
-                  {"id": 2, "name": "cone", "supercategory": "object"},
-                  {"id": 3, "name": "floor", "supercategory": "stuff"},
-                  {"id": 4, "name": "person", "supercategory": "object"}]
+    categories = [
+        {"id": 1, "name": "box", "supercategory": "object"},
+        {"id": 2, "name": "cone", "supercategory": "object"},
+        {"id": 3, "name": "floor", "supercategory": "stuff"},
+        {"id": 4, "name": "person", "supercategory": "object"},
+    ]
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
     return path
 
@@ -89,20 +117,39 @@ def both_paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     labels = _labels(tmp / "labels.json")
     parser = argparse.ArgumentParser()
     build.add_arguments(parser)
-    args = parser.parse_args(["--frames", str(_frames(tmp / "interim")), "--labels", str(labels),
-                              "--name", "ds", "--out", str(tmp / "processed"), "--split", "1,0,0",
-                              "--det-classes", ",".join(DETECTION), "--seg-classes", ",".join(SEGMENTATION)])
+    args = parser.parse_args(
+        [
+            "--frames",
+            str(_frames(tmp / "interim")),
+            "--labels",
+            str(labels),
+            "--name",
+            "ds",
+            "--out",
+            str(tmp / "processed"),
+            "--split",
+            "1,0,0",
+            "--det-classes",
+            ",".join(DETECTION),
+            "--seg-classes",
+            ",".join(SEGMENTATION),
+        ]
+    )
     assert build.run(args) == 0
     dataset = tmp / "processed" / "ds"
-    stamp_of = {image["id"]: image["stamp_ns"]
-                for image in json.loads((dataset / "annotations.json").read_text())["images"]}
+    stamp_of = {
+        image["id"]: image["stamp_ns"]
+        for image in json.loads((dataset / "annotations.json").read_text())["images"]
+    }
     evaluated = {
         stamp_of[sample.image_id]: (sample.target["boxes"].numpy(), sample.mask)
-        for sample in EvalDataset(dataset, "all", DETECTION, ["background", *SEGMENTATION],
-                                  JobSummary("eval"))
+        for sample in EvalDataset(
+            dataset, "all", DETECTION, ["background", *SEGMENTATION], JobSummary("eval")
+        )
     }
-    truth = load_ground_truth(labels, ClassConfig(detection_classes=DETECTION,
-                                                  segmentation_classes=SEGMENTATION))
+    truth = load_ground_truth(
+        labels, ClassConfig(detection_classes=DETECTION, segmentation_classes=SEGMENTATION)
+    )
     assert truth.segmentation_classes == ["background", *SEGMENTATION]
     replayed = {stamp: (frame.boxes, frame.load_mask()) for stamp, frame in truth.frames.items()}
     return evaluated, replayed
@@ -118,7 +165,9 @@ def test_same_masks_through_eval_and_replay(both_paths: tuple[dict, dict]) -> No
 def test_same_boxes_through_eval_and_replay(both_paths: tuple[dict, dict]) -> None:
     evaluated, replayed = both_paths
     for stamp in STAMPS:
-        np.testing.assert_allclose(replayed[stamp][0], evaluated[stamp][0], atol=0.01, err_msg=str(stamp))
+        np.testing.assert_allclose(
+            replayed[stamp][0], evaluated[stamp][0], atol=0.01, err_msg=str(stamp)
+        )
 
 
 def test_the_shared_rules_are_the_build_rules(both_paths: tuple[dict, dict]) -> None:
@@ -126,11 +175,11 @@ def test_the_shared_rules_are_the_build_rules(both_paths: tuple[dict, dict]) -> 
     _, replayed = both_paths
     boxes, mask = replayed[STAMPS[0]]
     floor, box, cone = (SEGMENTATION.index(name) + 1 for name in ("floor", "box", "cone"))
-    assert mask[25, 25] == box            # the small box stays on top of the larger floor
+    assert mask[25, 25] == box  # the small box stays on top of the larger floor
     assert mask[35, 40] == floor
-    assert mask[10, 50] == IGNORE_INDEX   # crowd
-    assert mask[6, 8] == IGNORE_INDEX     # cone known only by its box
-    assert mask[34, 6] == floor           # "person" is in no list: the floor under it shows
+    assert mask[10, 50] == IGNORE_INDEX  # crowd
+    assert mask[6, 8] == IGNORE_INDEX  # cone known only by its box
+    assert mask[34, 6] == floor  # "person" is in no list: the floor under it shows
     assert mask[2, 40] == 0
     assert cone not in np.unique(mask)
     # Detection: the box and the box-only cone; never the crowd, never "person".

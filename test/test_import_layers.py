@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The package's layers (docs/CONTRACTS.md, "Layers") hold: walk every import with ast.
 
 A *unit* is a top-level package (``data_tools``, ``bench``, ``tools``, ``launch``) or a direct
@@ -44,11 +45,25 @@ LAYERS: dict[str, int] = {
     "launch": 6,
 }
 # ROS client libraries and message packages: only the ROS layer (and tools on top) use them.
-ROS_MODULES = frozenset({
-    "rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "vision_msgs", "diagnostic_msgs",
-    "builtin_interfaces", "lifecycle_msgs", "launch", "launch_ros", "launch_testing",
-    "rosidl_runtime_py", "composition_interfaces", "ament_index_python", "cv_bridge",
-})
+ROS_MODULES = frozenset(
+    {
+        "rclpy",
+        "rcl_interfaces",
+        "sensor_msgs",
+        "std_msgs",
+        "vision_msgs",
+        "diagnostic_msgs",
+        "builtin_interfaces",
+        "lifecycle_msgs",
+        "launch",
+        "launch_ros",
+        "launch_testing",
+        "rosidl_runtime_py",
+        "composition_interfaces",
+        "ament_index_python",
+        "cv_bridge",
+    }
+)
 ROS_ALLOWED = frozenset({"mtl_perception.ros", "bench", "tools", "launch"})
 TORCH_FREE = frozenset({"mtl_perception.core", "data_tools"})
 
@@ -127,11 +142,16 @@ def layer_problems(edges: list[Edge]) -> list[str]:
             if target_unit not in LAYERS and target_unit.startswith("mtl_perception."):
                 continue  # ``from mtl_perception import X`` for a name that is not a module
             if LAYERS[target_unit] > LAYERS[edge.source]:
-                problems.append(f"{edge}: layer {LAYERS[edge.source]} must not import layer "
-                                f"{LAYERS[target_unit]}")
+                problems.append(
+                    f"{edge}: layer {LAYERS[edge.source]} must not import layer "
+                    f"{LAYERS[target_unit]}"
+                )
             if edge.source.startswith("mtl_perception") and target_unit == "data_tools":
                 problems.append(f"{edge}: the package never imports the data tooling")
-            if edge.source == "data_tools" and target_unit not in ("mtl_perception.core", "data_tools"):
+            if edge.source == "data_tools" and target_unit not in (
+                "mtl_perception.core",
+                "data_tools",
+            ):
                 problems.append(f"{edge}: data_tools uses mtl_perception.core only")
         if top in ROS_MODULES and edge.source not in ROS_ALLOWED:
             problems.append(f"{edge}: only mtl_perception.ros uses ROS client code")
@@ -160,7 +180,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return [*path[path.index(nxt) :], nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -180,7 +200,11 @@ def edges() -> list[Edge]:
 
 def test_every_unit_has_a_layer(edges: list[Edge]) -> None:
     units = {edge.source for edge in edges}
-    assert {"mtl_perception.core", "mtl_perception.ros", "data_tools"} <= units  # the walk saw them
+    assert {
+        "mtl_perception.core",
+        "mtl_perception.ros",
+        "data_tools",
+    } <= units  # the walk saw them
     assert units <= set(LAYERS), f"add {sorted(units - set(LAYERS))} to LAYERS"
 
 
@@ -201,13 +225,16 @@ def test_checker_catches_a_cycle_and_a_forbidden_edge(tmp_path: Path) -> None:
     (tmp_path / "data_tools").mkdir()
     (tmp_path / "mtl_perception" / "core" / "__init__.py").write_text("")
     (tmp_path / "mtl_perception" / "core" / "bad.py").write_text(
-        "def f():\n    from ..ros import node\n    import torch\n")
+        "def f():\n    from ..ros import node\n    import torch\n"
+    )
     (tmp_path / "mtl_perception" / "ros" / "node.py").write_text("from data_tools import x\n")
     (tmp_path / "data_tools" / "x.py").write_text("import mtl_perception.ros.node\n")
     planted = walk_edges(tmp_path, ("mtl_perception", "data_tools"))
     problems = layer_problems(planted)
-    assert any("core imports mtl_perception.ros" in p and "layer 1 must not import layer 5" in p
-               for p in problems)
+    assert any(
+        "core imports mtl_perception.ros" in p and "layer 1 must not import layer 5" in p
+        for p in problems
+    )
     assert any("never imports the data tooling" in p for p in problems)
     assert any("must not need torch" in p for p in problems)
     assert find_cycle(unit_graph(planted)) is not None

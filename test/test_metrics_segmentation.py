@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ConfusionMatrix against a confusion matrix and IoUs worked out by hand."""
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def test_batched_maps_and_custom_ignore_index() -> None:
         (torch.tensor([0, 1, 1]), torch.tensor([0, 1]), "shape"),
     ],
 )
-def test_rejects_foreign_label_sets(pred: torch.Tensor, target: torch.Tensor, message: str) -> None:
+def test_rejects_foreign_label_sets(
+    pred: torch.Tensor, target: torch.Tensor, message: str
+) -> None:
     matrix = ConfusionMatrix(num_classes=2)
     with pytest.raises(ValueError, match=message):
         matrix.update(pred, target)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The package as a robot team installs and runs it, with the real ROS 2 tools (no stand-ins).
 
 One ``colcon build --symlink-install`` per session in a temporary workspace; after sourcing its

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Build ROS 2 interface packages (.msg/.srv/.action folders with a CMakeLists.txt) into a venv.
 #
 # Interface packages such as vision_msgs (ros_interfaces/vision_msgs) or composition_interfaces

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Install the ROS 2 Jazzy Python tools into a venv: the launch system (launch, launch_xml,
 # launch_yaml, launch_testing, launch_ros, launch_testing_ros), the `ros2` command with the
 # verbs a robot team uses (launch, run, pkg, node, topic, service, param, lifecycle,

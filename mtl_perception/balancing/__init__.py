@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Multi-task balancing: loss weightings and gradient methods, chosen independently.
 
 ``build_weighting`` gives the module that turns per-task losses into weighted losses;

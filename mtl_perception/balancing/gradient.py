@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Gradient methods: how the per-task gradients of one multi-task step become one update.
 
 A multi-task step has two parts: each task's own parameters (its head, and any weighting

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Loss weightings: how the per-task losses are combined into the scalar that is optimised.
 
 Every weighting is an ``nn.Module`` so learned weights (uncertainty) reach the optimiser via

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The lowest layer: what the data tools, the networks and the ROS node all share.
 
 Errors, atomic file writes, JSON reading, batch-job summaries, ROS image message <-> numpy

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Finding and opening robot bags: ROS 1 ``.bag``, ROS 2 folders, bare ``.db3``/``.mcap`` files.
 
 Everything goes through rosbags' ``AnyReader``; a bag it cannot read (cut short, damaged, a
@@ -28,7 +29,7 @@ ROS2_METADATA = "metadata.yaml"
 
 
 def topic_dirname(topic: str) -> str:
-    """Folder name of a topic: leading ``/`` removed, ``/`` -> ``__`` (``/cam/raw`` -> ``cam__raw``).
+    """Folder name of a topic: no leading ``/``, ``/`` -> ``__`` (``/cam/raw`` -> ``cam__raw``).
 
     Topic names are data (a ROS 1 bag may hold ``/..``, an empty or a 10 kB name): the result is
     always one safe folder name inside the bag's folder (``mtl_perception.core.names``).
@@ -46,7 +47,11 @@ def bag_name(path: Path) -> str:
     if path.is_dir():
         name = path.name
     else:
-        name = path.name.removesuffix(ACTIVE_ROS1_SUFFIX) if path.name.endswith(ACTIVE_ROS1_SUFFIX) else path.stem
+        name = (
+            path.name.removesuffix(ACTIVE_ROS1_SUFFIX)
+            if path.name.endswith(ACTIVE_ROS1_SUFFIX)
+            else path.stem
+        )
     return safe_component(name)
 
 
@@ -69,7 +74,7 @@ def output_names(bags: Sequence[Path]) -> dict[Path, str]:
             parents = [p for p in bag.parents if p.name]
             if depth[bag] < len(parents):
                 depth[bag] += 1
-                prefix = [safe_component(p.name) for p in reversed(parents[:depth[bag]])]
+                prefix = [safe_component(p.name) for p in reversed(parents[: depth[bag]])]
                 names[bag] = "__".join([*prefix, bag_name(bag)])
                 grown = True
         if not grown:
@@ -82,11 +87,13 @@ def is_bag(path: Path) -> bool:
     if path.is_dir():
         return (path / ROS2_METADATA).is_file()
     # case as rosbags expects it
-    return path.is_file() and (path.suffix in BAG_FILE_SUFFIXES or path.name.endswith(ACTIVE_ROS1_SUFFIX))
+    return path.is_file() and (
+        path.suffix in BAG_FILE_SUFFIXES or path.name.endswith(ACTIVE_ROS1_SUFFIX)
+    )
 
 
 def _walk_bags(folder: Path) -> Iterator[Path]:
-    """Bags below ``folder``, not descending into rosbag2 folders (their storage files belong to them)."""
+    """Bags below ``folder``; rosbag2 folders are not entered (their storage files are theirs)."""
     for child in sorted(folder.iterdir()):
         if is_bag(child):
             yield child
@@ -112,10 +119,15 @@ def find_bags(inputs: Iterable[str | Path]) -> list[Path]:
         elif path.is_dir():
             found = list(_walk_bags(path))
             if not found:
-                raise UserError(f"{path}: no bags found (.bag, .db3, .mcap or rosbag2 folders with {ROS2_METADATA})")
+                raise UserError(
+                    f"{path}: no bags found "
+                    f"(.bag, .db3, .mcap or rosbag2 folders with {ROS2_METADATA})"
+                )
             bags.extend(found)
         else:
-            raise UserError(f"{path}: not a bag (expected {', '.join(BAG_FILE_SUFFIXES)} or a rosbag2 folder)")
+            raise UserError(
+                f"{path}: not a bag (expected {', '.join(BAG_FILE_SUFFIXES)} or a rosbag2 folder)"
+            )
     return list(dict.fromkeys(p.resolve() for p in bags))
 
 
@@ -131,8 +143,10 @@ def open_bag(path: Path) -> Iterator[RecoveringReader]:
 
 
 def image_connections(reader: RecoveringReader, topics: Sequence[str] = ()) -> list[Connection]:
-    """The reader's image connections: all of them, or those on ``topics`` (leading ``/`` optional)."""
+    """The reader's image connections: all, or those on ``topics`` (leading ``/`` optional)."""
     return [
-        conn for conn in reader.connections
-        if conn.msgtype in IMAGE_TYPES and (not topics or any(same_topic(conn.topic, t) for t in topics))
+        conn
+        for conn in reader.connections
+        if conn.msgtype in IMAGE_TYPES
+        and (not topics or any(same_topic(conn.topic, t) for t in topics))
     ]

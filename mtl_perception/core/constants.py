@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Facts many layers share: the mask ignore value, the smallest input side, HxW size strings.
 
 Sizes are always height first (``HxW``, ``(H, W)``), like numpy arrays and torch tensors.

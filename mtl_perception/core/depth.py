@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Depth images: which encodings are depth, unit conversion, invalid pixels, stamp pairing.
 
 The one place that knows the depth conventions of docs/CONTRACTS.md §11: metres in memory,
@@ -161,7 +162,7 @@ def nearest_stamp(sorted_stamps: Sequence[int], stamp: int, tolerance_ns: int) -
 
 
 def read_depth_target(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A processed dataset's depth map (``depth/<stem>.png``) as float32 metres ``[H, W]``, 0 = invalid.
+    """A dataset's depth map (``depth/<stem>.png``) as float32 metres ``[H, W]``, 0 = invalid.
 
     Raises:
         UserError: the file is unreadable, not single-channel uint16, or not of ``shape`` (HxW).
@@ -171,5 +172,7 @@ def read_depth_target(path: Path, shape: tuple[int, int]) -> np.ndarray:
     except ValueError as err:
         raise UserError(str(err)) from None
     if depth.shape != shape:
-        raise UserError(f"{path}: depth map of {list(depth.shape)} for an image of {list(shape)} (HxW)")
+        raise UserError(
+            f"{path}: depth map of {list(depth.shape)} for an image of {list(shape)} (HxW)"
+        )
     return depth

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """User-facing errors and the one wrapper every command-line entry point uses.
 
 A ``UserError`` is a mistake in the user's input (a missing file, a bad value, a misspelt

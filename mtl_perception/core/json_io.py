@@ -1,5 +1,8 @@
-"""JSON in and out: reading the files users hand us with one clear error, writing strict JSON,
-and the one way numbers are shown in tables and summaries."""
+# SPDX-License-Identifier: Apache-2.0
+"""JSON in and out, and the one way numbers are shown in tables and summaries.
+
+Reading the files users hand us fails with one clear error; writing gives strict JSON.
+"""
 
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Read annotation exports into one internal form, whatever tool produced them.
 
 Supported inputs:
@@ -39,10 +40,10 @@ class Region:
     """One annotated region: its class name and whatever geometry the tool exported."""
 
     label: str
-    source: str                                   # "file: annotation 17", for messages
+    source: str  # "file: annotation 17", for messages
     bbox: BBox | None = None
     polygons: list[list[float]] = field(default_factory=list)  # flat [x0, y0, x1, y1, ...]
-    rle: dict[str, Any] | None = None             # pycocotools RLE, ``counts`` str/bytes/list
+    rle: dict[str, Any] | None = None  # pycocotools RLE, ``counts`` str/bytes/list
     iscrowd: bool = False
 
     @property
@@ -55,8 +56,8 @@ class Region:
 class LabeledImage:
     """All regions annotated on one image, with the image reference as the tool wrote it."""
 
-    name: str                         # file name/path from the export (may include folders)
-    source: Path                      # label file it came from
+    name: str  # file name/path from the export (may include folders)
+    source: Path  # label file it came from
     width: int | None = None
     height: int | None = None
     stamp_ns: int | None = None
@@ -69,12 +70,17 @@ class LabeledImage:
 
 
 def label_files(paths: list[Path]) -> list[Path]:
-    """The label files named by ``paths``: files as given, folders searched for .json/.xml
-    (an unpacked CVAT or Label Studio export); each file once."""
+    """The label files named by ``paths``, each once.
+
+    Files are taken as given; folders (an unpacked CVAT or Label Studio export) are searched for
+    .json/.xml files.
+    """
     found: dict[Path, None] = {}
     for path in paths:
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".json", ".xml") and p.is_file())
+            inside = sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in (".json", ".xml") and p.is_file()
+            )
             if not inside:
                 raise UserError(f"{path}: folder holds no .json or .xml label files")
             found.update(dict.fromkeys(p.resolve() for p in inside))
@@ -88,7 +94,9 @@ def read_labels(path: Path, summary: JobSummary) -> list[LabeledImage]:
     if not path.exists():
         raise UserError(f"{path}: label file not found")
     if not path.is_file():
-        raise UserError(f"{path}: not a regular file (pass the exported .json/.xml file or its folder)")
+        raise UserError(
+            f"{path}: not a regular file (pass the exported .json/.xml file or its folder)"
+        )
     head = path.read_bytes()[:512].lstrip()
     if head.startswith(b"<"):
         return read_cvat_xml(path, summary)
@@ -106,7 +114,9 @@ def read_coco(path: Path, summary: JobSummary) -> list[LabeledImage]:
         raise UserError(f"{path}: not a COCO json file ({err})") from None
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise UserError(f"{path}: not a COCO file: no 'images' list")
-    categories = {c.get("id"): str(c.get("name")) for c in coco.get("categories", []) if isinstance(c, dict)}
+    categories = {
+        c.get("id"): str(c.get("name")) for c in coco.get("categories", []) if isinstance(c, dict)
+    }
 
     images: dict[Any, LabeledImage] = {}
     for entry in coco["images"]:
@@ -114,21 +124,33 @@ def read_coco(path: Path, summary: JobSummary) -> list[LabeledImage]:
             summary.fail("image entry without id/file_name", f"{path}: {str(entry)[:80]}")
             continue
         if entry["id"] in images:
-            summary.fail("duplicate image id", f"{path}: image id {entry['id']} (first entry kept)")
+            summary.fail(
+                "duplicate image id", f"{path}: image id {entry['id']} (first entry kept)"
+            )
             continue
         images[entry["id"]] = LabeledImage(
-            name=str(entry["file_name"]), source=path, width=_opt_int(entry.get("width")),
-            height=_opt_int(entry.get("height")), stamp_ns=_opt_int(entry.get("stamp_ns")),
+            name=str(entry["file_name"]),
+            source=path,
+            width=_opt_int(entry.get("width")),
+            height=_opt_int(entry.get("height")),
+            stamp_ns=_opt_int(entry.get("stamp_ns")),
         )
 
     for ann in coco.get("annotations", []):
-        where = f"{path}: annotation {ann.get('id', '?')}" if isinstance(ann, dict) else f"{path}: {ann!r:.60}"
+        where = (
+            f"{path}: annotation {ann.get('id', '?')}"
+            if isinstance(ann, dict)
+            else f"{path}: {ann!r:.60}"
+        )
         if not isinstance(ann, dict):
             summary.fail("malformed annotation", where)
             continue
         image = images.get(ann.get("image_id"))
         if image is None:
-            summary.fail("annotation for an image not in 'images'", f"{where} (image_id {ann.get('image_id')})")
+            summary.fail(
+                "annotation for an image not in 'images'",
+                f"{where} (image_id {ann.get('image_id')})",
+            )
             continue
         label = categories.get(ann.get("category_id"))
         if label is None:
@@ -140,7 +162,9 @@ def read_coco(path: Path, summary: JobSummary) -> list[LabeledImage]:
     return list(images.values())
 
 
-def _coco_region(ann: dict, label: str, where: str, image: LabeledImage, summary: JobSummary) -> Region | None:
+def _coco_region(
+    ann: dict, label: str, where: str, image: LabeledImage, summary: JobSummary
+) -> Region | None:
     """One COCO annotation -> ``Region``; None (and a recorded problem) if it has no geometry."""
     region = Region(label=label, source=where, iscrowd=bool(ann.get("iscrowd", 0)))
     bbox = ann.get("bbox")
@@ -183,8 +207,15 @@ def _valid_rle(rle: dict, where: str, image: LabeledImage, summary: JobSummary) 
     if not (isinstance(size, list) and len(size) == 2 and isinstance(counts, (str, list))):
         summary.fail("malformed RLE", where)
         return None
-    if image.height is not None and image.width is not None and list(size) != [image.height, image.width]:
-        summary.fail("RLE size differs from the image size", f"{where}: {size} vs {[image.height, image.width]}")
+    if (
+        image.height is not None
+        and image.width is not None
+        and list(size) != [image.height, image.width]
+    ):
+        summary.fail(
+            "RLE size differs from the image size",
+            f"{where}: {size} vs {[image.height, image.width]}",
+        )
         return None
     return {"size": [int(size[0]), int(size[1])], "counts": counts}
 
@@ -206,15 +237,22 @@ def read_cvat_xml(path: Path, summary: JobSummary) -> list[LabeledImage]:
     except ET.ParseError as err:
         raise UserError(f"{path}: not a valid XML file ({err})") from None
     if root.tag != "annotations":
-        raise UserError(f"{path}: not a CVAT 'for images' XML file: root element is <{root.tag}>, not <annotations>")
+        raise UserError(
+            f"{path}: not a CVAT 'for images' XML file: "
+            f"root element is <{root.tag}>, not <annotations>"
+        )
     images = []
     for node in root.iter("image"):
         name = node.get("name")
         if not name:
             summary.fail("CVAT <image> without name", f"{path}: image id {node.get('id')}")
             continue
-        image = LabeledImage(name=name, source=path, width=_opt_int(node.get("width")),
-                             height=_opt_int(node.get("height")))
+        image = LabeledImage(
+            name=name,
+            source=path,
+            width=_opt_int(node.get("width")),
+            height=_opt_int(node.get("height")),
+        )
         for index, shape in enumerate(node):
             where = f"{path}: image {name!r} <{shape.tag}> #{index}"
             region = _cvat_region(shape, image, where, summary)
@@ -224,7 +262,9 @@ def read_cvat_xml(path: Path, summary: JobSummary) -> list[LabeledImage]:
     return images
 
 
-def _cvat_region(shape: ET.Element, image: LabeledImage, where: str, summary: JobSummary) -> Region | None:
+def _cvat_region(
+    shape: ET.Element, image: LabeledImage, where: str, summary: JobSummary
+) -> Region | None:
     label = shape.get("label")
     if shape.tag not in ("box", "polygon", "mask"):
         if label is not None:  # a shape we do not convert (polyline, points, cuboid, ...)
@@ -241,7 +281,12 @@ def _cvat_region(shape: ET.Element, image: LabeledImage, where: str, summary: Jo
                 raise ValueError("missing corner")
             region.bbox = (x0, y0, x1 - x0, y1 - y0)
         elif shape.tag == "polygon":
-            points = [float(v) for pair in shape.get("points", "").split(";") if pair for v in pair.split(",")]
+            points = [
+                float(v)
+                for pair in shape.get("points", "").split(";")
+                if pair
+                for v in pair.split(",")
+            ]
             region.polygons = _valid_polygons([points], where, summary)
             if not region.polygons:
                 return None
@@ -263,12 +308,16 @@ def _cvat_mask_rle(shape: ET.Element, image: LabeledImage) -> dict:
     if image.width is None or image.height is None:
         raise ValueError("<mask> needs the image's width and height")
     runs = [int(v) for v in shape.get("rle", "").split(",") if v.strip()]
-    left, top, width, height = (int(float(shape.get(k, "nan"))) for k in ("left", "top", "width", "height"))
+    left, top, width, height = (
+        int(float(shape.get(k, "nan"))) for k in ("left", "top", "width", "height")
+    )
     if sum(runs) != width * height:
         raise ValueError(f"rle covers {sum(runs)} pixels, box has {width * height}")
     values = np.repeat(np.arange(len(runs)) % 2, runs).astype(np.uint8).reshape(height, width)
     full = np.zeros((image.height, image.width), np.uint8)
-    full[top:top + height, left:left + width] = values[: max(0, image.height - top), : max(0, image.width - left)]
+    full[top : top + height, left : left + width] = values[
+        : max(0, image.height - top), : max(0, image.width - left)
+    ]
     return mask_utils.encode(np.asfortranarray(full))
 
 
@@ -304,7 +353,9 @@ class ClassConfig(BaseModel):
             raise ValueError("at most 254 segmentation classes (255 = ignore)")
         unknown = set(self.palette) - {"background", *self.segmentation_classes}
         if unknown:
-            raise ValueError(f"palette names classes that are not segmentation classes: {sorted(unknown)}")
+            raise ValueError(
+                f"palette names classes that are not segmentation classes: {sorted(unknown)}"
+            )
         return self
 
     def palette_rgb(self) -> list[list[int]]:
@@ -323,7 +374,7 @@ class ClassConfig(BaseModel):
 
 
 def load_class_config(det: str | None, seg: str | None, classes_file: Path | None) -> ClassConfig:
-    """Classes from the YAML file, with ``--det-classes``/``--seg-classes`` overriding its lists."""
+    """Classes from the YAML file, ``--det-classes``/``--seg-classes`` overriding its lists."""
     raw: dict = {}
     where = "--det-classes/--seg-classes"
     if classes_file is not None:
@@ -331,9 +382,13 @@ def load_class_config(det: str | None, seg: str | None, classes_file: Path | Non
         try:
             raw = yaml.safe_load(classes_file.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"{classes_file}: cannot read classes file ({err})".replace("\n", " ")) from None
+            raise UserError(
+                f"{classes_file}: cannot read classes file ({err})".replace("\n", " ")
+            ) from None
         if not isinstance(raw, dict):
-            raise UserError(f"{classes_file}: expected a mapping with detection_classes/segmentation_classes")
+            raise UserError(
+                f"{classes_file}: expected a mapping with detection_classes/segmentation_classes"
+            )
     if det is not None:
         raw["detection_classes"] = [n for n in det.split(",") if n.strip()]
     if seg is not None:

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """File and folder names made from data: topic names, bag names, entries of manifests.
 
 A ROS 1 bag can hold any string as a topic name (``/..``, ``.``, empty, 10 kB long,
@@ -25,7 +26,7 @@ def _encode(char: str) -> str:
 
 
 def safe_component(name: str, slash: str = "__") -> str:
-    """One path component for ``name``, readable and collision-free for ordinary names.
+    r"""One path component for ``name``, readable and collision-free for ordinary names.
 
     * ``/`` becomes ``slash`` (``/camera/image_raw`` -> ``camera__image_raw``; pass ``"%2F"``
       where names must stay distinguishable from ones containing ``__``);
@@ -61,7 +62,7 @@ def safe_component(name: str, slash: str = "__") -> str:
 
 
 def inside(folder: Path, entry: str) -> Path:
-    """The file named by a relative ``entry`` (``/`` or ``\\`` separated) inside ``folder``.
+    r"""The file named by a relative ``entry`` (``/`` or ``\\`` separated) inside ``folder``.
 
     Raises:
         ValueError: ``entry`` is empty, absolute, or has a ``..`` part.

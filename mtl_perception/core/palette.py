@@ -1,4 +1,5 @@
-"""The default colours of segmentation classes, shared by ``mtl-data build``, checkpoints and drawing."""
+# SPDX-License-Identifier: Apache-2.0
+"""Default colours of segmentation classes (``mtl-data build``, checkpoints, drawing)."""
 
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Region geometry -> pixels: class-id masks and clipped detection boxes.
 
 The one rasteriser: ``mtl-data build`` (the masks ``mtl-train`` and ``mtl-eval`` read) and
@@ -9,9 +10,9 @@ painted here matches what any COCO tool shows for the annotation.
 
 Paint order: regions are painted largest first, so a small object lying on a large stuff
 region (a cone on the floor) stays on top instead of being painted over; ``iscrowd`` regions
-are painted as ``IGNORE_INDEX`` (255) in the same order. A region known only by its box has no exact
-shape: by default its box is painted ``IGNORE_INDEX`` (the pixels are neither surely the class nor
-surely background); ``box_masks="fill"`` paints the box with the class instead.
+are painted as ``IGNORE_INDEX`` (255) in the same order. A region known only by its box has no
+exact shape: by default its box is painted ``IGNORE_INDEX`` (the pixels are neither surely the
+class nor surely background); ``box_masks="fill"`` paints the box with the class instead.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def region_mask(region: Region, height: int, width: int) -> np.ndarray:
         if isinstance(counts, list):  # uncompressed RLE: pycocotools converts it
             rle = mask_utils.frPyObjects(region.rle, height, width)
         else:
-            rle = {"size": region.rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+            rle = {
+                "size": region.rle["size"],
+                "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+            }
         return _decode(rle)
     mask = np.zeros((height, width), bool)
     if region.bbox is not None:
@@ -51,13 +55,15 @@ def region_mask(region: Region, height: int, width: int) -> np.ndarray:
 
 
 def _decode(rle: dict) -> np.ndarray:
-    """pycocotools' RLE decode as a boolean mask.
+    """Decode an RLE with pycocotools, as a boolean mask.
 
     pycocotools 2.0.x calls ``np.array(..., copy=False)`` internally, which NumPy 2 flags with a
     DeprecationWarning per call; the result is correct, so that one warning is silenced here.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message="__array__ implementation", category=DeprecationWarning
+        )
         return mask_utils.decode(rle).astype(bool)
 
 
@@ -79,26 +85,30 @@ class BoxStatus(Enum):
     """How a detection box relates to the image it belongs to."""
 
     OK = "ok"
-    CLIPPED = "clipped"          # partly outside: clipped, still used
-    OUTSIDE = "outside"          # nothing left after clipping: dropped
-    ZERO_AREA = "zero_area"      # degenerate as annotated: dropped
+    CLIPPED = "clipped"  # partly outside: clipped, still used
+    OUTSIDE = "outside"  # nothing left after clipping: dropped
+    ZERO_AREA = "zero_area"  # degenerate as annotated: dropped
 
 
 @dataclass(frozen=True)
 class DetectionBox:
-    bbox: BBox        # COCO x, y, w, h, clipped to the image
-    area: float       # pixels of the shape if known, else of the box
+    """A region's detection box, its area and how it relates to the image."""
+
+    bbox: BBox  # COCO x, y, w, h, clipped to the image
+    area: float  # pixels of the shape if known, else of the box
     status: BoxStatus
 
 
 def detection_box(region: Region, height: int, width: int) -> DetectionBox:
     """The region's detection box (its ``bbox``, else the bounds of its shape), clipped."""
     mask = None
+    raw: BBox
     if region.bbox is not None:
         raw = region.bbox
     else:
         mask = region_mask(region, height, width)
-        raw = tuple(float(v) for v in mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))))
+        x, y, w, h = mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
+        raw = (float(x), float(y), float(w), float(h))
     if raw[2] <= 0 or raw[3] <= 0:
         return DetectionBox(raw, 0.0, BoxStatus.ZERO_AREA)
     clipped = clip_box(raw, height, width)
@@ -113,8 +123,9 @@ def detection_box(region: Region, height: int, width: int) -> DetectionBox:
     return DetectionBox(clipped, area, status)
 
 
-def rasterize(regions: list[tuple[int, Region]], height: int, width: int,
-              box_masks: BoxMaskMode = "ignore") -> np.ndarray:
+def rasterize(
+    regions: list[tuple[int, Region]], height: int, width: int, box_masks: BoxMaskMode = "ignore"
+) -> np.ndarray:
     """uint8 class-id mask from ``(class_id, region)`` pairs; 0 where nothing is painted."""
     out = np.zeros((height, width), np.uint8)
     layers = []
@@ -131,9 +142,14 @@ def rasterize(regions: list[tuple[int, Region]], height: int, width: int,
     return out
 
 
-def frame_targets(regions: list[Region], detection: dict[str, int], segmentation: dict[str, int],
-                  size: tuple[int, int], box_masks: BoxMaskMode, summary: JobSummary,
-                  ) -> tuple[np.ndarray, list[dict]]:
+def frame_targets(
+    regions: list[Region],
+    detection: dict[str, int],
+    segmentation: dict[str, int],
+    size: tuple[int, int],
+    box_masks: BoxMaskMode,
+    summary: JobSummary,
+) -> tuple[np.ndarray, list[dict]]:
     """Class-id mask and COCO detection annotations of one image's regions.
 
     Args:
@@ -155,9 +171,14 @@ def frame_targets(regions: list[Region], detection: dict[str, int], segmentation
         if region.label not in detection and region.label not in segmentation:
             summary.add(f"ignored regions ({region.label})")
             continue
-        if region.rle is not None and list(region.rle["size"]) != [height, width]:  # export without sizes
-            summary.fail("RLE size differs from the image size",
-                         f"{region.source}: {region.rle['size']} vs {[height, width]}")
+        if region.rle is not None and list(region.rle["size"]) != [
+            height,
+            width,
+        ]:  # export without sizes
+            summary.fail(
+                "RLE size differs from the image size",
+                f"{region.source}: {region.rle['size']} vs {[height, width]}",
+            )
             continue
         if region.label in segmentation:
             seg_regions.append((segmentation[region.label], region))
@@ -168,18 +189,27 @@ def frame_targets(regions: list[Region], detection: dict[str, int], segmentation
     return rasterize(seg_regions, height, width, box_masks), detections
 
 
-def _detection_annotation(region: Region, category_id: int, height: int, width: int,
-                          summary: JobSummary) -> dict | None:
+def _detection_annotation(
+    region: Region, category_id: int, height: int, width: int, summary: JobSummary
+) -> dict | None:
     """COCO detection annotation of a region, or None (recorded) when its box is unusable."""
     box = detection_box(region, height, width)
     if box.status is BoxStatus.ZERO_AREA:
         summary.fail("box with zero area", f"{region.source}: {list(box.bbox)}")
         return None
     if box.status is BoxStatus.OUTSIDE:
-        summary.fail("box outside the image",
-                     f"{region.source}: {list(region.bbox or box.bbox)} in {width}x{height}")
+        summary.fail(
+            "box outside the image",
+            f"{region.source}: {list(region.bbox or box.bbox)} in {width}x{height}",
+        )
         return None
     if box.status is BoxStatus.CLIPPED:
-        summary.warn("box partly outside the image (clipped)", f"{region.source}: {list(region.bbox or ())}")
-    return {"category_id": category_id, "bbox": [round(v, 2) for v in box.bbox],
-            "area": round(box.area, 2), "iscrowd": 0}
+        summary.warn(
+            "box partly outside the image (clipped)", f"{region.source}: {list(region.bbox or ())}"
+        )
+    return {
+        "category_id": category_id,
+        "bbox": [round(v, 2) for v in box.bbox],
+        "area": round(box.area, 2),
+        "iscrowd": 0,
+    }

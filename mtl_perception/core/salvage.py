@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Read what a cut-off or damaged bag still holds.
 
 Robots lose power mid-recording. What is left on disk then:
@@ -40,7 +41,7 @@ import sqlite3
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from io import BytesIO
@@ -179,7 +180,7 @@ def _decode_prefix(compression: str, data: bytes) -> bytes:
             return lz4.frame.LZ4FrameDecompressor().decompress(data)
         if compression == "bz2":
             return bz2.BZ2Decompressor().decompress(data)
-    except Exception:  # noqa: BLE001 - any decoder error just means nothing usable in the prefix
+    except Exception:
         return b""
     return b""
 
@@ -199,7 +200,7 @@ def _decode_whole(compression: str, data: bytes, size: int, crc: int = 0) -> byt
             raise _Damage(f"unknown chunk compression {compression!r}")
     except _Damage:
         raise
-    except Exception as err:  # noqa: BLE001 - decoders raise many types (zstd, lz4, OSError, ValueError)
+    except Exception as err:
         raise _Damage(
             f"{compression} chunk does not decompress ({type(err).__name__}: {err})"
         ) from None
@@ -322,7 +323,7 @@ def _cut_message(start: int, recovered: int | None) -> str:
     )
 
 
-def _count_messages(items: Scan) -> Iterator[_ConnInfo | _Msg]:
+def _count_messages(items: Scan) -> Generator[_ConnInfo | _Msg, None, int]:
     """``items`` unchanged; the generator's return value is how many messages passed."""
     count = 0
     for item in items:
@@ -333,7 +334,7 @@ def _count_messages(items: Scan) -> Iterator[_ConnInfo | _Msg]:
 
 def _mcap_partial_chunk(
     handle: BinaryIO, start: int, state: _McapState, report: FileReport
-) -> Iterator[_ConnInfo | _Msg]:
+) -> Generator[_ConnInfo | _Msg, None, int | None]:
     """Messages of a chunk record cut short by the end of the file.
 
     Returns their count (``None`` when the record at ``start`` is not a chunk).
@@ -500,9 +501,11 @@ def _ros1_chunk_header(header: Ros1Header) -> tuple[str, int]:
 
 def _ros1_open_chunk(
     handle: BinaryIO, start: int, state: _Ros1State, report: FileReport
-) -> Iterator[_ConnInfo | _Msg]:
-    """Messages of a chunk cut short or still open (records to the end of the file); returns their
-    count (None: the record at ``start`` is not a chunk)."""
+) -> Generator[_ConnInfo | _Msg, None, int | None]:
+    """Messages of a chunk cut short or still open (records to the end of the file).
+
+    Returns their count (None: the record at ``start`` is not a chunk).
+    """
     handle.seek(start)
     try:
         (header_length,) = struct.unpack("<I", _read_exact(handle, 4, report.size))
@@ -754,6 +757,7 @@ class SalvageReader:
 
     @property
     def damaged(self) -> bool:
+        """True when any file of the bag was damaged."""
         return any(r.damage for r in self.reports)
 
     def describe(self) -> str:
@@ -849,7 +853,7 @@ class RecoveringReader:
         self._stack = ExitStack()
 
     def __enter__(self) -> RecoveringReader:
-        from rosbags.highlevel import AnyReader  # noqa: PLC0415 - only this class needs it
+        from rosbags.highlevel import AnyReader
 
         try:
             cut = [
@@ -862,7 +866,7 @@ class RecoveringReader:
             self.normal = self._stack.enter_context(
                 AnyReader([self.path], default_typestore=self.default_typestore)
             )
-        except Exception as err:  # noqa: BLE001 - rosbags raises many types for damaged files
+        except Exception as err:
             self._switch(err)
         return self
 
@@ -883,6 +887,7 @@ class RecoveringReader:
 
     @property
     def connections(self) -> list[Connection]:
+        """The bag's connections, from whichever reader is in use."""
         return self.normal.connections if self.normal is not None else self.salvage.connections  # type: ignore[union-attr]
 
     def describe(self) -> str:
@@ -910,7 +915,7 @@ class RecoveringReader:
                     key = (conn.topic, conn.msgtype)
                     delivered[key] = delivered.get(key, 0) + 1
                 return
-            except Exception as err:  # noqa: BLE001 - storage backends raise many types (struct, bz2, lz4, ...)
+            except Exception as err:
                 self._switch(err)
         assert self.salvage is not None
         ours = {(c.topic, c.msgtype): c for c in wanted}

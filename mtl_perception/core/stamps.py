@@ -1,5 +1,9 @@
-"""Header stamps as integer nanoseconds: the key that links a bag frame, the node's answer and
-its label (exact integer arithmetic: float seconds lose nanoseconds after ~100 days of epoch)."""
+# SPDX-License-Identifier: Apache-2.0
+"""Header stamps as integer nanoseconds.
+
+The stamp links a bag frame, the node's answer and its label, so it is kept exact: integer
+arithmetic, never float seconds (which lose nanoseconds for epoch times).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,7 @@ NS_PER_S = 1_000_000_000
 
 
 def stamp_to_ns(stamp: Any) -> int:
-    """``builtin_interfaces/Time`` (rosbags or rclpy message, or anything with ``sec`` and
-    ``nanosec``) -> integer nanoseconds."""
+    """``builtin_interfaces/Time`` (rosbags or rclpy message, any ``sec``/``nanosec``) -> ns."""
     return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Monocular depth metrics over a whole split: AbsRel, SqRel, RMSE, RMSE(log), δ thresholds, MAE.
 
 The standard set of Eigen et al. (2014), as KITTI / NYUv2 papers report it. Pure numpy (torch
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEPTH_METRIC_KEYS", "DELTA_THRESHOLDS", "DepthMetrics", "as_numpy_depth"]
+__all__ = ["DELTA_THRESHOLDS", "DEPTH_METRIC_KEYS", "DepthMetrics", "as_numpy_depth"]
 
 #: Keys of ``DepthMetrics.compute()`` besides the counts ``valid_pixels`` and ``frames``.
 DEPTH_METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3", "mae")

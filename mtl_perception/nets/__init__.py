@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The networks: one shared MobileNetV3-Large body with detection, segmentation and/or depth heads.
 
 Public API (docs/CONTRACTS.md section 6): ``build_model``, ``ARCHITECTURES``, ``MultiTaskModel``,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Monocular depth head on the shared MobileNetV3 taps, and its losses.
 
 The decoder is LR-ASPP's (torchvision's ``LRASPPHead``, MobileNetV3 paper section 6.4) with one
@@ -155,7 +156,8 @@ class DepthHead(nn.Module):
     @staticmethod
     def _target_depth(targets: Targets, images: Tensor) -> Tensor:
         """Stack the targets' depth maps (``[H, W]`` or ``[1, H, W]``) to ``[B, 1, H, W]`` float32;
-        a target without one is all invalid (adds nothing to the loss)."""
+        a target without one is all invalid (adds nothing to the loss).
+        """
         size = tuple(images.shape[-2:])
         maps = []
         for index, target in enumerate(targets):

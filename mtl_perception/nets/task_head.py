@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The interface every task head implements, so the multi-task model treats all heads alike."""
 
 from __future__ import annotations
@@ -47,5 +48,6 @@ class TaskHead(Protocol):
 
     def predict(self, features: Mapping[str, Tensor], images: Tensor) -> list[dict[str, Tensor]]:
         """Per-image outputs in input pixels (detection: boxes/labels/scores; segmentation: mask;
-        depth: depth)."""
+        depth: depth).
+        """
         ...

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Depth accuracy of a replay: the node's ``~/depth`` against the bag's own depth topic.
 
 An RGB-D bag is its own ground truth: the aligned depth topic (``16UC1`` millimetres,
@@ -18,7 +19,7 @@ import numpy as np
 from mtl_perception.core.depth import DEFAULT_DEPTH_UNIT_M, depth_to_metres, nearest_stamp
 from mtl_perception.evaluation.depth_metrics import DepthMetrics
 
-__all__ = ["DepthScorer", "DepthReference"]
+__all__ = ["DepthReference", "DepthScorer"]
 
 
 class DepthReference:

@@ -1,5 +1,7 @@
-"""Ground truth for bag replay, indexed by header stamp (the key that links a bag frame, the
-node's answer and its label).
+# SPDX-License-Identifier: Apache-2.0
+"""Ground truth for bag replay, indexed by header stamp.
+
+The header stamp is the key that links a bag frame, the node's answer and its label.
 
 Two sources are read (docs/CONTRACTS.md):
 
@@ -25,13 +27,12 @@ import cv2
 import numpy as np
 
 from mtl_perception.core.errors import UserError
+from mtl_perception.core.json_io import read_json
 from mtl_perception.core.labels import BACKGROUND, ClassConfig, Region, read_labels
 from mtl_perception.core.rasterize import frame_targets
-from mtl_perception.core.json_io import read_json
 from mtl_perception.core.summary import JobSummary
 
 __all__ = ["FrameTruth", "GroundTruth", "load_ground_truth"]
-
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,9 @@ def _xywh_to_xyxy(bbox: Any) -> list[float] | None:
     return [x, y, x + w, y + h] if w > 0 and h > 0 else None
 
 
-def _index_images(coco: dict[str, Any], source: Path, summary: JobSummary) -> dict[int, dict[str, Any]]:
+def _index_images(
+    coco: dict[str, Any], source: Path, summary: JobSummary
+) -> dict[int, dict[str, Any]]:
     """COCO images by id, keeping those with a usable ``stamp_ns`` (first wins on duplicates)."""
     images = coco.get("images")
     if not isinstance(images, list):
@@ -89,11 +92,15 @@ def _index_images(coco: dict[str, Any], source: Path, summary: JobSummary) -> di
         seen_stamps.add(stamp)
         by_id[image["id"]] = image
     if not by_id:
-        raise UserError(f"{source}: no image has a 'stamp_ns' field; cannot match frames by header stamp")
+        raise UserError(
+            f"{source}: no image has a 'stamp_ns' field; cannot match frames by header stamp"
+        )
     return by_id
 
 
-def _group_annotations(coco: dict[str, Any], image_ids: set[int], summary: JobSummary) -> dict[int, list[dict[str, Any]]]:
+def _group_annotations(
+    coco: dict[str, Any], image_ids: set[int], summary: JobSummary
+) -> dict[int, list[dict[str, Any]]]:
     grouped: dict[int, list[dict[str, Any]]] = {image_id: [] for image_id in image_ids}
     for ann in coco.get("annotations") or []:
         if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
@@ -104,8 +111,12 @@ def _group_annotations(coco: dict[str, Any], image_ids: set[int], summary: JobSu
     return grouped
 
 
-def _boxes(anns: list[dict[str, Any]], category_names: dict[int, str], detection: set[str],
-           summary: JobSummary) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
+def _boxes(
+    anns: list[dict[str, Any]],
+    category_names: dict[int, str],
+    detection: set[str],
+    summary: JobSummary,
+) -> tuple[np.ndarray, tuple[str, ...], np.ndarray]:
     boxes, names, crowd = [], [], []
     for ann in anns:
         name = category_names.get(ann["category_id"])
@@ -118,7 +129,11 @@ def _boxes(anns: list[dict[str, Any]], category_names: dict[int, str], detection
         boxes.append(box)
         names.append(name)
         crowd.append(int(ann.get("iscrowd", 0)))
-    return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4), tuple(names), np.asarray(crowd, dtype=np.int64))
+    return (
+        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        tuple(names),
+        np.asarray(crowd, dtype=np.int64),
+    )
 
 
 def _load_processed(folder: Path) -> GroundTruth:
@@ -137,19 +152,29 @@ def _load_processed(folder: Path) -> GroundTruth:
             name = image.get("mask_file")
             mask = cv2.imread(str(folder / name), cv2.IMREAD_UNCHANGED) if name else None
             return mask if mask is not None and mask.ndim == 2 else None
+
         return load
 
     frames = {}
     for image_id, image in images.items():
-        boxes, names, crowd = _boxes(grouped[image_id], category_names, set(detection_classes), summary)
-        frames[image["stamp_ns"]] = FrameTruth(boxes, names, crowd, mask_loader(image) if segmentation_classes else lambda: None)
+        boxes, names, crowd = _boxes(
+            grouped[image_id], category_names, set(detection_classes), summary
+        )
+        frames[image["stamp_ns"]] = FrameTruth(
+            boxes, names, crowd, mask_loader(image) if segmentation_classes else lambda: None
+        )
     return GroundTruth(folder, detection_classes, segmentation_classes, frames, summary)
 
 
-def _mask_loader(regions: list[Region], segmentation: dict[str, int], size: tuple[int, int],
-                 ) -> Callable[[], np.ndarray | None]:
-    """Paint the mask when it is scored, not at load time (long bags, many frames); its
-    problems were already counted when the frame was loaded."""
+def _mask_loader(
+    regions: list[Region],
+    segmentation: dict[str, int],
+    size: tuple[int, int],
+) -> Callable[[], np.ndarray | None]:
+    """A loader that paints the mask when it is scored, not at load time (long bags).
+
+    Problems of the regions were already counted when the frame was loaded.
+    """
     if not segmentation:
         return lambda: None
     return lambda: frame_targets(regions, {}, segmentation, size, "ignore", JobSummary("mask"))[0]
@@ -181,9 +206,13 @@ def _load_export(path: Path, classes: ClassConfig) -> GroundTruth:
             _mask_loader(image.regions, segmentation, size),
         )
     if not frames:
-        raise UserError(f"{path}: no image has a 'stamp_ns' field; cannot match frames by header stamp")
+        raise UserError(
+            f"{path}: no image has a 'stamp_ns' field; cannot match frames by header stamp"
+        )
     segmentation_classes = [BACKGROUND, *classes.segmentation_classes] if segmentation else None
-    return GroundTruth(path, list(classes.detection_classes), segmentation_classes, frames, summary)
+    return GroundTruth(
+        path, list(classes.detection_classes), segmentation_classes, frames, summary
+    )
 
 
 def load_ground_truth(path: str | Path, classes: ClassConfig | None = None) -> GroundTruth:
@@ -202,12 +231,16 @@ def load_ground_truth(path: str | Path, classes: ClassConfig | None = None) -> G
     path = Path(path)
     if path.is_dir():
         if not (path / "annotations.json").is_file():
-            raise UserError(f"{path}: not a processed dataset (no annotations.json); "
-                            "pass the folder of mtl-data build or a COCO .json")
+            raise UserError(
+                f"{path}: not a processed dataset (no annotations.json); "
+                "pass the folder of mtl-data build or a COCO .json"
+            )
         return _load_processed(path)
     if not path.exists():
         raise UserError(f"{path}: ground truth not found")
     if classes is None:
-        raise UserError(f"{path}: a label file needs the class lists to rasterise it with; "
-                        "give --model (its dataset's classes) or --classes-file")
+        raise UserError(
+            f"{path}: a label file needs the class lists to rasterise it with; "
+            "give --model (its dataset's classes) or --classes-file"
+        )
     return _load_export(path, classes)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ROS 2 side of mtl_perception: the lifecycle perception node and its helpers.
 
 Only this sub-package imports ``rclpy``; the inference itself is

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A one-slot mailbox between the subscription callback and the inference worker.
 
 A perception node must answer for the newest frame: when inference is slower than the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """launch_testing test of perception.launch.py for a lifecycle manager: start inactive, sim time.
 
 Run by ``launch_test`` (as ROS's ``add_launch_test`` does; test/test_ros2_tools.py runs it in CI
