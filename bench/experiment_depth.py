@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 results.append(future.result())
                 summary.add("done")
-            except Exception as err:  # noqa: BLE001 - one broken run must not lose the others
+            except Exception as err:
                 traceback.print_exception(err)
                 summary.fail("run failed", f"{futures[future].name}: {err}")
             write_text(

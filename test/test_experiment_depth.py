@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """bench/experiment_depth.py's table: paired Δm of det+seg+depth against det+seg (no training)."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from experiment_depth import table  # noqa: E402
+from experiment_depth import table
 
 
 def _run(tasks: tuple[str, ...], seed: int, **metrics: float) -> dict:
