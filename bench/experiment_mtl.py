@@ -16,7 +16,9 @@ metric, Δm (Maninis et al. 2019: mean relative change vs the single-task models
 seed, sign-flipped for lower-is-better metrics), the task weights each method trained with,
 GFLOPs and CPU batch-1 latency.
 
-Resumable and idempotent: each run's figures are cached in ``<out>/<run>/result.json``.
+Resumable and idempotent: each run's figures are cached in ``<out>/<run>/result.json``; the
+results section (``<out>/results.md``) is rewritten after every run, ``--report-only`` rewrites it
+from the cache without training.
 
     nice -n 10 python bench/experiment_mtl.py                       # det+seg, 3 seeds (~25 min, 2 shared cores)
     python bench/experiment_mtl.py --tasks detection segmentation depth --out runs/exp_depth
@@ -335,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--results",
         type=Path,
-        help="results file (default bench/experiment_results.md; --quick: <out>/results.md)",
+        help="where the results section is written (default <out>/results.md; dated figures "
+        "worth keeping go to docs/RESULTS.md)",
     )
     parser.add_argument(
         "--report-only",
@@ -379,22 +382,21 @@ def run(args: argparse.Namespace) -> int:
         args.config, [f"data.root={data}", *(QUICK_OVERRIDES if args.quick else [])]
     )
     summary = JobSummary(PROG)
-    results_file = args.results or (
-        args.out / "results.md" if args.quick else ROOT / "bench/experiment_results.md"
-    )
+    results_file = args.results or args.out / "results.md"
     results: list[dict[str, Any]] = []
     if args.report_only:  # the table of the runs already cached, nothing trained
         caches = [args.out / spec.name / "result.json" for spec in plan_runs(args)]
         results = [
             json.loads(path.read_text(encoding="utf-8")) for path in caches if path.is_file()
         ]
-        args.jobs = 0
     # Runs are independent: ``--jobs`` of them at a time, each in its own process with one thread.
     with ProcessPoolExecutor(
         max_workers=max(args.jobs, 1), mp_context=multiprocessing.get_context("spawn")
     ) as pool:
         futures = {
-            pool.submit(run_one, spec, args, data): spec for spec in plan_runs(args) if args.jobs
+            pool.submit(run_one, spec, args, data): spec
+            for spec in plan_runs(args)
+            if not args.report_only
         }
         for future in as_completed(futures):
             spec = futures[future]
