@@ -10,7 +10,9 @@ PACKAGE = "mtl_perception"
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(include=["mtl_perception", "mtl_perception.*", "data_tools", "data_tools.*"]),
+    packages=find_packages(
+        include=["mtl_perception", "mtl_perception.*", "data_tools", "data_tools.*"]
+    ),
     data_files=[
         # The ament resource index marker and package.xml make `ros2 run/launch` find the package.
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),

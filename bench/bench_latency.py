@@ -35,13 +35,18 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # run from a checkout without installing
 
-from mtl_perception.core.constants import MIN_INPUT_SIDE, format_hw, parse_hw  # noqa: E402
-from mtl_perception.core.errors import UserError, run_cli  # noqa: E402
-from mtl_perception.evaluation.profiling import count_gflops, measure_latency  # noqa: E402
-from mtl_perception.evaluation.profiling import sample_input  # noqa: E402
-from mtl_perception.nets import DETECTION, SEGMENTATION, build_model, count_parameters  # noqa: E402
+from mtl_perception.core.constants import MIN_INPUT_SIDE, format_hw, parse_hw
+from mtl_perception.core.errors import UserError, run_cli
+from mtl_perception.evaluation.profiling import (
+    count_gflops,
+    measure_latency,
+    sample_input,
+)
+from mtl_perception.nets import DETECTION, SEGMENTATION, build_model, count_parameters
 
 # multi-task architecture -> (its detection-only model, its segmentation-only model)
 PAIRS: dict[str, tuple[str, str]] = {
@@ -63,14 +68,36 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=_size, default=(240, 320), help="input HEIGHTxWIDTH (default 240x320)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size", type=_size, default=(240, 320), help="input HEIGHTxWIDTH (default 240x320)"
+    )
     parser.add_argument("--runs", type=int, default=30, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 = stable on shared machines)")
-    parser.add_argument("--arch", nargs="+", choices=sorted(PAIRS), default=list(PAIRS), help="multi-task models to measure")
-    parser.add_argument("--aspp-separable", type=_bool, default=None, help="DeepLabv3 ASPP option (default: the model's)")
-    parser.add_argument("--aspp-channels", type=int, default=None, help="DeepLabv3 ASPP width (default: the model's)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 = stable on shared machines)"
+    )
+    parser.add_argument(
+        "--arch",
+        nargs="+",
+        choices=sorted(PAIRS),
+        default=list(PAIRS),
+        help="multi-task models to measure",
+    )
+    parser.add_argument(
+        "--aspp-separable",
+        type=_bool,
+        default=None,
+        help="DeepLabv3 ASPP option (default: the model's)",
+    )
+    parser.add_argument(
+        "--aspp-channels",
+        type=int,
+        default=None,
+        help="DeepLabv3 ASPP width (default: the model's)",
+    )
     return parser
 
 
@@ -82,11 +109,19 @@ def _bool(text: str) -> bool:
 
 def _build(name: str, size: tuple[int, int], args: argparse.Namespace) -> torch.nn.Module:
     """An eval-mode model of architecture ``name``; DeepLabv3 models get the ASPP options asked for."""
-    options = {"aspp_separable": args.aspp_separable, "aspp_channels": args.aspp_channels} if "deeplabv3" in name else {}
-    return build_model(name, NUM_DETECTION_CLASSES, NUM_SEGMENTATION_CLASSES, size, **options).eval()
+    options = (
+        {"aspp_separable": args.aspp_separable, "aspp_channels": args.aspp_channels}
+        if "deeplabv3" in name
+        else {}
+    )
+    return build_model(
+        name, NUM_DETECTION_CLASSES, NUM_SEGMENTATION_CLASSES, size, **options
+    ).eval()
 
 
-def _share_weights(multi: torch.nn.Module, detector: torch.nn.Module, segmenter: torch.nn.Module) -> None:
+def _share_weights(
+    multi: torch.nn.Module, detector: torch.nn.Module, segmenter: torch.nn.Module
+) -> None:
     """Give ``multi`` the detector's backbone and detection head and the segmenter's head."""
     multi.backbone.load_state_dict(detector.backbone.state_dict())
     multi.heads[DETECTION].load_state_dict(detector.heads[DETECTION].state_dict())
@@ -94,7 +129,9 @@ def _share_weights(multi: torch.nn.Module, detector: torch.nn.Module, segmenter:
 
 
 @torch.inference_mode()
-def _boxes_after_postprocessing(multi: torch.nn.Module, detector: torch.nn.Module, size: tuple[int, int]) -> int:
+def _boxes_after_postprocessing(
+    multi: torch.nn.Module, detector: torch.nn.Module, size: tuple[int, int]
+) -> int:
     """Boxes the detector outputs on the timed input; raises if the multi-task model differs."""
     images = sample_input(size, torch.device("cpu"))
     mine, theirs = multi(images)[0], detector(images)[0]
@@ -103,7 +140,9 @@ def _boxes_after_postprocessing(multi: torch.nn.Module, detector: torch.nn.Modul
     return int(theirs["boxes"].shape[0])
 
 
-def _median_latencies(models: dict[str, torch.nn.Module], size: tuple[int, int], runs: int, warmup: int) -> dict[str, float]:
+def _median_latencies(
+    models: dict[str, torch.nn.Module], size: tuple[int, int], runs: int, warmup: int
+) -> dict[str, float]:
     """Median ms per model over ``runs`` round-robin rounds after ``warmup`` rounds."""
     samples: dict[str, list[float]] = {name: [] for name in models}
     for round_index in range(warmup + runs):
@@ -128,13 +167,17 @@ def run(args: argparse.Namespace) -> int:
         boxes[arch] = _boxes_after_postprocessing(models[arch], models[PAIRS[arch][0]], size)
     latency = _median_latencies(models, size, args.runs, args.warmup)
 
-    print(f"CPU, batch 1, input {format_hw(size)} (HxW), {args.threads} thread(s), median of {args.runs} after {args.warmup} warm-up rounds")
+    print(
+        f"CPU, batch 1, input {format_hw(size)} (HxW), {args.threads} thread(s), median of {args.runs} after {args.warmup} warm-up rounds"
+    )
     if "deeplabv3" in models:
         print(f"DeepLabv3 head options: {models['deeplabv3'].heads['segmentation'].options}")
     gflops = {name: count_gflops(model, size) for name, model in models.items()}
     print(f"{'model':<20}{'ms/frame':>10}{'params (M)':>12}{'GFLOPs':>9}")
     for name in names:
-        print(f"{name:<20}{latency[name]:>10.1f}{count_parameters(models[name]) / 1e6:>12.2f}{gflops[name]:>9.2f}")
+        print(
+            f"{name:<20}{latency[name]:>10.1f}{count_parameters(models[name]) / 1e6:>12.2f}{gflops[name]:>9.2f}"
+        )
     print()
     results = []
     for arch in args.arch:
@@ -142,13 +185,17 @@ def run(args: argparse.Namespace) -> int:
         ratio = latency[arch] / (latency[detector] + latency[segmenter])
         verdict = "meets" if ratio <= TARGET_RATIO else "misses"
         degenerate = "" if boxes[arch] else "; DEGENERATE: no box reaches post-processing"
-        print(f"{arch}: {latency[arch]:.1f} ms vs {detector} + {segmenter} = {latency[detector] + latency[segmenter]:.1f} ms "
-              f"-> ratio {ratio:.3f} ({verdict} the {TARGET_RATIO} target; {boxes[arch]} boxes on both sides{degenerate})")
+        print(
+            f"{arch}: {latency[arch]:.1f} ms vs {detector} + {segmenter} = {latency[detector] + latency[segmenter]:.1f} ms "
+            f"-> ratio {ratio:.3f} ({verdict} the {TARGET_RATIO} target; {boxes[arch]} boxes on both sides{degenerate})"
+        )
         if not boxes[arch]:
             continue  # a ratio without the detection post-processing is not the figure asked for
         results.append(f"RESULT latency_ratio_{arch}={ratio:.3f}")
         # FLOPs do not depend on machine load: the noise-free view of the same saving.
-        results.append(f"RESULT gflops_ratio_{arch}={gflops[arch] / (gflops[detector] + gflops[segmenter]):.3f}")
+        results.append(
+            f"RESULT gflops_ratio_{arch}={gflops[arch] / (gflops[detector] + gflops[segmenter]):.3f}"
+        )
     print("\n".join(results))
     return 0
 

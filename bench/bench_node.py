@@ -32,25 +32,27 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import rclpy  # noqa: E402
-import torch  # noqa: E402
-from rclpy.context import Context  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from sequence import camera_frames  # noqa: E402
+import rclpy
+import torch
+from rclpy.context import Context
+from sensor_msgs.msg import Image
+from sequence import camera_frames
 
-from mtl_perception.core.images import rgb8_to_image_fields  # noqa: E402
-from mtl_perception.checkpoint import inference_fields, save_checkpoint  # noqa: E402
-from mtl_perception.core.constants import MIN_INPUT_SIDE, parse_hw  # noqa: E402
-from mtl_perception.core.errors import run_cli  # noqa: E402
-from mtl_perception.core.stamps import ns_to_sec_nanosec  # noqa: E402
-from mtl_perception.predictor import Predictor  # noqa: E402
-from mtl_perception.replay.outputs import OutputSink  # noqa: E402
-from mtl_perception.replay.stats import ReplayStats  # noqa: E402
-from mtl_perception.ros.replay import ReplaySession, output_topics  # noqa: E402
-from mtl_perception.ros.replay_launch import NodeProcess, dds_environment  # noqa: E402
+from mtl_perception.checkpoint import inference_fields, save_checkpoint
+from mtl_perception.core.constants import MIN_INPUT_SIDE, parse_hw
+from mtl_perception.core.errors import run_cli
+from mtl_perception.core.images import rgb8_to_image_fields
+from mtl_perception.core.stamps import ns_to_sec_nanosec
+from mtl_perception.predictor import Predictor
+from mtl_perception.replay.outputs import OutputSink
+from mtl_perception.replay.stats import ReplayStats
+from mtl_perception.ros.replay import ReplaySession, output_topics
+from mtl_perception.ros.replay_launch import NodeProcess, dds_environment
 
 TOPIC = "/bench/image_raw"
 STAMP0 = 1_000_000_000_000_000_000
@@ -67,17 +69,41 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, help="model to run (default: random-weights ssdlite_deeplabv3)")
-    parser.add_argument("--input-size", type=_size, default=(320, 320), help="network input HEIGHTxWIDTH of the random model")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, model and node alike")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating model/node throughput rounds")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, help="model to run (default: random-weights ssdlite_deeplabv3)"
+    )
+    parser.add_argument(
+        "--input-size",
+        type=_size,
+        default=(320, 320),
+        help="network input HEIGHTxWIDTH of the random model",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads, model and node alike"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating model/node throughput rounds"
+    )
     parser.add_argument("--frames", type=int, default=20, help="frames per throughput round")
-    parser.add_argument("--overload-seconds", type=float, default=90.0, help="length of the 60 Hz overload run")
-    parser.add_argument("--overload-rate", type=float, default=60.0, help="publish rate of the overload run (Hz)")
-    parser.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE",
-                        help="extra node parameter (repeatable), e.g. publish_color:=false to see what an output costs")
-    parser.add_argument("--quick", action="store_true", help="short smoke run (fewer frames, 20 s overload)")
+    parser.add_argument(
+        "--overload-seconds", type=float, default=90.0, help="length of the 60 Hz overload run"
+    )
+    parser.add_argument(
+        "--overload-rate", type=float, default=60.0, help="publish rate of the overload run (Hz)"
+    )
+    parser.add_argument(
+        "--node-param",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="extra node parameter (repeatable), e.g. publish_color:=false to see what an output costs",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short smoke run (fewer frames, 20 s overload)"
+    )
     return parser
 
 
@@ -134,7 +160,9 @@ class Feeder:
         return stamps
 
 
-def model_round(predictor: Predictor, frames: list[np.ndarray]) -> tuple[float, float, list[float]]:
+def model_round(
+    predictor: Predictor, frames: list[np.ndarray]
+) -> tuple[float, float, list[float]]:
     """The bare predictor over ``frames``: fps, CPU seconds per frame, per-frame latencies (ms)."""
     latencies = []
     start, cpu_start = time.perf_counter(), time.thread_time()
@@ -146,8 +174,9 @@ def model_round(predictor: Predictor, frames: list[np.ndarray]) -> tuple[float, 
     return len(frames) / (time.perf_counter() - start), cpu / len(frames), latencies
 
 
-def node_round(feeder: Feeder, stats: ReplayStats, node_pid: int, target_answers: int,
-               model_fps: float) -> tuple[float, float]:
+def node_round(
+    feeder: Feeder, stats: ReplayStats, node_pid: int, target_answers: int, model_fps: float
+) -> tuple[float, float]:
     """The node fed ~1.5x faster than the model can go: answers per second, node CPU seconds per answer."""
     cpu_start = cpu_seconds(node_pid)
     stamps = feeder.run(rate_hz=1.5 * model_fps, duration_s=(target_answers + 1) / model_fps)
@@ -176,11 +205,18 @@ def _main() -> int:
         stats = ReplayStats()
         context = Context()
         rclpy.init(args=[], context=context)  # our argv is argparse's, not ROS's
-        node = NodeProcess(checkpoint.resolve(), TOPIC, Path(tmp) / "node.log", parameters=["device:=cpu", *args.node_param])
+        node = NodeProcess(
+            checkpoint.resolve(),
+            TOPIC,
+            Path(tmp) / "node.log",
+            parameters=["device:=cpu", *args.node_param],
+        )
         session = None
         try:
             node.start()
-            topics = output_topics(node.namespace, record_color=False, record_overlay=False)[:1]  # detections only
+            topics = output_topics(node.namespace, record_color=False, record_overlay=False)[
+                :1
+            ]  # detections only
             sink = OutputSink(None, None, topics[0].name, "", ())
             session = ReplaySession(context, TOPIC, Image, topics, sink, stats)
             session.wait_ready(node, timeout=180.0)
@@ -201,10 +237,12 @@ def _main() -> int:
                 session.wait_quiet(1.0, 10.0)
             ratio = sum(node_fps) / sum(model_fps)
             model_ms = statistics.median(model_latencies)
-            print(f"model {statistics.fmean(model_fps):.2f} fps ({model_ms:.1f} ms median, "
-                  f"{statistics.fmean(model_cpu) * 1000:.0f} ms CPU/frame), node {statistics.fmean(node_fps):.2f} fps "
-                  f"({statistics.fmean(node_cpu) * 1000:.0f} ms CPU/frame, all threads) over {args.rounds} rounds",
-                  flush=True)
+            print(
+                f"model {statistics.fmean(model_fps):.2f} fps ({model_ms:.1f} ms median, "
+                f"{statistics.fmean(model_cpu) * 1000:.0f} ms CPU/frame), node {statistics.fmean(node_fps):.2f} fps "
+                f"({statistics.fmean(node_cpu) * 1000:.0f} ms CPU/frame, all threads) over {args.rounds} rounds",
+                flush=True,
+            )
             print(f"RESULT node_throughput_ratio={ratio:.3f}", flush=True)
             # Diagnostic without a target: the same ratio in CPU time, which load from other
             # processes on a shared machine does not distort (it counts every node thread).
@@ -221,15 +259,22 @@ def _main() -> int:
             stamps = feeder.run(args.overload_rate, args.overload_seconds, on_tick=sample)
             session.wait_quiet(1.0, 10.0)
             sent = set(stamps)
-            latencies = [(stats.answered_at[s] - stats.sent_at[s]) * 1000.0 for s in stamps if s in stats.answered_at]
+            latencies = [
+                (stats.answered_at[s] - stats.sent_at[s]) * 1000.0
+                for s in stamps
+                if s in stats.answered_at
+            ]
             p99 = float(np.percentile(latencies, 99))
             warm = [v for t, v in rss if t >= 0.25 * args.overload_seconds]
-            head, tail = warm[: max(1, len(warm) // 10)], warm[-max(1, len(warm) // 10):]
+            head, tail = warm[: max(1, len(warm) // 10)], warm[-max(1, len(warm) // 10) :]
             growth = (statistics.median(tail) - statistics.median(head)) / statistics.median(head)
-            print(f"overload: {len(stamps)} frames at {args.overload_rate:g} Hz, {len(latencies)} answered "
-                  f"({len(latencies) / len(sent):.0%}), latency p50 {np.percentile(latencies, 50):.1f} ms "
-                  f"p99 {p99:.1f} ms max {max(latencies):.1f} ms; node RSS {statistics.median(head) / 2**20:.0f} -> "
-                  f"{statistics.median(tail) / 2**20:.0f} MiB", flush=True)
+            print(
+                f"overload: {len(stamps)} frames at {args.overload_rate:g} Hz, {len(latencies)} answered "
+                f"({len(latencies) / len(sent):.0%}), latency p50 {np.percentile(latencies, 50):.1f} ms "
+                f"p99 {p99:.1f} ms max {max(latencies):.1f} ms; node RSS {statistics.median(head) / 2**20:.0f} -> "
+                f"{statistics.median(tail) / 2**20:.0f} MiB",
+                flush=True,
+            )
             print(f"RESULT overload_p99_over_model={p99 / model_ms:.3f}", flush=True)
             print(f"RESULT overload_rss_growth={growth:.4f}", flush=True)
         finally:

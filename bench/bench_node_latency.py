@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """What the perception node adds on top of its model: end-to-end latency minus bare model latency.
 
-Same run, same frames (640x480 rgb8 camera-like sequence, bench/sequence.py), same checkpoint, CPU,
+Same run, same frames (480x640 (HxW) rgb8 camera-like sequence, bench/sequence.py), same checkpoint, CPU,
 same torch thread count (default 1), alternating rounds so that load from other processes hits
 both sides alike:
 
@@ -24,7 +24,7 @@ It also prints the node's own per-stage medians from /diagnostics (wait, deseria
 preprocess, model, postprocess, messages, publish), which say where the overhead goes.
 Random weights (no download) unless ``--checkpoint`` is given.
 
-    .venv/bin/python bench/bench_node_latency.py [--quick] [--input-size 160x120] \
+    .venv/bin/python bench/bench_node_latency.py [--quick] [--input-size 120x160] \
         [--rounds 4 --frames 15]
 """
 
@@ -56,6 +56,7 @@ from sequence import camera_frames
 from vision_msgs.msg import Detection2DArray
 
 from mtl_perception.checkpoint import inference_fields, save_checkpoint
+from mtl_perception.core.constants import MIN_INPUT_SIDE, parse_hw
 from mtl_perception.core.errors import run_cli
 from mtl_perception.core.images import rgb8_to_image_fields
 from mtl_perception.predictor import Predictor
@@ -67,9 +68,11 @@ TARGET_MS = 10.0
 
 
 def _size(text: str) -> tuple[int, int]:
-    """``WIDTHxHEIGHT`` -> ``(height, width)``."""
-    width, height = (int(v) for v in text.lower().split("x"))
-    return height, width
+    """``HEIGHTxWIDTH`` -> ``(height, width)``."""
+    try:
+        return parse_hw(text, "--input-size", MIN_INPUT_SIDE)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-size",
         type=_size,
         default=(120, 160),
-        help="network input WIDTHxHEIGHT (default 160x120)",
+        help="network input HEIGHTxWIDTH (default 120x160)",
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads, model and node alike"
@@ -232,7 +235,7 @@ def _main() -> int:
     node_p50, model_p50 = statistics.median(node_ms), statistics.median(model_ms)
     overhead = node_p50 - model_p50
     print(
-        f"640x480 rgb8 frames, network input {args.input_size[1]}x{args.input_size[0]}, CPU, "
+        f"480x640 (HxW) rgb8 frames, network input {args.input_size[0]}x{args.input_size[1]} (HxW), CPU, "
         f"{args.threads} torch thread(s), {args.rounds} alternating rounds of {args.frames} "
         "frames, lockstep"
     )

@@ -38,12 +38,12 @@ from typing import TypeVar
 if __package__ in (None, ""):  # run as `python bench/bench_prune.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skimage.metrics import structural_similarity  # noqa: E402
+from skimage.metrics import structural_similarity
 
-from bench.sequence import write_sequence  # noqa: E402
-from data_tools.prune import DEFAULT_THRESHOLD, FrameDecision, read_gray, select_frames  # noqa: E402
-from data_tools.ssim import dtype_data_range  # noqa: E402
-from mtl_perception.core.constants import parse_hw  # noqa: E402
+from bench.sequence import write_sequence
+from data_tools.prune import DEFAULT_THRESHOLD, FrameDecision, read_gray, select_frames
+from data_tools.ssim import dtype_data_range
+from mtl_perception.core.constants import parse_hw
 
 T = TypeVar("T")
 
@@ -57,8 +57,12 @@ def reference_prune(paths: list[Path], threshold: float) -> list[FrameDecision]:
         if last is None or last.shape != gray.shape or last.dtype != gray.dtype:
             decision = FrameDecision(index, keep=True)
         else:
-            score = float(structural_similarity(last, gray, data_range=dtype_data_range(gray.dtype)))
-            decision = FrameDecision(index, keep=score < threshold, ssim=score, compared_to=last_index)
+            score = float(
+                structural_similarity(last, gray, data_range=dtype_data_range(gray.dtype))
+            )
+            decision = FrameDecision(
+                index, keep=score < threshold, ssim=score, compared_to=last_index
+            )
         if decision.keep:
             last, last_index = gray, index
         decisions.append(decision)
@@ -83,20 +87,33 @@ def timed(fn: Callable[[], T], repeat: int) -> tuple[float, float, T]:
 def compare(fast: list[FrameDecision], reference: list[FrameDecision]) -> tuple[float, float, int]:
     """Share of identical keep/drop decisions, max |dSSIM| on shared comparisons, their count."""
     same = sum(f.keep == r.keep for f, r in zip(fast, reference, strict=True))
-    diffs = [abs(f.ssim - r.ssim) for f, r in zip(fast, reference)
-             if f.exact and f.ssim is not None and r.ssim is not None and f.compared_to == r.compared_to]
+    diffs = [
+        abs(f.ssim - r.ssim)
+        for f, r in zip(fast, reference)
+        if f.exact and f.ssim is not None and r.ssim is not None and f.compared_to == r.compared_to
+    ]
     return same / len(reference), max(diffs, default=0.0), len(diffs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300, help="sequence length")
-    parser.add_argument("--quick", action="store_true", help="short run (60 frames, one repetition) for CI")
+    parser.add_argument(
+        "--quick", action="store_true", help="short run (60 frames, one repetition) for CI"
+    )
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     parser.add_argument("--size", default="540x960", help="frame size HEIGHTxWIDTH")
-    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                        else os.cpu_count() or 1, help="worker threads of the N-core run")
-    parser.add_argument("--repeat", type=int, default=2, help="timing repetitions per method (best is kept)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count() or 1,
+        help="worker threads of the N-core run",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="timing repetitions per method (best is kept)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     frames, repeat = (60, 1) if args.quick else (args.frames, args.repeat)
@@ -107,9 +124,15 @@ def main() -> None:
         paths = sorted(folder.glob("*.jpg"))
         for path in paths:  # warm the page cache so neither method pays for the first disk read
             path.read_bytes()
-        ref_wall, ref_cpu, reference = timed(lambda: reference_prune(paths, args.threshold), repeat)
-        one_wall, one_cpu, fast = timed(lambda: select_frames(paths, args.threshold, jobs=1), repeat)
-        n_wall, n_cpu, fast_n = timed(lambda: select_frames(paths, args.threshold, jobs=args.jobs), repeat)
+        ref_wall, ref_cpu, reference = timed(
+            lambda: reference_prune(paths, args.threshold), repeat
+        )
+        one_wall, one_cpu, fast = timed(
+            lambda: select_frames(paths, args.threshold, jobs=1), repeat
+        )
+        n_wall, n_cpu, fast_n = timed(
+            lambda: select_frames(paths, args.threshold, jobs=args.jobs), repeat
+        )
     if [d.keep for d in fast] != [d.keep for d in fast_n]:
         raise SystemExit("fast path: decisions depend on the number of workers (bug)")
 
@@ -117,18 +140,30 @@ def main() -> None:
     settled = sum(not d.exact for d in fast)
     per_core = ref_cpu / one_cpu
     wall = ref_wall / n_wall
-    print(f"sequence: {frames} JPEG frames {width}x{height}, threshold {args.threshold}, best of {repeat}")
+    print(
+        f"sequence: {frames} JPEG frames {width}x{height}, threshold {args.threshold}, best of {repeat}"
+    )
     print(f"{'':34} {'CPU ms/frame':>12} {'wall ms/frame':>13}  kept")
-    for name, w, c, decisions in (("reference (skimage, 1 thread)", ref_wall, ref_cpu, reference),
-                                  ("fast, --jobs 1", one_wall, one_cpu, fast),
-                                  (f"fast, --jobs {args.jobs}", n_wall, n_cpu, fast_n)):
-        print(f"{name:34} {1000 * c / frames:12.2f} {1000 * w / frames:13.2f}  {sum(d.keep for d in decisions)}")
-    print(f"per core (CPU time, 1 thread each): {per_core:.1f}x; wall-clock with {args.jobs} workers vs "
-          f"reference: {wall:.1f}x")
-    print(f"identical decisions {100 * agreement:.2f}%; {settled} of {frames} frames dropped on the sampled estimate; "
-          f"max |dSSIM| {max_dssim:.2e} over {shared} shared exact comparisons")
-    print(f"RESULT prune_speedup_per_core={per_core:.2f} prune_speedup_wall_{args.jobs}cores={wall:.2f} "
-          f"prune_agreement={agreement:.4f}")
+    for name, w, c, decisions in (
+        ("reference (skimage, 1 thread)", ref_wall, ref_cpu, reference),
+        ("fast, --jobs 1", one_wall, one_cpu, fast),
+        (f"fast, --jobs {args.jobs}", n_wall, n_cpu, fast_n),
+    ):
+        print(
+            f"{name:34} {1000 * c / frames:12.2f} {1000 * w / frames:13.2f}  {sum(d.keep for d in decisions)}"
+        )
+    print(
+        f"per core (CPU time, 1 thread each): {per_core:.1f}x; wall-clock with {args.jobs} workers vs "
+        f"reference: {wall:.1f}x"
+    )
+    print(
+        f"identical decisions {100 * agreement:.2f}%; {settled} of {frames} frames dropped on the sampled estimate; "
+        f"max |dSSIM| {max_dssim:.2e} over {shared} shared exact comparisons"
+    )
+    print(
+        f"RESULT prune_speedup_per_core={per_core:.2f} prune_speedup_wall_{args.jobs}cores={wall:.2f} "
+        f"prune_agreement={agreement:.4f}"
+    )
 
 
 if __name__ == "__main__":

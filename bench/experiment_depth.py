@@ -15,7 +15,7 @@ The table gives each seed, mean ± sample std per arm, and Δm (Maninis et al. 2
 segmentation mIoU, paired by seed (same seed = same initialisation of the shared parts, data
 order and augmentation). Resumable: results are cached per run like ``experiment_mtl.py``'s.
 
-    nice -n 10 python bench/experiment_depth.py     # 3 seeds x 2 arms, ~20 min, 2 shared cores
+    nice -n 10 python bench/experiment_depth.py     # 3 seeds x 2 arms
     python bench/experiment_depth.py --quick        # tiny budget, smoke check
 """
 
@@ -135,7 +135,8 @@ def report(
         + (" (QUICK smoke budget: figures meaningless)" if args.quick else ""),
         "",
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}; `bench/experiment_depth.py "
-        f"--seeds {' '.join(map(str, args.seeds))}`, {wall_s / 60:.0f} min wall",
+        f"--seeds {' '.join(map(str, args.seeds))} --config {args.config}`, "
+        f"{wall_s / 60:.0f} min wall",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load "
         f"average at start {args.load_at_start}), torch {torch.__version__}, {args.jobs} run(s) "
         "at a time with 1 thread each",
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 results.append(future.result())
                 summary.add("done")
-            except Exception as err:  # noqa: BLE001 - one broken run must not lose the others
+            except Exception as err:
                 traceback.print_exception(err)
                 summary.fail("run failed", f"{futures[future].name}: {err}")
             write_text(

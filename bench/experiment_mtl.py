@@ -16,7 +16,9 @@ metric, Δm (Maninis et al. 2019: mean relative change vs the single-task models
 seed, sign-flipped for lower-is-better metrics), the task weights each method trained with,
 GFLOPs and CPU batch-1 latency.
 
-Resumable and idempotent: each run's figures are cached in ``<out>/<run>/result.json``.
+Resumable and idempotent: each run's figures are cached in ``<out>/<run>/result.json``; the
+results section (``<out>/results.md``) is rewritten after every run, ``--report-only`` rewrites it
+from the cache without training.
 
     nice -n 10 python bench/experiment_mtl.py                       # det+seg, 3 seeds (~25 min, 2 shared cores)
     python bench/experiment_mtl.py --tasks detection segmentation depth --out runs/exp_depth
@@ -97,30 +99,46 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        return SINGLE_TASK_LABEL if self.single_task else balancing_label(self.weighting, self.grad_method)
+        return (
+            SINGLE_TASK_LABEL
+            if self.single_task
+            else balancing_label(self.weighting, self.grad_method)
+        )
 
     @property
     def name(self) -> str:
         return run_name(self.arch, self.label, self.seed, self.tasks)
 
     def overrides(self) -> list[str]:
-        return [f"name={self.name}", f"model.arch={self.arch}", f"model.tasks=[{','.join(self.tasks)}]",
-                f"seed={self.seed}", f"balancing.weighting={self.weighting}", f"balancing.grad_method={self.grad_method}"]
+        return [
+            f"name={self.name}",
+            f"model.arch={self.arch}",
+            f"model.tasks=[{','.join(self.tasks)}]",
+            f"seed={self.seed}",
+            f"balancing.weighting={self.weighting}",
+            f"balancing.grad_method={self.grad_method}",
+        ]
 
 
 def build_dataset(workdir: Path, frames: int, log_dir: Path) -> Path:
     """The synthetic dataset (train / val / test), made with the package's own commands."""
     demo = load_demo_config(DEFAULT_CONFIG)
-    config = demo.model_copy(update={
-        "workdir": workdir,
-        "synth": demo.synth.model_copy(update={"frames": frames, "seed": 1}),
-        "build": demo.build.model_copy(update={"name": f"synth{frames}", "split": [0.6, 0.2, 0.2]}),
-    })
+    config = demo.model_copy(
+        update={
+            "workdir": workdir,
+            "synth": demo.synth.model_copy(update={"frames": frames, "seed": 1}),
+            "build": demo.build.model_copy(
+                update={"name": f"synth{frames}", "split": [0.6, 0.2, 0.2]}
+            ),
+        }
+    )
     if (config.dataset / "splits.json").is_file():
         return config.dataset
     for step in plan(config)[:4]:  # synth, unpack, prune, build (not the demo's train/eval/replay)
         if not run_step(step, log_dir):
-            raise UserError(f"dataset step {step.name!r} failed; see {log_dir / (step.name + '.log')}")
+            raise UserError(
+                f"dataset step {step.name!r} failed; see {log_dir / (step.name + '.log')}"
+            )
     return config.dataset
 
 
@@ -133,15 +151,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
         trainer.resume()
     start = time.monotonic()
     result = trainer.train()
-    return {"train_s": time.monotonic() - start, "steps": result.progress.global_step, "history": trainer.history}
+    return {
+        "train_s": time.monotonic() - start,
+        "steps": result.progress.global_step,
+        "history": trainer.history,
+    }
 
 
 def score(checkpoint: Path, data: Path, tasks: Sequence[str], profile_runs: int) -> dict[str, Any]:
     """Test-split metrics exactly as ``mtl-eval`` computes them, plus CPU batch-1 cost."""
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", half=False, score_threshold=0.001, max_detections=100)
+    predictor = Predictor.from_checkpoint(
+        checkpoint, device="cpu", half=False, score_threshold=0.001, max_detections=100
+    )
     summary = JobSummary(PROG)
     dataset = EvalDataset(
-        data, "test",
+        data,
+        "test",
         predictor.detection_classes if "detection" in predictor.tasks else None,
         predictor.segmentation_classes if "segmentation" in predictor.tasks else None,
         summary,
@@ -149,15 +174,28 @@ def score(checkpoint: Path, data: Path, tasks: Sequence[str], profile_runs: int)
     )
     report = evaluate(predictor, dataset, batch_size=8)
     if summary.failed:
-        raise UserError(f"{data}: {summary.failed} test item(s) could not be scored: {summary.first_example}")
+        raise UserError(
+            f"{data}: {summary.failed} test item(s) could not be scored: {summary.first_example}"
+        )
     metrics = {}
     for task in tasks:
         key = PRIMARY_METRICS[task][0]
         value = report.get(task, {}).get(key)
-        metrics[task] = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-    profile = profile_model(predictor.model, predictor.input_size, predictor.device, runs=profile_runs)
-    return {"metrics": metrics, "test_images": report["num_images"], "latency_ms": profile["latency_ms"],
-            "gflops": profile["gflops"], "parameters": profile["parameters"]}
+        metrics[task] = (
+            None
+            if value is None or (isinstance(value, float) and math.isnan(value))
+            else float(value)
+        )
+    profile = profile_model(
+        predictor.model, predictor.input_size, predictor.device, runs=profile_runs
+    )
+    return {
+        "metrics": metrics,
+        "test_images": report["num_images"],
+        "latency_ms": profile["latency_ms"],
+        "gflops": profile["gflops"],
+        "parameters": profile["parameters"],
+    }
 
 
 def run_one(spec: RunSpec, args: argparse.Namespace, data: Path) -> dict[str, Any]:
@@ -167,21 +205,38 @@ def run_one(spec: RunSpec, args: argparse.Namespace, data: Path) -> dict[str, An
     cache = run_dir / "result.json"
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
-    overrides = [f"data.root={data}", f"output_dir={args.out}", *spec.overrides(), *(QUICK_OVERRIDES if args.quick else [])]
+    overrides = [
+        f"data.root={data}",
+        f"output_dir={args.out}",
+        *spec.overrides(),
+        *(QUICK_OVERRIDES if args.quick else []),
+    ]
     config = load_config(args.config, overrides)
     print(f"[{PROG}] {spec.name}: training", flush=True)
     timing = train(config)
-    print(f"[{PROG}] {spec.name}: {timing['steps']} steps in {timing['train_s']:.0f} s; scoring on test", flush=True)
-    result = {"name": spec.name, "arch": spec.arch, "tasks": list(spec.tasks), "seed": spec.seed, "label": spec.label,
-              "weighting": spec.weighting, "grad_method": spec.grad_method, **timing,
-              **score(run_dir / "last.pt", data, spec.tasks, args.profile_runs)}
+    print(
+        f"[{PROG}] {spec.name}: {timing['steps']} steps in {timing['train_s']:.0f} s; scoring on test",
+        flush=True,
+    )
+    result = {
+        "name": spec.name,
+        "arch": spec.arch,
+        "tasks": list(spec.tasks),
+        "seed": spec.seed,
+        "label": spec.label,
+        "weighting": spec.weighting,
+        "grad_method": spec.grad_method,
+        **timing,
+        **score(run_dir / "last.pt", data, spec.tasks, args.profile_runs),
+    }
     write_json(cache, result)
     return result
 
 
 def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
     """Seed by seed: the single-task models, then every method (a stopped experiment still has
-    complete, paired seeds)."""
+    complete, paired seeds).
+    """
     tasks = tuple(args.tasks)
     runs = []
     for seed in args.seeds:
@@ -190,7 +245,13 @@ def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
     return runs
 
 
-def report(results: Sequence[dict[str, Any]], args: argparse.Namespace, data: Path, config: TrainConfig, wall_s: float) -> str:
+def report(
+    results: Sequence[dict[str, Any]],
+    args: argparse.Namespace,
+    data: Path,
+    config: TrainConfig,
+    wall_s: float,
+) -> str:
     """The results section: setup, the table and the curve check."""
     tasks = list(args.tasks)
     steps = sorted({r.get("steps") for r in results})
@@ -199,7 +260,8 @@ def report(results: Sequence[dict[str, Any]], args: argparse.Namespace, data: Pa
     splits = json.loads((data / "splits.json").read_text(encoding="utf-8"))
     primary = ", ".join(f"{t}: {PRIMARY_METRICS[t][0]}" for t in tasks)
     lines = [
-        f"## Multi-task experiment: {' + '.join(tasks)} on {args.arch}" + (" (QUICK smoke budget: figures meaningless)" if args.quick else ""),
+        f"## Multi-task experiment: {' + '.join(tasks)} on {args.arch}"
+        + (" (QUICK smoke budget: figures meaningless)" if args.quick else ""),
         "",
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}; `bench/experiment_mtl.py` "
         f"(`--tasks {' '.join(tasks)} --methods {' '.join(args.methods)} --seeds {' '.join(map(str, args.seeds))}`), "
@@ -229,19 +291,63 @@ def report(results: Sequence[dict[str, Any]], args: argparse.Namespace, data: Pa
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, help="existing processed dataset with a test split (default: build one)")
-    parser.add_argument("--workdir", type=Path, help="where the synthetic dataset is built (default data/experiment[_quick])")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="existing processed dataset with a test split (default: build one)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="where the synthetic dataset is built (default data/experiment[_quick])",
+    )
     parser.add_argument("--frames", type=int, default=240, help="synthetic frames before pruning")
-    parser.add_argument("--out", type=Path, help="run folders and cached results (default runs/experiment[_quick])")
-    parser.add_argument("--config", type=Path, default=ROOT / "config/train/experiment.yaml", help="the shared recipe")
-    parser.add_argument("--arch", default="ssdlite_lraspp", help="architecture of every run (single-task runs use a subset of its heads)")
-    parser.add_argument("--tasks", nargs="+", default=["detection", "segmentation"], choices=sorted(PRIMARY_METRICS))
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS), help="balancing methods")
+    parser.add_argument(
+        "--out", type=Path, help="run folders and cached results (default runs/experiment[_quick])"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=ROOT / "config/train/experiment.yaml",
+        help="the shared recipe",
+    )
+    parser.add_argument(
+        "--arch",
+        default="ssdlite_lraspp",
+        help="architecture of every run (single-task runs use a subset of its heads)",
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["detection", "segmentation"],
+        choices=sorted(PRIMARY_METRICS),
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=DEFAULT_METHODS,
+        choices=sorted(METHODS),
+        help="balancing methods",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time (one thread each)")
-    parser.add_argument("--profile-runs", type=int, default=10, help="timed batch-1 runs per model")
-    parser.add_argument("--results", type=Path, help="results file (default bench/experiment_results.md; --quick: <out>/results.md)")
-    parser.add_argument("--quick", action="store_true", help="tiny budget and dataset: smoke check of every path")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="runs trained at the same time (one thread each)"
+    )
+    parser.add_argument("--profile-runs", type=int, default=5, help="timed batch-1 runs per model")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="where the results section is written (default <out>/results.md; dated figures "
+        "worth keeping go to docs/RESULTS.md)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only write the table of the runs already cached in --out",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny budget and dataset: smoke check of every path"
+    )
     return parser
 
 
@@ -254,31 +360,55 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.profile_runs = min(args.profile_runs, 2)
     if len(set(args.seeds)) < 3 and not args.quick:
-        print(f"[{PROG}] warning: {len(set(args.seeds))} seed(s); mean ± std needs at least 3", file=sys.stderr)
+        print(
+            f"[{PROG}] warning: {len(set(args.seeds))} seed(s); mean ± std needs at least 3",
+            file=sys.stderr,
+        )
     if args.data is not None:
         if not (args.data / "splits.json").is_file():
             raise UserError(f"--data {args.data}: not a processed dataset (no splits.json)")
         data = args.data
     else:
-        data = build_dataset(args.workdir or ROOT / f"data/experiment{suffix}", 80 if args.quick else args.frames, args.out / "logs")
+        data = build_dataset(
+            args.workdir or ROOT / f"data/experiment{suffix}",
+            80 if args.quick else args.frames,
+            args.out / "logs",
+        )
     if not json.loads((data / "splits.json").read_text(encoding="utf-8")).get("test"):
-        raise UserError(f"{data}: the test split is empty; the experiment scores on a split nothing was chosen on")
-    config = load_config(args.config, [f"data.root={data}", *(QUICK_OVERRIDES if args.quick else [])])
+        raise UserError(
+            f"{data}: the test split is empty; the experiment scores on a split nothing was chosen on"
+        )
+    config = load_config(
+        args.config, [f"data.root={data}", *(QUICK_OVERRIDES if args.quick else [])]
+    )
     summary = JobSummary(PROG)
-    results_file = args.results or (args.out / "results.md" if args.quick else ROOT / "bench/experiment_results.md")
+    results_file = args.results or args.out / "results.md"
     results: list[dict[str, Any]] = []
+    if args.report_only:  # the table of the runs already cached, nothing trained
+        caches = [args.out / spec.name / "result.json" for spec in plan_runs(args)]
+        results = [
+            json.loads(path.read_text(encoding="utf-8")) for path in caches if path.is_file()
+        ]
     # Runs are independent: ``--jobs`` of them at a time, each in its own process with one thread.
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, spec, args, data): spec for spec in plan_runs(args)}
+    with ProcessPoolExecutor(
+        max_workers=max(args.jobs, 1), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        futures = {
+            pool.submit(run_one, spec, args, data): spec
+            for spec in plan_runs(args)
+            if not args.report_only
+        }
         for future in as_completed(futures):
             spec = futures[future]
             try:
                 results.append(future.result())
                 summary.add("done")
-            except Exception as err:  # noqa: BLE001 - one broken run must not lose the others
+            except Exception as err:
                 traceback.print_exception(err)
                 summary.fail("run failed", f"{spec.name}: {err}")
-            write_text(results_file, report(results, args, data, config, time.monotonic() - started))
+            write_text(
+                results_file, report(results, args, data, config, time.monotonic() - started)
+            )
     order = {spec.name: index for index, spec in enumerate(plan_runs(args))}
     results.sort(key=lambda r: order.get(r["name"], len(order)))  # seed by seed, as planned
     text = report(results, args, data, config, time.monotonic() - started)

@@ -33,16 +33,20 @@ def balancing_label(weighting: str, grad_method: str) -> str:
 
 def run_name(arch: str, label: str, seed: int, tasks: Sequence[str] = ()) -> str:
     """Folder / cache name of one run, e.g. ``ssdlite_lraspp__dwa__s1``; the task set is part
-    of the name when given, so different task sets on one architecture never share a run."""
+    of the name when given, so different task sets on one architecture never share a run.
+    """
     task_part = "+".join(tasks)
     return "__".join(part for part in (arch, task_part, label, f"s{seed}") if part)
 
 
-def delta_m(multi: Mapping[str, float], single: Mapping[str, float], tasks: Sequence[str]) -> float | None:
+def delta_m(
+    multi: Mapping[str, float], single: Mapping[str, float], tasks: Sequence[str]
+) -> float | None:
     """Δm (Maninis et al., CVPR 2019), in percent: the mean over ``tasks`` of the relative
     change of the multi-task model's primary metric against the single-task model's, with the
     sign flipped for lower-is-better metrics. Positive = multi-task better on average.
-    None if a figure is missing or a baseline is 0."""
+    None if a figure is missing or a baseline is 0.
+    """
     changes = []
     for task in tasks:
         m, b = multi.get(task), single.get(task)
@@ -58,7 +62,11 @@ def mean_std(values: Sequence[float | None]) -> tuple[float, float, int] | None:
     finite = [float(v) for v in values if v is not None and not math.isnan(v)]
     if not finite:
         return None
-    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0, len(finite)
+    return (
+        statistics.fmean(finite),
+        statistics.stdev(finite) if len(finite) > 1 else 0.0,
+        len(finite),
+    )
 
 
 def baselines_by_seed(results: Sequence[Result]) -> dict[int, dict[str, float]]:
@@ -82,15 +90,24 @@ def summarise(results: Sequence[Result], tasks: Sequence[str]) -> list[dict[str,
         groups.setdefault((str(r["label"]), str(r["arch"]), tuple(r["tasks"])), []).append(r)
     rows = []
     for (label, arch, run_tasks), runs in groups.items():
-        row: dict[str, Any] = {"label": label, "arch": arch, "tasks": list(run_tasks), "seeds": sorted(int(r["seed"]) for r in runs)}
+        row: dict[str, Any] = {
+            "label": label,
+            "arch": arch,
+            "tasks": list(run_tasks),
+            "seeds": sorted(int(r["seed"]) for r in runs),
+        }
         for task in tasks:
             row[task] = mean_std([r["metrics"].get(task) for r in runs])
         if label != SINGLE_TASK_LABEL:
-            row["delta_m"] = mean_std([delta_m(r["metrics"], baselines.get(int(r["seed"]), {}), tasks) for r in runs])
+            row["delta_m"] = mean_std(
+                [delta_m(r["metrics"], baselines.get(int(r["seed"]), {}), tasks) for r in runs]
+            )
             row["weight_range"] = weight_range(runs)
         for key in ("gflops", "latency_ms", "train_s"):
             row[key] = mean_std([r.get(key) for r in runs])
-        row["latency_ms"] = min((r["latency_ms"] for r in runs if r.get("latency_ms") is not None), default=None)
+        row["latency_ms"] = min(
+            (r["latency_ms"] for r in runs if r.get("latency_ms") is not None), default=None
+        )
         rows.append(row)
     return rows
 
@@ -110,7 +127,8 @@ def weight_range(runs: Sequence[Result]) -> dict[str, tuple[float, float]]:
 
 def curve_flatness(results: Sequence[Result], fraction: float = 0.75) -> dict[str, float] | None:
     """Mean over runs of the val score after ``fraction`` of the epochs and at the end: a budget
-    where the curve has flattened shows both close together."""
+    where the curve has flattened shows both close together.
+    """
     pairs = []
     for r in results:
         scores = [e.get("score") for e in r.get("history", [])]
@@ -118,10 +136,18 @@ def curve_flatness(results: Sequence[Result], fraction: float = 0.75) -> dict[st
             pairs.append((scores[max(0, math.ceil(len(scores) * fraction) - 1)], scores[-1]))
     if not pairs:
         return None
-    return {"at_fraction": statistics.fmean(p[0] for p in pairs), "final": statistics.fmean(p[1] for p in pairs)}
+    return {
+        "at_fraction": statistics.fmean(p[0] for p in pairs),
+        "final": statistics.fmean(p[1] for p in pairs),
+    }
 
 
-def _pm(stat: tuple[float, float, int] | None, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
+def _pm(
+    stat: tuple[float, float, int] | None,
+    scale: float = 100.0,
+    digits: int = 1,
+    signed: bool = False,
+) -> str:
     if stat is None:
         return "–"
     mean, std, _ = stat
@@ -130,18 +156,26 @@ def _pm(stat: tuple[float, float, int] | None, scale: float = 100.0, digits: int
 
 
 def _num(value: float | None, digits: int = 1) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}f}"
+    )
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> str:
     """Mean ± std over seeds of each task's primary metric (in %, test split), Δm (in %, vs the
-    single-task models), the range of task weights used, and cost."""
+    single-task models), the range of task weights used, and cost.
+    """
     metric_heads = " | ".join(f"{task} {PRIMARY_METRICS[task][0]} %" for task in tasks)
     header = f"| model | tasks | balancing | seeds | {metric_heads} | Δm % | task weights (min–max) | GFLOPs | latency ms | train s |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         metrics = " | ".join(_pm(row.get(task)) for task in tasks)
-        weights = ", ".join(f"{task[:3]} {low:.2f}–{high:.2f}" for task, (low, high) in sorted(row.get("weight_range", {}).items()))
+        weights = ", ".join(
+            f"{task[:3]} {low:.2f}–{high:.2f}"
+            for task, (low, high) in sorted(row.get("weight_range", {}).items())
+        )
         gflops = row.get("gflops")
         lines.append(
             f"| {row['arch']} | {'+'.join(t[:3] for t in row['tasks'])} | {row['label']} | {len(row['seeds'])} | {metrics} "

@@ -29,7 +29,13 @@ from mtl_perception.core.atomic_io import write_text  # noqa: E402
 
 RESULTS_FILE = BENCH_DIR.parent / "docs" / "RESULTS.md"
 TABLE_START, TABLE_END = "<!-- BENCH-TABLE -->", "<!-- /BENCH-TABLE -->"
-SCRIPTS = ["bench_prune.py", "bench_balancing.py", "bench_latency.py", "bench_node.py", "bench_node_latency.py"]
+SCRIPTS = [
+    "bench_prune.py",
+    "bench_balancing.py",
+    "bench_latency.py",
+    "bench_node.py",
+    "bench_node_latency.py",
+]
 RESULT_PAIR = re.compile(r"([\w.]+)=([-+0-9.eEnaif]+)")  # one or more per "RESULT ..." line
 
 
@@ -55,7 +61,10 @@ TARGETS: list[tuple[re.Pattern[str], Target]] = [
     (re.compile(r"node_throughput_ratio"), Target(">=", 0.95, ">= 0.95x bare model")),
     (re.compile(r"overload_p99_over_model"), Target("<=", 2.0, "p99 <= 2x model latency")),
     (re.compile(r"overload_rss_growth"), Target("<=", 0.05, "RSS growth < 5%")),
-    (re.compile(r"node_overhead_(cpu_)?ms"), Target("<=", 10.0, "<= 10 ms over the bare model (CPU)")),
+    (
+        re.compile(r"node_overhead_(cpu_)?ms"),
+        Target("<=", 10.0, "<= 10 ms over the bare model (CPU)"),
+    ),
 ]
 
 
@@ -69,16 +78,26 @@ def run_script(script: str, quick: bool) -> tuple[list[tuple[str, float]], str]:
     print(f"== {script}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCH_DIR.parent)
     sys.stdout.write(proc.stdout)
-    results = [(name, float(value)) for line in proc.stdout.splitlines() if line.startswith("RESULT ")
-               for name, value in RESULT_PAIR.findall(line)]
+    results = [
+        (name, float(value))
+        for line in proc.stdout.splitlines()
+        if line.startswith("RESULT ")
+        for name, value in RESULT_PAIR.findall(line)
+    ]
     error = "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["failed"])[-1]
     return results, error
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller inputs and fewer repetitions")
-    parser.add_argument("--only", nargs="*", default=None, help="run only these scripts (e.g. bench_prune.py)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller inputs and fewer repetitions"
+    )
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="run only these scripts (e.g. bench_prune.py)"
+    )
     args = parser.parse_args()
     rows: list[tuple[str, str, str, str]] = []
     for script in args.only or SCRIPTS:
@@ -91,13 +110,20 @@ def main() -> int:
             rows.append((name, f"{value:.3g}", target.text if target else "(info)", verdict))
     header = ("figure", "value", "target", "result")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)), "-+-".join("-" * w for w in widths)]
+    lines = [
+        " | ".join(h.ljust(w) for h, w in zip(header, widths)),
+        "-+-".join("-" * w for w in widths),
+    ]
     lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     print("\n".join(lines))
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    md = [f"Measured {stamp} on {machine}{' (--quick)' if args.quick else ''}.", "",
-          "| " + " | ".join(header) + " |", "|" + "---|" * 4]
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    md = [
+        f"Measured {stamp} on {machine}{' (--quick)' if args.quick else ''}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * 4,
+    ]
     md += ["| " + " | ".join(row) + " |" for row in rows]
     if not args.quick and not args.only:
         _write_table(RESULTS_FILE, "\n".join(md))

@@ -28,8 +28,26 @@ from skimage import data as skdata
 from mtl_perception.core.atomic_io import write_bytes, write_text
 from mtl_perception.core.constants import MANIFEST_NAME
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
-MANIFEST_COLUMNS = ("index", "stamp_ns", "bag_time_ns", "frame_id", "encoding", "width", "height", "bag", "file")
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+)
+MANIFEST_COLUMNS = (
+    "index",
+    "stamp_ns",
+    "bag_time_ns",
+    "frame_id",
+    "encoding",
+    "width",
+    "height",
+    "bag",
+    "file",
+)
 FRAME_PERIOD_NS = 33_333_333  # 30 fps
 START_NS = 1_700_000_000_000_000_000
 
@@ -61,9 +79,16 @@ class Camera:
     def render(self, width: int, height: int) -> np.ndarray:
         """The RGB view through the window, with sub-pixel interpolation."""
         s = self.scale
-        to_source = np.array([[s, 0.0, self.cx - s * width / 2], [0.0, s, self.cy - s * height / 2]])
-        return cv2.warpAffine(self.photo, to_source, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_REFLECT)
+        to_source = np.array(
+            [[s, 0.0, self.cx - s * width / 2], [0.0, s, self.cy - s * height / 2]]
+        )
+        return cv2.warpAffine(
+            self.photo,
+            to_source,
+            (width, height),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REFLECT,
+        )
 
 
 def load_photos() -> list[np.ndarray]:
@@ -71,8 +96,9 @@ def load_photos() -> list[np.ndarray]:
     return [np.ascontiguousarray(getattr(skdata, name)()[..., :3]) for name in PHOTOS]
 
 
-def camera_frames(count: int, seed: int = 0, width: int = 640, height: int = 480,
-                  noise_sigma: float = 1.5) -> Iterator[tuple[str, np.ndarray]]:
+def camera_frames(
+    count: int, seed: int = 0, width: int = 640, height: int = 480, noise_sigma: float = 1.5
+) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(motion kind, RGB frame)`` for ``count`` frames of a deterministic sequence."""
     rng = np.random.default_rng(seed)
     photos = load_photos()
@@ -81,7 +107,9 @@ def camera_frames(count: int, seed: int = 0, width: int = 640, height: int = 480
     while produced < count:
         if rng.random() < 0.2 or produced == 0:  # a cut to another scene
             photo = photos[int(rng.integers(len(photos)))]
-            camera = Camera(photo, photo.shape[1] / 2, photo.shape[0] / 2, float(rng.uniform(0.5, 1.0)))
+            camera = Camera(
+                photo, photo.shape[1] / 2, photo.shape[0] / 2, float(rng.uniform(0.5, 1.0))
+            )
         kind = str(rng.choice(list(MOTIONS), p=[0.45, 0.35, 0.2]))
         n_min, n_max, v_min, v_max, zoom = MOTIONS[kind]
         angle = rng.uniform(0, 2 * np.pi)
@@ -98,19 +126,40 @@ def camera_frames(count: int, seed: int = 0, width: int = 640, height: int = 480
             produced += 1
 
 
-def write_sequence(root: Path, count: int, seed: int = 0, bag: str = "bench_bag", topic_dir: str = "camera__image_raw",
-                   width: int = 640, height: int = 480, jpeg_quality: int = 90) -> Path:
+def write_sequence(
+    root: Path,
+    count: int,
+    seed: int = 0,
+    bag: str = "bench_bag",
+    topic_dir: str = "camera__image_raw",
+    width: int = 640,
+    height: int = 480,
+    jpeg_quality: int = 90,
+) -> Path:
     """Write ``count`` JPEG frames + manifest to ``root/bag/topic_dir``; return that folder."""
     folder = root / bag / topic_dir
     rows = []
     for index, (_, rgb) in enumerate(camera_frames(count, seed, width, height)):
         stamp = START_NS + index * FRAME_PERIOD_NS
-        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        ok, encoded = cv2.imencode(
+            ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+        )
         if not ok:
             raise RuntimeError("JPEG encoding failed")
         write_bytes(folder / f"{stamp}.jpg", encoded.tobytes())
-        rows.append({"index": index, "stamp_ns": stamp, "bag_time_ns": stamp + 1_000_000, "frame_id": "camera",
-                     "encoding": "jpeg", "width": width, "height": height, "bag": bag, "file": f"{stamp}.jpg"})
+        rows.append(
+            {
+                "index": index,
+                "stamp_ns": stamp,
+                "bag_time_ns": stamp + 1_000_000,
+                "frame_id": "camera",
+                "encoding": "jpeg",
+                "width": width,
+                "height": height,
+                "bag": bag,
+                "file": f"{stamp}.jpg",
+            }
+        )
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -121,7 +170,9 @@ def write_sequence(root: Path, count: int, seed: int = 0, bag: str = "bench_bag"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="root folder (the sequence goes to OUT/<bag>/<topic_dir>/)")
+    parser.add_argument(
+        "out", type=Path, help="root folder (the sequence goes to OUT/<bag>/<topic_dir>/)"
+    )
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

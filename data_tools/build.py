@@ -73,11 +73,18 @@ from data_tools.depth_targets import DepthFrame, DepthIndex, DepthOptions, Depth
 from data_tools.split import SplitItem, assign_splits, parse_fractions
 from mtl_perception.core import atomic_io
 from mtl_perception.core.constants import IGNORE_INDEX, MANIFEST_NAME
-from mtl_perception.core.images import write_image
 from mtl_perception.core.errors import UserError
-from mtl_perception.core.labels import ClassConfig, LabeledImage, Region, label_files, load_class_config, read_labels
-from mtl_perception.core.rasterize import BoxMaskMode, frame_targets
+from mtl_perception.core.images import write_image
+from mtl_perception.core.labels import (
+    ClassConfig,
+    LabeledImage,
+    Region,
+    label_files,
+    load_class_config,
+    read_labels,
+)
 from mtl_perception.core.names import inside, safe_component
+from mtl_perception.core.rasterize import BoxMaskMode, frame_targets
 from mtl_perception.core.summary import JobSummary
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -95,9 +102,9 @@ class FrameFile:
 
     path: Path
     bag: str
-    topic: str            # topic folder (or sub-folder of a plain image folder)
+    topic: str  # topic folder (or sub-folder of a plain image folder)
     stamp_ns: int | None
-    width: int | None     # from the manifest; None for plain folders until read
+    width: int | None  # from the manifest; None for plain folders until read
     height: int | None
 
     @property
@@ -112,7 +119,9 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
-def discover_frames(root: Path, summary: JobSummary, skip_folder: str | None = None) -> list[FrameFile]:
+def discover_frames(
+    root: Path, summary: JobSummary, skip_folder: str | None = None
+) -> list[FrameFile]:
     """Frames under ``root``: manifest rows where a ``manifest.csv`` exists, else image files.
 
     Topic folders named ``skip_folder`` (the depth topic) and depth-encoded rows are left out.
@@ -129,12 +138,24 @@ def discover_frames(root: Path, summary: JobSummary, skip_folder: str | None = N
         if MANIFEST_NAME in files:
             frames += _manifest_frames(here / MANIFEST_NAME, summary)
             continue
-        images = [here / n for n in sorted(files) if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith(".")]
+        images = [
+            here / n
+            for n in sorted(files)
+            if Path(n).suffix.lower() in IMAGE_SUFFIXES and not n.startswith(".")
+        ]
         stamps = _still_stamps([p.stem for p in images])
         for path in images:
             bag = rel.parts[0] if rel.parts else root.resolve().name
-            frames.append(FrameFile(path=path, bag=bag, topic="/".join(rel.parts[1:]), stamp_ns=stamps.get(path.stem),
-                                width=None, height=None))
+            frames.append(
+                FrameFile(
+                    path=path,
+                    bag=bag,
+                    topic="/".join(rel.parts[1:]),
+                    stamp_ns=stamps.get(path.stem),
+                    width=None,
+                    height=None,
+                )
+            )
     return frames
 
 
@@ -147,7 +168,9 @@ def _still_stamps(stems: Sequence[str]) -> dict[str, int]:
     values = {stem: value for stem in stems if (value := _int_or_none(stem)) is not None}
     ordered = sorted(set(values.values()))
     gaps = np.diff(ordered)
-    is_time = bool(ordered) and (float(np.median(gaps)) if len(gaps) else ordered[0]) >= MIN_FRAME_GAP_NS
+    is_time = (
+        bool(ordered) and (float(np.median(gaps)) if len(gaps) else ordered[0]) >= MIN_FRAME_GAP_NS
+    )
     return values if is_time else {}
 
 
@@ -157,7 +180,9 @@ def _manifest_frames(manifest: Path, summary: JobSummary) -> list[FrameFile]:
         reader = csv.DictReader(f)
         missing = {"file", "stamp_ns", "bag"} - set(reader.fieldnames or ())
         if missing:
-            summary.fail("manifest without required columns", f"{manifest}: missing {sorted(missing)}")
+            summary.fail(
+                "manifest without required columns", f"{manifest}: missing {sorted(missing)}"
+            )
             return []
         for row in reader:
             try:
@@ -170,9 +195,16 @@ def _manifest_frames(manifest: Path, summary: JobSummary) -> list[FrameFile]:
             if not path.is_file():
                 summary.fail("manifest row without its file", str(path))
                 continue
-            frames.append(FrameFile(path=path, bag=row["bag"] or manifest.parent.parent.name, topic=manifest.parent.name,
-                                stamp_ns=_int_or_none(row["stamp_ns"]), width=_int_or_none(row.get("width")),
-                                height=_int_or_none(row.get("height"))))
+            frames.append(
+                FrameFile(
+                    path=path,
+                    bag=row["bag"] or manifest.parent.parent.name,
+                    topic=manifest.parent.name,
+                    stamp_ns=_int_or_none(row["stamp_ns"]),
+                    width=_int_or_none(row.get("width")),
+                    height=_int_or_none(row.get("height")),
+                )
+            )
     return frames
 
 
@@ -192,13 +224,17 @@ class FrameIndex:
 
     def match(self, image: LabeledImage) -> list[FrameFile]:
         """Candidate frames, best rule first; more than one means ambiguous."""
-        candidates = self.by_stem.get(image.stem) or self.by_stem.get(LABEL_STUDIO_PREFIX.sub("", image.stem), [])
+        candidates = self.by_stem.get(image.stem) or self.by_stem.get(
+            LABEL_STUDIO_PREFIX.sub("", image.stem), []
+        )
         if not candidates:
             stamp = image.stamp_ns if image.stamp_ns is not None else _int_or_none(image.stem)
             candidates = self.by_stamp.get(stamp, []) if stamp is not None else []
         exported = PurePosixPath(image.name.replace("\\", "/"))
-        for same in (lambda f: f.path.name == exported.name,          # same extension too
-                     lambda f: bool({f.bag, f.topic} & set(exported.parts[:-1]))):  # bag/topic folders
+        for same in (
+            lambda f: f.path.name == exported.name,  # same extension too
+            lambda f: bool({f.bag, f.topic} & set(exported.parts[:-1])),
+        ):  # bag/topic folders
             if len(candidates) > 1:
                 candidates = [f for f in candidates if same(f)] or candidates
         return candidates
@@ -215,7 +251,9 @@ class Sample:
     depth_only: bool = False  # joins for the depth task only (no detection/segmentation labels)
 
 
-def match_labels(frames: Sequence[FrameFile], labeled: Iterable[LabeledImage], summary: JobSummary) -> dict[Path, Sample]:
+def match_labels(
+    frames: Sequence[FrameFile], labeled: Iterable[LabeledImage], summary: JobSummary
+) -> dict[Path, Sample]:
     """Attach every labeled image's regions to its frame; record unmatched and ambiguous ones."""
     index = FrameIndex(frames)
     samples = {frame.path: Sample(frame) for frame in frames}
@@ -223,18 +261,28 @@ def match_labels(frames: Sequence[FrameFile], labeled: Iterable[LabeledImage], s
         candidates = index.match(image)
         if not candidates:
             # Usually a frame the pruner dropped (labels cover the raw frames): reported, not fatal.
-            summary.warn("labels for an image not among the frames (pruned or missing)", f"{image.source}: {image.name}")
+            summary.warn(
+                "labels for an image not among the frames (pruned or missing)",
+                f"{image.source}: {image.name}",
+            )
             continue
         if len(candidates) > 1:
-            summary.fail("labels match several frames", f"{image.source}: {image.name} -> "
-                                                         f"{candidates[0].path}, {candidates[1].path}")
+            summary.fail(
+                "labels match several frames",
+                f"{image.source}: {image.name} -> {candidates[0].path}, {candidates[1].path}",
+            )
             continue
         sample = samples[candidates[0].path]
-        if image.width is not None and sample.frame.width is not None and (
-                (image.width, image.height) != (sample.frame.width, sample.frame.height)):
-            summary.fail("labeled image size differs from the frame",
-                         f"{image.source}: {image.name} {image.width}x{image.height} vs "
-                         f"{sample.frame.width}x{sample.frame.height}")
+        if (
+            image.width is not None
+            and sample.frame.width is not None
+            and ((image.width, image.height) != (sample.frame.width, sample.frame.height))
+        ):
+            summary.fail(
+                "labeled image size differs from the frame",
+                f"{image.source}: {image.name} {image.width}x{image.height} vs "
+                f"{sample.frame.width}x{sample.frame.height}",
+            )
             continue
         sample.labeled = True
         sample.regions.extend(image.regions)
@@ -248,10 +296,10 @@ def match_labels(frames: Sequence[FrameFile], labeled: Iterable[LabeledImage], s
 class BuildOptions:
     classes: ClassConfig
     fractions: tuple[float, float, float]
-    group_by: str          # "auto" | "bag" | "time"
+    group_by: str  # "auto" | "bag" | "time"
     window_s: float
     seed: int
-    unlabeled: str         # "skip" | "background" | "depth-only"
+    unlabeled: str  # "skip" | "background" | "depth-only"
     box_masks: BoxMaskMode
     depth: DepthOptions = field(default_factory=DepthOptions)
 
@@ -272,13 +320,20 @@ def _output_names(frames: Sequence[FrameFile]) -> dict[Path, str]:
     A frame keeps its own name; names whose stem occurs more than once (the same stamp in two
     bags, ``a.jpg`` next to ``a.png``) get the bag and topic as prefix, then the extension.
     """
+
     def qualified(frame: FrameFile) -> str:  # bag and topic come from manifests: data, made safe
         return "__".join(safe_component(p) for p in (frame.bag, frame.topic, frame.path.name) if p)
 
     names = {f.path: f.path.name for f in frames}
-    for rename in (qualified, lambda f: f"{Path(qualified(f)).stem}-{f.path.suffix.lstrip('.')}{f.path.suffix}"):
+    for rename in (
+        qualified,
+        lambda f: f"{Path(qualified(f)).stem}-{f.path.suffix.lstrip('.')}{f.path.suffix}",
+    ):
         stems = Counter(Path(n).stem for n in names.values())
-        names = {f.path: rename(f) if stems[Path(names[f.path]).stem] > 1 else names[f.path] for f in frames}
+        names = {
+            f.path: rename(f) if stems[Path(names[f.path]).stem] > 1 else names[f.path]
+            for f in frames
+        }
     return names
 
 
@@ -290,7 +345,9 @@ def _resolve_group_by(group_by: str, samples: Sequence[Sample], fractions: Seque
     return "bag" if len(bags) >= sum(1 for f in fractions if f > 0) else "time"
 
 
-def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Path, summary: JobSummary) -> dict:
+def build_dataset(
+    samples: Sequence[Sample], options: BuildOptions, out_dir: Path, summary: JobSummary
+) -> dict:
     """Write images, masks and annotations of ``samples`` into ``out_dir``; return splits.json."""
     det = options.classes.detection_ids()
     seg = options.classes.segmentation_ids()
@@ -306,12 +363,15 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
             continue
         depth = None
         if sample.depth is not None:
-            depth = depth_targets.depth_target(sample.depth, frame.path, (height, width), options.depth, summary,
-                                               depth_stats)
+            depth = depth_targets.depth_target(
+                sample.depth, frame.path, (height, width), options.depth, summary, depth_stats
+            )
         elif options.depth.topic is not None and options.depth.color_folder in (None, frame.topic):
             depth_stats.unmatched += 1
-            summary.warn("no depth frame within the tolerance (kept without depth)",
-                         f"{frame.path} (stamp {frame.stamp_ns})")
+            summary.warn(
+                "no depth frame within the tolerance (kept without depth)",
+                f"{frame.path} (stamp {frame.stamp_ns})",
+            )
         if sample.depth_only and depth is None:
             continue  # nothing left to learn from this frame (its depth was refused, and recorded)
         image_id = len(images) + 1
@@ -322,12 +382,24 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
             mask, detections = np.full((height, width), IGNORE_INDEX, np.uint8), []
             summary.add("depth-only frames")
         else:
-            mask, detections = frame_targets(sample.regions, det, seg, (height, width), options.box_masks, summary)
-        annotations += [{"id": len(annotations) + k + 1, "image_id": image_id, **ann} for k, ann in enumerate(detections)]
+            mask, detections = frame_targets(
+                sample.regions, det, seg, (height, width), options.box_masks, summary
+            )
+        annotations += [
+            {"id": len(annotations) + k + 1, "image_id": image_id, **ann}
+            for k, ann in enumerate(detections)
+        ]
         write_image(out_dir / "masks" / mask_name, mask)
         atomic_io.link_or_copy(frame.path, out_dir / "images" / file_name)
-        entry = {"id": image_id, "file_name": f"images/{file_name}", "width": width, "height": height,
-                 "stamp_ns": frame.stamp_ns, "bag": frame.bag, "mask_file": f"masks/{mask_name}"}
+        entry = {
+            "id": image_id,
+            "file_name": f"images/{file_name}",
+            "width": width,
+            "height": height,
+            "stamp_ns": frame.stamp_ns,
+            "bag": frame.bag,
+            "mask_file": f"masks/{mask_name}",
+        }
         if depth is not None:
             write_image(out_dir / "depth" / f"{stem}.png", depth)
             entry["depth_file"] = f"depth/{stem}.png"
@@ -335,24 +407,38 @@ def build_dataset(samples: Sequence[Sample], options: BuildOptions, out_dir: Pat
         if sample.depth_only:
             entry["labeled"] = False
         images.append(entry)
-        split_items.append(SplitItem(key=image_id, bag=frame.bag, stamp_ns=frame.stamp_ns, name=file_name))
+        split_items.append(
+            SplitItem(key=image_id, bag=frame.bag, stamp_ns=frame.stamp_ns, name=file_name)
+        )
         summary.add("written")
 
     classes = options.classes
-    coco = {"images": images, "annotations": annotations,
-            "categories": [{"id": k, "name": n} for n, k in det.items()]}
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": k, "name": n} for n, k in det.items()],
+    }
     group_by = _resolve_group_by(options.group_by, samples, options.fractions)
-    splits, n_groups = assign_splits(split_items, options.fractions, group_by, options.window_s, options.seed)
+    splits, n_groups = assign_splits(
+        split_items, options.fractions, group_by, options.window_s, options.seed
+    )
     for name, frac in zip(("train", "val", "test"), options.fractions):
         if frac > 0 and not splits[name]:
-            summary.warn("empty split (too few groups)", f"{name}: {n_groups} {group_by} group(s) for "
-                                                         f"{len(images)} images; use more bags or a shorter --window-s")
+            summary.warn(
+                "empty split (too few groups)",
+                f"{name}: {n_groups} {group_by} group(s) for "
+                f"{len(images)} images; use more bags or a shorter --window-s",
+            )
     split_doc = {**splits, "group_by": group_by, "seed": options.seed}
     atomic_io.write_json(out_dir / "annotations.json", coco)
-    atomic_io.write_json(out_dir / "classes.json", {
-        "detection_classes": classes.detection_classes,
-        "segmentation_classes": ["background", *classes.segmentation_classes],
-        "palette": classes.palette_rgb()})
+    atomic_io.write_json(
+        out_dir / "classes.json",
+        {
+            "detection_classes": classes.detection_classes,
+            "segmentation_classes": ["background", *classes.segmentation_classes],
+            "palette": classes.palette_rgb(),
+        },
+    )
     atomic_io.write_json(out_dir / "splits.json", split_doc)
     if options.depth.topic is not None:
         print(f"build: {depth_stats.line(options.depth)}")
@@ -368,13 +454,18 @@ def pair_depth(samples: dict[Path, Sample], index: DepthIndex, options: DepthOpt
         sample.depth = index.nearest(frame.bag, frame.stamp_ns, options.tolerance_ns)
 
 
-def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSummary) -> list[Sample]:
+def select_samples(
+    samples: dict[Path, Sample], unlabeled: str, summary: JobSummary
+) -> list[Sample]:
     """Labeled samples plus the unlabeled ones ``--unlabeled`` asks for; stable order.
 
     ``background`` keeps every unlabeled frame as all-background; ``depth-only`` keeps those
     with a paired depth frame for the depth task only.
     """
-    ordered = sorted(samples.values(), key=lambda s: (s.frame.bag, s.frame.topic, s.frame.stamp_ns or 0, s.frame.path.name))
+    ordered = sorted(
+        samples.values(),
+        key=lambda s: (s.frame.bag, s.frame.topic, s.frame.stamp_ns or 0, s.frame.path.name),
+    )
     chosen = []
     for sample in ordered:
         if sample.labeled or unlabeled == "background":
@@ -393,28 +484,62 @@ def select_samples(samples: dict[Path, Sample], unlabeled: str, summary: JobSumm
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--frames", type=Path, default=Path("data/interim"),
-                        help="interim frames (manifest.csv per topic) or a plain folder of images")
-    parser.add_argument("--labels", type=Path, nargs="+", required=True,
-                        help="COCO json and/or CVAT XML files, or folders holding them")
+    parser.add_argument(
+        "--frames",
+        type=Path,
+        default=Path("data/interim"),
+        help="interim frames (manifest.csv per topic) or a plain folder of images",
+    )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="COCO json and/or CVAT XML files, or folders holding them",
+    )
     parser.add_argument("--name", required=True, help="dataset name: output goes to <out>/<name>/")
-    parser.add_argument("--out", type=Path, default=Path("data/processed"), help="parent folder of datasets")
-    parser.add_argument("--det-classes", help="comma list of detection classes, e.g. box,cone,ball")
-    parser.add_argument("--seg-classes", help="comma list of segmentation classes (background is implicit)")
-    parser.add_argument("--classes-file", type=Path,
-                        help="YAML with detection_classes, segmentation_classes and optional palette")
+    parser.add_argument(
+        "--out", type=Path, default=Path("data/processed"), help="parent folder of datasets"
+    )
+    parser.add_argument(
+        "--det-classes", help="comma list of detection classes, e.g. box,cone,ball"
+    )
+    parser.add_argument(
+        "--seg-classes", help="comma list of segmentation classes (background is implicit)"
+    )
+    parser.add_argument(
+        "--classes-file",
+        type=Path,
+        help="YAML with detection_classes, segmentation_classes and optional palette",
+    )
     parser.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions")
-    parser.add_argument("--group-by", choices=("auto", "bag", "time"), default="auto",
-                        help="keep these groups within one split; auto = bag if there are enough bags, else time "
-                             "(stills without a time stamp are each their own group)")
-    parser.add_argument("--window-s", type=float, default=10.0, help="time-window length for --group-by time")
+    parser.add_argument(
+        "--group-by",
+        choices=("auto", "bag", "time"),
+        default="auto",
+        help="keep these groups within one split; auto = bag if there are enough bags, else time "
+        "(stills without a time stamp are each their own group)",
+    )
+    parser.add_argument(
+        "--window-s", type=float, default=10.0, help="time-window length for --group-by time"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the group shuffle")
-    parser.add_argument("--unlabeled", choices=("skip", "background", "depth-only"), default="skip",
-                        help="frames without labels: leave out, keep as images with no objects and all-background "
-                             "masks, or (with --depth-topic) keep those with depth for the depth task only")
-    parser.add_argument("--box-masks", choices=("ignore", "fill"), default="ignore",
-                        help="segmentation regions known only by a box: paint 255 (ignore) or the class")
-    parser.add_argument("--strict", action="store_true", help="any problem or warning is an error; write nothing")
+    parser.add_argument(
+        "--unlabeled",
+        choices=("skip", "background", "depth-only"),
+        default="skip",
+        help="frames without labels: leave out, keep as images with no objects and all-background "
+        "masks, or (with --depth-topic) keep those with depth for the depth task only",
+    )
+    parser.add_argument(
+        "--box-masks",
+        choices=("ignore", "fill"),
+        default="ignore",
+        help="segmentation regions known only by a box: paint 255 (ignore) or the class",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="any problem or warning is an error; write nothing"
+    )
     parser.add_argument("--force", action="store_true", help="rebuild an existing dataset")
     depth_targets.add_arguments(parser)
 
@@ -428,9 +553,16 @@ def run(args: argparse.Namespace) -> int:
     depth = depth_targets.options_from_args(args)
     if args.unlabeled == "depth-only" and depth.topic is None:
         raise UserError("--unlabeled depth-only needs --depth-topic")
-    options = BuildOptions(classes=classes, fractions=parse_fractions(args.split), group_by=args.group_by,
-                           window_s=args.window_s, seed=args.seed, unlabeled=args.unlabeled, box_masks=args.box_masks,
-                           depth=depth)
+    options = BuildOptions(
+        classes=classes,
+        fractions=parse_fractions(args.split),
+        group_by=args.group_by,
+        window_s=args.window_s,
+        seed=args.seed,
+        unlabeled=args.unlabeled,
+        box_masks=args.box_masks,
+        depth=depth,
+    )
     target = args.out / args.name
     if target.exists() and not args.force:
         print(f"build: {target} exists, skipping (use --force to rebuild)")
@@ -439,7 +571,11 @@ def run(args: argparse.Namespace) -> int:
     summary = JobSummary("build")
     frames = discover_frames(args.frames, summary, skip_folder=depth.folder)
     summary.add("read", len(frames))
-    depth_index = depth_targets.discover_depth(args.frames, depth, summary) if depth.topic is not None else None
+    depth_index = (
+        depth_targets.discover_depth(args.frames, depth, summary)
+        if depth.topic is not None
+        else None
+    )
     labeled = [image for path in label_files(args.labels) for image in read_labels(path, summary)]
     matched = match_labels(frames, labeled, summary)
     if depth_index is not None:
@@ -453,8 +589,11 @@ def run(args: argparse.Namespace) -> int:
         splits = build_dataset(samples, options, staging, summary)
         if args.strict and (summary.failed or summary.warnings):
             summary.print()
-            print(f"build: --strict: {summary.failed} problem(s), {sum(summary.warnings.values())} warning(s); "
-                  f"nothing written", flush=True)
+            print(
+                f"build: --strict: {summary.failed} problem(s), {sum(summary.warnings.values())} warning(s); "
+                f"nothing written",
+                flush=True,
+            )
             return 1
         if not samples:
             summary.print()
@@ -463,8 +602,11 @@ def run(args: argparse.Namespace) -> int:
         atomic_io.write_text(staging / MARKER_NAME, "complete\n")
         _replace_dir(staging, target)
     summary.print()
-    print(f"build: {target}: " + ", ".join(f"{k} {len(splits[k])}" for k in ("train", "val", "test"))
-          + f" (grouped by {splits['group_by']})")
+    print(
+        f"build: {target}: "
+        + ", ".join(f"{k} {len(splits[k])}" for k in ("train", "val", "test"))
+        + f" (grouped by {splits['group_by']})"
+    )
     return summary.exit_code()
 
 

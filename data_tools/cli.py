@@ -12,6 +12,7 @@ import importlib
 
 from mtl_perception.core.errors import run_cli
 
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Show defaults and keep each module docstring's layout (tables, lists) in ``--help``."""
 
@@ -19,9 +20,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 # subcommand -> (module, one-line help). Modules are imported lazily so `--help` is fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("data_tools.synth", "write a deterministic labeled demo bag (+ COCO ground truth)"),
-    "unpack": ("data_tools.unpack", "extract every image message of ROS 1/ROS 2 bags to files + manifest"),
-    "prune": ("data_tools.prune", "drop near-duplicate frames by SSIM against the last kept frame"),
-    "build": ("data_tools.build", "pruned frames + COCO/CVAT labels -> training dataset with splits"),
+    "unpack": (
+        "data_tools.unpack",
+        "extract every image message of ROS 1/ROS 2 bags to files + manifest",
+    ),
+    "prune": (
+        "data_tools.prune",
+        "drop near-duplicate frames by SSIM against the last kept frame",
+    ),
+    "build": (
+        "data_tools.build",
+        "pruned frames + COCO/CVAT labels -> training dataset with splits",
+    ),
 }
 
 
@@ -34,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
         sub = subparsers.add_parser(
-            name, help=help_text, description=(module.__doc__ or help_text).strip(),
+            name,
+            help=help_text,
+            description=(module.__doc__ or help_text).strip(),
             formatter_class=HelpFormatter,
         )
         module.add_arguments(sub)

@@ -53,7 +53,14 @@ import numpy as np
 from tqdm import tqdm
 
 from data_tools.ssim import (
-    DEFAULT_WIN_SIZE, BlockStats, WindowStats, block_stats, sampled_ssim, ssim_from_stats, to_gray, window_stats,
+    DEFAULT_WIN_SIZE,
+    BlockStats,
+    WindowStats,
+    block_stats,
+    sampled_ssim,
+    ssim_from_stats,
+    to_gray,
+    window_stats,
 )
 from mtl_perception.core.atomic_io import link_or_copy, write_json, write_text
 from mtl_perception.core.constants import MANIFEST_NAME
@@ -103,6 +110,7 @@ class FrameDecision:
 
 # --------------------------------------------------------------------------- reading frames
 
+
 def read_gray(path: Path) -> np.ndarray:
     """Decode one frame file to a 2-D grayscale array (uint8, uint16 or float).
 
@@ -114,7 +122,10 @@ def read_gray(path: Path) -> np.ndarray:
     try:
         if path.suffix.lower() == ".npy":
             image, order = np.load(path, allow_pickle=False), "rgb"
-        elif path.suffix.lower() in (".jpg", ".jpeg"):  # the file's luma: no colour conversion at all
+        elif path.suffix.lower() in (
+            ".jpg",
+            ".jpeg",
+        ):  # the file's luma: no colour conversion at all
             image, order = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), "bgr"
         else:
             image, order = cv2.imread(str(path), cv2.IMREAD_UNCHANGED), "bgr"
@@ -151,12 +162,16 @@ def load_frame(path: Path, win_size: int = DEFAULT_WIN_SIZE) -> LoadedFrame:
     """Decode one frame (once) and compute its sampled statistics: the per-frame work of a worker."""
     gray = read_gray(path)
     if min(gray.shape) < win_size:
-        raise FrameError("frame too small for SSIM",
-                         f"{path} ({gray.shape[1]}x{gray.shape[0]} is smaller than the {win_size}x{win_size} window)")
+        raise FrameError(
+            "frame too small for SSIM",
+            f"{path} ({gray.shape[1]}x{gray.shape[0]} is smaller than the {win_size}x{win_size} window)",
+        )
     return LoadedFrame(gray, block_stats(gray, win_size))
 
 
-def ordered_map(fn: Callable[[T], R], items: Sequence[T], workers: int, lookahead: int) -> Iterator[Future[R]]:
+def ordered_map(
+    fn: Callable[[T], R], items: Sequence[T], workers: int, lookahead: int
+) -> Iterator[Future[R]]:
     """Run ``fn`` over ``items`` in a thread pool, yielding finished futures in input order.
 
     At most ``lookahead`` items are in flight, which bounds memory. Threads (not processes)
@@ -216,16 +231,24 @@ def select_frames(
                     decision = FrameDecision(index, keep=True, mode_change=last is not None)
                 else:
                     estimate = None
-                    if settle_margin is not None and frame.blocks is not None and last.blocks is not None:
+                    if (
+                        settle_margin is not None
+                        and frame.blocks is not None
+                        and last.blocks is not None
+                    ):
                         estimate = sampled_ssim(last.blocks, frame.blocks)
                     if estimate is not None and estimate >= threshold + settle_margin:
-                        decision = FrameDecision(index, keep=False, ssim=estimate, compared_to=last_index, exact=False)
+                        decision = FrameDecision(
+                            index, keep=False, ssim=estimate, compared_to=last_index, exact=False
+                        )
                     else:
                         if last.stats is None:
                             last.stats, spare = window_stats(last.gray, win_size, spare), None
                         frame.stats, spare = window_stats(frame.gray, win_size, spare), None
                         score = ssim_from_stats(last.stats, frame.stats)
-                        decision = FrameDecision(index, keep=score < threshold, ssim=score, compared_to=last_index)
+                        decision = FrameDecision(
+                            index, keep=score < threshold, ssim=score, compared_to=last_index
+                        )
                 if decision.keep:  # the new frame becomes the reference; the old one is discarded
                     if last is not None and last.stats is not None:
                         spare = last.stats
@@ -239,6 +262,7 @@ def select_frames(
 
 
 # --------------------------------------------------------------------------- one topic folder
+
 
 @dataclass(frozen=True)
 class Topic:
@@ -256,7 +280,9 @@ def read_manifest(folder: Path) -> tuple[list[str], list[dict[str, str]], str]:
     """Columns, rows and SHA-256 of ``folder/manifest.csv``; ``UserError`` if missing/invalid."""
     path = folder / MANIFEST_NAME
     if not path.is_file():
-        raise UserError(f"{folder}: no {MANIFEST_NAME} (not an unpacked topic folder; run `mtl-data unpack` first)")
+        raise UserError(
+            f"{folder}: no {MANIFEST_NAME} (not an unpacked topic folder; run `mtl-data unpack` first)"
+        )
     data = path.read_bytes()
     reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
     columns = list(reader.fieldnames or [])
@@ -270,14 +296,25 @@ def frame_path(folder: Path, entry: str) -> Path:
     try:
         return inside(folder, entry)
     except ValueError:
-        raise FrameError("bad file entry in manifest", f"{folder / MANIFEST_NAME}: {entry!r}") from None
+        raise FrameError(
+            "bad file entry in manifest", f"{folder / MANIFEST_NAME}: {entry!r}"
+        ) from None
 
 
-def marker_content(threshold: float, manifest_hash: str, win_size: int,
-                   settle_margin: float | None = SETTLE_MARGIN) -> dict[str, object]:
+def marker_content(
+    threshold: float,
+    manifest_hash: str,
+    win_size: int,
+    settle_margin: float | None = SETTLE_MARGIN,
+) -> dict[str, object]:
     """What a finished topic's marker records; a mismatch means the topic must be redone."""
-    return {"version": MARKER_VERSION, "threshold": threshold, "win_size": win_size,
-            "settle_margin": settle_margin, "raw_manifest_sha256": manifest_hash}
+    return {
+        "version": MARKER_VERSION,
+        "threshold": threshold,
+        "win_size": win_size,
+        "settle_margin": settle_margin,
+        "raw_manifest_sha256": manifest_hash,
+    }
 
 
 def is_done(out: Path, expected: dict[str, object]) -> bool:
@@ -307,7 +344,9 @@ def previous_outputs(out: Path) -> set[str]:
         return set()
 
 
-def write_topic(topic: Topic, columns: list[str], kept_rows: list[dict[str, str]], marker: dict[str, object]) -> None:
+def write_topic(
+    topic: Topic, columns: list[str], kept_rows: list[dict[str, str]], marker: dict[str, object]
+) -> None:
     """Write kept frames, the scored manifest and finally the marker (so a crash is redone)."""
     (topic.out / MARKER).unlink(missing_ok=True)
     stale = previous_outputs(topic.out)
@@ -347,7 +386,9 @@ def prune_topic(topic: Topic, args: argparse.Namespace, summary: JobSummary) -> 
         except FrameError as err:
             summary.fail(err.kind, err.detail)
     with tqdm(total=len(paths), desc=topic.name, unit="frame", disable=None, leave=False) as bar:
-        decisions = select_frames(paths, args.threshold, args.jobs, progress=bar.update, settle_margin=settle_margin)
+        decisions = select_frames(
+            paths, args.threshold, args.jobs, progress=bar.update, settle_margin=settle_margin
+        )
 
     kept_rows: list[dict[str, str]] = []
     for decision in decisions:
@@ -363,7 +404,9 @@ def prune_topic(topic: Topic, args: argparse.Namespace, summary: JobSummary) -> 
             summary.add("kept on size/depth change")
         row = {c: rows[usable[decision.index]].get(c, "") for c in columns}
         row["ssim"] = "" if decision.ssim is None else f"{decision.ssim:.6f}"
-        row["compared_to"] = "" if decision.compared_to is None else paths[decision.compared_to].name
+        row["compared_to"] = (
+            "" if decision.compared_to is None else paths[decision.compared_to].name
+        )
         kept_rows.append(row)
 
     if args.dry_run:
@@ -373,8 +416,14 @@ def prune_topic(topic: Topic, args: argparse.Namespace, summary: JobSummary) -> 
     summary.add("topics done")
 
 
-def _keep_depth_topic(topic: Topic, columns: list[str], rows: list[dict[str, str]], marker: dict[str, object],
-                     dry_run: bool, summary: JobSummary) -> None:
+def _keep_depth_topic(
+    topic: Topic,
+    columns: list[str],
+    rows: list[dict[str, str]],
+    marker: dict[str, object],
+    dry_run: bool,
+    summary: JobSummary,
+) -> None:
     """Keep every frame of a depth topic: depth is paired with colour frames later, not pruned."""
     kept_rows: list[dict[str, str]] = []
     for row in rows:
@@ -397,6 +446,7 @@ def _keep_depth_topic(topic: Topic, columns: list[str], rows: list[dict[str, str
 
 # --------------------------------------------------------------------------- finding topics
 
+
 def find_topics(raw: Path, out: Path, targets: Sequence[str], summary: JobSummary) -> list[Topic]:
     """Topic folders to prune: every ``<raw>/<bag>/<topic>`` or those under the named folders.
 
@@ -415,8 +465,12 @@ def find_topics(raw: Path, out: Path, targets: Sequence[str], summary: JobSummar
                 raise UserError(f"{target}: no such bag or topic folder (also looked in {raw})")
             if (folder / MANIFEST_NAME).is_file():
                 bags.append(folder)
-            elif not any((sub / MANIFEST_NAME).is_file() for sub in folder.iterdir() if sub.is_dir()):
-                raise UserError(f"{folder}: no {MANIFEST_NAME} here or in its topic folders (run `mtl-data unpack` first)")
+            elif not any(
+                (sub / MANIFEST_NAME).is_file() for sub in folder.iterdir() if sub.is_dir()
+            ):
+                raise UserError(
+                    f"{folder}: no {MANIFEST_NAME} here or in its topic folders (run `mtl-data unpack` first)"
+                )
             else:
                 bags.append(folder)
 
@@ -435,8 +489,9 @@ def find_topics(raw: Path, out: Path, targets: Sequence[str], summary: JobSummar
 
 # --------------------------------------------------------------------------- command line
 
+
 def threshold_value(text: str) -> float:
-    """argparse type for ``--threshold``: an SSIM value in (0, 1]."""
+    """Argparse type for ``--threshold``: an SSIM value in (0, 1]."""
     try:
         value = float(text)
     except ValueError:
@@ -447,7 +502,7 @@ def threshold_value(text: str) -> float:
 
 
 def positive_int(text: str) -> int:
-    """argparse type for ``--jobs``."""
+    """Argparse type for ``--jobs``."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return int(text)
@@ -455,19 +510,49 @@ def positive_int(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``prune`` options."""
-    parser.add_argument("folders", nargs="*", metavar="FOLDER",
-                        help="bag or topic folders to prune (paths, or names under --raw); default: all of --raw")
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"), help="unpacked frames: <raw>/<bag>/<topic>/manifest.csv")
-    parser.add_argument("--out", type=Path, default=Path("data/interim"), help="output root: <out>/<bag>/<topic>/")
-    parser.add_argument("--threshold", type=threshold_value, default=DEFAULT_THRESHOLD,
-                        help="SSIM (1.0 = identical) at or above which a frame counts as a near-duplicate of the "
-                             "last kept frame and is dropped; lower keeps fewer frames")
-    parser.add_argument("--force", action="store_true", help="redo topic folders already pruned with this threshold")
-    parser.add_argument("--exact", action="store_true",
-                        help="exact SSIM for every frame, also clear near-duplicates (slower; see above)")
-    parser.add_argument("--dry-run", action="store_true", help="only report how many frames would be kept; write nothing")
-    parser.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
-                        help="worker threads that decode frames and compute their statistics ahead")
+    parser.add_argument(
+        "folders",
+        nargs="*",
+        metavar="FOLDER",
+        help="bag or topic folders to prune (paths, or names under --raw); default: all of --raw",
+    )
+    parser.add_argument(
+        "--raw",
+        type=Path,
+        default=Path("data/raw"),
+        help="unpacked frames: <raw>/<bag>/<topic>/manifest.csv",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("data/interim"), help="output root: <out>/<bag>/<topic>/"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=threshold_value,
+        default=DEFAULT_THRESHOLD,
+        help="SSIM (1.0 = identical) at or above which a frame counts as a near-duplicate of the "
+        "last kept frame and is dropped; lower keeps fewer frames",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="redo topic folders already pruned with this threshold",
+    )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="exact SSIM for every frame, also clear near-duplicates (slower; see above)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only report how many frames would be kept; write nothing",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="worker threads that decode frames and compute their statistics ahead",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

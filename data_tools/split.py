@@ -31,10 +31,10 @@ GroupBy = Literal["bag", "time"]
 class SplitItem:
     """What the splitter needs to know about one frame."""
 
-    key: int               # the caller's id (e.g. COCO image id)
+    key: int  # the caller's id (e.g. COCO image id)
     bag: str
-    stamp_ns: int | None   # None for stills without a time stamp: each is its own group
-    name: str              # tie-breaker for a stable order
+    stamp_ns: int | None  # None for stills without a time stamp: each is its own group
+    name: str  # tie-breaker for a stable order
 
 
 def parse_fractions(text: str) -> tuple[float, float, float]:
@@ -48,7 +48,9 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def group_items(items: Sequence[SplitItem], group_by: GroupBy, window_s: float) -> dict[Hashable, list[SplitItem]]:
+def group_items(
+    items: Sequence[SplitItem], group_by: GroupBy, window_s: float
+) -> dict[Hashable, list[SplitItem]]:
     """Groups of frames that must stay in one split.
 
     ``time``: within each bag, frames sorted by stamp; a group starts at a frame and takes every
@@ -64,7 +66,9 @@ def group_items(items: Sequence[SplitItem], group_by: GroupBy, window_s: float) 
     for item in items:
         by_bag.setdefault(item.bag, []).append(item)
     for bag, bag_items in by_bag.items():
-        timed = sorted((i for i in bag_items if i.stamp_ns is not None), key=lambda i: (i.stamp_ns, i.name))
+        timed = sorted(
+            (i for i in bag_items if i.stamp_ns is not None), key=lambda i: (i.stamp_ns, i.name)
+        )
         start: int | None = None
         for item in timed:
             if start is None or item.stamp_ns - start >= window_ns:
@@ -81,8 +85,13 @@ def _error_change(missing: float, size: int) -> float:
     return abs(missing - size) - abs(missing)
 
 
-def assign_splits(items: Sequence[SplitItem], fractions: Sequence[float], group_by: GroupBy,
-                  window_s: float, seed: int) -> tuple[dict[str, list[int]], int]:
+def assign_splits(
+    items: Sequence[SplitItem],
+    fractions: Sequence[float],
+    group_by: GroupBy,
+    window_s: float,
+    seed: int,
+) -> tuple[dict[str, list[int]], int]:
     """Split ``items`` by groups; return ``{split: sorted keys}`` and the number of groups."""
     groups = group_items(items, group_by, window_s)
     order = sorted(groups, key=repr)  # independent of input order and hash seed
@@ -90,7 +99,7 @@ def assign_splits(items: Sequence[SplitItem], fractions: Sequence[float], group_
     total = sum(len(g) for g in groups.values())
     target = {name: frac * total for name, frac in zip(SPLIT_NAMES, fractions)}
     wanted = [name for name in SPLIT_NAMES if target[name] > 0]
-    filled = {name: 0 for name in SPLIT_NAMES}
+    filled = dict.fromkeys(SPLIT_NAMES, 0)
     splits: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
     for index, group_key in enumerate(order):
         members = groups[group_key]
@@ -100,8 +109,13 @@ def assign_splits(items: Sequence[SplitItem], fractions: Sequence[float], group_
         else:
             choices = wanted
         # Relative error: one frame missing from a 10 % split weighs 8x one extra in an 80 % one.
-        name = min(choices, key=lambda n: (_error_change(target[n] - filled[n], len(members)) / target[n],
-                                           -(target[n] - filled[n])))
+        name = min(
+            choices,
+            key=lambda n: (
+                _error_change(target[n] - filled[n], len(members)) / target[n],
+                -(target[n] - filled[n]),
+            ),
+        )
         splits[name].extend(item.key for item in members)
         filled[name] += len(members)
     return {name: sorted(keys) for name, keys in splits.items()}, len(groups)

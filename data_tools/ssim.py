@@ -60,8 +60,10 @@ def to_gray(image: np.ndarray, channel_order: Literal["rgb", "bgr"]) -> np.ndarr
         return image[:, :, 0]
     if image.ndim == 3 and image.shape[2] in (3, 4):
         codes = {
-            ("rgb", 3): cv2.COLOR_RGB2GRAY, ("bgr", 3): cv2.COLOR_BGR2GRAY,
-            ("rgb", 4): cv2.COLOR_RGBA2GRAY, ("bgr", 4): cv2.COLOR_BGRA2GRAY,
+            ("rgb", 3): cv2.COLOR_RGB2GRAY,
+            ("bgr", 3): cv2.COLOR_BGR2GRAY,
+            ("rgb", 4): cv2.COLOR_RGBA2GRAY,
+            ("bgr", 4): cv2.COLOR_BGRA2GRAY,
         }
         return cv2.cvtColor(np.ascontiguousarray(image), codes[(channel_order, image.shape[2])])
     raise ValueError(f"cannot convert an image of shape {image.shape} to grayscale")
@@ -117,7 +119,11 @@ def _accumulator(dtype: np.dtype, win_size: int) -> np.dtype:
     return np.dtype(np.float64)
 
 
-_CV_DEPTH = {np.dtype(np.int32): cv2.CV_32S, np.dtype(np.float64): cv2.CV_64F, np.dtype(np.float32): cv2.CV_32F}
+_CV_DEPTH = {
+    np.dtype(np.int32): cv2.CV_32S,
+    np.dtype(np.float64): cv2.CV_64F,
+    np.dtype(np.float32): cv2.CV_32F,
+}
 _scratch = threading.local()
 
 
@@ -137,19 +143,23 @@ def _buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 def _valid(array: np.ndarray, win_size: int) -> np.ndarray:
     """The part of a filtered image whose windows lie fully inside the image (skimage's crop)."""
     pad = (win_size - 1) // 2
-    return array[pad:array.shape[0] - pad, pad:array.shape[1] - pad]
+    return array[pad : array.shape[0] - pad, pad : array.shape[1] - pad]
 
 
 def _store(values: np.ndarray, old: WindowStats | None, field: str, dtype: np.dtype) -> np.ndarray:
     """``values`` as ``dtype`` in the array ``field`` of discarded statistics if it fits, else in a new one."""
     array = getattr(old, field, None)
-    if not (isinstance(array, np.ndarray) and array.shape == values.shape and array.dtype == dtype):
+    if not (
+        isinstance(array, np.ndarray) and array.shape == values.shape and array.dtype == dtype
+    ):
         array = np.empty(values.shape, dtype)
     np.copyto(array, values, casting="unsafe")
     return array
 
 
-def window_stats(gray: np.ndarray, win_size: int = DEFAULT_WIN_SIZE, reuse: WindowStats | None = None) -> WindowStats:
+def window_stats(
+    gray: np.ndarray, win_size: int = DEFAULT_WIN_SIZE, reuse: WindowStats | None = None
+) -> WindowStats:
     """Compute the reusable statistics of one grayscale frame (uint8, uint16 or float).
 
     ``reuse``: statistics of a frame that is no longer needed; their arrays are overwritten
@@ -160,26 +170,37 @@ def window_stats(gray: np.ndarray, win_size: int = DEFAULT_WIN_SIZE, reuse: Wind
     if win_size % 2 != 1 or win_size < 3:
         raise ValueError(f"win_size must be an odd number >= 3, got {win_size}")
     if min(gray.shape) < win_size:
-        raise ValueError(f"image of size {gray.shape[1]}x{gray.shape[0]} is smaller than the {win_size}x{win_size} SSIM window")
+        raise ValueError(
+            f"image of size {gray.shape[1]}x{gray.shape[0]} is smaller than the {win_size}x{win_size} SSIM window"
+        )
     data_range = dtype_data_range(gray.dtype)
     if data_range is None:  # float: non-finite values (e.g. depth holes) would poison every window
         gray = np.nan_to_num(gray.astype(np.float64, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
     gray = np.ascontiguousarray(gray)
     acc = _accumulator(gray.dtype, win_size)
     box = (win_size, win_size)
-    box_sums = cv2.boxFilter(gray, _CV_DEPTH[acc], box, dst=_buffer("full", gray.shape, acc), normalize=False)
+    box_sums = cv2.boxFilter(
+        gray, _CV_DEPTH[acc], box, dst=_buffer("full", gray.shape, acc), normalize=False
+    )
     sums = _store(_valid(box_sums, win_size), reuse, "sums", acc)
     valid_shape = sums.shape
-    box_sq = cv2.sqrBoxFilter(gray, _CV_DEPTH[acc], box, dst=_buffer("full", gray.shape, acc), normalize=False)
-    spread = np.multiply(_valid(box_sq, win_size), win_size * win_size, out=_buffer("valid", valid_shape, acc))
+    box_sq = cv2.sqrBoxFilter(
+        gray, _CV_DEPTH[acc], box, dst=_buffer("full", gray.shape, acc), normalize=False
+    )
+    spread = np.multiply(
+        _valid(box_sq, win_size), win_size * win_size, out=_buffer("valid", valid_shape, acc)
+    )
     squared = np.multiply(sums, sums, out=_buffer("valid2", valid_shape, acc))
     np.subtract(spread, squared, out=spread)  # exact: N * Sxx - Sx^2
     low, high = cv2.minMaxLoc(gray)[:2]
     return WindowStats(
-        image=gray, sums=sums,
+        image=gray,
+        sums=sums,
         sums_squared=_store(squared, reuse, "sums_squared", np.dtype(np.float32)),
         spread=_store(spread, reuse, "spread", np.dtype(np.float32)),
-        win_size=win_size, data_range=data_range, value_range=(float(low), float(high)),
+        win_size=win_size,
+        data_range=data_range,
+        value_range=(float(low), float(high)),
     )
 
 
@@ -194,7 +215,9 @@ def pair_data_range(a: WindowStats, b: WindowStats) -> float:
 def ssim_from_stats(a: WindowStats, b: WindowStats, data_range: float | None = None) -> float:
     """Mean SSIM of two frames from their :class:`WindowStats` (see the module docstring)."""
     if a.kind != b.kind or a.win_size != b.win_size:
-        raise ValueError(f"cannot compare a {a.shape} {a.image.dtype} frame with a {b.shape} {b.image.dtype} frame")
+        raise ValueError(
+            f"cannot compare a {a.shape} {a.image.dtype} frame with a {b.shape} {b.image.dtype} frame"
+        )
     n = a.win_size * a.win_size
     r = data_range if data_range is not None else pair_data_range(a, b)
     c1 = np.float32((K1 * r) ** 2 * n * n)
@@ -203,9 +226,16 @@ def ssim_from_stats(a: WindowStats, b: WindowStats, data_range: float | None = N
     valid_shape = a.sums.shape
     # Exact integer part: the cross term Sx*Sy and the covariance term N*Sxy - Sx*Sy.
     products = cv2.multiply(a.image, b.image, dst=_buffer("full", a.image.shape, acc), dtype=depth)
-    sums_xy = cv2.boxFilter(products, depth, (a.win_size, a.win_size), dst=_buffer("full2", a.image.shape, acc),
-                            normalize=False)
-    covariance = np.multiply(_valid(sums_xy, a.win_size), n, out=_buffer("valid", valid_shape, acc))
+    sums_xy = cv2.boxFilter(
+        products,
+        depth,
+        (a.win_size, a.win_size),
+        dst=_buffer("full2", a.image.shape, acc),
+        normalize=False,
+    )
+    covariance = np.multiply(
+        _valid(sums_xy, a.win_size), n, out=_buffer("valid", valid_shape, acc)
+    )
     cross = np.multiply(a.sums, b.sums, out=_buffer("valid2", valid_shape, acc))
     np.subtract(covariance, cross, out=covariance)
     # float32 ratio: (2 SxSy + c1)(2 cov + c2) / ((Sx^2 + Sy^2 + c1)(spread_x + spread_y + c2)).
@@ -252,12 +282,14 @@ def block_stats(gray: np.ndarray, win_size: int = DEFAULT_WIN_SIZE) -> BlockStat
     if gray.dtype != np.uint8 or gray.ndim != 2 or min(gray.shape) < 2 * win_size:
         return None
     rows, cols = gray.shape[0] // win_size, gray.shape[1] // win_size
-    crop = gray[:rows * win_size, :cols * win_size]
+    crop = gray[: rows * win_size, : cols * win_size]
     values = _buffer("block_values", crop.shape, np.dtype(np.float32))
     np.copyto(values, crop)
     # INTER_AREA with an integer factor is the plain block mean.
     means = cv2.resize(values, (cols, rows), interpolation=cv2.INTER_AREA)
-    squares = cv2.multiply(values, values, dst=_buffer("block_squares", crop.shape, np.dtype(np.float32)))
+    squares = cv2.multiply(
+        values, values, dst=_buffer("block_squares", crop.shape, np.dtype(np.float32))
+    )
     squares = cv2.resize(squares, (cols, rows), interpolation=cv2.INTER_AREA)
     return BlockStats(gray, means, squares, win_size)
 
@@ -275,14 +307,21 @@ def sampled_ssim(a: BlockStats, b: BlockStats) -> float:
     c1, c2 = np.float32((K1 * 255.0) ** 2), np.float32((K2 * 255.0) ** 2)
     rows, cols = a.means.shape
     crop = (slice(0, rows * a.win_size), slice(0, cols * a.win_size))
-    products = cv2.multiply(a.image[crop], b.image[crop], dtype=cv2.CV_32F,
-                            dst=_buffer("block_products", a.image[crop].shape, np.dtype(np.float32)))
+    products = cv2.multiply(
+        a.image[crop],
+        b.image[crop],
+        dtype=cv2.CV_32F,
+        dst=_buffer("block_products", a.image[crop].shape, np.dtype(np.float32)),
+    )
     cross = cv2.resize(products, (cols, rows), interpolation=cv2.INTER_AREA)
     mean_ab = a.means * b.means
     covariance = (cross - mean_ab) * cov_norm
-    variances = (a.mean_squares - a.means * a.means + b.mean_squares - b.means * b.means) * cov_norm
+    variances = (
+        a.mean_squares - a.means * a.means + b.mean_squares - b.means * b.means
+    ) * cov_norm
     score = ((2 * mean_ab + c1) * (2 * covariance + c2)) / (
-        (a.means * a.means + b.means * b.means + c1) * (variances + c2))
+        (a.means * a.means + b.means * b.means + c1) * (variances + c2)
+    )
     return float(cv2.mean(score)[0])
 
 

@@ -44,21 +44,28 @@ from skimage import data as skdata
 from tqdm import tqdm
 
 from mtl_perception.core import atomic_io
-from mtl_perception.core.constants import MIN_INPUT_SIDE, SYNTH_CAMERA_TOPIC, SYNTH_DEPTH_TOPIC, parse_hw
-from mtl_perception.core.stamps import ns_to_sec_nanosec
+from mtl_perception.core.constants import (
+    MIN_INPUT_SIDE,
+    SYNTH_CAMERA_TOPIC,
+    SYNTH_DEPTH_TOPIC,
+    parse_hw,
+)
 from mtl_perception.core.errors import UserError
+from mtl_perception.core.stamps import ns_to_sec_nanosec
 
 OBJECT_CLASSES: tuple[str, ...] = ("box", "cone", "ball")
 STUFF_CLASSES: tuple[str, ...] = ("floor", "wall")
-CATEGORY_IDS: dict[str, int] = {name: i + 1 for i, name in enumerate(OBJECT_CLASSES + STUFF_CLASSES)}
+CATEGORY_IDS: dict[str, int] = {
+    name: i + 1 for i, name in enumerate(OBJECT_CLASSES + STUFF_CLASSES)
+}
 # Semantic ids of the rendered label map (``RenderedFrame.semantic``): 0 = background (the
 # photo above the wall, and every object pixel), then the stuff classes in order.
 FLOOR_ID, WALL_ID = 1, 2
 
 OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {  # RGB, chosen far apart from the stuff
-    "box": (235, 195, 40),   # yellow cardboard
-    "cone": (245, 85, 15),   # traffic orange
-    "ball": (35, 85, 225),   # blue
+    "box": (235, 195, 40),  # yellow cardboard
+    "cone": (245, 85, 15),  # traffic orange
+    "ball": (35, 85, 225),  # blue
 }
 CAMERA_TOPIC = SYNTH_CAMERA_TOPIC
 DEPTH_TOPIC = SYNTH_DEPTH_TOPIC
@@ -116,10 +123,10 @@ class WorldObject:
 class RenderedFrame:
     """One rendered frame and its exact ground truth at image resolution."""
 
-    rgb: np.ndarray                 # [H, W, 3] uint8
-    semantic: np.ndarray            # [H, W] uint8: 0 background/objects, FLOOR_ID, WALL_ID
+    rgb: np.ndarray  # [H, W, 3] uint8
+    semantic: np.ndarray  # [H, W] uint8: 0 background/objects, FLOOR_ID, WALL_ID
     instances: list[tuple[str, np.ndarray]]  # (class, visible bool mask) per visible object
-    depth: np.ndarray               # [H, W] float32 z-depth in metres, exact; 0 = nothing (sky)
+    depth: np.ndarray  # [H, W] float32 z-depth in metres, exact; 0 = nothing (sky)
 
 
 # --------------------------------------------------------------------------- scene
@@ -153,7 +160,9 @@ class Scene:
         # Above the wall: a panorama of bundled colour photos (background class), seed-ordered.
         photos = [skdata.coffee(), skdata.chelsea(), skdata.rocket(), skdata.astronaut()]
         order = rng.permutation(len(photos))
-        self.sky_tex = self._tile(np.concatenate([_fit_height(photos[i], h) for i in order], axis=1), h)
+        self.sky_tex = self._tile(
+            np.concatenate([_fit_height(photos[i], h) for i in order], axis=1), h
+        )
         self.sky_offset = float(rng.uniform(0, self.sky_tex.shape[1] / 4))
         self.objects = self._place_objects(rng)
         self.poses = list(self._trajectory(rng))
@@ -169,20 +178,24 @@ class Scene:
         objects = []
         for i in range(self.config.objects):
             kind = OBJECT_CLASSES[i % len(OBJECT_CLASSES)]
-            objects.append(WorldObject(
-                kind=kind,
-                x=float(rng.uniform(-WORLD_HALF_WIDTH, WORLD_HALF_WIDTH)),
-                z=float(rng.uniform(3.0, WALL_DISTANCE - 4.0)),
-                size=OBJECT_SIZE[kind] * float(rng.uniform(0.75, 1.3)),
-                shade=float(rng.uniform(0.75, 1.05)),
-            ))
+            objects.append(
+                WorldObject(
+                    kind=kind,
+                    x=float(rng.uniform(-WORLD_HALF_WIDTH, WORLD_HALF_WIDTH)),
+                    z=float(rng.uniform(3.0, WALL_DISTANCE - 4.0)),
+                    size=OBJECT_SIZE[kind] * float(rng.uniform(0.75, 1.3)),
+                    shade=float(rng.uniform(0.75, 1.05)),
+                )
+            )
         return objects
 
     def _trajectory(self, rng: np.random.Generator) -> Iterator[CameraPose]:
         """Piecewise motion: still stretches (near-duplicates), slow and fast stretches."""
         x, z, tilt = 0.0, 0.0, 0.45
         vx = vz = vt = 0.0
-        direction = 1.0  # pans keep their direction (sweeping the scene) until a bounce or a rare turn
+        direction = (
+            1.0  # pans keep their direction (sweeping the scene) until a bounce or a rare turn
+        )
         left = 0
         for _ in range(self.config.frames):
             if left == 0:  # start a new stretch
@@ -219,8 +232,12 @@ class Scene:
         rgb = np.empty((h, w, 3), np.uint8)
         semantic = np.zeros((h, w), np.uint8)
         rgb[:wall_top] = self._window(self.sky_tex, self.sky_offset + pan_px / 8.0, w)[:wall_top]
-        rgb[wall_top:wall_bottom] = self._window(self.wall_tex, pan_px / wall_depth, w)[wall_top:wall_bottom]
-        rgb[wall_bottom:] = self._window(self.floor_tex, pan_px / 4.0 + pose.z * 60.0, w)[wall_bottom:]
+        rgb[wall_top:wall_bottom] = self._window(self.wall_tex, pan_px / wall_depth, w)[
+            wall_top:wall_bottom
+        ]
+        rgb[wall_bottom:] = self._window(self.floor_tex, pan_px / 4.0 + pose.z * 60.0, w)[
+            wall_bottom:
+        ]
         semantic[wall_top:wall_bottom] = WALL_ID
         semantic[wall_bottom:] = FLOOR_ID
         depth = self._stuff_depth(horizon, wall_depth, wall_top, wall_bottom)
@@ -239,8 +256,14 @@ class Scene:
             if not shape.any():
                 continue
             self._paint(rgb, shape, obj, polygons)
-            _paint_depth(depth, shape, obj, distance, _projection(obj, distance, pose.x, horizon, self.focal, w),
-                         self.focal)
+            _paint_depth(
+                depth,
+                shape,
+                obj,
+                distance,
+                _projection(obj, distance, pose.x, horizon, self.focal, w),
+                self.focal,
+            )
             owner[shape] = len(drawn)
             drawn.append(obj)
         semantic[owner >= 0] = 0
@@ -252,7 +275,9 @@ class Scene:
                 instances.append((obj.kind, visible))
         return RenderedFrame(rgb=rgb, semantic=semantic, instances=instances, depth=depth)
 
-    def _stuff_depth(self, horizon: float, wall_depth: float, wall_top: int, wall_bottom: int) -> np.ndarray:
+    def _stuff_depth(
+        self, horizon: float, wall_depth: float, wall_top: int, wall_bottom: int
+    ) -> np.ndarray:
         """Z-depth of the wall (fronto-parallel: constant) and the floor (grows towards the horizon).
 
         A floor pixel row ``v`` below the horizon sees the ground at ``z = f * height / (v - horizon)``
@@ -270,10 +295,12 @@ class Scene:
     @staticmethod
     def _window(tex: np.ndarray, offset_px: float, width: int) -> np.ndarray:
         start = int(round(offset_px)) % (tex.shape[1] - width)
-        return tex[:, start:start + width]
+        return tex[:, start : start + width]
 
     @staticmethod
-    def _paint(rgb: np.ndarray, shape: np.ndarray, obj: WorldObject, polygons: list[np.ndarray]) -> None:
+    def _paint(
+        rgb: np.ndarray, shape: np.ndarray, obj: WorldObject, polygons: list[np.ndarray]
+    ) -> None:
         """Flat colour with simple shading so the shapes look like solids, not stickers.
 
         Works on the silhouette's bounding window only: boolean indexing of full frames per
@@ -293,7 +320,9 @@ class Scene:
             lo, hi = int(0.45 * rows), int(0.6 * rows) + 1
             pixels[lo:hi][inside[lo:hi]] = (240, 240, 240)
         elif obj.kind == "ball":  # darker lower half
-            pixels[rows // 2:][inside[rows // 2:]] = np.clip(colour * 0.7, 0, 255).astype(np.uint8)
+            pixels[rows // 2 :][inside[rows // 2 :]] = np.clip(colour * 0.7, 0, 255).astype(
+                np.uint8
+            )
 
 
 def _row_extent(mask: np.ndarray) -> tuple[int, int]:
@@ -309,36 +338,65 @@ def _bounce(value: float, velocity: float, low: float, high: float) -> tuple[flo
     return value, velocity
 
 
-def _projection(obj: WorldObject, depth: float, cam_x: float, horizon: float, focal: float,
-                width: int) -> tuple[float, float, float]:
+def _projection(
+    obj: WorldObject, depth: float, cam_x: float, horizon: float, focal: float, width: int
+) -> tuple[float, float, float]:
     """Image centre column, base row and pixel size of an object standing ``depth`` metres ahead."""
     cx = width / 2 + focal * (obj.x - cam_x) / depth
     base_y = horizon + focal * CAMERA_HEIGHT / depth
     return cx, base_y, focal * obj.size / depth
 
 
-def _object_polygons(obj: WorldObject, depth: float, cam_x: float, horizon: float,
-                     focal: float, width: int) -> list[np.ndarray]:
+def _object_polygons(
+    obj: WorldObject, depth: float, cam_x: float, horizon: float, focal: float, width: int
+) -> list[np.ndarray]:
     """Image-space polygons (float [K, 2] x,y) of one object; the first is its silhouette."""
     cx, base_y, s = _projection(obj, depth, cam_x, horizon, focal, width)
     if obj.kind == "box":
         lift = 0.25 * s  # the top face seen from above
-        front = np.array([[cx - s / 2, base_y], [cx + s / 2, base_y], [cx + s / 2, base_y - s],
-                          [cx + s / 2 - lift / 2, base_y - s - lift], [cx - s / 2 + lift / 2, base_y - s - lift],
-                          [cx - s / 2, base_y - s]])
-        top = np.array([[cx - s / 2, base_y - s], [cx + s / 2, base_y - s],
-                        [cx + s / 2 - lift / 2, base_y - s - lift], [cx - s / 2 + lift / 2, base_y - s - lift]])
+        front = np.array(
+            [
+                [cx - s / 2, base_y],
+                [cx + s / 2, base_y],
+                [cx + s / 2, base_y - s],
+                [cx + s / 2 - lift / 2, base_y - s - lift],
+                [cx - s / 2 + lift / 2, base_y - s - lift],
+                [cx - s / 2, base_y - s],
+            ]
+        )
+        top = np.array(
+            [
+                [cx - s / 2, base_y - s],
+                [cx + s / 2, base_y - s],
+                [cx + s / 2 - lift / 2, base_y - s - lift],
+                [cx - s / 2 + lift / 2, base_y - s - lift],
+            ]
+        )
         return [front, top]
     if obj.kind == "cone":
-        return [np.array([[cx - 0.4 * s, base_y], [cx + 0.4 * s, base_y], [cx + 0.06 * s, base_y - s],
-                          [cx - 0.06 * s, base_y - s]])]
+        return [
+            np.array(
+                [
+                    [cx - 0.4 * s, base_y],
+                    [cx + 0.4 * s, base_y],
+                    [cx + 0.06 * s, base_y - s],
+                    [cx - 0.06 * s, base_y - s],
+                ]
+            )
+        ]
     angles = np.linspace(0, 2 * np.pi, 32, endpoint=False)
     r = s / 2
     return [np.stack([cx + r * np.cos(angles), base_y - r + r * np.sin(angles)], axis=1)]
 
 
-def _paint_depth(depth_map: np.ndarray, shape: np.ndarray, obj: WorldObject, distance: float,
-                 projection: tuple[float, float, float], focal: float) -> None:
+def _paint_depth(
+    depth_map: np.ndarray,
+    shape: np.ndarray,
+    obj: WorldObject,
+    distance: float,
+    projection: tuple[float, float, float],
+    focal: float,
+) -> None:
     """Write the z-depth of an object's visible surface into ``depth_map`` where ``shape`` is set.
 
     ``distance`` is the z-depth of the object's front base line. Boxes: a fronto-parallel front
@@ -363,7 +421,9 @@ def _paint_depth(depth_map: np.ndarray, shape: np.ndarray, obj: WorldObject, dis
     else:  # cone: radius shrinks from 0.4 s at the base to 0.06 s at the top
         t = np.clip((base_y - v) / s, 0.0, 1.0)
         radius = (0.4 - 0.34 * t) * s
-        z = distance - radius * metres_per_px * np.sqrt(np.clip(1.0 - ((u - cx) / radius) ** 2, 0.0, 1.0))
+        z = distance - radius * metres_per_px * np.sqrt(
+            np.clip(1.0 - ((u - cx) / radius) ** 2, 0.0, 1.0)
+        )
     inside = shape[window]
     depth_map[window][inside] = z.astype(np.float32)[inside]
 
@@ -403,7 +463,10 @@ def stamp_ns(index: int) -> int:
 def _rle(mask: np.ndarray) -> dict:
     """Compressed COCO RLE of a boolean mask, JSON-ready."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": rle["counts"].decode("ascii"),
+    }
 
 
 def _mask_bbox(mask: np.ndarray) -> list[int]:
@@ -415,7 +478,9 @@ def _mask_bbox(mask: np.ndarray) -> list[int]:
 
 def _visible_polygons(mask: np.ndarray) -> list[list[float]]:
     """Outer contours of a visible region as COCO polygons (flat x,y lists, >= 3 points)."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
 
 
@@ -426,12 +491,27 @@ def frame_annotations(frame: RenderedFrame, image_id: int, first_ann_id: int) ->
         polygons = _visible_polygons(visible)
         if not polygons:  # a sliver too thin for a polygon: not annotatable, like a human labeler
             continue
-        anns.append({"category_id": CATEGORY_IDS[kind], "bbox": _mask_bbox(visible), "segmentation": polygons, "area": int(visible.sum()), "iscrowd": 0})
+        anns.append(
+            {
+                "category_id": CATEGORY_IDS[kind],
+                "bbox": _mask_bbox(visible),
+                "segmentation": polygons,
+                "area": int(visible.sum()),
+                "iscrowd": 0,
+            }
+        )
     for name, class_id in (("floor", FLOOR_ID), ("wall", WALL_ID)):
         region = frame.semantic == class_id
         if region.any():
-            anns.append({"category_id": CATEGORY_IDS[name], "bbox": _mask_bbox(region), "segmentation": _rle(region),
-                         "area": int(region.sum()), "iscrowd": 0})
+            anns.append(
+                {
+                    "category_id": CATEGORY_IDS[name],
+                    "bbox": _mask_bbox(region),
+                    "segmentation": _rle(region),
+                    "area": int(region.sum()),
+                    "iscrowd": 0,
+                }
+            )
     for offset, ann in enumerate(anns):
         ann["id"] = first_ann_id + offset
         ann["image_id"] = image_id
@@ -448,7 +528,9 @@ class _MessageFactory:
         self.encoding = encoding
         self.typestore = get_typestore(Stores.ROS2_JAZZY)
         self.compressed = encoding in ("jpeg", "png")
-        self.msgtype = "sensor_msgs/msg/CompressedImage" if self.compressed else "sensor_msgs/msg/Image"
+        self.msgtype = (
+            "sensor_msgs/msg/CompressedImage" if self.compressed else "sensor_msgs/msg/Image"
+        )
         self.topic = f"{CAMERA_TOPIC}/compressed" if self.compressed else CAMERA_TOPIC
 
     def _header(self, stamp: int) -> object:
@@ -463,8 +545,14 @@ class _MessageFactory:
         """A ``16UC1`` little-endian ``sensor_msgs/Image`` (aligned depth has the colour frame id)."""
         h, w = depth_mm.shape
         msg = self.typestore.types["sensor_msgs/msg/Image"](
-            header=self._header(stamp), height=h, width=w, encoding="16UC1", is_bigendian=0, step=2 * w,
-            data=np.ascontiguousarray(depth_mm, dtype="<u2").view(np.uint8).reshape(-1))
+            header=self._header(stamp),
+            height=h,
+            width=w,
+            encoding="16UC1",
+            is_bigendian=0,
+            step=2 * w,
+            data=np.ascontiguousarray(depth_mm, dtype="<u2").view(np.uint8).reshape(-1),
+        )
         return bytes(self.typestore.serialize_cdr(msg, "sensor_msgs/msg/Image"))
 
     def serialize(self, rgb: np.ndarray, stamp: int) -> bytes:
@@ -472,19 +560,31 @@ class _MessageFactory:
         header = self._header(stamp)
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
         if self.compressed:
-            ok, buf = cv2.imencode(".jpg" if self.encoding == "jpeg" else ".png", bgr,
-                                   [cv2.IMWRITE_JPEG_QUALITY, 92] if self.encoding == "jpeg" else [])
+            ok, buf = cv2.imencode(
+                ".jpg" if self.encoding == "jpeg" else ".png",
+                bgr,
+                [cv2.IMWRITE_JPEG_QUALITY, 92] if self.encoding == "jpeg" else [],
+            )
             assert ok, "OpenCV failed to encode a synthetic frame"
             msg = types[self.msgtype](header=header, format=self.encoding, data=buf.reshape(-1))
         else:
             pixels = rgb if self.encoding == "rgb8" else bgr
             h, w = pixels.shape[:2]
-            msg = types[self.msgtype](header=header, height=h, width=w, encoding=self.encoding, is_bigendian=0,
-                                      step=3 * w, data=np.ascontiguousarray(pixels).reshape(-1))
+            msg = types[self.msgtype](
+                header=header,
+                height=h,
+                width=w,
+                encoding=self.encoding,
+                is_bigendian=0,
+                step=3 * w,
+                data=np.ascontiguousarray(pixels).reshape(-1),
+            )
         return bytes(self.typestore.serialize_cdr(msg, self.msgtype))
 
 
-def synthesize(config: SynthConfig, out_dir: Path, show_progress: bool = True) -> tuple[Path, Path]:
+def synthesize(
+    config: SynthConfig, out_dir: Path, show_progress: bool = True
+) -> tuple[Path, Path]:
     """Write the bag and its COCO ground truth into ``out_dir``; return their paths.
 
     The bag is written into a temporary folder and renamed into place at the end, so an
@@ -496,22 +596,36 @@ def synthesize(config: SynthConfig, out_dir: Path, show_progress: bool = True) -
     bag_dir = out_dir / BAG_DIRNAME
     coco: dict = {
         "info": {"description": "mtl_perception synthetic demo", "synth_config": asdict(config)},
-        "images": [], "annotations": [],
-        "categories": [{"id": i, "name": n, "supercategory": "object" if n in OBJECT_CLASSES else "stuff"}
-                       for n, i in CATEGORY_IDS.items()],
+        "images": [],
+        "annotations": [],
+        "categories": [
+            {"id": i, "name": n, "supercategory": "object" if n in OBJECT_CLASSES else "stuff"}
+            for n, i in CATEGORY_IDS.items()
+        ],
     }
     storage = StoragePlugin.MCAP if config.storage == "mcap" else StoragePlugin.SQLITE3
     noise_rng = np.random.default_rng(config.seed + 1)
-    depth_rng = np.random.default_rng(config.seed + 2)  # its own stream: colour bytes do not depend on depth
+    depth_rng = np.random.default_rng(
+        config.seed + 2
+    )  # its own stream: colour bytes do not depend on depth
     with tempfile.TemporaryDirectory(prefix=".synth-", dir=out_dir) as tmp:
         tmp_bag = Path(tmp) / BAG_DIRNAME  # the storage file is named after this folder
         writer = Writer(tmp_bag, version=9, storage_plugin=storage)
         writer.open()
         try:
-            conn = writer.add_connection(factory.topic, factory.msgtype, typestore=factory.typestore)
-            depth_conn = (writer.add_connection(DEPTH_TOPIC, "sensor_msgs/msg/Image", typestore=factory.typestore)
-                          if config.depth else None)
-            for index in tqdm(range(config.frames), desc="synth", unit="frame", disable=not show_progress):
+            conn = writer.add_connection(
+                factory.topic, factory.msgtype, typestore=factory.typestore
+            )
+            depth_conn = (
+                writer.add_connection(
+                    DEPTH_TOPIC, "sensor_msgs/msg/Image", typestore=factory.typestore
+                )
+                if config.depth
+                else None
+            )
+            for index in tqdm(
+                range(config.frames), desc="synth", unit="frame", disable=not show_progress
+            ):
                 frame = scene.render(index)
                 # Sensor noise: makes still stretches near- (not exact) duplicates.
                 noise = noise_rng.integers(-3, 4, size=frame.rgb.shape, dtype=np.int16)
@@ -519,11 +633,24 @@ def synthesize(config: SynthConfig, out_dir: Path, show_progress: bool = True) -
                 stamp = stamp_ns(index)
                 writer.write(conn, stamp, factory.serialize(rgb, stamp))
                 if depth_conn is not None:
-                    writer.write(depth_conn, stamp, factory.serialize_depth(sensor_depth_mm(frame.depth, depth_rng), stamp))
+                    writer.write(
+                        depth_conn,
+                        stamp,
+                        factory.serialize_depth(sensor_depth_mm(frame.depth, depth_rng), stamp),
+                    )
                 image_id = index + 1
-                coco["images"].append({"id": image_id, "file_name": f"{stamp}.png", "width": config.width,
-                                       "height": config.height, "stamp_ns": stamp})
-                coco["annotations"] += frame_annotations(frame, image_id, len(coco["annotations"]) + 1)
+                coco["images"].append(
+                    {
+                        "id": image_id,
+                        "file_name": f"{stamp}.png",
+                        "width": config.width,
+                        "height": config.height,
+                        "stamp_ns": stamp,
+                    }
+                )
+                coco["annotations"] += frame_annotations(
+                    frame, image_id, len(coco["annotations"]) + 1
+                )
         finally:
             writer.close()
         if bag_dir.exists():
@@ -538,17 +665,35 @@ def synthesize(config: SynthConfig, out_dir: Path, show_progress: bool = True) -
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("data/synth"),
-                        help=f"output folder; receives {BAG_DIRNAME}/ and {COCO_NAME}")
-    parser.add_argument("--frames", type=int, default=SynthConfig.frames, help="number of frames (30 Hz)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data/synth"),
+        help=f"output folder; receives {BAG_DIRNAME}/ and {COCO_NAME}",
+    )
+    parser.add_argument(
+        "--frames", type=int, default=SynthConfig.frames, help="number of frames (30 Hz)"
+    )
     parser.add_argument("--size", default="480x640", help="image size HEIGHTxWIDTH")
-    parser.add_argument("--encoding", choices=ENCODINGS, default="rgb8",
-                        help="rgb8/bgr8: sensor_msgs/Image; jpeg/png: sensor_msgs/CompressedImage")
-    parser.add_argument("--storage", choices=("mcap", "db3"), default="mcap", help="rosbag2 storage plugin")
+    parser.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="rgb8",
+        help="rgb8/bgr8: sensor_msgs/Image; jpeg/png: sensor_msgs/CompressedImage",
+    )
+    parser.add_argument(
+        "--storage", choices=("mcap", "db3"), default="mcap", help="rosbag2 storage plugin"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed of scene and trajectory")
-    parser.add_argument("--objects", type=int, default=SynthConfig.objects, help="objects placed on the floor")
-    parser.add_argument("--no-depth", dest="depth", action="store_false",
-                        help=f"leave out the aligned depth topic {DEPTH_TOPIC} (16UC1 millimetres)")
+    parser.add_argument(
+        "--objects", type=int, default=SynthConfig.objects, help="objects placed on the floor"
+    )
+    parser.add_argument(
+        "--no-depth",
+        dest="depth",
+        action="store_false",
+        help=f"leave out the aligned depth topic {DEPTH_TOPIC} (16UC1 millimetres)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing output")
 
 
@@ -561,8 +706,16 @@ def run(args: argparse.Namespace) -> int:
         height, width = parse_hw(args.size, "--size", MIN_INPUT_SIDE)
     except ValueError as err:
         raise UserError(str(err)) from None
-    config = SynthConfig(frames=args.frames, width=width, height=height, encoding=args.encoding,
-                         storage=args.storage, seed=args.seed, objects=args.objects, depth=args.depth)
+    config = SynthConfig(
+        frames=args.frames,
+        width=width,
+        height=height,
+        encoding=args.encoding,
+        storage=args.storage,
+        seed=args.seed,
+        objects=args.objects,
+        depth=args.depth,
+    )
     out_dir: Path = args.out
     marker = out_dir / MARKER_NAME
     wanted = json.dumps(asdict(config), sort_keys=True)
@@ -572,10 +725,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"synth: {out_dir} is up to date (use --force to rewrite)")
         return 0
     if any(p.exists() for p in outputs) and not (ours or args.force):
-        raise UserError(f"{out_dir}: holds other synth output (or a foreign {BAG_DIRNAME}/); use --force to overwrite")
+        raise UserError(
+            f"{out_dir}: holds other synth output (or a foreign {BAG_DIRNAME}/); use --force to overwrite"
+        )
     marker.unlink(missing_ok=True)
     bag_dir, coco_path = synthesize(config, out_dir)
     atomic_io.write_text(marker, wanted + "\n")
     depth = f" (+ depth on {DEPTH_TOPIC})" if config.depth else ""
-    print(f"synth: wrote {config.frames} frames{depth} to {bag_dir} and ground truth to {coco_path}")
+    print(
+        f"synth: wrote {config.frames} frames{depth} to {bag_dir} and ground truth to {coco_path}"
+    )
     return 0

@@ -42,8 +42,8 @@ import re
 import sys
 from collections import deque
 from collections.abc import Iterator
-from contextlib import ExitStack
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,13 +53,20 @@ import numpy as np
 from rosbags.interfaces import Connection
 from tqdm import tqdm
 
-from mtl_perception.core.bags import (
-    COMPRESSED_TYPE, IMAGE_TYPES, find_bags, image_connections, open_bag, output_names, same_topic, topic_dirname,
-)
 from mtl_perception.core import atomic_io
+from mtl_perception.core.bags import (
+    COMPRESSED_TYPE,
+    IMAGE_TYPES,
+    find_bags,
+    image_connections,
+    open_bag,
+    output_names,
+    same_topic,
+    topic_dirname,
+)
+from mtl_perception.core.constants import MANIFEST_NAME
 from mtl_perception.core.depth import metres_to_depth_png
 from mtl_perception.core.errors import UserError
-from mtl_perception.core.constants import MANIFEST_NAME
 from mtl_perception.core.images import (
     UnsupportedEncoding,
     compressed_kind,
@@ -67,12 +74,22 @@ from mtl_perception.core.images import (
     decode_image,
     write_image,
 )
-from mtl_perception.core.stamps import stamp_to_ns
 from mtl_perception.core.salvage import BagSalvageError, RecoveringReader
+from mtl_perception.core.stamps import stamp_to_ns
 from mtl_perception.core.summary import JobSummary
 
 MARKER = ".unpack_complete"
-MANIFEST_COLUMNS = ("index", "stamp_ns", "bag_time_ns", "frame_id", "encoding", "width", "height", "bag", "file")
+MANIFEST_COLUMNS = (
+    "index",
+    "stamp_ns",
+    "bag_time_ns",
+    "frame_id",
+    "encoding",
+    "width",
+    "height",
+    "bag",
+    "file",
+)
 # Files this command writes into a topic folder (frames and temporary files of atomic writes);
 # only these are ever removed, when a re-run no longer produces them.
 _OWN_FILE_RE = re.compile(r"^(\d+(-\d+)?\.(png|jpg|npy)|\..+\.tmp\.\w+)$")
@@ -200,13 +217,23 @@ class TopicOutput:
         self._stems.add(stem)
         return self.folder / stem
 
-    def add(self, index: int, stamp_ns: int, bag_time_ns: int, frame_id: str, frame: WrittenFrame) -> None:
+    def add(
+        self, index: int, stamp_ns: int, bag_time_ns: int, frame_id: str, frame: WrittenFrame
+    ) -> None:
         self.written += 1
-        self.rows.append({
-            "index": index, "stamp_ns": stamp_ns, "bag_time_ns": bag_time_ns, "frame_id": frame_id,
-            "encoding": frame.encoding, "width": frame.width, "height": frame.height,
-            "bag": self.bag, "file": frame.file,
-        })
+        self.rows.append(
+            {
+                "index": index,
+                "stamp_ns": stamp_ns,
+                "bag_time_ns": bag_time_ns,
+                "frame_id": frame_id,
+                "encoding": frame.encoding,
+                "width": frame.width,
+                "height": frame.height,
+                "bag": self.bag,
+                "file": frame.file,
+            }
+        )
 
     def finish(self, settings: dict[str, Any]) -> None:
         """Write the manifest, drop frames an earlier run left behind, then the marker (last)."""
@@ -220,7 +247,13 @@ class TopicOutput:
         for path in self.folder.iterdir():
             if path.name not in keep and _OWN_FILE_RE.match(path.name):
                 path.unlink(missing_ok=True)
-        marker = {"topic": self.topic, "messages": self.count, "written": self.written, "failed": self.failed, **settings}
+        marker = {
+            "topic": self.topic,
+            "messages": self.count,
+            "written": self.written,
+            "failed": self.failed,
+            **settings,
+        }
         atomic_io.write_json(self.folder / MARKER, marker)
 
 
@@ -238,7 +271,9 @@ def completed_messages(folder: Path, settings: dict[str, Any]) -> int | None:
 # ----------------------------------------------------------------------------- per-bag work
 
 
-def _read_messages(reader: RecoveringReader, connections: list[Connection]) -> Iterator[tuple[Connection, int, bytes]]:
+def _read_messages(
+    reader: RecoveringReader, connections: list[Connection]
+) -> Iterator[tuple[Connection, int, bytes]]:
     """``reader.messages`` with any failure of the bag itself turned into ``BagReadError``."""
     iterator = reader.messages(connections=connections)
     while True:
@@ -257,8 +292,13 @@ def _fail_message(summary: JobSummary, out: TopicOutput, index: int, err: Except
     summary.fail(kind, f"{out.bag} {out.topic} index {index}: {err}")
 
 
-def _extract(reader: RecoveringReader, outputs: dict[str, TopicOutput], connections: list[Connection],
-             options: UnpackOptions, summary: JobSummary) -> None:
+def _extract(
+    reader: RecoveringReader,
+    outputs: dict[str, TopicOutput],
+    connections: list[Connection],
+    options: UnpackOptions,
+    summary: JobSummary,
+) -> None:
     """Read the selected connections in bag order; decode+write frames in a bounded thread pool."""
     total = sum(conn.msgcount for conn in connections)
     window = 4 * options.threads  # frames in flight: bounds memory on long high-res bags
@@ -272,10 +312,17 @@ def _extract(reader: RecoveringReader, outputs: dict[str, TopicOutput], connecti
         except (ValueError, cv2.error) as err:
             _fail_message(summary, out, index, err)
 
-    with ThreadPoolExecutor(max_workers=options.threads) as pool, tqdm(
-        total=total, unit="msg", desc=Path(reader.paths[0]).name, leave=False,
-        file=sys.stderr, disable=None if options.progress else True,
-    ) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=options.threads) as pool,
+        tqdm(
+            total=total,
+            unit="msg",
+            desc=Path(reader.paths[0]).name,
+            leave=False,
+            file=sys.stderr,
+            disable=None if options.progress else True,
+        ) as bar,
+    ):
         for conn, bag_time, raw in _read_messages(reader, connections):
             bar.update()
             out = outputs[conn.topic]
@@ -287,7 +334,9 @@ def _extract(reader: RecoveringReader, outputs: dict[str, TopicOutput], connecti
             except Exception as err:  # rosbags raises several types for malformed CDR/ROS 1 data
                 _fail_message(summary, out, index, ValueError(f"cannot deserialize: {err}"))
                 continue
-            future = pool.submit(write_frame, msg, conn.msgtype, out.reserve_stem(stamp, index), options)
+            future = pool.submit(
+                write_frame, msg, conn.msgtype, out.reserve_stem(stamp, index), options
+            )
             pending.append((out, index, stamp, bag_time, str(msg.header.frame_id), future))
             while len(pending) > window:
                 collect()
@@ -295,12 +344,15 @@ def _extract(reader: RecoveringReader, outputs: dict[str, TopicOutput], connecti
             collect()
 
 
-def _plan(reader: RecoveringReader, name: str, options: UnpackOptions,
-          summary: JobSummary) -> tuple[dict[str, TopicOutput], list[Connection]]:
+def _plan(
+    reader: RecoveringReader, name: str, options: UnpackOptions, summary: JobSummary
+) -> tuple[dict[str, TopicOutput], list[Connection]]:
     """Pick the connections to extract; topics already unpacked with the same settings are skipped."""
     settings = options.settings()
     for conn in reader.connections:
-        if conn.msgtype not in IMAGE_TYPES and any(same_topic(conn.topic, t) for t in options.topics):
+        if conn.msgtype not in IMAGE_TYPES and any(
+            same_topic(conn.topic, t) for t in options.topics
+        ):
             summary.fail("not an image topic", f"{name} {conn.topic} has type {conn.msgtype}")
     outputs: dict[str, TopicOutput] = {}
     selected: list[Connection] = []
@@ -312,7 +364,10 @@ def _plan(reader: RecoveringReader, name: str, options: UnpackOptions,
         if conn.topic not in outputs:  # a topic may have several connections (publishers)
             dirname = topic_dirname(conn.topic)
             if folders.setdefault(dirname, conn.topic) != conn.topic:
-                summary.fail("topic folder clash", f"{name}: {conn.topic} and {folders[dirname]} both map to {dirname}")
+                summary.fail(
+                    "topic folder clash",
+                    f"{name}: {conn.topic} and {folders[dirname]} both map to {dirname}",
+                )
                 left_out.add(conn.topic)
                 continue
             folder = options.out / name / dirname
@@ -329,7 +384,8 @@ def _plan(reader: RecoveringReader, name: str, options: UnpackOptions,
 
 def unpack_bag(path: Path, options: UnpackOptions, name: str) -> BagResult:
     """Unpack one bag into ``<out>/<name>`` (runs in a worker process); bad bag content is
-    reported, never raised."""
+    reported, never raised.
+    """
     result = BagResult(path, JobSummary("unpack"))
     try:
         with ExitStack() as stack:
@@ -365,20 +421,46 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mtl-data unpack``."""
     parser.formatter_class = _HelpFormatter
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="BAG_OR_FOLDER",
-                        help="bag files (.bag, .bag.active, .db3, .mcap), rosbag2 folders, or folders containing "
-                             "them; damaged bags are salvaged (see above)")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="BAG_OR_FOLDER",
+        help="bag files (.bag, .bag.active, .db3, .mcap), rosbag2 folders, or folders containing "
+        "them; damaged bags are salvaged (see above)",
+    )
     parser.add_argument("--out", type=Path, default=Path("data/raw"), help="output folder")
-    parser.add_argument("--topics", type=_topic_list, action="extend", default=[], metavar="T1,T2",
-                        help="image topics to extract (comma-separated or repeated; leading / optional); "
-                             "none given = every sensor_msgs Image/CompressedImage topic")
-    parser.add_argument("--format", dest="image_format", choices=("png", "jpg"), default="png",
-                        help="file format of raw 8-bit frames (16-bit and depth are always lossless)")
-    parser.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality for --format jpg (1-100)")
-    parser.add_argument("--depth-float", choices=("npy", "scaled"), default="npy",
-                        help="32FC1 depth: float32 .npy (metres, lossless) or 16-bit PNG in millimetres")
-    parser.add_argument("--force", action="store_true", help="redo topics that are already unpacked")
-    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="bags processed in parallel")
+    parser.add_argument(
+        "--topics",
+        type=_topic_list,
+        action="extend",
+        default=[],
+        metavar="T1,T2",
+        help="image topics to extract (comma-separated or repeated; leading / optional); "
+        "none given = every sensor_msgs Image/CompressedImage topic",
+    )
+    parser.add_argument(
+        "--format",
+        dest="image_format",
+        choices=("png", "jpg"),
+        default="png",
+        help="file format of raw 8-bit frames (16-bit and depth are always lossless)",
+    )
+    parser.add_argument(
+        "--jpeg-quality", type=int, default=95, help="JPEG quality for --format jpg (1-100)"
+    )
+    parser.add_argument(
+        "--depth-float",
+        choices=("npy", "scaled"),
+        default="npy",
+        help="32FC1 depth: float32 .npy (metres, lossless) or 16-bit PNG in millimetres",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="redo topics that are already unpacked"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=min(4, os.cpu_count() or 1), help="bags processed in parallel"
+    )
     parser.add_argument("--threads", type=int, default=2, help="encode/write threads per bag")
 
 
@@ -389,9 +471,14 @@ def _options(args: argparse.Namespace, progress: bool) -> UnpackOptions:
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag}: must be at least 1, got {getattr(args, flag)}")
     return UnpackOptions(
-        out=args.out, image_format=args.image_format, jpeg_quality=args.jpeg_quality,
-        depth_float=args.depth_float, topics=tuple(args.topics), force=args.force,
-        threads=args.threads, progress=progress,
+        out=args.out,
+        image_format=args.image_format,
+        jpeg_quality=args.jpeg_quality,
+        depth_float=args.depth_float,
+        topics=tuple(args.topics),
+        force=args.force,
+        threads=args.threads,
+        progress=progress,
     )
 
 
@@ -402,11 +489,15 @@ def _bag_results(bags: list[Path], options: UnpackOptions, jobs: int) -> Iterato
         for bag in bags:
             try:
                 yield unpack_bag(bag, options, names[bag])
-            except Exception as err:  # e.g. disk full while writing: report it, go on with the next bag
+            except (
+                Exception
+            ) as err:  # e.g. disk full while writing: report it, go on with the next bag
                 yield _failed(bag, err)
         return
     # spawn: the parent may hold threads (tqdm, pools), which fork does not copy safely.
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         futures = {pool.submit(unpack_bag, bag, options, names[bag]): bag for bag in bags}
         for future in as_completed(futures):
             try:

@@ -21,18 +21,24 @@ from __future__ import annotations
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchContext, LaunchDescription
 
 PACKAGE = "mtl_perception"
 EXECUTABLE = "perception_node"
 NODE_NAME = "perception_node"
 
 # Launch argument -> node parameter it overrides when not empty (test/test_ros2_tools.py runs them).
-PARAMETER_ARGUMENTS = {"model": "model_path", "device": "device", "compressed": "compressed", "autostart": "autostart",
-                       "use_sim_time": "use_sim_time"}
+PARAMETER_ARGUMENTS = {
+    "model": "model_path",
+    "device": "device",
+    "compressed": "compressed",
+    "autostart": "autostart",
+    "use_sim_time": "use_sim_time",
+}
 BOOLEAN_PARAMETERS = {"compressed", "autostart", "use_sim_time"}
 
 
@@ -42,22 +48,48 @@ def _share(*parts: str) -> str:
 
 def _arguments() -> list[DeclareLaunchArgument]:
     return [
-        DeclareLaunchArgument("model", default_value="",
-                              description="Checkpoint, e.g. models/<name>/model.pt (mtl-export); "
-                                          "empty = model_path from params_file."),
-        DeclareLaunchArgument("image", default_value="/camera/image_raw", description="Input image topic (raw)."),
-        DeclareLaunchArgument("compressed", default_value="",
-                              description="true: subscribe to <image>/compressed; empty = from params_file."),
-        DeclareLaunchArgument("params_file", default_value=_share("config", "perception.yaml"),
-                              description="Node parameters: a copy of config/perception.yaml (key /**: any namespace)."),
-        DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node and its outputs."),
-        DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda or cuda:N; empty = from params_file."),
-        DeclareLaunchArgument("autostart", default_value="",
-                              description="false: start unconfigured, for a lifecycle manager; empty = from params_file."),
-        DeclareLaunchArgument("use_sim_time", default_value="",
-                              description="true: use /clock (ros2 bag play --clock); empty = from params_file (false)."),
-        DeclareLaunchArgument("dds_profile", default_value=_share("config", "fastdds_large_images.xml"),
-                              description="Fast DDS profile XML (FASTRTPS_DEFAULT_PROFILES_FILE); empty = leave unset."),
+        DeclareLaunchArgument(
+            "model",
+            default_value="",
+            description="Checkpoint, e.g. models/<name>/model.pt (mtl-export); "
+            "empty = model_path from params_file.",
+        ),
+        DeclareLaunchArgument(
+            "image", default_value="/camera/image_raw", description="Input image topic (raw)."
+        ),
+        DeclareLaunchArgument(
+            "compressed",
+            default_value="",
+            description="true: subscribe to <image>/compressed; empty = from params_file.",
+        ),
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=_share("config", "perception.yaml"),
+            description="Node parameters: a copy of config/perception.yaml (key /**: any namespace).",
+        ),
+        DeclareLaunchArgument(
+            "namespace", default_value="", description="Namespace of the node and its outputs."
+        ),
+        DeclareLaunchArgument(
+            "device",
+            default_value="",
+            description="auto, cpu, cuda or cuda:N; empty = from params_file.",
+        ),
+        DeclareLaunchArgument(
+            "autostart",
+            default_value="",
+            description="false: start unconfigured, for a lifecycle manager; empty = from params_file.",
+        ),
+        DeclareLaunchArgument(
+            "use_sim_time",
+            default_value="",
+            description="true: use /clock (ros2 bag play --clock); empty = from params_file (false).",
+        ),
+        DeclareLaunchArgument(
+            "dds_profile",
+            default_value=_share("config", "fastdds_large_images.xml"),
+            description="Fast DDS profile XML (FASTRTPS_DEFAULT_PROFILES_FILE); empty = leave unset.",
+        ),
         DeclareLaunchArgument("log_level", default_value="info", description="Node log level."),
     ]
 

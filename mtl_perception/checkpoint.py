@@ -56,7 +56,9 @@ def _load_failure_reason(err: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(err).__name__
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Load and validate a checkpoint; every problem is one clear ``UserError``."""
     path = Path(path)
     if not path.is_file():
@@ -64,15 +66,23 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for corrupt/foreign files
-        raise UserError(f"checkpoint {path} cannot be read ({_load_failure_reason(err)})") from None
+        raise UserError(
+            f"checkpoint {path} cannot be read ({_load_failure_reason(err)})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"checkpoint {path} is not an mtl_perception checkpoint (no format={FORMAT!r} field)")
+        raise UserError(
+            f"checkpoint {path} is not an mtl_perception checkpoint (no format={FORMAT!r} field)"
+        )
     version = payload.get("version")
     if isinstance(version, int) and version < VERSION:
-        raise UserError(f"checkpoint {path} has format version {version}, older than the version {VERSION} "
-                        "this mtl_perception reads; train it again (or load it with the release that wrote it)")
+        raise UserError(
+            f"checkpoint {path} has format version {version}, older than the version {VERSION} "
+            "this mtl_perception reads; train it again (or load it with the release that wrote it)"
+        )
     if version != VERSION:
-        raise UserError(f"checkpoint {path} has format version {version}; this mtl_perception reads version {VERSION}")
+        raise UserError(
+            f"checkpoint {path} has format version {version}; this mtl_perception reads version {VERSION}"
+        )
     missing = [key for key in REQUIRED_KEYS if key not in payload]
     if missing:
         raise UserError(f"checkpoint {path} lacks field(s) {', '.join(missing)}")
@@ -97,6 +107,9 @@ def inference_fields(
         "model_kwargs": dict(model.model_kwargs),
         "detection_classes": list(detection_classes) if "detection" in tasks else [],
         "segmentation_classes": segmentation,
-        "palette": [list(c) for c in (palette if palette is not None else default_palette(len(segmentation)))],
+        "palette": [
+            list(c)
+            for c in (palette if palette is not None else default_palette(len(segmentation)))
+        ],
         "model": model.state_dict(),
     }

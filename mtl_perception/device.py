@@ -23,10 +23,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError(f"device {spec!r} asked for, but CUDA is not available on this machine")
+            raise UserError(
+                f"device {spec!r} asked for, but CUDA is not available on this machine"
+            )
         index = int(spec.split(":")[1]) if ":" in spec else 0
         if index >= torch.cuda.device_count():
-            raise UserError(f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise UserError(
+                f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
     return torch.device(spec)
 
 

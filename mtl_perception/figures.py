@@ -13,10 +13,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from mtl_perception.core.atomic_io import atomic_path  # noqa: E402
+from mtl_perception.core.atomic_io import atomic_path
 
 Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]  # name -> (steps, values)
 
@@ -50,21 +50,30 @@ def training_curves(losses: Series, weights: Series, path: Path) -> Path:
 def per_class_bars(scores: Mapping[str, Mapping[str, float | None]], path: Path) -> Path:
     """Grouped bars: for each metric (e.g. AP@.5, IoU) its value per class name."""
     metrics = list(scores)
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(5.5 * max(1, len(metrics)), 3.8), squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(metrics)), figsize=(5.5 * max(1, len(metrics)), 3.8), squeeze=False
+    )
     for ax, metric in zip(axes[0], metrics):
         names = list(scores[metric])
         values = [np.nan if scores[metric][n] is None else float(scores[metric][n]) for n in names]
         ax.bar(names, np.nan_to_num(values, nan=0.0), color="#4c72b0")
         for i, value in enumerate(values):
-            ax.text(i, (0 if np.isnan(value) else value) + 0.02, "n/a" if np.isnan(value) else f"{value:.2f}",
-                    ha="center", fontsize=8)
+            ax.text(
+                i,
+                (0 if np.isnan(value) else value) + 0.02,
+                "n/a" if np.isnan(value) else f"{value:.2f}",
+                ha="center",
+                fontsize=8,
+            )
         ax.set(title=metric, ylim=(0, 1.1))
         ax.tick_params(axis="x", rotation=30)
         ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
-def latency_histogram(latencies_ms: Sequence[float], path: Path, title: str = "End-to-end latency") -> Path:
+def latency_histogram(
+    latencies_ms: Sequence[float], path: Path, title: str = "End-to-end latency"
+) -> Path:
     """Histogram of per-frame latencies with p50/p95 marked."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     data = np.asarray(latencies_ms, dtype=float)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from mtl_perception.checkpoint import load_checkpoint
-from mtl_perception.device import autocast, configure_backend, resolve_device, use_half
 from mtl_perception.core.errors import UserError
+from mtl_perception.device import autocast, configure_backend, resolve_device, use_half
 from mtl_perception.nets import model_from_checkpoint
 from mtl_perception.preprocessing import resize_to_input, to_float
 
@@ -113,7 +113,9 @@ class Predictor:
         if int(max_detections) < 1:
             raise UserError(f"max_detections {max_detections} must be at least 1")
         if len(segmentation_classes) > 256:
-            raise UserError(f"{len(segmentation_classes)} segmentation classes do not fit a uint8 mask (max 256)")
+            raise UserError(
+                f"{len(segmentation_classes)} segmentation classes do not fit a uint8 mask (max 256)"
+            )
         self._device = device if isinstance(device, torch.device) else resolve_device(device)
         self._half = use_half(self._device, half)
         self._detection_classes = list(detection_classes)
@@ -152,14 +154,19 @@ class Predictor:
         """
         ckpt = load_checkpoint(path, map_location="cpu")
         if input_size is not None and isinstance(ckpt["model_kwargs"], Mapping):
-            ckpt = {**ckpt, "model_kwargs": {**ckpt["model_kwargs"], "input_size": list(input_size)}}
+            ckpt = {
+                **ckpt,
+                "model_kwargs": {**ckpt["model_kwargs"], "input_size": list(input_size)},
+            }
         model = model_from_checkpoint(ckpt, path)
         for task, names, count in (
             ("detection_classes", ckpt["detection_classes"], model.num_detection_classes),
             ("segmentation_classes", ckpt["segmentation_classes"], model.num_segmentation_classes),
         ):
             if count and len(names) != count:
-                raise UserError(f"checkpoint {path}: {len(names)} {task} for a model with {count} such classes")
+                raise UserError(
+                    f"checkpoint {path}: {len(names)} {task} for a model with {count} such classes"
+                )
         return cls(
             model,
             detection_classes=ckpt["detection_classes"],
@@ -208,8 +215,12 @@ class Predictor:
         names = [class_filter] if isinstance(class_filter, str) else list(class_filter)
         unknown = [name for name in names if name not in self._detection_classes]
         if unknown:
-            raise UserError(f"class_filter {unknown} not among the model's classes {self._detection_classes}")
-        return torch.tensor(sorted({self._detection_classes.index(name) + 1 for name in names}), dtype=torch.int64)
+            raise UserError(
+                f"class_filter {unknown} not among the model's classes {self._detection_classes}"
+            )
+        return torch.tensor(
+            sorted({self._detection_classes.index(name) + 1 for name in names}), dtype=torch.int64
+        )
 
     def _preprocess(self, rgb: np.ndarray, slot: int = 0) -> torch.Tensor:
         """Resize, upload and scale one frame to a float ``[3, h, w]`` tensor in [0, 1].
@@ -224,7 +235,9 @@ class Predictor:
             tensor = resize_to_input(tensor, self._input_size)  # the resize training used
         if self._device.type == "cuda":
             while len(self._pinned) <= slot:
-                self._pinned.append(torch.empty((3, height, width), dtype=torch.uint8).pin_memory())
+                self._pinned.append(
+                    torch.empty((3, height, width), dtype=torch.uint8).pin_memory()
+                )
             tensor = self._pinned[slot].copy_(tensor).to(self._device, non_blocking=True)
         return to_float(tensor)
 
@@ -233,7 +246,9 @@ class Predictor:
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
 
-    def _postprocess(self, output: dict[str, torch.Tensor], image_size: tuple[int, int], timing: Timing) -> Prediction:
+    def _postprocess(
+        self, output: dict[str, torch.Tensor], image_size: tuple[int, int], timing: Timing
+    ) -> Prediction:
         """Filter detections, map boxes and mask back to the frame's pixels."""
         height, width = image_size
         boxes = np.zeros((0, 4), np.float32)
@@ -249,7 +264,9 @@ class Predictor:
             boxes = output["boxes"].float()[keep][order].cpu().numpy()
             scores = det_scores[keep][order].cpu().numpy()
             labels = det_labels[keep][order].cpu().numpy()
-            scale = np.array([width / self._input_size[1], height / self._input_size[0]] * 2, np.float32)
+            scale = np.array(
+                [width / self._input_size[1], height / self._input_size[0]] * 2, np.float32
+            )
             boxes = boxes * scale
             np.clip(boxes[:, 0::2], 0, width, out=boxes[:, 0::2])
             np.clip(boxes[:, 1::2], 0, height, out=boxes[:, 1::2])
@@ -263,9 +280,21 @@ class Predictor:
             depth = output["depth"][0].float().cpu().numpy()
             if depth.shape != (height, width):
                 depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_LINEAR)
-        names = [self._detection_classes[int(k) - 1] if 1 <= k <= len(self._detection_classes) else str(int(k)) for k in labels]
+        names = [
+            self._detection_classes[int(k) - 1]
+            if 1 <= k <= len(self._detection_classes)
+            else str(int(k))
+            for k in labels
+        ]
         return Prediction(
-            boxes.astype(np.float32), scores.astype(np.float32), labels, names, mask, (height, width), timing, depth
+            boxes.astype(np.float32),
+            scores.astype(np.float32),
+            labels,
+            names,
+            mask,
+            (height, width),
+            timing,
+            depth,
         )
 
     @torch.inference_mode()
@@ -284,7 +313,10 @@ class Predictor:
         inferred = time.perf_counter()
         share = 1000.0 / len(frames)
         base = Timing((preprocessed - start) * share, (inferred - preprocessed) * share)
-        predictions = [self._postprocess(out, frame.shape[:2], base) for out, frame in zip(outputs, frames, strict=True)]
+        predictions = [
+            self._postprocess(out, frame.shape[:2], base)
+            for out, frame in zip(outputs, frames, strict=True)
+        ]
         post_ms = (time.perf_counter() - inferred) * share
         for prediction in predictions:
             prediction.timing = Timing(base.preprocess_ms, base.inference_ms, post_ms)

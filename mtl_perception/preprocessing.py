@@ -35,12 +35,15 @@ def resize_to_input(inputs: Any, size: Sequence[int]) -> Any:
     frame) or a ``tv_tensors`` image, boxes or mask (masks are resized nearest-neighbour by
     torchvision, so class ids stay valid).
     """
-    return F.resize(inputs, [int(size[0]), int(size[1])], interpolation=INTERPOLATION, antialias=ANTIALIAS)
+    return F.resize(
+        inputs, [int(size[0]), int(size[1])], interpolation=INTERPOLATION, antialias=ANTIALIAS
+    )
 
 
 def to_float(image: torch.Tensor) -> torch.Tensor:
     """uint8 ``[..., 3, H, W]`` -> float32 in [0, 1], exactly as ``v2.ToDtype(torch.float32,
-    scale=True)`` does in training (``x * (1/255)``, which differs from ``x / 255`` in the last bit)."""
+    scale=True)`` does in training (``x * (1/255)``, which differs from ``x / 255`` in the last bit).
+    """
     return F.to_dtype(image, torch.float32, scale=True)
 
 

@@ -35,14 +35,18 @@ _VOC_TABLE = np.array(default_palette(256), dtype=np.uint8)
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_table(palette: tuple[tuple[int, ...], ...], ignore_index: int | None, ignore_color: Color) -> np.ndarray:
+def _cached_table(
+    palette: tuple[tuple[int, ...], ...], ignore_index: int | None, ignore_color: Color
+) -> np.ndarray:
     """The lookup table of one palette; cached because the node colours every frame with the same one."""
     table = _lookup_table(palette, ignore_index, ignore_color)
     table.flags.writeable = False
     return table
 
 
-def _lookup_table(palette: Sequence[Sequence[int]], ignore_index: int | None, ignore_color: Color) -> np.ndarray:
+def _lookup_table(
+    palette: Sequence[Sequence[int]], ignore_index: int | None, ignore_color: Color
+) -> np.ndarray:
     """A 256x3 colour table for indexing a uint8 mask; ids past the palette get VOC colours."""
     table = _VOC_TABLE.copy()
     if len(palette):
@@ -62,7 +66,9 @@ def colorize_mask(
     if mask.ndim != 2:
         raise ValueError(f"colorize_mask needs a [H, W] class-id mask, got shape {mask.shape}")
     if mask.size and (mask.min() < 0 or mask.max() > 255):
-        raise ValueError(f"class ids must be within 0..255 to colour a mask, got {mask.min()}..{mask.max()}")
+        raise ValueError(
+            f"class ids must be within 0..255 to colour a mask, got {mask.min()}..{mask.max()}"
+        )
     key = tuple(tuple(int(v) for v in colour) for colour in palette) if palette is not None else ()
     table = _cached_table(key, ignore_index, tuple(ignore_color))
     # np.take is ~4x faster than fancy indexing (table[mask]) for a 480x640 mask.
@@ -77,7 +83,8 @@ def overlay_mask(
     skip_classes: Sequence[int] = (0, 255),
 ) -> np.ndarray:
     """Blend the coloured mask into ``image``; pixels of ``skip_classes`` (background,
-    ignore) stay untouched so the scene remains readable."""
+    ignore) stay untouched so the scene remains readable.
+    """
     if image.shape[:2] != mask.shape:
         raise ValueError(f"mask shape {mask.shape} differs from image size {image.shape[:2]}")
     colored = colorize_mask(mask, palette)
@@ -115,17 +122,32 @@ def draw_detections(
         color_id = int(labels[index]) if labels is not None else index + 1
         color = tuple(int(c) for c in colors[color_id % len(colors)])
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness)  # axis-aligned: no anti-aliasing needed
+        cv2.rectangle(
+            out, (x1, y1), (x2, y2), color, thickness
+        )  # axis-aligned: no anti-aliasing needed
         text = label_names[index] if index < len(label_names) else "?"
         if scores is not None:
             text = f"{text} {float(scores[index]):.2f}"
-        (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+        (text_w, text_h), baseline = cv2.getTextSize(
+            text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness
+        )
         # Tag above the box, or inside it when the box touches the top edge; kept on-screen.
         top = y1 - text_h - baseline if y1 - text_h - baseline >= 0 else y1
         left = min(max(0, x1), max(0, width - text_w))
-        cv2.rectangle(out, (left, top), (left + text_w, top + text_h + baseline), color, cv2.FILLED)
+        cv2.rectangle(
+            out, (left, top), (left + text_w, top + text_h + baseline), color, cv2.FILLED
+        )
         text_color = (0, 0, 0) if sum(color) > 382 else (255, 255, 255)  # contrast on the tag
-        cv2.putText(out, text, (left, top + text_h), cv2.FONT_HERSHEY_SIMPLEX, font_scale, text_color, thickness, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            text,
+            (left, top + text_h),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            text_color,
+            thickness,
+            cv2.LINE_AA,
+        )
     return out
 
 
@@ -140,12 +162,20 @@ def draw_prediction(
     out = image
     if prediction.mask is not None:
         out = overlay_mask(out, prediction.mask, palette, alpha)
-    return draw_detections(out, prediction.boxes, prediction.label_names, prediction.scores, prediction.labels, box_palette)
+    return draw_detections(
+        out,
+        prediction.boxes,
+        prediction.label_names,
+        prediction.scores,
+        prediction.labels,
+        box_palette,
+    )
 
 
 def colorize_depth(depth_m: np.ndarray, max_m: float) -> np.ndarray:
     """RGB uint8 ``[H, W, 3]`` image of a depth map in metres: near red, far (``>= max_m``) blue
-    (OpenCV's Turbo colour map), invalid pixels (``<= 0`` or non-finite) black."""
+    (OpenCV's Turbo colour map), invalid pixels (``<= 0`` or non-finite) black.
+    """
     if depth_m.ndim != 2:
         raise ValueError(f"colorize_depth needs a [H, W] depth map, got shape {depth_m.shape}")
     if not max_m > 0:
@@ -153,6 +183,9 @@ def colorize_depth(depth_m: np.ndarray, max_m: float) -> np.ndarray:
     depth = np.asarray(depth_m, dtype=np.float32)
     valid = np.isfinite(depth) & (depth > 0)
     near = 1.0 - np.clip(np.where(valid, depth, max_m) / np.float32(max_m), 0.0, 1.0)
-    rgb = cv2.cvtColor(cv2.applyColorMap(np.round(near * 255).astype(np.uint8), cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(
+        cv2.applyColorMap(np.round(near * 255).astype(np.uint8), cv2.COLORMAP_TURBO),
+        cv2.COLOR_BGR2RGB,
+    )
     rgb[~valid] = 0
     return rgb

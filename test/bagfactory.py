@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 from rosbags.rosbag1 import Writer as Ros1Writer
-from rosbags.rosbag2 import StoragePlugin, Writer as Ros2Writer
+from rosbags.rosbag2 import StoragePlugin
+from rosbags.rosbag2 import Writer as Ros2Writer
 from rosbags.typesys import Stores, get_typestore
 
 BagFormat = Literal["ros1", "db3", "mcap"]
@@ -39,7 +40,9 @@ ROS2_TYPES = ROS2_STORE.types
 
 def header(stamp_ns: int, frame_id: str = "camera") -> Any:
     """A ``std_msgs/Header`` with the stamp given in nanoseconds."""
-    time = ROS2_TYPES["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+    time = ROS2_TYPES["builtin_interfaces/msg/Time"](
+        sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000
+    )
     return ROS2_TYPES["std_msgs/msg/Header"](stamp=time, frame_id=frame_id)
 
 
@@ -71,15 +74,22 @@ def image_msg(
         if width is None or height is None or step is None:
             raise ValueError("raw bytes need explicit width, height and step")
     return ROS2_TYPES[IMAGE](
-        header=header(stamp_ns, frame_id), height=height, width=width, encoding=encoding,
-        is_bigendian=int(is_bigendian), step=step, data=np.frombuffer(data, dtype=np.uint8).copy(),
+        header=header(stamp_ns, frame_id),
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=int(is_bigendian),
+        step=step,
+        data=np.frombuffer(data, dtype=np.uint8).copy(),
     )
 
 
 def compressed_msg(data: bytes, fmt: str, stamp_ns: int, *, frame_id: str = "camera") -> Any:
     """A ``sensor_msgs/CompressedImage`` carrying ``data`` verbatim."""
     return ROS2_TYPES[COMPRESSED](
-        header=header(stamp_ns, frame_id), format=fmt, data=np.frombuffer(data, dtype=np.uint8).copy(),
+        header=header(stamp_ns, frame_id),
+        format=fmt,
+        data=np.frombuffer(data, dtype=np.uint8).copy(),
     )
 
 
@@ -97,8 +107,14 @@ def _to_ros1(value: Any, msgtype: str | None = None) -> Any:
     return cls(**fields)
 
 
-def write_bag(path: str | Path, fmt: BagFormat, messages: Iterable[tuple[str, str, int, Any]], *,
-              ros1_compression: Literal["bz2", "lz4"] | None = None, ros1_chunk_size: int | None = None) -> Path:
+def write_bag(
+    path: str | Path,
+    fmt: BagFormat,
+    messages: Iterable[tuple[str, str, int, Any]],
+    *,
+    ros1_compression: Literal["bz2", "lz4"] | None = None,
+    ros1_chunk_size: int | None = None,
+) -> Path:
     """Write ``messages`` (topic, msgtype, bag timestamp ns, message) to a new bag; return its path.
 
     ``fmt``: ``"ros1"`` writes the file ``path`` (``.bag``; chunks compressed with
@@ -135,31 +151,47 @@ def write_bag(path: str | Path, fmt: BagFormat, messages: Iterable[tuple[str, st
     return path
 
 
-def write_recorder_mcap(path: str | Path, messages: Iterable[tuple[str, str, int, Any]], *,
-                        compression: Literal["zstd", "lz4", ""] = "zstd", chunk_size: int = 4096,
-                        chunked: bool = True) -> Path:
+def write_recorder_mcap(
+    path: str | Path,
+    messages: Iterable[tuple[str, str, int, Any]],
+    *,
+    compression: Literal["zstd", "lz4", ""] = "zstd",
+    chunk_size: int = 4096,
+    chunked: bool = True,
+) -> Path:
     """Write a bare ``.mcap`` the way ``ros2 bag record`` does (the ``mcap`` library's writer:
     ``ros2msg`` schemas, chunk CRCs, zstd chunks by default); ``chunk_size`` bytes per chunk.
     ``chunked=False`` writes every record at the top level (the ``fastwrite`` storage preset)."""
-    from mcap.writer import CompressionType, Writer as McapWriter
+    from mcap.writer import CompressionType
+    from mcap.writer import Writer as McapWriter
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     kinds = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "": CompressionType.NONE}
     with path.open("wb") as stream:
-        writer = McapWriter(stream, chunk_size=chunk_size, compression=kinds[compression], use_chunking=chunked)
+        writer = McapWriter(
+            stream, chunk_size=chunk_size, compression=kinds[compression], use_chunking=chunked
+        )
         writer.start(profile="ros2", library="bagfactory")
         schemas: dict[str, int] = {}
         channels: dict[tuple[str, str], int] = {}
         for sequence, (topic, msgtype, stamp, msg) in enumerate(messages):
             if msgtype not in schemas:
                 text = ROS2_STORE.generate_msgdef(msgtype, ros_version=2)[0]
-                schemas[msgtype] = writer.register_schema(name=msgtype, encoding="ros2msg", data=text.encode())
+                schemas[msgtype] = writer.register_schema(
+                    name=msgtype, encoding="ros2msg", data=text.encode()
+                )
             if (topic, msgtype) not in channels:
-                channels[(topic, msgtype)] = writer.register_channel(topic=topic, message_encoding="cdr",
-                                                                     schema_id=schemas[msgtype])
-            writer.add_message(channel_id=channels[(topic, msgtype)], log_time=stamp, publish_time=stamp,
-                               sequence=sequence, data=bytes(ROS2_STORE.serialize_cdr(msg, msgtype)))
+                channels[(topic, msgtype)] = writer.register_channel(
+                    topic=topic, message_encoding="cdr", schema_id=schemas[msgtype]
+                )
+            writer.add_message(
+                channel_id=channels[(topic, msgtype)],
+                log_time=stamp,
+                publish_time=stamp,
+                sequence=sequence,
+                data=bytes(ROS2_STORE.serialize_cdr(msg, msgtype)),
+            )
         writer.finish()
     return path
 

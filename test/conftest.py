@@ -11,10 +11,12 @@ from pathlib import Path
 # Set at import time, before any test can initialise rclpy, so subprocesses inherit it too.
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.pop("ROS_PYTHON_CHECK_FIELDS", None)  # field checks make Image.data assignment ~1000x slower
+os.environ.pop(
+    "ROS_PYTHON_CHECK_FIELDS", None
+)  # field checks make Image.data assignment ~1000x slower
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +39,7 @@ def _few_threads() -> None:
 
 
 @pytest.fixture
-def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (returns a factory)
+def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     """Factory: write a random-weights checkpoint (no download) and return its path.
 
     ``make_checkpoint(arch="ssdlite_deeplabv3", detection_classes=("box", "cone"),
@@ -57,7 +59,9 @@ def make_checkpoint(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 (
         import torch
 
         torch.manual_seed(seed)
-        model = build_model(arch, len(detection_classes), len(segmentation_classes), input_size, tasks=tasks)
+        model = build_model(
+            arch, len(detection_classes), len(segmentation_classes), input_size, tasks=tasks
+        )
         path = tmp_path_factory.mktemp("ckpt") / f"{arch}.pt"
         save_checkpoint(path, inference_fields(model, detection_classes, segmentation_classes))
         return path

@@ -65,20 +65,34 @@ def make_processed_dataset(
                 mask[region > 0] = 3
                 metres[region > 0] = 1.5
             mask[y, x : x + w] = 255  # annotation tools leave unlabelled borders
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": index + 1, "category_id": category,
-                "bbox": [x, y, w, h], "area": float(w * h), "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": index + 1,
+                    "category_id": category,
+                    "bbox": [x, y, w, h],
+                    "area": float(w * h),
+                    "iscrowd": 0,
+                }
+            )
         file_name = f"{stem}.png"
         if index == 2:  # a grayscale camera
             cv2.imwrite(str(root / "images" / file_name), cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
         else:
             cv2.imwrite(str(root / "images" / file_name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        record = {"id": index + 1, "file_name": f"images/{file_name}", "width": width, "height": height,
-                  "stamp_ns": int(stem), "bag": "tiny"}
+        record = {
+            "id": index + 1,
+            "file_name": f"images/{file_name}",
+            "width": width,
+            "height": height,
+            "stamp_ns": int(stem),
+            "bag": "tiny",
+        }
         if index >= num_images or (depth and index != 4):  # frame 4 has no depth
             metres[:3, :5] = 0.0  # no return from the sensor
-            cv2.imwrite(str(root / "depth" / f"{stem}.png"), np.round(metres * 1000).astype(np.uint16))
+            cv2.imwrite(
+                str(root / "depth" / f"{stem}.png"), np.round(metres * 1000).astype(np.uint16)
+            )
             record["depth_file"] = f"depth/{stem}.png"
         if index >= num_images:  # depth-only frame: its boxes and mask are not labels
             record["labeled"] = False
@@ -90,11 +104,29 @@ def make_processed_dataset(
             record["mask_file"] = f"masks/{stem}.png"
         images.append(record)
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(DETECTION_CLASSES)]
-    (root / "annotations.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    (root / "classes.json").write_text(json.dumps({
-        "detection_classes": DETECTION_CLASSES, "segmentation_classes": SEGMENTATION_CLASSES, "palette": PALETTE,
-    }))
+    (root / "annotations.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    (root / "classes.json").write_text(
+        json.dumps(
+            {
+                "detection_classes": DETECTION_CLASSES,
+                "segmentation_classes": SEGMENTATION_CLASSES,
+                "palette": PALETTE,
+            }
+        )
+    )
     num_val = max(1, int(round(num_images * val_fraction)))
     ids = [im["id"] for im in images]  # depth-only frames (last) always land in train
-    (root / "splits.json").write_text(json.dumps({"train": ids[num_val:], "val": ids[:num_val], "test": [], "group_by": "bag", "seed": seed}))
+    (root / "splits.json").write_text(
+        json.dumps(
+            {
+                "train": ids[num_val:],
+                "val": ids[:num_val],
+                "test": [],
+                "group_by": "bag",
+                "seed": seed,
+            }
+        )
+    )
     return root

@@ -430,7 +430,9 @@ def test_unpack_salvages_a_cut_synth_bag(synth_bags, tmp_path, capsys, storage, 
     assert hashlib.sha256(damaged.read_bytes()).hexdigest() == digest
 
 
-def test_unpack_reports_a_bag_with_nothing_readable_as_an_error(synth_bags, tmp_path, capsys) -> None:
+def test_unpack_reports_a_bag_with_nothing_readable_as_an_error(
+    synth_bags, tmp_path, capsys
+) -> None:
     data = synth_bags["db3"].read_bytes()
     damaged = tmp_path / "cut.db3"
     damaged.write_bytes(data[:1000])  # inside the first page

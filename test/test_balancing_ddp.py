@@ -44,8 +44,13 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         sync.broadcast_module_(model)
         weighting = build_weighting(weighting_name, TASKS)
         balancer = build_gradient_balancer(
-            method, weighting, list(model.trunk.parameters()), {t: list(model.heads[t].parameters()) for t in TASKS},
-            options={"jacobian": jacobian}, sync=sync, last_shared_params=list(model.trunk[1].parameters()),
+            method,
+            weighting,
+            list(model.trunk.parameters()),
+            {t: list(model.heads[t].parameters()) for t in TASKS},
+            options={"jacobian": jacobian},
+            sync=sync,
+            last_shared_params=list(model.trunk[1].parameters()),
         )
         optimizer = torch.optim.SGD([*model.parameters(), *weighting.parameters()], lr=0.1)
         data = torch.Generator().manual_seed(rank)  # each rank sees its own batches
@@ -54,8 +59,12 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
             sync.broadcast_module_(model, buffers_only=True)
             features = model.trunk(x)
             losses = {
-                "detection": ((model.heads["detection"](features).squeeze(1) - x.sum(1)) ** 2).mean(),
-                "segmentation": ((model.heads["segmentation"](features).squeeze(1) + x[:, 0]) ** 2).mean(),
+                "detection": (
+                    (model.heads["detection"](features).squeeze(1) - x.sum(1)) ** 2
+                ).mean(),
+                "segmentation": (
+                    (model.heads["segmentation"](features).squeeze(1) + x[:, 0]) ** 2
+                ).mean(),
             }
             balancer.backward(weighting.weigh(losses).weighted, [features], step)
             optimizer.step()
@@ -86,6 +95,10 @@ def test_two_ranks_hold_identical_parameters_after_training(tmp_path: Path) -> N
         for key, value in state.items():
             assert torch.equal(value, rank1[case][key]), f"{case}: {key} differs between ranks"
         log_vars = [v for k, v in state.items() if k.startswith("w.log_vars")]
-        assert all(float(v) != 0.0 for v in log_vars), f"{case}: uncertainty parameters were not trained"
+        assert all(float(v) != 0.0 for v in log_vars), (
+            f"{case}: uncertainty parameters were not trained"
+        )
         if case.startswith("gradnorm"):
-            assert not torch.equal(state["w.loss_weights"], torch.ones(2)), f"{case}: GradNorm weights did not move"
+            assert not torch.equal(state["w.loss_weights"], torch.ones(2)), (
+                f"{case}: GradNorm weights did not move"
+            )

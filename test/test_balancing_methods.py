@@ -9,7 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from mtl_perception.balancing import GRAD_METHODS, WEIGHTINGS, build_gradient_balancer, build_weighting
+from mtl_perception.balancing import (
+    GRAD_METHODS,
+    WEIGHTINGS,
+    build_gradient_balancer,
+    build_weighting,
+)
 from mtl_perception.balancing.weighting import DynamicWeightAverage
 from mtl_perception.core.errors import UserError
 
@@ -26,7 +31,10 @@ class ToyTwoTask(nn.Module):
 
     def forward_train(self, x: torch.Tensor, y: dict[str, torch.Tensor]):
         features = self.trunk(x)
-        losses = {task: nn.functional.mse_loss(self.heads[task](features).squeeze(1), y[task]) for task in TASKS}
+        losses = {
+            task: nn.functional.mse_loss(self.heads[task](features).squeeze(1), y[task])
+            for task in TASKS
+        }
         return losses, [features]
 
 
@@ -84,7 +92,9 @@ def test_uncertainty_log_vars_are_learned_under_a_gradient_method() -> None:
     _, weighting, history, _ = _train("uncertainty", "upgrad", steps=10)
     log_vars = [float(weighting.log_vars[t].detach()) for t in TASKS]
     assert all(v != 0.0 for v in log_vars)
-    assert weighting.weigh({t: torch.tensor(1.0) for t in TASKS}).weights["detection"] == pytest.approx(math.exp(-log_vars[0]))
+    assert weighting.weigh({t: torch.tensor(1.0) for t in TASKS}).weights[
+        "detection"
+    ] == pytest.approx(math.exp(-log_vars[0]))
 
 
 def test_cosine_matches_direct_computation_for_plain_backward() -> None:
@@ -92,16 +102,29 @@ def test_cosine_matches_direct_computation_for_plain_backward() -> None:
     model = ToyTwoTask()
     weighting = build_weighting("equal", TASKS)
     shared = list(model.trunk.parameters())
-    balancer = build_gradient_balancer("none", weighting, shared, {t: list(model.heads[t].parameters()) for t in TASKS}, cosine_every=1)
+    balancer = build_gradient_balancer(
+        "none",
+        weighting,
+        shared,
+        {t: list(model.heads[t].parameters()) for t in TASKS},
+        cosine_every=1,
+    )
     losses, features = model.forward_train(*_batch())
-    grads = [torch.cat([g.flatten() for g in torch.autograd.grad(losses[t], shared, retain_graph=True)]) for t in TASKS]
+    grads = [
+        torch.cat([g.flatten() for g in torch.autograd.grad(losses[t], shared, retain_graph=True)])
+        for t in TASKS
+    ]
     expected = float(nn.functional.cosine_similarity(grads[0], grads[1], dim=0))
     stats = balancer.backward(weighting.weigh(losses).weighted, features, step=0)
     assert stats.cosine["detection~segmentation"] == pytest.approx(expected, abs=1e-5)
-    jac_balancer = build_gradient_balancer("mgda", weighting, shared, {t: list(model.heads[t].parameters()) for t in TASKS})
+    jac_balancer = build_gradient_balancer(
+        "mgda", weighting, shared, {t: list(model.heads[t].parameters()) for t in TASKS}
+    )
     model.zero_grad()
     losses, features = model.forward_train(*_batch())
-    assert jac_balancer.backward(weighting.weigh(losses).weighted, features, 0).cosine["detection~segmentation"] == pytest.approx(expected, abs=1e-5)
+    assert jac_balancer.backward(weighting.weigh(losses).weighted, features, 0).cosine[
+        "detection~segmentation"
+    ] == pytest.approx(expected, abs=1e-5)
 
 
 def test_dwa_uses_epoch_means_of_the_previous_two_epochs() -> None:
@@ -111,7 +134,9 @@ def test_dwa_uses_epoch_means_of_the_previous_two_epochs() -> None:
     dwa.epoch_end({"detection": 2.0, "segmentation": 1.0})
     assert dwa.weigh(batch_losses).weights == {"detection": 1.0, "segmentation": 1.0}
     dwa.epoch_end({"detection": 1.0, "segmentation": 1.0})  # detection halved, segmentation flat
-    weights = dwa.weigh({"detection": torch.tensor(100.0), "segmentation": torch.tensor(0.01)}).weights
+    weights = dwa.weigh(
+        {"detection": torch.tensor(100.0), "segmentation": torch.tensor(0.01)}
+    ).weights
     ratios = torch.tensor([0.5, 1.0]) / 2.0
     expected = 2 * torch.softmax(ratios, 0)
     assert weights["detection"] == pytest.approx(float(expected[0]))
@@ -129,7 +154,9 @@ def test_bmtl_weights_follow_exp_of_current_losses_and_are_detached() -> None:
     result = bmtl.weigh({"detection": det, "segmentation": seg})
     assert result.weights["detection"] / result.weights["segmentation"] == pytest.approx(math.e)
     result.total.backward()
-    assert float(det.grad) == pytest.approx(result.weights["detection"])  # weight not differentiated
+    assert float(det.grad) == pytest.approx(
+        result.weights["detection"]
+    )  # weight not differentiated
 
 
 def test_constant_weighting_and_bad_names() -> None:
@@ -142,4 +169,6 @@ def test_constant_weighting_and_bad_names() -> None:
     with pytest.raises(UserError, match="uncertainity"):
         build_weighting("uncertainity", TASKS)
     with pytest.raises(UserError, match="pcgard"):
-        build_gradient_balancer("pcgard", build_weighting("equal", TASKS), [], {t: [] for t in TASKS})
+        build_gradient_balancer(
+            "pcgard", build_weighting("equal", TASKS), [], {t: [] for t in TASKS}
+        )

@@ -30,33 +30,85 @@ def write_interim(root: Path, bags: dict[str, int], suffix: str = ".png") -> dic
         rows, stamps[bag] = [], []
         for i in range(count):
             stamp = T0 + b * 10**12 + i * STEP
-            cv2.imwrite(str(topic / f"{stamp}{suffix}"), np.full((H, W, 3), 10 * i % 255, np.uint8))
+            cv2.imwrite(
+                str(topic / f"{stamp}{suffix}"), np.full((H, W, 3), 10 * i % 255, np.uint8)
+            )
             rows.append([i, stamp, stamp, "camera", "rgb8", W, H, bag, f"{stamp}{suffix}", "", ""])
             stamps[bag].append(stamp)
         with (topic / "manifest.csv").open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["index", "stamp_ns", "bag_time_ns", "frame_id", "encoding", "width", "height", "bag",
-                             "file", "ssim", "compared_to"])
+            writer.writerow(
+                [
+                    "index",
+                    "stamp_ns",
+                    "bag_time_ns",
+                    "frame_id",
+                    "encoding",
+                    "width",
+                    "height",
+                    "bag",
+                    "file",
+                    "ssim",
+                    "compared_to",
+                ]
+            )
             writer.writerows(rows)
     return stamps
 
 
 def coco_for(stamps: list[int], name=lambda s: f"{s}.png", boxes=None, extra_images=()) -> dict:
-    images = [{"id": 100 + i, "file_name": name(s), "width": W, "height": H} for i, s in enumerate(stamps)]
+    images = [
+        {"id": 100 + i, "file_name": name(s), "width": W, "height": H}
+        for i, s in enumerate(stamps)
+    ]
     images += list(extra_images)
-    anns = [{"id": i + 1, "image_id": img["id"], "category_id": 9, "bbox": [4, 4, 8, 8], "iscrowd": 0,
-             "segmentation": [[4, 4, 12, 4, 12, 12, 4, 12]]} for i, img in enumerate(images)]
+    anns = [
+        {
+            "id": i + 1,
+            "image_id": img["id"],
+            "category_id": 9,
+            "bbox": [4, 4, 8, 8],
+            "iscrowd": 0,
+            "segmentation": [[4, 4, 12, 4, 12, 12, 4, 12]],
+        }
+        for i, img in enumerate(images)
+    ]
     for k, bbox in enumerate(boxes or []):
-        anns.append({"id": 1000 + k, "image_id": images[0]["id"], "category_id": 9, "bbox": bbox, "iscrowd": 0})
+        anns.append(
+            {
+                "id": 1000 + k,
+                "image_id": images[0]["id"],
+                "category_id": 9,
+                "bbox": bbox,
+                "iscrowd": 0,
+            }
+        )
     return {"images": images, "annotations": anns, "categories": [{"id": 9, "name": "cone"}]}
 
 
-def run_build(frames: Path, labels: list[Path], out: Path, *extra: str, classes=("--det-classes", "cone",
-              "--seg-classes", "cone")) -> int:
+def run_build(
+    frames: Path,
+    labels: list[Path],
+    out: Path,
+    *extra: str,
+    classes=("--det-classes", "cone", "--seg-classes", "cone"),
+) -> int:
     parser = argparse.ArgumentParser()
     build.add_arguments(parser)
-    args = parser.parse_args(["--frames", str(frames), "--labels", *map(str, labels), "--name", "ds",
-                              "--out", str(out), *classes, *extra])
+    args = parser.parse_args(
+        [
+            "--frames",
+            str(frames),
+            "--labels",
+            *map(str, labels),
+            "--name",
+            "ds",
+            "--out",
+            str(out),
+            *classes,
+            *extra,
+        ]
+    )
     return build.run(args)
 
 
@@ -73,18 +125,30 @@ def test_match_by_stamp_field_stem_and_other_extension(tmp_path: Path) -> None:
     stamps = write_interim(tmp_path / "interim", {"bag_a": 3})["bag_a"]
     coco = coco_for([])
     coco["images"] = [
-        {"id": 1, "file_name": "upload/frame_x.jpg", "width": W, "height": H, "stamp_ns": stamps[0]},
+        {
+            "id": 1,
+            "file_name": "upload/frame_x.jpg",
+            "width": W,
+            "height": H,
+            "stamp_ns": stamps[0],
+        },
         {"id": 2, "file_name": f"images/{stamps[1]}.jpg", "width": W, "height": H},
         {"id": 3, "file_name": f"{stamps[2]}.png", "width": W, "height": H},
     ]
-    coco["annotations"] = [{"id": i, "image_id": i, "category_id": 9, "bbox": [1, 1, 5, 5]} for i in (1, 2, 3)]
-    assert run_build(tmp_path / "interim", [dump(tmp_path / "l.json", coco)], tmp_path / "out") == 0
+    coco["annotations"] = [
+        {"id": i, "image_id": i, "category_id": 9, "bbox": [1, 1, 5, 5]} for i in (1, 2, 3)
+    ]
+    assert (
+        run_build(tmp_path / "interim", [dump(tmp_path / "l.json", coco)], tmp_path / "out") == 0
+    )
     images = load(tmp_path / "out" / "ds", "annotations.json")["images"]
     assert sorted(i["stamp_ns"] for i in images) == stamps
     assert all(i["file_name"].endswith(".png") for i in images)
 
 
-def test_missing_images_are_reported_and_the_rest_built(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+def test_missing_images_are_reported_and_the_rest_built(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     stamps = write_interim(tmp_path / "interim", {"bag_a": 4})["bag_a"]
     ghost = {"id": 555, "file_name": "gone/123.png", "width": W, "height": H}
     labels = dump(tmp_path / "l.json", coco_for(stamps, extra_images=[ghost]))
@@ -98,7 +162,9 @@ def test_missing_images_are_reported_and_the_rest_built(tmp_path: Path, capfd: p
 
 def test_boxes_outside_clipped_or_dropped(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     stamps = write_interim(tmp_path / "interim", {"bag_a": 1})["bag_a"]
-    labels = dump(tmp_path / "l.json", coco_for(stamps, boxes=[[-4, 2, 10, 6], [40, 2, 5, 5], [3, 3, 0, 4]]))
+    labels = dump(
+        tmp_path / "l.json", coco_for(stamps, boxes=[[-4, 2, 10, 6], [40, 2, 5, 5], [3, 3, 0, 4]])
+    )
     assert run_build(tmp_path / "interim", [labels], tmp_path / "out", "--split", "1,0,0") == 1
     err = capfd.readouterr().err
     assert "box outside the image: 1" in err and "box with zero area: 1" in err
@@ -110,7 +176,10 @@ def test_boxes_outside_clipped_or_dropped(tmp_path: Path, capfd: pytest.CaptureF
 def test_strict_writes_nothing(tmp_path: Path) -> None:
     stamps = write_interim(tmp_path / "interim", {"bag_a": 2})["bag_a"]
     labels = dump(tmp_path / "l.json", coco_for(stamps, boxes=[[-4, 2, 10, 6]]))
-    assert run_build(tmp_path / "interim", [labels], tmp_path / "out", "--strict", "--split", "1,0,0") == 1
+    assert (
+        run_build(tmp_path / "interim", [labels], tmp_path / "out", "--strict", "--split", "1,0,0")
+        == 1
+    )
     assert not (tmp_path / "out" / "ds").exists()
     assert [p.name for p in (tmp_path / "out").iterdir()] == []
 
@@ -120,8 +189,18 @@ def test_unlabeled_frames_skip_or_background(tmp_path: Path) -> None:
     labels = dump(tmp_path / "l.json", coco_for(stamps[:2]))
     assert run_build(tmp_path / "interim", [labels], tmp_path / "skip", "--split", "1,0,0") == 0
     assert len(load(tmp_path / "skip" / "ds", "annotations.json")["images"]) == 2
-    assert run_build(tmp_path / "interim", [labels], tmp_path / "bg", "--split", "1,0,0",
-                     "--unlabeled", "background") == 0
+    assert (
+        run_build(
+            tmp_path / "interim",
+            [labels],
+            tmp_path / "bg",
+            "--split",
+            "1,0,0",
+            "--unlabeled",
+            "background",
+        )
+        == 0
+    )
     ds = tmp_path / "bg" / "ds"
     coco = load(ds, "annotations.json")
     assert len(coco["images"]) == 4 and len(coco["annotations"]) == 2
@@ -156,20 +235,29 @@ def test_split_by_bag_keeps_bags_whole_and_is_seeded(tmp_path: Path) -> None:
         bags = {k: {bag_of[i] for i in splits[k]} for k in ("train", "val", "test")}
         assert splits["group_by"] == "bag" and splits["seed"] == seed
         assert all(bags.values())
-        assert not bags["train"] & bags["val"] and not bags["train"] & bags["test"] and not bags["val"] & bags["test"]
+        assert (
+            not bags["train"] & bags["val"]
+            and not bags["train"] & bags["test"]
+            and not bags["val"] & bags["test"]
+        )
         results.append({k: sorted(v) for k, v in bags.items()})
     assert results[0] == results[1]
 
 
 def test_time_windows_never_straddle_splits() -> None:
-    items = [SplitItem(key=i, bag="only", stamp_ns=T0 + i * 100_000_000, name=str(i)) for i in range(300)]
+    items = [
+        SplitItem(key=i, bag="only", stamp_ns=T0 + i * 100_000_000, name=str(i))
+        for i in range(300)
+    ]
     splits, n_groups = assign_splits(items, (0.7, 0.15, 0.15), "time", 3.0, seed=1)
     assert n_groups == 10 and all(splits.values())
     window = {i.key: (i.stamp_ns - T0) // 3_000_000_000 for i in items}
     seen = {name: {window[k] for k in keys} for name, keys in splits.items()}
     assert not seen["train"] & seen["val"] and not seen["train"] & seen["test"]
     assert 150 <= len(splits["train"]) <= 240
-    assert assign_splits(list(reversed(items)), (0.7, 0.15, 0.15), "time", 3.0, seed=1)[0] == splits
+    assert (
+        assign_splits(list(reversed(items)), (0.7, 0.15, 0.15), "time", 3.0, seed=1)[0] == splits
+    )
 
 
 def test_too_few_groups_is_reported(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
@@ -184,12 +272,28 @@ def test_plain_image_folder_and_classes_file(tmp_path: Path) -> None:
     stills.mkdir(parents=True)
     for name in ("a.jpg", "b.jpg"):
         cv2.imwrite(str(stills / name), np.zeros((H, W, 3), np.uint8))
-    coco = coco_for([], extra_images=[{"id": 1, "file_name": "a.jpg", "width": W, "height": H},
-                                      {"id": 2, "file_name": "C:\\labels\\b.jpg"}])
+    coco = coco_for(
+        [],
+        extra_images=[
+            {"id": 1, "file_name": "a.jpg", "width": W, "height": H},
+            {"id": 2, "file_name": "C:\\labels\\b.jpg"},
+        ],
+    )
     classes = tmp_path / "classes.yaml"
-    classes.write_text("detection_classes: [cone]\nsegmentation_classes: [cone]\npalette: {cone: [1, 2, 3]}\n")
-    assert run_build(tmp_path / "stills", [dump(tmp_path / "l.json", coco)], tmp_path / "out", "--split", "1,0,0",
-                     classes=("--classes-file", str(classes))) == 0
+    classes.write_text(
+        "detection_classes: [cone]\nsegmentation_classes: [cone]\npalette: {cone: [1, 2, 3]}\n"
+    )
+    assert (
+        run_build(
+            tmp_path / "stills",
+            [dump(tmp_path / "l.json", coco)],
+            tmp_path / "out",
+            "--split",
+            "1,0,0",
+            classes=("--classes-file", str(classes)),
+        )
+        == 0
+    )
     ds = tmp_path / "out" / "ds"
     images = load(ds, "annotations.json")["images"]
     assert sorted(i["file_name"] for i in images) == ["images/a.jpg", "images/b.jpg"]
@@ -220,36 +324,72 @@ def test_stills_named_by_time_stamp_keep_it(tmp_path: Path) -> None:
     stamps = [T0 + i * STEP for i in range(4)]
     for stamp in stamps:
         cv2.imwrite(str(photos / f"{stamp}.png"), np.zeros((H, W, 3), np.uint8))
-    assert run_build(photos, [dump(tmp_path / "l.json", coco_for(stamps))], tmp_path / "out", "--split", "1,0,0") == 0
+    assert (
+        run_build(
+            photos,
+            [dump(tmp_path / "l.json", coco_for(stamps))],
+            tmp_path / "out",
+            "--split",
+            "1,0,0",
+        )
+        == 0
+    )
     images = load(tmp_path / "out" / "ds", "annotations.json")["images"]
     assert sorted(i["stamp_ns"] for i in images) == stamps
 
 
-def test_names_from_manifests_never_leave_the_dataset(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+def test_names_from_manifests_never_leave_the_dataset(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     """A manifest's bag column and file entries are data: output names stay inside images/."""
     for folder, bag in (("x", "../../../evil"), ("y", "/..")):
         topic = tmp_path / "interim" / folder / "cam"
         topic.mkdir(parents=True)
         cv2.imwrite(str(topic / "1000.png"), np.zeros((H, W, 3), np.uint8))
-        (topic / "manifest.csv").write_text(f"index,stamp_ns,bag,file\n0,1000,{bag},1000.png\n"
-                                            f"1,1001,{bag},../../outside.png\n")
+        (topic / "manifest.csv").write_text(
+            f"index,stamp_ns,bag,file\n0,1000,{bag},1000.png\n1,1001,{bag},../../outside.png\n"
+        )
     cv2.imwrite(str(tmp_path / "outside.png"), np.zeros((H, W, 3), np.uint8))
-    assert run_build(tmp_path / "interim", [dump(tmp_path / "l.json", coco_for([]))], tmp_path / "out",
-                     "--unlabeled", "background", "--split", "1,0,0") == 1
+    assert (
+        run_build(
+            tmp_path / "interim",
+            [dump(tmp_path / "l.json", coco_for([]))],
+            tmp_path / "out",
+            "--unlabeled",
+            "background",
+            "--split",
+            "1,0,0",
+        )
+        == 1
+    )
     assert "bad file entry in manifest: 2" in capfd.readouterr().err
     ds = tmp_path / "out" / "ds"
     names = sorted(i["file_name"] for i in load(ds, "annotations.json")["images"])
     assert len(names) == 2 and all(n.startswith("images/") and n.count("/") == 1 for n in names)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ds"]
-    assert sorted(p.name for p in (ds / "images").iterdir()) == [n.removeprefix("images/") for n in names]
+    assert sorted(p.name for p in (ds / "images").iterdir()) == [
+        n.removeprefix("images/") for n in names
+    ]
 
 
 def test_label_file_names_are_only_matched_never_used_as_paths(tmp_path: Path) -> None:
     photos = tmp_path / "work" / "photos"
     photos.mkdir(parents=True)
     cv2.imwrite(str(photos / "evil.jpg"), np.zeros((H, W, 3), np.uint8))
-    coco = coco_for([], extra_images=[{"id": 1, "file_name": "../../../../etc/evil.jpg", "width": W, "height": H}])
-    assert run_build(photos, [dump(tmp_path / "l.json", coco)], tmp_path / "work" / "out", "--split", "1,0,0") == 0
+    coco = coco_for(
+        [],
+        extra_images=[{"id": 1, "file_name": "../../../../etc/evil.jpg", "width": W, "height": H}],
+    )
+    assert (
+        run_build(
+            photos,
+            [dump(tmp_path / "l.json", coco)],
+            tmp_path / "work" / "out",
+            "--split",
+            "1,0,0",
+        )
+        == 0
+    )
     (image,) = load(tmp_path / "work" / "out" / "ds", "annotations.json")["images"]
     assert image["file_name"] == "images/evil.jpg"
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["out", "photos"]
@@ -260,18 +400,31 @@ def test_same_file_name_in_two_bags(tmp_path: Path) -> None:
     for bag in ("a", "b"):
         (tmp_path / "stills" / bag).mkdir(parents=True)
         cv2.imwrite(str(tmp_path / "stills" / bag / "img.png"), np.zeros((H, W, 3), np.uint8))
-    coco = coco_for([], extra_images=[{"id": 1, "file_name": "b/img.png"}, {"id": 2, "file_name": "img.png"}])
-    assert run_build(tmp_path / "stills", [dump(tmp_path / "l.json", coco)], tmp_path / "out",
-                     "--split", "1,0,0") == 1  # the second one is ambiguous
+    coco = coco_for(
+        [], extra_images=[{"id": 1, "file_name": "b/img.png"}, {"id": 2, "file_name": "img.png"}]
+    )
+    assert (
+        run_build(
+            tmp_path / "stills",
+            [dump(tmp_path / "l.json", coco)],
+            tmp_path / "out",
+            "--split",
+            "1,0,0",
+        )
+        == 1
+    )  # the second one is ambiguous
     images = load(tmp_path / "out" / "ds", "annotations.json")["images"]
     assert [(i["bag"], i["file_name"]) for i in images] == [("b", "images/img.png")]
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (("--det-classes", "cone,cone"), "duplicate"),
-    (("--seg-classes", "background,floor"), "implicit"),
-    (("--det-classes", ""), "no detection and no segmentation"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--det-classes", "cone,cone"), "duplicate"),
+        (("--seg-classes", "background,floor"), "implicit"),
+        (("--det-classes", ""), "no detection and no segmentation"),
+    ],
+)
 def test_bad_class_lists(tmp_path: Path, argv: tuple[str, ...], message: str) -> None:
     with pytest.raises(UserError, match=message):
         run_build(tmp_path, [tmp_path / "l.json"], tmp_path / "out", classes=argv)
@@ -289,9 +442,24 @@ def test_same_stem_different_extension_and_label_studio_names(tmp_path: Path) ->
     cv2.imwrite(str(folder / "a.png"), np.zeros((H, W, 3), np.uint8))
     cv2.imwrite(str(folder / "a.jpg"), np.full((H, W, 3), 200, np.uint8))
     cv2.imwrite(str(folder / "frame7.png"), np.zeros((H, W, 3), np.uint8))
-    coco = coco_for([], extra_images=[{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "a.jpg"},
-                                      {"id": 3, "file_name": "/data/upload/3/8f3a2c1d-frame7.png"}])
-    assert run_build(tmp_path / "stills", [dump(tmp_path / "l.json", coco)], tmp_path / "out", "--split", "1,0,0") == 0
+    coco = coco_for(
+        [],
+        extra_images=[
+            {"id": 1, "file_name": "a.png"},
+            {"id": 2, "file_name": "a.jpg"},
+            {"id": 3, "file_name": "/data/upload/3/8f3a2c1d-frame7.png"},
+        ],
+    )
+    assert (
+        run_build(
+            tmp_path / "stills",
+            [dump(tmp_path / "l.json", coco)],
+            tmp_path / "out",
+            "--split",
+            "1,0,0",
+        )
+        == 0
+    )
     ds = tmp_path / "out" / "ds"
     images = load(ds, "annotations.json")["images"]
     assert len(images) == 3
@@ -309,9 +477,27 @@ def test_cli_user_error_is_one_line_exit_2(tmp_path: Path) -> None:
     bad.write_text("not json")
     (tmp_path / "frames").mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "data_tools.cli", "build", "--frames", str(tmp_path / "frames"), "--labels", str(bad),
-         "--name", "x", "--out", str(tmp_path / "out"), "--det-classes", "cone"],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "data_tools.cli",
+            "build",
+            "--frames",
+            str(tmp_path / "frames"),
+            "--labels",
+            str(bad),
+            "--name",
+            "x",
+            "--out",
+            str(tmp_path / "out"),
+            "--det-classes",
+            "cone",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and str(bad) in result.stderr
     assert not (tmp_path / "out" / "x").exists()
@@ -334,10 +520,28 @@ def test_split_fractions_met_with_uneven_groups(seed: int) -> None:
 
 def test_rle_of_wrong_size_without_image_sizes(tmp_path: Path) -> None:
     stamps = write_interim(tmp_path / "interim", {"bag_a": 1})["bag_a"]
-    coco = coco_for([], extra_images=[{"id": 1, "file_name": f"{stamps[0]}.png"}])  # no width/height
-    coco["annotations"] = [{"id": 1, "image_id": 1, "category_id": 9, "iscrowd": 0,
-                            "segmentation": {"size": [H * 2, W], "counts": [0, 2 * H * W]}}]
-    assert run_build(tmp_path / "interim", [dump(tmp_path / "l.json", coco)], tmp_path / "out", "--split", "1,0,0") == 1
+    coco = coco_for(
+        [], extra_images=[{"id": 1, "file_name": f"{stamps[0]}.png"}]
+    )  # no width/height
+    coco["annotations"] = [
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 9,
+            "iscrowd": 0,
+            "segmentation": {"size": [H * 2, W], "counts": [0, 2 * H * W]},
+        }
+    ]
+    assert (
+        run_build(
+            tmp_path / "interim",
+            [dump(tmp_path / "l.json", coco)],
+            tmp_path / "out",
+            "--split",
+            "1,0,0",
+        )
+        == 1
+    )
     ds = tmp_path / "out" / "ds"
     assert load(ds, "annotations.json")["annotations"] == []
     assert not cv2.imread(str(next((ds / "masks").iterdir())), cv2.IMREAD_UNCHANGED).any()
@@ -348,7 +552,16 @@ def test_label_folder_and_repeated_files_count_once(tmp_path: Path) -> None:
     export = tmp_path / "export" / "annotations"
     export.mkdir(parents=True)
     labels = dump(export / "instances_default.json", coco_for(stamps))
-    assert run_build(tmp_path / "interim", [tmp_path / "export", labels], tmp_path / "out", "--split", "1,0,0") == 0
+    assert (
+        run_build(
+            tmp_path / "interim",
+            [tmp_path / "export", labels],
+            tmp_path / "out",
+            "--split",
+            "1,0,0",
+        )
+        == 0
+    )
     assert len(load(tmp_path / "out" / "ds", "annotations.json")["annotations"]) == 2
     with pytest.raises(UserError, match="no .json or .xml"):
         run_build(tmp_path / "interim", [tmp_path / "interim"], tmp_path / "out2")

@@ -21,7 +21,9 @@ WIDTH, HEIGHT, FRAMES = 64, 48, 20
 def synth_args(out: Path, **over) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
-    args = parser.parse_args(["--out", str(out), "--frames", str(FRAMES), "--size", f"{HEIGHT}x{WIDTH}"])
+    args = parser.parse_args(
+        ["--out", str(out), "--frames", str(FRAMES), "--size", f"{HEIGHT}x{WIDTH}"]
+    )
     vars(args).update(over)
     return args
 
@@ -29,16 +31,32 @@ def synth_args(out: Path, **over) -> argparse.Namespace:
 def build_args(frames: Path, labels: list[Path], out: Path, *extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     build.add_arguments(parser)
-    return parser.parse_args(["--frames", str(frames), "--labels", *map(str, labels), "--name", "ds",
-                              "--out", str(out), "--det-classes", "box,cone,ball", "--seg-classes", "floor,wall",
-                              *extra])
+    return parser.parse_args(
+        [
+            "--frames",
+            str(frames),
+            "--labels",
+            *map(str, labels),
+            "--name",
+            "ds",
+            "--out",
+            str(out),
+            "--det-classes",
+            "box,cone,ball",
+            "--seg-classes",
+            "floor,wall",
+            *extra,
+        ]
+    )
 
 
 def unpack(bag_dir: Path, raw: Path) -> None:
     """The real `mtl-data unpack` (colour and aligned depth topics, CONTRACTS §1)."""
     parser = argparse.ArgumentParser()
     unpack_module.add_arguments(parser)
-    assert unpack_module.run(parser.parse_args([str(bag_dir), "--out", str(raw), "--jobs", "1"])) == 0
+    assert (
+        unpack_module.run(parser.parse_args([str(bag_dir), "--out", str(raw), "--jobs", "1"])) == 0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +64,19 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     root = tmp_path_factory.mktemp("e2e")
     assert synth.run(synth_args(root / "synth")) == 0
     unpack(root / "synth" / "synth_bag", root / "interim")
-    code = build.run(build_args(root / "interim", [root / "synth" / synth.COCO_NAME], root / "processed",
-                                "--split", "0.6,0.2,0.2", "--window-s", "0.2", "--depth-topic", synth.DEPTH_TOPIC))
+    code = build.run(
+        build_args(
+            root / "interim",
+            [root / "synth" / synth.COCO_NAME],
+            root / "processed",
+            "--split",
+            "0.6,0.2,0.2",
+            "--window-s",
+            "0.2",
+            "--depth-topic",
+            synth.DEPTH_TOPIC,
+        )
+    )
     assert code == 0
     return root, root / "processed" / "ds"
 
@@ -68,8 +97,12 @@ def test_build_writes_contract_layout(synth_dataset: tuple[Path, Path]) -> None:
         assert image["bag"] == "synth_bag" and isinstance(image["stamp_ns"], int)
     for ann in coco["annotations"]:
         x, y, w, h = ann["bbox"]
-        assert 1 <= ann["category_id"] <= 3 and w > 0 and h > 0 and x + w <= WIDTH and y + h <= HEIGHT
-    assert sorted(splits["train"] + splits["val"] + splits["test"]) == [i["id"] for i in coco["images"]]
+        assert (
+            1 <= ann["category_id"] <= 3 and w > 0 and h > 0 and x + w <= WIDTH and y + h <= HEIGHT
+        )
+    assert sorted(splits["train"] + splits["val"] + splits["test"]) == [
+        i["id"] for i in coco["images"]
+    ]
     assert all(splits[k] for k in ("train", "val", "test"))
     assert splits["group_by"] == "time"
 
@@ -106,7 +139,9 @@ def test_depth_targets_follow_the_contract(synth_dataset: tuple[Path, Path]) -> 
         target = cv2.imread(str(ds / image["depth_file"]), cv2.IMREAD_UNCHANGED)
         assert target.dtype == np.uint16 and target.shape == (HEIGHT, WIDTH)
         # Same stamp -> the very depth frame unpack wrote for that moment, unchanged (mm -> mm).
-        np.testing.assert_array_equal(target, cv2.imread(str(raw_depth / f"{stem}.png"), cv2.IMREAD_UNCHANGED))
+        np.testing.assert_array_equal(
+            target, cv2.imread(str(raw_depth / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        )
     index = FRAMES // 2
     image = next(i for i in coco["images"] if i["stamp_ns"] == synth.stamp_ns(index))
     metres = read_depth_png_m(ds / image["depth_file"])
@@ -116,17 +151,25 @@ def test_depth_targets_follow_the_contract(synth_dataset: tuple[Path, Path]) -> 
     assert np.median(np.abs(metres[valid] - truth[valid]) / truth[valid]) < 0.01
 
 
-def test_prune_keeps_depth_whole_and_depth_only_frames_join(synth_dataset: tuple[Path, Path],
-                                                             capfd: pytest.CaptureFixture) -> None:
+def test_prune_keeps_depth_whole_and_depth_only_frames_join(
+    synth_dataset: tuple[Path, Path], capfd: pytest.CaptureFixture
+) -> None:
     root, _ = synth_dataset
     assert synth.run(synth_args(root / "moving", seed=4)) == 0  # seed 4: stops and moves early on
     unpack(root / "moving" / "synth_bag", root / "raw4")
     parser = argparse.ArgumentParser()
     prune.add_arguments(parser)
     interim = root / "pruned"
-    assert prune.run(parser.parse_args(["--raw", str(root / "raw4"), "--out", str(interim), "--jobs", "1"])) == 0
+    assert (
+        prune.run(
+            parser.parse_args(["--raw", str(root / "raw4"), "--out", str(interim), "--jobs", "1"])
+        )
+        == 0
+    )
     colour = sorted((interim / "synth_bag" / "camera__image_raw").glob("*.png"))
-    depth = sorted((interim / "synth_bag" / "camera__aligned_depth_to_color__image_raw").glob("*.png"))
+    depth = sorted(
+        (interim / "synth_bag" / "camera__aligned_depth_to_color__image_raw").glob("*.png")
+    )
     assert 0 < len(colour) < FRAMES and len(depth) == FRAMES  # colour pruned, depth kept whole
 
     # Labels for only the first three frames; the other kept frames join for depth only.
@@ -139,12 +182,26 @@ def test_prune_keeps_depth_whole_and_depth_only_frames_join(synth_dataset: tuple
     labels = root / "three.json"
     labels.write_text(json.dumps(coco))
     capfd.readouterr()
-    code = build.run(build_args(interim, [labels], root / "processed", "--name", "mixed", "--split", "1,0,0",
-                                "--depth-topic", "camera__aligned_depth_to_color__image_raw",
-                                "--unlabeled", "depth-only"))
+    code = build.run(
+        build_args(
+            interim,
+            [labels],
+            root / "processed",
+            "--name",
+            "mixed",
+            "--split",
+            "1,0,0",
+            "--depth-topic",
+            "camera__aligned_depth_to_color__image_raw",
+            "--unlabeled",
+            "depth-only",
+        )
+    )
     assert code == 0
     out, err = capfd.readouterr()
-    assert f"{len(kept)} paired, 0 unmatched" in out and f"depth-only frames {len(kept) - 3}" in err
+    assert (
+        f"{len(kept)} paired, 0 unmatched" in out and f"depth-only frames {len(kept) - 3}" in err
+    )
     ds = root / "processed" / "mixed"
     built = json.loads((ds / "annotations.json").read_text())
     assert len(built["images"]) == len(kept)

@@ -13,15 +13,15 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from mtl_perception.core.errors import UserError
 from mtl_perception.ros.conversions import (
-    CvBridgeDecoder,
     CoreDecoder,
+    CvBridgeDecoder,
     UnsupportedEncoding,
     image_message,
     make_decoder,
     to_network_rgb,
 )
-from mtl_perception.core.errors import UserError
 from mtl_perception.ros.params import SPECS
 
 HEIGHT, WIDTH = 6, 8
@@ -37,7 +37,9 @@ def _raw(array: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = False
     rows = array.reshape(array.shape[0], -1).view(np.uint8)
     if pad:
         rows = np.concatenate([rows, np.full((rows.shape[0], pad), 0xAB, np.uint8)], axis=1)
-    msg = Image(height=array.shape[0], width=array.shape[1], encoding=encoding, is_bigendian=int(bigendian))
+    msg = Image(
+        height=array.shape[0], width=array.shape[1], encoding=encoding, is_bigendian=int(bigendian)
+    )
     msg.step = rows.shape[1]
     msg.data = rows.tobytes()
     return msg
@@ -74,7 +76,9 @@ CASES: list[tuple[str, np.ndarray, np.ndarray]] = [
 
 @pytest.mark.parametrize("pad", [0, 5], ids=["packed", "padded-step"])
 @pytest.mark.parametrize(("encoding", "array", "expected"), CASES, ids=[case[0] for case in CASES])
-def test_every_encoding_gives_network_rgb(encoding: str, array: np.ndarray, expected: np.ndarray, pad: int) -> None:
+def test_every_encoding_gives_network_rgb(
+    encoding: str, array: np.ndarray, expected: np.ndarray, pad: int
+) -> None:
     rgb = to_network_rgb(CoreDecoder(), _raw(array, encoding, pad), compressed=False)
     assert rgb.dtype == np.uint8 and rgb.shape == (HEIGHT, WIDTH, 3) and rgb.flags.c_contiguous
     # Float/16-bit scaling may round differently by one level; 8-bit data must be exact.
@@ -83,7 +87,9 @@ def test_every_encoding_gives_network_rgb(encoding: str, array: np.ndarray, expe
 
 
 def test_big_endian_16_bit() -> None:
-    rgb = to_network_rgb(CoreDecoder(), _raw(DEPTH16, "mono16", pad=2, bigendian=True), compressed=False)
+    rgb = to_network_rgb(
+        CoreDecoder(), _raw(DEPTH16, "mono16", pad=2, bigendian=True), compressed=False
+    )
     assert np.abs(rgb.astype(int) - _gray3(_minmax(DEPTH16)).astype(int)).max() <= 1
 
 
@@ -126,14 +132,18 @@ def _compressed(data: bytes, fmt: str) -> CompressedImage:
 
 def test_compressed_png_is_exact_and_jpeg_is_close() -> None:
     png = cv2.imencode(".png", RGB[:, :, ::-1])[1].tobytes()
-    assert np.array_equal(to_network_rgb(CoreDecoder(), _compressed(png, "rgb8; png compressed bgr8"), True), RGB)
+    assert np.array_equal(
+        to_network_rgb(CoreDecoder(), _compressed(png, "rgb8; png compressed bgr8"), True), RGB
+    )
     flat = np.zeros((16, 16, 3), np.uint8)
     flat[:] = (200, 30, 90)
     jpeg = cv2.imencode(".jpg", flat[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
     rgb = to_network_rgb(CoreDecoder(), _compressed(jpeg, "jpeg"), True)
     assert rgb.shape == (16, 16, 3) and np.abs(rgb.astype(int) - flat.astype(int)).max() <= 4
     mono = cv2.imencode(".png", GRAY)[1].tobytes()
-    assert np.array_equal(to_network_rgb(CoreDecoder(), _compressed(mono, "png"), True), _gray3(GRAY))
+    assert np.array_equal(
+        to_network_rgb(CoreDecoder(), _compressed(mono, "png"), True), _gray3(GRAY)
+    )
 
 
 @pytest.mark.parametrize("data", [b"", b"\xff\xd8\xff\xe0 broken jpeg", b"not an image at all"])
@@ -146,7 +156,12 @@ def test_image_message_round_trip_keeps_header() -> None:
     header = Header(frame_id="cam")
     header.stamp.sec = 5
     msg = image_message(RGB, header)
-    assert (msg.encoding, msg.step, msg.header.frame_id, msg.header.stamp.sec) == ("rgb8", WIDTH * 3, "cam", 5)
+    assert (msg.encoding, msg.step, msg.header.frame_id, msg.header.stamp.sec) == (
+        "rgb8",
+        WIDTH * 3,
+        "cam",
+        5,
+    )
     assert np.array_equal(to_network_rgb(CoreDecoder(), msg, compressed=False), RGB)
     assert image_message(GRAY, header).encoding == "mono8"
 
@@ -172,9 +187,15 @@ class _FakeBridge:
             raise TypeError("buffer is too small for requested array")
         if desired_encoding == "rgb8":
             return RGB.copy()
-        return {"bgr8": RGB[:, :, ::-1], "bgra8": np.concatenate([RGB[:, :, ::-1], ALPHA], 2), "mono8": GRAY}[msg.encoding].copy()
+        return {
+            "bgr8": RGB[:, :, ::-1],
+            "bgra8": np.concatenate([RGB[:, :, ::-1], ALPHA], 2),
+            "mono8": GRAY,
+        }[msg.encoding].copy()
 
-    def compressed_imgmsg_to_cv2(self, msg: Any, desired_encoding: str = "passthrough") -> np.ndarray:
+    def compressed_imgmsg_to_cv2(
+        self, msg: Any, desired_encoding: str = "passthrough"
+    ) -> np.ndarray:
         self.calls.append(("compressed_imgmsg_to_cv2", msg.format, desired_encoding))
         return cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_UNCHANGED)
 
@@ -189,7 +210,9 @@ def fake_cv_bridge(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     return module
 
 
-def test_cv_bridge_only_when_asked_for(fake_cv_bridge: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cv_bridge_only_when_asked_for(
+    fake_cv_bridge: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An importable cv_bridge is not used by default: only ``decoder: cv_bridge`` selects it."""
     assert SPECS["decoder"].default == "builtin" and make_decoder("builtin").name == "builtin"
     assert make_decoder("cv_bridge").name == "cv_bridge"
@@ -204,8 +227,13 @@ def test_cv_bridge_adapter_calls_and_layout(fake_cv_bridge: types.ModuleType) ->
     decoder = CvBridgeDecoder()
     for encoding in ("bgr8", "bgra8", "mono8"):
         expected = _raw(CASES[[c[0] for c in CASES].index(encoding)][1], encoding)
-        assert np.array_equal(to_network_rgb(decoder, expected, False), to_network_rgb(CoreDecoder(), expected, False))
-    assert _FakeBridge.calls == [("imgmsg_to_cv2", e, "passthrough") for e in ("bgr8", "bgra8", "mono8")]
+        assert np.array_equal(
+            to_network_rgb(decoder, expected, False),
+            to_network_rgb(CoreDecoder(), expected, False),
+        )
+    assert _FakeBridge.calls == [
+        ("imgmsg_to_cv2", e, "passthrough") for e in ("bgr8", "bgra8", "mono8")
+    ]
     # Bayer/YUV have no natural passthrough layout: cv_bridge converts to rgb8 itself.
     decoder.decode_image(_raw(np.zeros((HEIGHT, WIDTH), np.uint8), "bayer_rggb8"))
     assert _FakeBridge.calls[-1] == ("imgmsg_to_cv2", "bayer_rggb8", "rgb8")
@@ -231,4 +259,6 @@ def test_real_cv_bridge_matches_the_builtin_decoder() -> None:
     for encoding, array, _ in CASES:
         for pad in (0, 5):
             msg = _raw(array, encoding, pad)
-            assert np.array_equal(to_network_rgb(bridge, msg, False), to_network_rgb(own, msg, False)), encoding
+            assert np.array_equal(
+                to_network_rgb(bridge, msg, False), to_network_rgb(own, msg, False)
+            ), encoding

@@ -108,13 +108,18 @@ def test_large_images_best_effort_30hz(ros_domain: dict[str, str]) -> None:
     env.pop("ROS_PYTHON_CHECK_FIELDS", None)
     subscriber = subprocess.Popen(
         [sys.executable, "-c", SUBSCRIBER, topic, str(FRAMES), "40"],
-        env=env, stdout=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert subscriber.stdout is not None and subscriber.stdout.readline().strip() == "ready"
         publisher = subprocess.run(
             [sys.executable, "-c", PUBLISHER, topic, str(FRAMES), "30"],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert publisher.returncode == 0, publisher.stderr[-2000:]
         out, _ = subscriber.communicate(timeout=30)
@@ -123,7 +128,9 @@ def test_large_images_best_effort_30hz(ros_domain: dict[str, str]) -> None:
             subscriber.kill()
     result = json.loads(out.strip().splitlines()[-1])
     latencies = sorted(result["latencies_ms"])
-    print(f"received {result['received']}/{FRAMES}, median latency {latencies[len(latencies) // 2]:.1f} ms")
+    print(
+        f"received {result['received']}/{FRAMES}, median latency {latencies[len(latencies) // 2]:.1f} ms"
+    )
     assert result["sizes"] == [640 * 480 * 3]
     # Loose bound: the machine is shared with other test runs; stock Fast DDS loses 50-75%.
     assert result["received"] >= 0.9 * FRAMES

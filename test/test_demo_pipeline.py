@@ -11,34 +11,54 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtl_perception.demo.pipeline import load_demo_config, plan
 from mtl_perception.core.errors import UserError
+from mtl_perception.demo.pipeline import load_demo_config, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiny_config(tmp_path: Path) -> Path:
     train = tmp_path / "train_tiny.yaml"
-    train.write_text(yaml.safe_dump({
-        "device": "cpu", "data": {"batch_size": 2, "val_batch_size": 2, "num_workers": 0},
-        "model": {"input_size": [48, 64], "tasks": ["detection", "segmentation", "depth"]},
-        "optim": {"epochs": 1, "warmup_steps": 1}, "logging": {"log_every": 1, "preview_images": 1, "progress": False},
-    }))
+    train.write_text(
+        yaml.safe_dump(
+            {
+                "device": "cpu",
+                "data": {"batch_size": 2, "val_batch_size": 2, "num_workers": 0},
+                "model": {"input_size": [48, 64], "tasks": ["detection", "segmentation", "depth"]},
+                "optim": {"epochs": 1, "warmup_steps": 1},
+                "logging": {"log_every": 1, "preview_images": 1, "progress": False},
+            }
+        )
+    )
     config = tmp_path / "demo.yaml"
-    config.write_text(yaml.safe_dump({
-        "workdir": str(tmp_path / "data"), "run_dir": str(tmp_path / "runs" / "demo"),
-        "report_dir": str(tmp_path / "report"), "train_config": str(train),
-        "synth": {"frames": 40, "size": "72x96"}, "prune": {"threshold": 0.999}, "build": {"window_s": 0.2, "split": [0.6, 0.4, 0.0]},
-        "replay": {"lockstep": True, "max_frames": 6},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "workdir": str(tmp_path / "data"),
+                "run_dir": str(tmp_path / "runs" / "demo"),
+                "report_dir": str(tmp_path / "report"),
+                "train_config": str(train),
+                "synth": {"frames": 40, "size": "72x96"},
+                "prune": {"threshold": 0.999},
+                "build": {"window_s": 0.2, "split": [0.6, 0.4, 0.0]},
+                "replay": {"lockstep": True, "max_frames": 6},
+            }
+        )
+    )
     return config
 
 
 def _demo(config: Path, ros_domain: dict[str, str]) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "mtl_perception.demo.cli", "--config", str(config)],
-                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, **ros_domain}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mtl_perception.demo.cli", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **ros_domain},
+        timeout=600,
+    )
 
 
 def test_demo_config_rejects_unknown_keys(tmp_path: Path) -> None:
@@ -55,29 +75,45 @@ def test_demo_plan_is_the_documented_command_sequence(tmp_path: Path) -> None:
     # The synth bag carries colour and aligned depth: build pairs them, replay names its topic.
     assert "/camera/aligned_depth_to_color/image_raw" in steps["build"]
     assert steps["replay"][steps["replay"].index("--topic") + 1] == "/camera/image_raw"
-    assert steps["replay"][steps["replay"].index("--depth-topic") + 1] == "/camera/aligned_depth_to_color/image_raw"
+    assert (
+        steps["replay"][steps["replay"].index("--depth-topic") + 1]
+        == "/camera/aligned_depth_to_color/image_raw"
+    )
 
 
-def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path: Path, ros_domain: dict[str, str]) -> None:
+def test_tiny_demo_runs_every_step_and_reuses_outputs(
+    tmp_path: Path, ros_domain: dict[str, str]
+) -> None:
     config_path = _tiny_config(tmp_path)
     first = _demo(config_path, ros_domain)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
     for step in ("synth", "unpack", "prune", "build", "train", "eval", "replay"):
         assert f"[{step}] $ " in first.stdout  # the command is shown as a user would type it
     assert "mtl-data unpack" in first.stdout and "mtl-train --config" in first.stdout
-    assert "epoch 1/1 | loss detection" in first.stdout and "| val score" in first.stdout  # training progress
+    assert (
+        "epoch 1/1 | loss detection" in first.stdout and "| val score" in first.stdout
+    )  # training progress
     report = tmp_path / "report"
     page = (report / "index.html").read_text()
-    for figure in ("training_curves.png", "per_class.png", "latency_histogram.png", "examples.png"):
+    for figure in (
+        "training_curves.png",
+        "per_class.png",
+        "latency_histogram.png",
+        "examples.png",
+    ):
         assert (report / figure).is_file(), figure
         assert f'src="{figure}"' in page
     metrics = json.loads((report / "metrics.json").read_text())
     assert 0.0 <= metrics["segmentation"]["miou"] <= 1.0
-    assert metrics["depth"]["valid_pixels"] > 0 and 0.0 <= metrics["depth"]["delta1"] <= 1.0  # synth bag's depth
+    assert (
+        metrics["depth"]["valid_pixels"] > 0 and 0.0 <= metrics["depth"]["delta1"] <= 1.0
+    )  # synth bag's depth
     assert "depth AbsRel" in page
     replay = json.loads((report / "replay" / "report.json").read_text())
     assert replay["frames_answered"] == replay["frames_sent"] == 6
-    assert replay["accuracy"]["depth"]["frames"] == 6  # ~/depth scored against the bag's depth topic
+    assert (
+        replay["accuracy"]["depth"]["frames"] == 6
+    )  # ~/depth scored against the bag's depth topic
     assert "mIoU (incl. background)" in first.stdout  # the summary table
 
     checkpoint = tmp_path / "runs" / "demo" / "best.pt"

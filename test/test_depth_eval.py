@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from datasets import DETECTION_CLASSES, SEGMENTATION_CLASSES, make_processed_dataset
 
 from mtl_perception.core.summary import JobSummary
-from datasets import DETECTION_CLASSES, SEGMENTATION_CLASSES, make_processed_dataset
 from mtl_perception.evaluation.cli import evaluate, main
 from mtl_perception.evaluation.dataset import EvalDataset
 from mtl_perception.predictor import Prediction

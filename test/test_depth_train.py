@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from datasets import make_processed_dataset
+
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.core.errors import UserError
 from mtl_perception.train import cli

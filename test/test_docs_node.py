@@ -24,7 +24,9 @@ README = REPO / "README.md"
 @pytest.fixture(scope="module")
 def generator() -> ModuleType:
     """tools/gen_node_docs.py loaded as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("gen_node_docs", REPO / "tools" / "gen_node_docs.py")
+    spec = importlib.util.spec_from_file_location(
+        "gen_node_docs", REPO / "tools" / "gen_node_docs.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -47,10 +49,15 @@ def _parameter_rows(text: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_node_doc_and_params_file_are_the_generators_output(generator: ModuleType, doc: str) -> None:
-    assert doc == generator.render(), "docs/NODE.md is stale: run .venv/bin/python tools/gen_node_docs.py"
+def test_node_doc_and_params_file_are_the_generators_output(
+    generator: ModuleType, doc: str
+) -> None:
+    assert doc == generator.render(), (
+        "docs/NODE.md is stale: run .venv/bin/python tools/gen_node_docs.py"
+    )
     assert CONFIG.read_text(encoding="utf-8") == generator.render_params_file(), (
-        "config/perception.yaml is stale: run .venv/bin/python tools/gen_node_docs.py")
+        "config/perception.yaml is stale: run .venv/bin/python tools/gen_node_docs.py"
+    )
 
 
 def test_params_file_has_every_parameter_with_its_default_for_any_namespace() -> None:
@@ -60,12 +67,16 @@ def test_params_file_has_every_parameter_with_its_default_for_any_namespace() ->
     assert list(params) == [spec.name for spec in PARAMETERS]
     for spec in PARAMETERS:
         expected = [] if spec.default is None else spec.default
-        assert params[spec.name] == expected and type(params[spec.name]) is type(expected), spec.name
+        assert params[spec.name] == expected and type(params[spec.name]) is type(expected), (
+            spec.name
+        )
 
 
 def test_check_mode_detects_a_stale_file(generator: ModuleType, tmp_path: Path) -> None:
     stale, params = tmp_path / "NODE.md", tmp_path / "perception.yaml"
-    stale.write_text(generator.render().replace("score_threshold", "score_thresh"), encoding="utf-8")
+    stale.write_text(
+        generator.render().replace("score_threshold", "score_thresh"), encoding="utf-8"
+    )
     params.write_text(generator.render_params_file(), encoding="utf-8")
     outputs = ["--out", str(stale), "--params-out", str(params)]
     assert generator.main(["--check", *outputs]) == 1
@@ -73,7 +84,12 @@ def test_check_mode_detects_a_stale_file(generator: ModuleType, tmp_path: Path) 
     assert generator.main(["--check", *outputs]) == 0
     params.write_text(generator.render_params_file().replace("0.3", "0.4"), encoding="utf-8")
     assert generator.main(["--check", *outputs]) == 1
-    assert generator.main(["--check", "--out", str(tmp_path / "missing.md"), "--params-out", str(params)]) == 1
+    assert (
+        generator.main(
+            ["--check", "--out", str(tmp_path / "missing.md"), "--params-out", str(params)]
+        )
+        == 1
+    )
 
 
 def test_every_parameter_of_the_yaml_is_documented_with_its_default(doc: str) -> None:
@@ -82,9 +98,14 @@ def test_every_parameter_of_the_yaml_is_documented_with_its_default(doc: str) ->
     assert set(values) <= set(rows), f"undocumented: {sorted(set(values) - set(rows))}"
     for name, value in values.items():
         default = rows[name][1].strip("`")
-        expected = {True: "true", False: "false"}.get(value) if isinstance(value, bool) else (
-            f'"{value}"' if isinstance(value, str) else str(value))
-        assert default == expected, f"{name}: NODE.md says {default}, perception.yaml says {expected}"
+        expected = (
+            {True: "true", False: "false"}.get(value)
+            if isinstance(value, bool)
+            else (f'"{value}"' if isinstance(value, str) else str(value))
+        )
+        assert default == expected, (
+            f"{name}: NODE.md says {default}, perception.yaml says {expected}"
+        )
 
 
 def test_every_declared_parameter_and_its_mutability_is_documented(doc: str) -> None:
@@ -97,16 +118,32 @@ def test_every_declared_parameter_and_its_mutability_is_documented(doc: str) -> 
 
 
 def test_topics_and_launch_arguments_are_documented(doc: str) -> None:
-    for topic in (node.DETECTIONS_TOPIC, node.SEGMENTATION_TOPIC, node.COLOR_TOPIC, node.OVERLAY_TOPIC):
+    for topic in (
+        node.DETECTIONS_TOPIC,
+        node.SEGMENTATION_TOPIC,
+        node.COLOR_TOPIC,
+        node.OVERLAY_TOPIC,
+    ):
         assert f"| `{topic}` | " in doc
     assert "vision_msgs/msg/Detection2DArray" in doc and "sensor_msgs/msg/CompressedImage" in doc
-    for argument in ("model", "image", "compressed", "params_file", "namespace", "device", "dds_profile", "log_level"):
+    for argument in (
+        "model",
+        "image",
+        "compressed",
+        "params_file",
+        "namespace",
+        "device",
+        "dds_profile",
+        "log_level",
+    ):
         assert f"| `{argument}` | " in doc, argument
     # Prose taken from the code must not contain raw tags that Markdown would swallow.
     assert "<image>/compressed (" not in doc
 
 
-def test_launch_defaults_are_read_from_the_launch_file(generator: ModuleType, tmp_path: Path) -> None:
+def test_launch_defaults_are_read_from_the_launch_file(
+    generator: ModuleType, tmp_path: Path
+) -> None:
     launch = tmp_path / "x.launch.py"
     launch.write_text(
         'DeclareLaunchArgument("a", default_value="", description="plain <b>")\n'

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.errors import UserError
+from mtl_perception.core.summary import JobSummary
 from mtl_perception.evaluation.cli import evaluate, main
 from mtl_perception.evaluation.dataset import EvalDataset
 from mtl_perception.predictor import Prediction
@@ -37,20 +37,50 @@ def _write_dataset(
     images, annotations = [], []
     for index in range(num_images):
         height, width = size
-        cv2.imwrite(str(root / "images" / f"{index}.png"), rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        cv2.imwrite(
+            str(root / "images" / f"{index}.png"),
+            rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+        )
         mask = np.zeros((height, width), np.uint8)
         mask[height // 2 :] = 1
         mask[:4, :4] = 255
         cv2.imwrite(str(root / "masks" / f"{index}.png"), mask)
-        images.append({"id": 100 + index, "file_name": f"images/{index}.png", "width": width, "height": height, "mask_file": f"masks/{index}.png"})
+        images.append(
+            {
+                "id": 100 + index,
+                "file_name": f"images/{index}.png",
+                "width": width,
+                "height": height,
+                "mask_file": f"masks/{index}.png",
+            }
+        )
         if index < 2:
-            annotations.append({"id": len(annotations) + 1, "image_id": 100 + index, "category_id": categories[0]["id"], "bbox": [5, 5, 20, 15], "area": 300, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": 100 + index,
+                    "category_id": categories[0]["id"],
+                    "bbox": [5, 5, 20, 15],
+                    "area": 300,
+                    "iscrowd": 0,
+                }
+            )
     coco = {"images": images, "annotations": annotations, "categories": categories}
     (root / "annotations.json").write_text(json.dumps(coco))
     ids = [image["id"] for image in images]
-    (root / "splits.json").write_text(json.dumps({"train": [], "val": ids, "test": ids[:1], "group_by": "time", "seed": 0}))
+    (root / "splits.json").write_text(
+        json.dumps({"train": [], "val": ids, "test": ids[:1], "group_by": "time", "seed": 0})
+    )
     palette = [[i * 40, 0, 0] for i in range(len(segmentation_classes))]
-    (root / "classes.json").write_text(json.dumps({"detection_classes": [c["name"] for c in categories], "segmentation_classes": segmentation_classes, "palette": palette}))
+    (root / "classes.json").write_text(
+        json.dumps(
+            {
+                "detection_classes": [c["name"] for c in categories],
+                "segmentation_classes": segmentation_classes,
+                "palette": palette,
+            }
+        )
+    )
     return coco
 
 
@@ -61,11 +91,23 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
     return int(exit_info.value.code), captured.out, captured.err
 
 
-def test_full_evaluation_writes_report(make_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_full_evaluation_writes_report(
+    make_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "data"
     _write_dataset(data)
     out = tmp_path / "metrics.json"
-    code, stdout, stderr = _run(capsys, "--checkpoint", str(make_checkpoint()), "--data", str(data), "--out", str(out), "--batch-size", "2")
+    code, stdout, stderr = _run(
+        capsys,
+        "--checkpoint",
+        str(make_checkpoint()),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+    )
     assert code == 0, stderr
     report = json.loads(out.read_text())  # strict JSON: NaN written as null
     assert report["num_images"] == 3
@@ -81,27 +123,54 @@ def test_full_evaluation_writes_report(make_checkpoint, tmp_path: Path, capsys: 
     assert "mAP@[.5:.95]" in stdout and "mIoU" in stdout and "GFLOPs" in stdout
 
 
-def test_default_output_next_to_checkpoint_and_test_split(make_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_default_output_next_to_checkpoint_and_test_split(
+    make_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "mydata"
     _write_dataset(data)
     checkpoint = make_checkpoint(arch="ssdlite")
-    code, _, stderr = _run(capsys, "--checkpoint", str(checkpoint), "--data", str(data), "--split", "test")
+    code, _, stderr = _run(
+        capsys, "--checkpoint", str(checkpoint), "--data", str(data), "--split", "test"
+    )
     assert code == 0, stderr
     report = json.loads((checkpoint.parent / "eval_mydata_test.json").read_text())
     assert report["num_images"] == 1 and "segmentation" not in report
 
 
-def test_real_world_dataset_quirks(make_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_real_world_dataset_quirks(
+    make_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Foreign category ids/case, an extra class, a missing mask and an unreadable image."""
     data = tmp_path / "data"
-    categories = [{"id": 7, "name": "Cone "}, {"id": 3, "name": "BOX"}, {"id": 11, "name": "person"}, {"id": 9, "name": "ball"}]
-    coco = _write_dataset(data, num_images=4, categories=categories, segmentation_classes=["background", "wall", "sky", "floor"])
+    categories = [
+        {"id": 7, "name": "Cone "},
+        {"id": 3, "name": "BOX"},
+        {"id": 11, "name": "person"},
+        {"id": 9, "name": "ball"},
+    ]
+    coco = _write_dataset(
+        data,
+        num_images=4,
+        categories=categories,
+        segmentation_classes=["background", "wall", "sky", "floor"],
+    )
     (data / "masks" / "1.png").unlink()
     (data / "images" / "3.png").write_bytes(b"not a png")
-    coco["annotations"].append({"id": 99, "image_id": 100, "category_id": 11, "bbox": [0, 0, 5, 5], "area": 25, "iscrowd": 0})
+    coco["annotations"].append(
+        {
+            "id": 99,
+            "image_id": 100,
+            "category_id": 11,
+            "bbox": [0, 0, 5, 5],
+            "area": 25,
+            "iscrowd": 0,
+        }
+    )
     (data / "annotations.json").write_text(json.dumps(coco))
     out = tmp_path / "m.json"
-    code, _, stderr = _run(capsys, "--checkpoint", str(make_checkpoint()), "--data", str(data), "--out", str(out))
+    code, _, stderr = _run(
+        capsys, "--checkpoint", str(make_checkpoint()), "--data", str(data), "--out", str(out)
+    )
     assert code == 1  # the unreadable image is a failure, the rest still evaluated
     report = json.loads(out.read_text())
     assert report["num_images"] == 3 and report["segmentation"]["num_images"] == 2
@@ -114,7 +183,9 @@ def test_real_world_dataset_quirks(make_checkpoint, tmp_path: Path, capsys: pyte
 def test_dataset_maps_classes_by_name(tmp_path: Path) -> None:
     data = tmp_path / "data"
     categories = [{"id": 7, "name": "cone"}, {"id": 3, "name": "Box"}, {"id": 9, "name": "ball"}]
-    _write_dataset(data, categories=categories, segmentation_classes=["background", "wall", "sky", "floor"])
+    _write_dataset(
+        data, categories=categories, segmentation_classes=["background", "wall", "sky", "floor"]
+    )
     dataset = EvalDataset(data, "val", MODEL_DET, MODEL_SEG, JobSummary("t"))
     sample = next(iter(dataset))
     assert sample.target["labels"].tolist() == [2]  # dataset id 7 "cone" -> model label 2
@@ -123,7 +194,9 @@ def test_dataset_maps_classes_by_name(tmp_path: Path) -> None:
     assert set(np.unique(sample.mask)) == {0, 2, 255}
 
 
-def test_checkpoint_classes_missing_from_dataset(make_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoint_classes_missing_from_dataset(
+    make_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "data"
     _write_dataset(data, categories=[{"id": 1, "name": "box"}, {"id": 2, "name": "car"}])
     code, _, stderr = _run(capsys, "--checkpoint", str(make_checkpoint()), "--data", str(data))
@@ -134,15 +207,21 @@ def test_checkpoint_classes_missing_from_dataset(make_checkpoint, tmp_path: Path
 def test_segmentation_classes_missing_from_dataset(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _write_dataset(data, segmentation_classes=["background", "floor"])
-    with pytest.raises(UserError, match=r"segmentation_classes: the checkpoint's class\(es\) \['wall'\]"):
+    with pytest.raises(
+        UserError, match=r"segmentation_classes: the checkpoint's class\(es\) \['wall'\]"
+    ):
         EvalDataset(data, "val", MODEL_DET, MODEL_SEG, JobSummary("t"))
 
 
-def test_empty_split_and_bad_inputs(make_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_split_and_bad_inputs(
+    make_checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "data"
     _write_dataset(data)
     checkpoint = str(make_checkpoint(arch="lraspp"))
-    code, _, stderr = _run(capsys, "--checkpoint", checkpoint, "--data", str(data), "--split", "train")
+    code, _, stderr = _run(
+        capsys, "--checkpoint", checkpoint, "--data", str(data), "--split", "train"
+    )
     assert code == 2 and "'train' split has no images" in stderr
     not_a_checkpoint = tmp_path / "x.pt"
     not_a_checkpoint.write_bytes(b"hello")
@@ -183,7 +262,9 @@ def test_perfect_predictions_score_one_through_foreign_ids(tmp_path: Path) -> No
     """Class ids remapped by name, boxes and masks in original pixels: an oracle gets 1.0."""
     data = tmp_path / "data"
     categories = [{"id": 7, "name": "cone"}, {"id": 3, "name": "box"}, {"id": 9, "name": "ball"}]
-    _write_dataset(data, categories=categories, segmentation_classes=["background", "wall", "sky", "floor"])
+    _write_dataset(
+        data, categories=categories, segmentation_classes=["background", "wall", "sky", "floor"]
+    )
     answers = {}
     for index in range(3):
         rgb = cv2.cvtColor(cv2.imread(str(data / "images" / f"{index}.png")), cv2.COLOR_BGR2RGB)
@@ -199,9 +280,15 @@ def test_perfect_predictions_score_one_through_foreign_ids(tmp_path: Path) -> No
             image_size=mask.shape,
         )
     summary = JobSummary("t")
-    report = evaluate(OraclePredictor(answers), EvalDataset(data, "val", MODEL_DET, MODEL_SEG, summary))  # type: ignore[arg-type]
+    report = evaluate(
+        OraclePredictor(answers), EvalDataset(data, "val", MODEL_DET, MODEL_SEG, summary)
+    )  # type: ignore[arg-type]
     assert report["detection"]["map"] == pytest.approx(1.0)
-    assert report["detection"]["per_class_ap"] == {"box": None, "cone": pytest.approx(1.0), "ball": None}
+    assert report["detection"]["per_class_ap"] == {
+        "box": None,
+        "cone": pytest.approx(1.0),
+        "ball": None,
+    }
     assert report["segmentation"]["miou"] == pytest.approx(1.0)
     assert report["segmentation"]["per_class_iou"]["floor"] is None
     assert summary.failed == 0
@@ -229,11 +316,30 @@ def test_table_shows_depth_errors_in_metres_and_deltas_in_percent() -> None:
 
     from mtl_perception.evaluation.cli import print_table
 
-    depth = {"abs_rel": 0.1234, "sq_rel": 0.05, "rmse": 1.5, "rmse_log": 0.2, "mae": 0.75,
-             "delta1": 0.9, "delta2": 0.95, "delta3": float("nan"), "frames": 3, "valid_pixels": 100}
+    depth = {
+        "abs_rel": 0.1234,
+        "sq_rel": 0.05,
+        "rmse": 1.5,
+        "rmse_log": 0.2,
+        "mae": 0.75,
+        "delta1": 0.9,
+        "delta2": 0.95,
+        "delta3": float("nan"),
+        "frames": 3,
+        "valid_pixels": 100,
+    }
     stream = io.StringIO()
-    print_table({"checkpoint": "m.pt", "data": "ds", "split": "val", "num_images": 3, "depth": depth,
-                 "score": 0.5}, stream)
+    print_table(
+        {
+            "checkpoint": "m.pt",
+            "data": "ds",
+            "split": "val",
+            "num_images": 3,
+            "depth": depth,
+            "score": 0.5,
+        },
+        stream,
+    )
     text = stream.getvalue()
     assert "AbsRel 0.123" in text and "RMSE 1.500 m" in text
     assert "d<1.25 90.0" in text and "d<1.25^3 n/a" in text and "combined score 50.0" in text

@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtl_perception.evaluation.profiling import count_gflops, measure_latency, profile_model, sample_input
+from mtl_perception.evaluation.profiling import (
+    count_gflops,
+    measure_latency,
+    profile_model,
+    sample_input,
+)
 
 
 class PointwiseConv(torch.nn.Module):
@@ -44,4 +49,4 @@ def test_profile_model_report() -> None:
 def test_sample_input_is_reproducible_and_in_range() -> None:
     first, second = sample_input((5, 6))[0], sample_input((5, 6))[0]
     assert torch.equal(first, second) and first.shape == (3, 5, 6)
-    assert 0.0 <= float(first.min()) and float(first.max()) <= 1.0
+    assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0

@@ -10,26 +10,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtl_perception.core import atomic_io
 from mtl_perception.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
-from mtl_perception.device import resolve_device, use_half
+from mtl_perception.core import atomic_io
 from mtl_perception.core.errors import UserError
+from mtl_perception.device import resolve_device, use_half
 
 
 def _payload() -> dict:
     return {
-        "model_kwargs": {"arch": "toy"}, "detection_classes": ["a"], "segmentation_classes": ["background", "b"],
-        "palette": [[0, 0, 0], [255, 0, 0]], "model": {"w": torch.arange(3.0)},
+        "model_kwargs": {"arch": "toy"},
+        "detection_classes": ["a"],
+        "segmentation_classes": ["background", "b"],
+        "palette": [[0, 0, 0], [255, 0, 0]],
+        "model": {"w": torch.arange(3.0)},
     }
 
 
 def test_atomic_write_leaves_no_temp_file_on_error(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
     atomic_io.write_json(target, {"a": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_io.atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), atomic_io.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
     assert target.read_text().strip().startswith("{")  # old content intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
@@ -109,3 +111,14 @@ def test_cli_user_error_is_one_line_and_nonzero(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == "prog: error: file x.bag: truncated"
+
+
+def test_size_strings_are_height_first() -> None:
+    from mtl_perception.core.constants import MIN_INPUT_SIDE, format_hw, parse_hw
+
+    assert parse_hw(" 480 X 640 ") == (480, 640)
+    assert format_hw(parse_hw("240x320")) == "240x320"
+    with pytest.raises(ValueError, match=r"--size '640': expected HEIGHTxWIDTH"):
+        parse_hw("640", "--size")
+    with pytest.raises(ValueError, match=f">= {MIN_INPUT_SIDE}"):
+        parse_hw("16x640", "input_size", MIN_INPUT_SIDE)

@@ -62,7 +62,9 @@ def test_raw_encodings_round_trip_with_and_without_row_padding(encoding, pixels,
     np.testing.assert_array_equal(decoded, expected)
 
 
-@pytest.mark.parametrize(("encoding", "pixels"), [("mono16", MONO16), ("16UC1", MONO16), ("32FC1", DEPTH)])
+@pytest.mark.parametrize(
+    ("encoding", "pixels"), [("mono16", MONO16), ("16UC1", MONO16), ("32FC1", DEPTH)]
+)
 @pytest.mark.parametrize("pad", [0, 3])
 def test_big_endian_data_is_byte_swapped(encoding, pixels, pad):
     big = pixels.astype(pixels.dtype.newbyteorder(">"))
@@ -86,13 +88,18 @@ def bayer_mosaic(colour: tuple[int, int, int], pattern: str, dtype: type) -> np.
 
 
 @pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
-@pytest.mark.parametrize(("bits", "dtype", "colour"), [(8, np.uint8, (200, 90, 20)), (16, np.uint16, (50000, 20000, 3000))])
+@pytest.mark.parametrize(
+    ("bits", "dtype", "colour"),
+    [(8, np.uint8, (200, 90, 20)), (16, np.uint16, (50000, 20000, 3000))],
+)
 def test_bayer_patterns_demosaic_to_the_right_colour(pattern, bits, dtype, colour):
     msg = image_msg(bayer_mosaic(colour, pattern, dtype), f"bayer_{pattern}{bits}", 1)
     decoded = decode_image(msg)
     assert decoded.shape == (H, W, 3) and decoded.dtype == dtype
     # interior pixels of a uniform scene demosaic exactly to the scene colour (R and B not swapped)
-    np.testing.assert_allclose(decoded[2:-2, 2:-2].reshape(-1, 3), np.tile(colour, (4 * 2, 1)), atol=1)
+    np.testing.assert_allclose(
+        decoded[2:-2, 2:-2].reshape(-1, 3), np.tile(colour, (4 * 2, 1)), atol=1
+    )
 
 
 def yuv422(y: np.ndarray, u: int, v: int, layout: str) -> np.ndarray:
@@ -106,15 +113,26 @@ def yuv422(y: np.ndarray, u: int, v: int, layout: str) -> np.ndarray:
     return packed
 
 
-@pytest.mark.parametrize(("encoding", "layout"), [("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuyv", "yuyv"), ("yuv422_yuy2", "yuyv")])
+@pytest.mark.parametrize(
+    ("encoding", "layout"),
+    [("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuyv", "yuyv"), ("yuv422_yuy2", "yuyv")],
+)
 def test_yuv422_layouts(encoding, layout):
     luma = np.linspace(30, 220, H * W).reshape(H, W).astype(np.uint8)
-    grey = decode_image(image_msg(yuv422(luma, 128, 128, layout).tobytes(), encoding, 1, width=W, height=H, step=W * 2))
+    grey = decode_image(
+        image_msg(
+            yuv422(luma, 128, 128, layout).tobytes(), encoding, 1, width=W, height=H, step=W * 2
+        )
+    )
     assert grey.shape == (H, W, 3)
     # neutral chroma: R == G == B and brightness follows luma
     assert np.abs(grey.astype(int) - grey[:, :, :1]).max() <= 1
     assert np.all(np.diff(grey[:, :, 0].reshape(-1).astype(int)) >= 0)
-    reddish = decode_image(image_msg(yuv422(luma, 110, 200, layout).tobytes(), encoding, 1, width=W, height=H, step=W * 2))
+    reddish = decode_image(
+        image_msg(
+            yuv422(luma, 110, 200, layout).tobytes(), encoding, 1, width=W, height=H, step=W * 2
+        )
+    )
     assert (reddish[:, :, 0].astype(int) > reddish[:, :, 2]).all()
 
 
@@ -130,7 +148,11 @@ def test_encoding_names_are_normalised_and_unknown_ones_rejected():
 
 @pytest.mark.parametrize(
     ("step", "size", "match"),
-    [(W * 3 - 1, H * W * 3, "step"), (W * 3, H * W * 3 - 1, "data has"), (W * 3 + 4, H * W * 3, "data has")],
+    [
+        (W * 3 - 1, H * W * 3, "step"),
+        (W * 3, H * W * 3 - 1, "data has"),
+        (W * 3 + 4, H * W * 3, "data has"),
+    ],
 )
 def test_wrong_step_or_short_data_is_a_value_error(step, size, match):
     msg = image_msg(bytes(size), "rgb8", 1, width=W, height=H, step=step)
@@ -181,7 +203,9 @@ def test_compressed_depth_32fc1_inverse_depth_is_decoded():
     a, b = 100.0, -100.0 / 10.0
     inverse = (a / DEPTH + b).astype(np.uint16)
     inverse[0, 0] = 0  # "no depth"
-    decoded = decode_compressed(compressed_msg(depth_payload(0, a, b, inverse), "32FC1; compressedDepth", 1))
+    decoded = decode_compressed(
+        compressed_msg(depth_payload(0, a, b, inverse), "32FC1; compressedDepth", 1)
+    )
     assert decoded.dtype == np.float32
     assert np.isnan(decoded[0, 0])
     np.testing.assert_allclose(decoded.reshape(-1)[1:], DEPTH.reshape(-1)[1:], rtol=0.1)
@@ -208,7 +232,14 @@ def test_rgb8_to_image_fields_round_trips_through_decode_image():
     for array in (RGB, MONO):
         fields = rgb8_to_image_fields(array)
         assert fields["step"] * fields["height"] == len(fields["data"])
-        msg = image_msg(fields["data"], fields["encoding"], 1, width=fields["width"], height=fields["height"], step=fields["step"])
+        msg = image_msg(
+            fields["data"],
+            fields["encoding"],
+            1,
+            width=fields["width"],
+            height=fields["height"],
+            step=fields["step"],
+        )
         np.testing.assert_array_equal(decode_image(msg), array)
     with pytest.raises(ValueError):
         rgb8_to_image_fields(MONO16)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from mtl_perception.core.labels import Region, read_labels
 from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.core.errors import UserError
+from mtl_perception.core.labels import Region, read_labels
 from mtl_perception.core.rasterize import BoxStatus, detection_box, rasterize
 from mtl_perception.core.summary import JobSummary
-from mtl_perception.core.errors import UserError
 
 H, W = 30, 40
 
@@ -41,23 +41,58 @@ def band(y0: int, y1: int) -> np.ndarray:
     return mask
 
 
-@pytest.fixture()
+@pytest.fixture
 def coco_file(tmp_path: Path) -> Path:
     """A COCO export with arbitrary category ids and every geometry kind."""
     person = np.zeros((H, W), bool)
     person[2:8, 30:38] = True
     coco = {
         "images": [{"id": 11, "file_name": "images/frame.jpg", "width": W, "height": H}],
-        "categories": [{"id": 7, "name": "floor"}, {"id": 42, "name": "cone"}, {"id": 1000, "name": "person"},
-                       {"id": 3, "name": "tree"}, {"id": 5, "name": "wall"}],
+        "categories": [
+            {"id": 7, "name": "floor"},
+            {"id": 42, "name": "cone"},
+            {"id": 1000, "name": "person"},
+            {"id": 3, "name": "tree"},
+            {"id": 5, "name": "wall"},
+        ],
         "annotations": [
-            {"id": 1, "image_id": 11, "category_id": 7, "segmentation": uncompressed_rle(band(15, 30)), "iscrowd": 0},
-            {"id": 2, "image_id": 11, "category_id": 5, "segmentation": compressed_rle(band(0, 15)), "iscrowd": 0},
-            {"id": 3, "image_id": 11, "category_id": 42, "bbox": [10, 12, 10, 10],
-             "segmentation": [[10, 22, 20, 22, 15, 12]], "iscrowd": 0},
-            {"id": 4, "image_id": 11, "category_id": 1000, "segmentation": uncompressed_rle(person), "iscrowd": 1},
+            {
+                "id": 1,
+                "image_id": 11,
+                "category_id": 7,
+                "segmentation": uncompressed_rle(band(15, 30)),
+                "iscrowd": 0,
+            },
+            {
+                "id": 2,
+                "image_id": 11,
+                "category_id": 5,
+                "segmentation": compressed_rle(band(0, 15)),
+                "iscrowd": 0,
+            },
+            {
+                "id": 3,
+                "image_id": 11,
+                "category_id": 42,
+                "bbox": [10, 12, 10, 10],
+                "segmentation": [[10, 22, 20, 22, 15, 12]],
+                "iscrowd": 0,
+            },
+            {
+                "id": 4,
+                "image_id": 11,
+                "category_id": 1000,
+                "segmentation": uncompressed_rle(person),
+                "iscrowd": 1,
+            },
             {"id": 5, "image_id": 11, "category_id": 3, "bbox": [0, 0, 4, 4], "iscrowd": 0},
-            {"id": 6, "image_id": 11, "category_id": 42, "segmentation": [[1, 1, 2, 2]], "iscrowd": 0},
+            {
+                "id": 6,
+                "image_id": 11,
+                "category_id": 42,
+                "segmentation": [[1, 1, 2, 2]],
+                "iscrowd": 0,
+            },
             {"id": 7, "image_id": 99, "category_id": 42, "bbox": [1, 1, 2, 2]},
             {"id": 8, "image_id": 11, "category_id": 77, "bbox": [1, 1, 2, 2]},
         ],
@@ -79,16 +114,20 @@ def test_coco_maps_arbitrary_ids_by_name_and_counts_problems(coco_file: Path) ->
     assert "annotation 8" in summary.first_example["unknown category id"]
 
 
-@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools vs NumPy 2
+@pytest.mark.filterwarnings(
+    "ignore:__array__ implementation:DeprecationWarning"
+)  # pycocotools vs NumPy 2
 def test_rasterize_rle_polygon_and_crowd(coco_file: Path) -> None:
     (image,) = read_labels(coco_file, JobSummary("t"))
     seg_ids = {"floor": 1, "wall": 2, "cone": 3, "person": 4}
     mask = rasterize([(seg_ids[r.label], r) for r in image.regions if r.label in seg_ids], H, W)
-    assert mask[0, 0] == 2 and mask[29, 0] == 1        # compressed and uncompressed RLE
-    assert mask[20, 15] == 3                             # cone polygon painted over the floor
-    assert mask[5, 33] == IGNORE_INDEX                         # iscrowd region
-    assert mask[14, 0] == 2 and mask[15, 0] == 1         # exact band edge
-    expected_cone = mask_utils.decode(mask_utils.frPyObjects([[10, 22, 20, 22, 15, 12]], H, W))[:, :, 0]
+    assert mask[0, 0] == 2 and mask[29, 0] == 1  # compressed and uncompressed RLE
+    assert mask[20, 15] == 3  # cone polygon painted over the floor
+    assert mask[5, 33] == IGNORE_INDEX  # iscrowd region
+    assert mask[14, 0] == 2 and mask[15, 0] == 1  # exact band edge
+    expected_cone = mask_utils.decode(mask_utils.frPyObjects([[10, 22, 20, 22, 15, 12]], H, W))[
+        :, :, 0
+    ]
     assert ((mask == 3) == expected_cone.astype(bool)).all()
 
 
@@ -107,12 +146,15 @@ def test_box_only_segmentation_is_ignore_or_filled() -> None:
     assert filled[6, 6] == 1 and filled[3, 3] == 0 and int((filled == 1).sum()) == 36
 
 
-@pytest.mark.parametrize(("bbox", "status", "clipped"), [
-    ((5, 5, 10, 10), BoxStatus.OK, (5, 5, 10, 10)),
-    ((-5, 20, 10, 20), BoxStatus.CLIPPED, (0, 20, 5, 10)),
-    ((50, 5, 10, 10), BoxStatus.OUTSIDE, None),
-    ((5, 5, 0, 10), BoxStatus.ZERO_AREA, None),
-])
+@pytest.mark.parametrize(
+    ("bbox", "status", "clipped"),
+    [
+        ((5, 5, 10, 10), BoxStatus.OK, (5, 5, 10, 10)),
+        ((-5, 20, 10, 20), BoxStatus.CLIPPED, (0, 20, 5, 10)),
+        ((50, 5, 10, 10), BoxStatus.OUTSIDE, None),
+        ((5, 5, 0, 10), BoxStatus.ZERO_AREA, None),
+    ],
+)
 def test_detection_box_clipping(bbox, status, clipped) -> None:
     box = detection_box(Region("cone", "t", bbox=tuple(map(float, bbox))), H, W)
     assert box.status is status
@@ -160,13 +202,18 @@ def test_cvat_xml_boxes_polygons_masks(tmp_path: Path) -> None:
     assert (mask[0] == 0).all()
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("this is not json", "not a COCO json file"),
-    ('{"annotations": []}', "no 'images' list"),
-    ("<html><body/></html>", "not a CVAT"),
-    ("<annotations><image", "not a valid XML"),
-])
-def test_unreadable_label_files_are_one_line_user_errors(tmp_path: Path, content: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("this is not json", "not a COCO json file"),
+        ('{"annotations": []}', "no 'images' list"),
+        ("<html><body/></html>", "not a CVAT"),
+        ("<annotations><image", "not a valid XML"),
+    ],
+)
+def test_unreadable_label_files_are_one_line_user_errors(
+    tmp_path: Path, content: str, message: str
+) -> None:
     path = tmp_path / "labels.json"
     path.write_text(content)
     with pytest.raises(UserError, match=message) as info:
@@ -180,8 +227,11 @@ def test_missing_label_file(tmp_path: Path) -> None:
 
 
 def test_duplicate_image_ids_keep_the_first(tmp_path: Path) -> None:
-    coco = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}],
-            "categories": [{"id": 1, "name": "cone"}], "annotations": []}
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}],
+        "categories": [{"id": 1, "name": "cone"}],
+        "annotations": [],
+    }
     path = tmp_path / "dup.json"
     path.write_text(json.dumps(coco))
     summary = JobSummary("t")

@@ -25,8 +25,18 @@ GT = {
     3: [],
 }
 DETS = {
-    1: [([12, 11, 50, 58], 0.95, 1), ([58, 25, 88, 78], 0.80, 2), ([70, 70, 90, 90], 0.60, 3), ([0, 0, 8, 8], 0.40, 1)],
-    2: [([1, 2, 38, 41], 0.90, 1), ([50, 50, 80, 80], 0.70, 1), ([10, 50, 30, 90], 0.30, 3), ([0, 0, 40, 40], 0.2, 4)],
+    1: [
+        ([12, 11, 50, 58], 0.95, 1),
+        ([58, 25, 88, 78], 0.80, 2),
+        ([70, 70, 90, 90], 0.60, 3),
+        ([0, 0, 8, 8], 0.40, 1),
+    ],
+    2: [
+        ([1, 2, 38, 41], 0.90, 1),
+        ([50, 50, 80, 80], 0.70, 1),
+        ([10, 50, 30, 90], 0.30, 3),
+        ([0, 0, 40, 40], 0.2, 4),
+    ],
     3: [([20, 20, 40, 40], 0.85, 2)],
 }
 
@@ -42,7 +52,16 @@ def _cocoeval_reference(cat_ids: list[int] | None = None) -> np.ndarray:
     for image_id, objects in GT.items():
         for box, label in objects:
             w, h = box[2] - box[0], box[3] - box[1]
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": label, "bbox": _xywh(box), "area": w * h, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": label,
+                    "bbox": _xywh(box),
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
     dets = [
         {"image_id": image_id, "category_id": label, "bbox": _xywh(box), "score": score}
         for image_id, items in DETS.items()
@@ -50,7 +69,11 @@ def _cocoeval_reference(cat_ids: list[int] | None = None) -> np.ndarray:
     ]
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": k + 1, "name": n} for k, n in enumerate(CLASSES)]}
+        gt.dataset = {
+            "images": images,
+            "annotations": anns,
+            "categories": [{"id": k + 1, "name": n} for k, n in enumerate(CLASSES)],
+        }
         gt.createIndex()
         dt = gt.loadRes(dets)
         coco_eval = COCOeval(gt, dt, "bbox")
@@ -68,14 +91,18 @@ def _torch_case() -> tuple[list[dict], list[dict]]:
         items = DETS[image_id]
         preds.append(
             {
-                "boxes": torch.tensor([b for b, _, _ in items], dtype=torch.float32).reshape(-1, 4),
+                "boxes": torch.tensor([b for b, _, _ in items], dtype=torch.float32).reshape(
+                    -1, 4
+                ),
                 "scores": torch.tensor([s for _, s, _ in items]),
                 "labels": torch.tensor([c for _, _, c in items]),
             }
         )
         targets.append(
             {
-                "boxes": torch.tensor([b for b, _ in GT[image_id]], dtype=torch.float32).reshape(-1, 4),
+                "boxes": torch.tensor([b for b, _ in GT[image_id]], dtype=torch.float32).reshape(
+                    -1, 4
+                ),
                 "labels": torch.tensor([c for _, c in GT[image_id]], dtype=torch.int64),
             }
         )
@@ -123,7 +150,11 @@ def test_two_evaluations_in_a_row_are_independent() -> None:
     first = evaluator.compute()
     evaluator.reset()
     # Second "epoch": a perfect model on image 1 only.
-    perfect = {"boxes": targets[0]["boxes"], "scores": torch.ones(len(targets[0]["labels"])), "labels": targets[0]["labels"]}
+    perfect = {
+        "boxes": targets[0]["boxes"],
+        "scores": torch.ones(len(targets[0]["labels"])),
+        "labels": targets[0]["labels"],
+    }
     evaluator.update([perfect], [targets[0]])
     second = evaluator.compute()
     assert evaluator.num_images == 1
@@ -144,7 +175,11 @@ def test_empty_evaluation_is_nan_not_zero() -> None:
 
 def test_images_without_predictions_or_ground_truth() -> None:
     evaluator = DetectionEvaluator(["a"])
-    empty_pred = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
+    empty_pred = {
+        "boxes": torch.zeros(0, 4),
+        "scores": torch.zeros(0),
+        "labels": torch.zeros(0, dtype=torch.int64),
+    }
     empty_gt = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
     gt = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([1])}
     evaluator.update([empty_pred, empty_pred], [empty_gt, gt])
@@ -155,7 +190,9 @@ def test_images_without_predictions_or_ground_truth() -> None:
 
 def test_combined_score() -> None:
     assert combined_score({"map": 0.4, "miou": 0.6}) == pytest.approx(0.5)
-    assert combined_score({"detection": {"map": 0.4}, "segmentation": {"miou": 0.8}}) == pytest.approx(0.6)
+    assert combined_score(
+        {"detection": {"map": 0.4}, "segmentation": {"miou": 0.8}}
+    ) == pytest.approx(0.6)
     assert combined_score({"map": 0.3}) == pytest.approx(0.3)
     assert combined_score({"map": float("nan"), "miou": 0.7}) == pytest.approx(0.7)
     assert math.isnan(combined_score({}))
@@ -166,13 +203,22 @@ def test_only_the_best_max_detections_per_image_count() -> None:
     import warnings
 
     target = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "labels": torch.tensor([1])}]
-    good = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
+    good = {
+        "boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([1]),
+    }
     flood = {
-        "boxes": torch.cat([good["boxes"], torch.tensor([[60.0, 60.0, 70.0, 70.0]]).repeat(150, 1)]),
+        "boxes": torch.cat(
+            [good["boxes"], torch.tensor([[60.0, 60.0, 70.0, 70.0]]).repeat(150, 1)]
+        ),
         "scores": torch.cat([good["scores"], torch.full((150,), 0.1)]),
         "labels": torch.cat([good["labels"], torch.ones(150, dtype=torch.int64)]),
     }
-    clean, flooded = DetectionEvaluator(["a"], max_detections=100), DetectionEvaluator(["a"], max_detections=100)
+    clean, flooded = (
+        DetectionEvaluator(["a"], max_detections=100),
+        DetectionEvaluator(["a"], max_detections=100),
+    )
     clean.update([good], target)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -74,7 +74,9 @@ def test_batched_maps_and_custom_ignore_index() -> None:
         (torch.tensor([0, 1, 1]), torch.tensor([0, 1]), "shape"),
     ],
 )
-def test_rejects_foreign_label_sets(pred: torch.Tensor, target: torch.Tensor, message: str) -> None:
+def test_rejects_foreign_label_sets(
+    pred: torch.Tensor, target: torch.Tensor, message: str
+) -> None:
     matrix = ConfusionMatrix(num_classes=2)
     with pytest.raises(ValueError, match=message):
         matrix.update(pred, target)

@@ -40,7 +40,9 @@ def test_parameter_groups_are_disjoint_and_cover_the_model(arch: str) -> None:
     ids = [id(p) for group in groups for p in group]
     assert all(groups) and len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
-    assert {id(p) for p in model.shared_parameters()} == {id(p) for p in model.backbone.parameters()}
+    assert {id(p) for p in model.shared_parameters()} == {
+        id(p) for p in model.backbone.parameters()
+    }
 
 
 def test_faster_rcnn_fpn_belongs_to_the_detection_task() -> None:
@@ -61,7 +63,10 @@ def test_forward_train_features_work_with_torchjd(arch: str) -> None:
     assert list(losses) == [DETECTION, SEGMENTATION]
     assert features and all(f.shape[0] == len(images) for f in features)
     shared = model.shared_parameters()
-    per_task = [torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True) for loss in losses.values()]
+    per_task = [
+        torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+        for loss in losses.values()
+    ]
     mtl_backward(
         list(losses.values()),
         features,
@@ -86,7 +91,9 @@ def test_features_are_exactly_what_the_heads_read() -> None:
     _, features = model.forward_train(*tiny_batch())
     channels = sorted(f.shape[1] for f in features)
     assert channels == sorted(model.backbone.channels[tap] for tap in model.backbone.taps)
-    assert set(model.backbone.taps) == {tap for head in model.heads.values() for tap in head.feature_taps}
+    assert set(model.backbone.taps) == {
+        tap for head in model.heads.values() for tap in head.feature_taps
+    }
 
 
 def test_frozen_backbone_layers_keep_weights_and_statistics() -> None:
@@ -102,7 +109,9 @@ def test_frozen_backbone_layers_keep_weights_and_statistics() -> None:
     losses = model(*tiny_batch())
     torch.stack(list(losses.values())).sum().backward()
     optimizer.step()
-    assert torch.equal(stem[1].running_mean, stats_before) and torch.equal(stem[0].weight, weight_before)
+    assert torch.equal(stem[1].running_mean, stats_before) and torch.equal(
+        stem[0].weight, weight_before
+    )
     frozen = count_parameters(model) - count_parameters(model, trainable_only=True)
     assert frozen == sum(p.numel() for p in model.parameters() if not p.requires_grad) > 0
 
@@ -120,7 +129,10 @@ def test_parameter_breakdown_adds_up_and_heads_are_shared_alike() -> None:
     assert multi["total"] == multi["backbone"] + multi[DETECTION] + multi[SEGMENTATION]
     # Same recipe: the baselines' backbones and heads are exactly the multi-task model's parts.
     assert multi["backbone"] == single_det["backbone"] == single_seg["backbone"]
-    assert multi[DETECTION] == single_det[DETECTION] and multi[SEGMENTATION] == single_seg[SEGMENTATION]
+    assert (
+        multi[DETECTION] == single_det[DETECTION]
+        and multi[SEGMENTATION] == single_seg[SEGMENTATION]
+    )
 
 
 def test_model_exposes_contract_attributes_as_plain_values() -> None:
@@ -128,8 +140,15 @@ def test_model_exposes_contract_attributes_as_plain_values() -> None:
     assert model.tasks == (DETECTION, SEGMENTATION)
     assert model.input_size == (120, 160)
     assert model.num_detection_classes == 3 and model.num_segmentation_classes == 2
-    assert isinstance(model.mean, list) and len(model.mean) == 3 and all(isinstance(v, float) for v in model.std)
-    assert model.model_kwargs["arch"] == "ssdlite_lraspp" and "backbone_weights" not in model.model_kwargs
+    assert (
+        isinstance(model.mean, list)
+        and len(model.mean) == 3
+        and all(isinstance(v, float) for v in model.std)
+    )
+    assert (
+        model.model_kwargs["arch"] == "ssdlite_lraspp"
+        and "backbone_weights" not in model.model_kwargs
+    )
     assert build_model("deeplabv3", 0, 2, SIZE).tasks == (SEGMENTATION,)
 
 
@@ -155,7 +174,11 @@ def test_custom_normalisation_is_applied_inside_the_model() -> None:
     ],
 )
 def test_bad_build_options_are_user_errors(kwargs: dict, message: str) -> None:
-    options = {"arch": "ssdlite_deeplabv3", "num_detection_classes": 2, "num_segmentation_classes": 2}
+    options = {
+        "arch": "ssdlite_deeplabv3",
+        "num_detection_classes": 2,
+        "num_segmentation_classes": 2,
+    }
     options["input_size"] = SIZE
     with pytest.raises(UserError, match=message):
         build_model(**{**options, **kwargs})
@@ -165,5 +188,8 @@ def test_deeplab_atrous_rates_suit_the_undilated_stride32_map() -> None:
     aspp = build_model("deeplabv3", 0, 2, SIZE).heads[SEGMENTATION].head[0]
     branches = aspp.convs[1:-1]  # skip the 1x1 and pooling branches
     # The first conv of each branch is the atrous one (full or depthwise, depending on aspp_separable).
-    dilations = [next(m for m in branch.modules() if isinstance(m, torch.nn.Conv2d)).dilation[0] for branch in branches]
+    dilations = [
+        next(m for m in branch.modules() if isinstance(m, torch.nn.Conv2d)).dilation[0]
+        for branch in branches
+    ]
     assert dilations == [3, 6, 9]

@@ -17,7 +17,9 @@ WITH_DETECTION = [arch for arch, spec in ARCHITECTURES.items() if spec.detection
 WITH_SEGMENTATION = [arch for arch, spec in ARCHITECTURES.items() if spec.segmentation]
 
 
-def make_batch(size: tuple[int, int] = SIZE, boxes_per_image: tuple[int, ...] = (2, 0)) -> tuple[list, list]:
+def make_batch(
+    size: tuple[int, int] = SIZE, boxes_per_image: tuple[int, ...] = (2, 0)
+) -> tuple[list, list]:
     """Images in [0, 1] plus targets; an image with 0 boxes is a pure negative."""
     height, width = size
     generator = torch.Generator().manual_seed(0)
@@ -35,7 +37,9 @@ def make_batch(size: tuple[int, int] = SIZE, boxes_per_image: tuple[int, ...] = 
     return images, targets
 
 
-def train_steps(model: torch.nn.Module, images: list, targets: list, steps: int = 2) -> list[dict[str, float]]:
+def train_steps(
+    model: torch.nn.Module, images: list, targets: list, steps: int = 2
+) -> list[dict[str, float]]:
     """A few plain SGD steps on the summed task losses; the loss values of each step."""
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
@@ -122,7 +126,9 @@ def test_all_ignored_mask_gives_zero_loss_not_nan(arch: str) -> None:
 
 
 def test_segmentation_loss_is_mean_cross_entropy_over_non_ignored_pixels() -> None:
-    model = build_model("deeplabv3", 0, NUM_SEG, SIZE).eval()  # eval: no dropout, same logits twice
+    model = build_model(
+        "deeplabv3", 0, NUM_SEG, SIZE
+    ).eval()  # eval: no dropout, same logits twice
     images, targets = make_batch()
     for target in targets:
         target["mask"][:, SIZE[1] // 2 :] = 255
@@ -154,8 +160,8 @@ def test_ssd_default_boxes_follow_input_size(size: tuple[int, int]) -> None:
     assert head_outputs["cls_logits"].shape == (1, expected, NUM_DET + 1)
     centres_x = (anchors[0][:, 0] + anchors[0][:, 2]) / 2
     centres_y = (anchors[0][:, 1] + anchors[0][:, 3]) / 2
-    assert 0 < centres_x.min() and centres_x.max() < size[1]
-    assert 0 < centres_y.min() and centres_y.max() < size[0]
+    assert centres_x.min() > 0 and centres_x.max() < size[1]
+    assert centres_y.min() > 0 and centres_y.max() < size[0]
 
 
 @pytest.mark.parametrize("arch", WITH_DETECTION)
@@ -207,12 +213,19 @@ def test_targets_in_other_dtypes_train_like_the_canonical_ones() -> None:
     model = build_model("ssdlite_deeplabv3", NUM_DET, NUM_SEG, SIZE).eval()  # eval: deterministic
     images, targets = make_batch()
     odd = [
-        {"boxes": t["boxes"].double(), "labels": t["labels"].int(), "mask": t["mask"].to(torch.uint8)} for t in targets
+        {
+            "boxes": t["boxes"].double(),
+            "labels": t["labels"].int(),
+            "mask": t["mask"].to(torch.uint8),
+        }
+        for t in targets
     ]
     head_losses = []
     with torch.no_grad():
         batch = model.preprocess(images)
         features = model.backbone(batch)
         for candidate in (targets, odd):
-            head_losses.append([head.loss(features, batch, candidate).item() for head in model.heads.values()])
+            head_losses.append(
+                [head.loss(features, batch, candidate).item() for head in model.heads.values()]
+            )
     assert head_losses[0] == pytest.approx(head_losses[1])

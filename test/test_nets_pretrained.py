@@ -35,10 +35,22 @@ BUILDERS = {
 }
 # Layers whose shape depends on the class count: the only ones a COCO start leaves at init.
 CLASS_LAYERS = {
-    SSDLiteDetector: {f"heads.detection.head.classification_head.module_list.{i}.1.{p}" for i in range(6) for p in ("weight", "bias")},
-    FasterRCNNDetector: {f"heads.detection.roi_heads.box_predictor.{n}.{p}" for n in ("cls_score", "bbox_pred") for p in ("weight", "bias")},
+    SSDLiteDetector: {
+        f"heads.detection.head.classification_head.module_list.{i}.1.{p}"
+        for i in range(6)
+        for p in ("weight", "bias")
+    },
+    FasterRCNNDetector: {
+        f"heads.detection.roi_heads.box_predictor.{n}.{p}"
+        for n in ("cls_score", "bbox_pred")
+        for p in ("weight", "bias")
+    },
     DeepLabV3Segmenter: {f"heads.segmentation.head.4.{p}" for p in ("weight", "bias")},
-    LRASPPSegmenter: {f"heads.segmentation.head.{n}_classifier.{p}" for n in ("low", "high") for p in ("weight", "bias")},
+    LRASPPSegmenter: {
+        f"heads.segmentation.head.{n}_classifier.{p}"
+        for n in ("low", "high")
+        for p in ("weight", "bias")
+    },
 }
 
 
@@ -48,7 +60,9 @@ def _vary_norm_layers(state: dict[str, torch.Tensor], seed: int) -> dict[str, to
     generator = torch.Generator().manual_seed(seed)
     varied = {}
     for key, value in state.items():
-        if key.endswith(("running_var", "bn.weight")) or (key.endswith(".weight") and value.ndim == 1):
+        if key.endswith(("running_var", "bn.weight")) or (
+            key.endswith(".weight") and value.ndim == 1
+        ):
             value = value * (0.8 + 0.4 * torch.rand(value.shape, generator=generator))
         elif key.endswith(("running_mean", ".bias")) and value.is_floating_point():
             value = value + 0.2 * torch.rand(value.shape, generator=generator) - 0.1
@@ -57,7 +71,7 @@ def _vary_norm_layers(state: dict[str, torch.Tensor], seed: int) -> dict[str, to
 
 
 @pytest.fixture(scope="module")
-def torch_home(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def torch_home(tmp_path_factory: pytest.TempPathFactory):
     """A TORCH_HOME holding every file the mapping reads, made by torchvision's builders."""
     home = tmp_path_factory.mktemp("torch_home")
     cache = home / "hub" / "checkpoints"
@@ -82,18 +96,29 @@ def torch_home(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 def _model(arch: str) -> torch.nn.Module:
     spec = ARCHITECTURES[arch]
     options = {"aspp_separable": False} if spec.segmentation is DeepLabV3Segmenter else {}
-    return build_model(arch, 3 if spec.detection else 0, 4 if spec.segmentation else 0, SIZE, **options).eval()
+    return build_model(
+        arch, 3 if spec.detection else 0, 4 if spec.segmentation else 0, SIZE, **options
+    ).eval()
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_coco_start_loads_everything_but_the_class_layers(arch: str, torch_home, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_coco_start_loads_everything_but_the_class_layers(
+    arch: str, torch_home, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(torch_home[0]))
     spec = ARCHITECTURES[arch]
     model = _model(arch)
-    parts = {"backbone": "coco", "detection": "coco" if spec.detection else None, "segmentation": "coco" if spec.segmentation else None}
+    parts = {
+        "backbone": "coco",
+        "detection": "coco" if spec.detection else None,
+        "segmentation": "coco" if spec.segmentation else None,
+    }
     records = load_pretrained(model, parts)
     assert set(records) == {part for part, choice in parts.items() if choice}
-    assert records["backbone"]["loaded"] == records["backbone"]["total"] == 262 and not records["backbone"]["not_loaded"]
+    assert (
+        records["backbone"]["loaded"] == records["backbone"]["total"] == 262
+        and not records["backbone"]["not_loaded"]
+    )
     for task, head in (("detection", spec.detection), ("segmentation", spec.segmentation)):
         if head is None:
             continue
@@ -107,18 +132,28 @@ def test_coco_start_loads_everything_but_the_class_layers(arch: str, torch_home,
 
 def _blocks(features, count: int, x: torch.Tensor) -> torch.Tensor:
     for index in range(count):
-        x = features[index](x) if not isinstance(features, torch.nn.ModuleDict) else features[str(index)](x)
+        x = (
+            features[index](x)
+            if not isinstance(features, torch.nn.ModuleDict)
+            else features[str(index)](x)
+        )
     return x
 
 
 @torch.no_grad()
-def test_loaded_parts_compute_what_torchvision_computes(torch_home, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loaded_parts_compute_what_torchvision_computes(
+    torch_home, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(torch_home[0]))
     references = torch_home[1]
     x = torch.randn(1, 3, *SIZE)
 
     imagenet = get_model("mobilenet_v3_large", weights=None)
-    imagenet.load_state_dict(torch.load(Path(torch_home[0]) / "hub/checkpoints" / os.path.basename(IMAGENET_WEIGHTS.url)))
+    imagenet.load_state_dict(
+        torch.load(
+            Path(torch_home[0]) / "hub/checkpoints" / os.path.basename(IMAGENET_WEIGHTS.url)
+        )
+    )
     model = _model("ssdlite")
     load_pretrained(model, {"backbone": "imagenet"})
     torch.testing.assert_close(model.backbone(x)["stride32"], imagenet.eval().features(x))
@@ -135,7 +170,9 @@ def test_loaded_parts_compute_what_torchvision_computes(torch_home, monkeypatch:
     expected = list(reference.backbone(x).values())
     for ours, theirs in zip(maps, expected, strict=True):
         torch.testing.assert_close(ours, theirs)
-    torch.testing.assert_close(head.head.regression_head(maps), reference.head.regression_head(expected))
+    torch.testing.assert_close(
+        head.head.regression_head(maps), reference.head.regression_head(expected)
+    )
 
     # Faster R-CNN: FPN levels, RPN head and box head.
     model = _model("frcnn")
@@ -149,9 +186,13 @@ def test_loaded_parts_compute_what_torchvision_computes(torch_home, monkeypatch:
     for level in theirs:
         torch.testing.assert_close(ours[level], theirs[level])
     detector = model.heads["detection"]
-    torch.testing.assert_close(detector.rpn.head(list(ours.values())), reference.rpn.head(list(theirs.values())))
+    torch.testing.assert_close(
+        detector.rpn.head(list(ours.values())), reference.rpn.head(list(theirs.values()))
+    )
     rois = torch.randn(5, 256, 7, 7)
-    torch.testing.assert_close(detector.roi_heads.box_head(rois), reference.roi_heads.box_head(rois))
+    torch.testing.assert_close(
+        detector.roi_heads.box_head(rois), reference.roi_heads.box_head(rois)
+    )
 
     # Segmenters: torchvision dilates the last stage (ours stays at stride 32), so the bodies
     # agree up to it; the head branches that do not depend on the atrous rates agree.
@@ -160,25 +201,37 @@ def test_loaded_parts_compute_what_torchvision_computes(torch_home, monkeypatch:
         load_pretrained(model, {"backbone": "coco", "segmentation": "coco"})
         reference = references[head_type]
         undilated = model.backbone.expand_index
-        torch.testing.assert_close(_blocks(model.backbone.features, undilated, x), _blocks(reference.backbone, undilated, x))
+        torch.testing.assert_close(
+            _blocks(model.backbone.features, undilated, x),
+            _blocks(reference.backbone, undilated, x),
+        )
         high = torch.randn(1, 960, 3, 4)
         ours_head, theirs_head = model.heads["segmentation"].head, reference.classifier
         if head_type is DeepLabV3Segmenter:
             for branch in (0, 4):
-                torch.testing.assert_close(ours_head[0].convs[branch](high), theirs_head[0].convs[branch](high))
+                torch.testing.assert_close(
+                    ours_head[0].convs[branch](high), theirs_head[0].convs[branch](high)
+                )
             mid = torch.randn(1, 256 * 5, 3, 4)
             torch.testing.assert_close(ours_head[0].project(mid), theirs_head[0].project(mid))
             after_aspp = mid[:, :256]
-            torch.testing.assert_close(_blocks(ours_head[1:], 3, after_aspp), _blocks(list(theirs_head)[1:], 3, after_aspp))
+            torch.testing.assert_close(
+                _blocks(ours_head[1:], 3, after_aspp),
+                _blocks(list(theirs_head)[1:], 3, after_aspp),
+            )
         else:
             torch.testing.assert_close(ours_head.cbr(high), theirs_head.cbr(high))
             torch.testing.assert_close(ours_head.scale(high), theirs_head.scale(high))
 
 
-def test_offline_without_the_file_is_one_line_naming_file_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_without_the_file_is_one_line_naming_file_and_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
-    def offline(url: str, *args: object, **kwargs: object) -> None:  # what urllib raises without DNS
+    def offline(
+        url: str, *args: object, **kwargs: object
+    ) -> None:  # what urllib raises without DNS
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
@@ -194,33 +247,66 @@ def test_bad_choices_are_user_errors(torch_home, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("TORCH_HOME", str(torch_home[0]))
     with pytest.raises(UserError, match="arch 'deeplabv3' has no detection head"):
         load_pretrained(_model("deeplabv3"), {"detection": "coco"})
-    with pytest.raises(UserError, match=r"model.pretrained.detection='imagenet' must be null or 'coco'"):
+    with pytest.raises(
+        UserError, match=r"model.pretrained.detection='imagenet' must be null or 'coco'"
+    ):
         load_pretrained(_model("ssdlite"), {"detection": "imagenet"})
     with pytest.raises(UserError, match="unknown part"):
         load_pretrained(_model("ssdlite"), {"neck": "coco"})
 
 
-def test_finetune_config_trains_from_planted_weights(torch_home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_finetune_config_trains_from_planted_weights(
+    torch_home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     """config/train/finetune.yaml end to end: loads what it claims, trains, records it."""
     from datasets import make_processed_dataset
+
     from mtl_perception.checkpoint import load_checkpoint
     from mtl_perception.train import cli
 
     monkeypatch.setenv("TORCH_HOME", str(torch_home[0]))
     root = make_processed_dataset(tmp_path / "ds")
     config = Path(__file__).resolve().parents[1] / "config/train/finetune.yaml"
-    cli.run(["--config", str(config), f"data.root={root}", f"output_dir={tmp_path}", "device=cpu",
-             "model.input_size=[64,64]", "optim.epochs=1", "optim.warmup_steps=1", "data.batch_size=2",
-             "data.num_workers=0", "logging.progress=false", "logging.tensorboard=false"])
+    cli.run(
+        [
+            "--config",
+            str(config),
+            f"data.root={root}",
+            f"output_dir={tmp_path}",
+            "device=cpu",
+            "model.input_size=[64,64]",
+            "optim.epochs=1",
+            "optim.warmup_steps=1",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+        ]
+    )
     out = capsys.readouterr().out
     assert "pretrained backbone: SSDLite320_MobileNet_V3_Large_Weights.COCO_V1" in out
-    assert "pretrained segmentation: LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1" in out
+    assert (
+        "pretrained segmentation: LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1" in out
+    )
     checkpoint = load_checkpoint(tmp_path / "finetune" / "last.pt")
     record = checkpoint["pretrained"]
     assert set(record) == {"backbone", "detection", "segmentation"}
-    assert record["backbone"]["loaded"] == 262 and set(record["detection"]["not_loaded"]) == CLASS_LAYERS[SSDLiteDetector]
-    assert checkpoint["global_step"] == 3 and all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+    assert (
+        record["backbone"]["loaded"] == 262
+        and set(record["detection"]["not_loaded"]) == CLASS_LAYERS[SSDLiteDetector]
+    )
+    assert checkpoint["global_step"] == 3 and all(
+        torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point()
+    )
     # Frozen early stages kept their COCO weights exactly; trained ones moved.
-    planted = torch.load(Path(torch_home[0]) / "hub/checkpoints/ssdlite320_mobilenet_v3_large_coco-a79551df.pth")
-    assert torch.equal(checkpoint["ema"]["online_model"]["backbone.features.0.0.weight"], planted["backbone.features.0.0.0.weight"])
-    assert not torch.equal(checkpoint["ema"]["online_model"]["backbone.features.16.0.weight"], planted["backbone.features.1.3.0.weight"])
+    planted = torch.load(
+        Path(torch_home[0]) / "hub/checkpoints/ssdlite320_mobilenet_v3_large_coco-a79551df.pth"
+    )
+    assert torch.equal(
+        checkpoint["ema"]["online_model"]["backbone.features.0.0.weight"],
+        planted["backbone.features.0.0.0.weight"],
+    )
+    assert not torch.equal(
+        checkpoint["ema"]["online_model"]["backbone.features.16.0.weight"],
+        planted["backbone.features.1.3.0.weight"],
+    )

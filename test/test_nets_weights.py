@@ -37,14 +37,22 @@ def test_local_backbone_weights_file_is_loaded(tmp_path: Path, layout: str) -> N
     model = build_model("ssdlite_deeplabv3", 2, 2, SIZE)
     record = load_pretrained(model, {"backbone": str(path)})["backbone"]
     assert record["loaded"] == record["total"] and record["file"] == str(path)
-    body = {key.removeprefix("backbone."): v for key, v in saved.items() if not key.startswith(("classifier.", "heads."))}
-    prefixed = {key if key.startswith("features.") else f"features.{key}": v for key, v in body.items()}
+    body = {
+        key.removeprefix("backbone."): v
+        for key, v in saved.items()
+        if not key.startswith(("classifier.", "heads."))
+    }
+    prefixed = {
+        key if key.startswith("features.") else f"features.{key}": v for key, v in body.items()
+    }
     assert_same_backbone(model, prefixed)
 
 
 def test_missing_backbone_weights_file_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"weights file .*nope\.pth does not exist"):
-        load_pretrained(build_model("ssdlite", 2, 0, SIZE), {"backbone": str(tmp_path / "nope.pth")})
+        load_pretrained(
+            build_model("ssdlite", 2, 0, SIZE), {"backbone": str(tmp_path / "nope.pth")}
+        )
 
 
 def test_foreign_or_corrupt_backbone_weights_are_user_errors(tmp_path: Path) -> None:
@@ -76,12 +84,16 @@ def payload_for(model: torch.nn.Module) -> dict:
 
 @pytest.mark.parametrize("arch", ["ssdlite_lraspp", "frcnn"])
 def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path: Path, arch: str) -> None:
-    model = build_model(arch, 3, 2, (64, 96), trainable_backbone_layers=4, mean=(0.5, 0.5, 0.5)).eval()
+    model = build_model(
+        arch, 3, 2, (64, 96), trainable_backbone_layers=4, mean=(0.5, 0.5, 0.5)
+    ).eval()
     path = tmp_path / "model.pt"
     save_checkpoint(path, payload_for(model))
     rebuilt = model_from_checkpoint(load_checkpoint(path), path).eval()
     assert rebuilt.model_kwargs == model.model_kwargs and rebuilt.mean == [0.5, 0.5, 0.5]
-    assert [p.requires_grad for p in rebuilt.parameters()] == [p.requires_grad for p in model.parameters()]
+    assert [p.requires_grad for p in rebuilt.parameters()] == [
+        p.requires_grad for p in model.parameters()
+    ]
     images = [torch.rand(3, 64, 96)]
     with torch.inference_mode():
         expected, got = model(images)[0], rebuilt(images)[0]
@@ -96,7 +108,10 @@ def test_state_dict_of_another_architecture_is_a_user_error() -> None:
         load_weights(model, other, "checkpoint run.pt", "frcnn_deeplabv3")
     message = str(error.value)
     assert "\n" not in message
-    assert "checkpoint run.pt (arch 'frcnn_deeplabv3')" in message and "'ssdlite_deeplabv3' model" in message
+    assert (
+        "checkpoint run.pt (arch 'frcnn_deeplabv3')" in message
+        and "'ssdlite_deeplabv3' model" in message
+    )
     assert "missing" in message and "unexpected" in message
 
 
@@ -104,7 +119,9 @@ def test_state_dict_with_other_class_counts_is_a_user_error() -> None:
     model = build_model("ssdlite_deeplabv3", 2, 2, SIZE)
     before = {key: value.clone() for key, value in model.state_dict().items()}
     other = build_model("ssdlite_deeplabv3", 5, 3, SIZE).state_dict()
-    with pytest.raises(UserError, match=r"does not fit .* 2 detection / 2 segmentation classes.*wrong shape"):
+    with pytest.raises(
+        UserError, match=r"does not fit .* 2 detection / 2 segmentation classes.*wrong shape"
+    ):
         load_weights(model, other, "checkpoint run.pt", "ssdlite_deeplabv3")
     # Nothing was half-loaded before the error.
     assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
@@ -113,5 +130,7 @@ def test_state_dict_with_other_class_counts_is_a_user_error() -> None:
 def test_checkpoint_with_unknown_model_kwargs_is_a_user_error(tmp_path: Path) -> None:
     payload = payload_for(build_model("deeplabv3", 0, 2, SIZE))
     payload["model_kwargs"] = {**payload["model_kwargs"], "width_mult": 0.5}
-    with pytest.raises(UserError, match=r"checkpoint old\.pt: model_kwargs .* do not fit build_model"):
+    with pytest.raises(
+        UserError, match=r"checkpoint old\.pt: model_kwargs .* do not fit build_model"
+    ):
         model_from_checkpoint(payload, "old.pt")

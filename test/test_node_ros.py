@@ -55,11 +55,21 @@ BUILTIN_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weights checkpoint (64x48 input) with all three tasks."""
-    kwargs = {"arch": "ssdlite_deeplabv3", "num_detection_classes": 3, "num_segmentation_classes": 3,
-              "input_size": [HEIGHT, WIDTH], "tasks": ["detection", "segmentation", "depth"]}
+    kwargs = {
+        "arch": "ssdlite_deeplabv3",
+        "num_detection_classes": 3,
+        "num_segmentation_classes": 3,
+        "input_size": [HEIGHT, WIDTH],
+        "tasks": ["detection", "segmentation", "depth"],
+    }
     model = build_model(**kwargs)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, inference_fields(model, DETECTION_CLASSES, SEGMENTATION_CLASSES, [[0, 0, 0], [0, 200, 0], [0, 0, 200]]))
+    save_checkpoint(
+        path,
+        inference_fields(
+            model, DETECTION_CLASSES, SEGMENTATION_CLASSES, [[0, 0, 0], [0, 200, 0], [0, 0, 200]]
+        ),
+    )
     return path
 
 
@@ -68,7 +78,13 @@ def _node_command(*ros_args: str) -> list[str]:
 
 
 def _env(ros_domain: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, **ros_domain, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "RCUTILS_COLORIZED_OUTPUT": "0"}
+    return {
+        **os.environ,
+        **ros_domain,
+        "PYTHONPATH": str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        "RCUTILS_COLORIZED_OUTPUT": "0",
+    }
 
 
 class NodeProcess:
@@ -78,7 +94,9 @@ class NodeProcess:
         self.log = log
         self._interrupted = False
         self._file = log.open("w")
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self._file, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=self._file, stderr=subprocess.STDOUT
+        )
 
     def output(self) -> str:
         return self.log.read_text()
@@ -121,7 +139,9 @@ class RosClient:
         self.node.create_subscription(msg_type, topic, messages.append, 10)
         return messages
 
-    def spin_until(self, done: Callable[[], bool], timeout: float, every: Callable[[], None] | None = None) -> bool:
+    def spin_until(
+        self, done: Callable[[], bool], timeout: float, every: Callable[[], None] | None = None
+    ) -> bool:
         deadline = time.monotonic() + timeout
         next_call = 0.0
         while time.monotonic() < deadline:
@@ -143,7 +163,9 @@ class RosClient:
         return future.result()
 
     def set_parameter(self, name: str, value: Any) -> Any:
-        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        request = SetParameters.Request(
+            parameters=[Parameter(name, value=value).to_parameter_msg()]
+        )
         return self.call(SetParameters, f"{NODE}/set_parameters", request).results[0]
 
     def close(self) -> None:
@@ -160,13 +182,19 @@ def _header(sec: int, frame_id: str) -> Header:
 
 def _frame(height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
     frame = np.zeros((height, width, 3), np.uint8)
-    frame[height // 2:] = (90, 90, 90)
+    frame[height // 2 :] = (90, 90, 90)
     frame[5:20, 10:30] = (230, 120, 20)
     return frame
 
 
 def _rgb8(header: Header, frame: np.ndarray) -> Image:
-    msg = Image(header=header, height=frame.shape[0], width=frame.shape[1], encoding="rgb8", step=frame.shape[1] * 3)
+    msg = Image(
+        header=header,
+        height=frame.shape[0],
+        width=frame.shape[1],
+        encoding="rgb8",
+        step=frame.shape[1] * 3,
+    )
     msg.data = frame.tobytes()
     return msg
 
@@ -192,8 +220,11 @@ def client() -> Iterator[RosClient]:
 
 
 @pytest.fixture(scope="module")
-def nodes(checkpoint: Path, ros_domain: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
-          ) -> Iterator[dict[str, Any]]:
+def nodes(
+    checkpoint: Path,
+    ros_domain: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Any]]:
     """Both node processes, started together so their start-up (torch import) overlaps.
 
     ``yaml``: from a copy of config/perception.yaml (only values changed), raw input.
@@ -201,17 +232,41 @@ def nodes(checkpoint: Path, ros_domain: dict[str, str], tmp_path_factory: pytest
     """
     document = yaml.safe_load(CONFIG.read_text())
     params = document["/**"]["ros__parameters"]
-    params.update(model_path=str(checkpoint), device="cpu", warmup_iterations=1, diagnostics_period=0.3,
-                  score_threshold=0.0, max_detections=5)
+    params.update(
+        model_path=str(checkpoint),
+        device="cpu",
+        warmup_iterations=1,
+        diagnostics_period=0.3,
+        score_threshold=0.0,
+        max_detections=5,
+    )
     folder = tmp_path_factory.mktemp("nodes")
     params_file = folder / "perception.yaml"
     params_file.write_text(yaml.safe_dump(document))
     started = {
-        "yaml": NodeProcess(_node_command("--params-file", str(params_file), "-r", "image:=/test_cam/image"),
-                            _env(ros_domain), folder / "yaml_node.log"),
-        "jpeg": NodeProcess(_node_command("-p", f"model_path:={checkpoint}", "-p", "device:=cpu", "-p", "compressed:=true",
-                                          "-p", "warmup_iterations:=0", "-r", "__ns:=/jpeg", "-r", "image:=/test_cam/image"),
-                            _env(ros_domain), folder / "jpeg_node.log"),
+        "yaml": NodeProcess(
+            _node_command("--params-file", str(params_file), "-r", "image:=/test_cam/image"),
+            _env(ros_domain),
+            folder / "yaml_node.log",
+        ),
+        "jpeg": NodeProcess(
+            _node_command(
+                "-p",
+                f"model_path:={checkpoint}",
+                "-p",
+                "device:=cpu",
+                "-p",
+                "compressed:=true",
+                "-p",
+                "warmup_iterations:=0",
+                "-r",
+                "__ns:=/jpeg",
+                "-r",
+                "image:=/test_cam/image",
+            ),
+            _env(ros_domain),
+            folder / "jpeg_node.log",
+        ),
     }
     yield {"params": params, **started}
     for node in started.values():
@@ -225,20 +280,30 @@ def yaml_node(nodes: dict[str, Any]) -> tuple[NodeProcess, dict[str, Any]]:
     return nodes["yaml"], nodes["params"]
 
 
-def test_node_declares_exactly_the_yaml_parameters(yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient) -> None:
+def test_node_declares_exactly_the_yaml_parameters(
+    yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient
+) -> None:
     node, params = yaml_node
-    listed = client.call(ListParameters, f"{NODE}/list_parameters", ListParameters.Request(), timeout=60.0)
+    listed = client.call(
+        ListParameters, f"{NODE}/list_parameters", ListParameters.Request(), timeout=60.0
+    )
     declared = set(listed.result.names) - BUILTIN_PARAMETERS
-    assert declared == set(params), f"only in node: {declared - set(params)}, only in yaml: {set(params) - declared}"
+    assert declared == set(params), (
+        f"only in node: {declared - set(params)}, only in yaml: {set(params) - declared}"
+    )
     names = sorted(params)
-    values = client.call(GetParameters, f"{NODE}/get_parameters", GetParameters.Request(names=names)).values
+    values = client.call(
+        GetParameters, f"{NODE}/get_parameters", GetParameters.Request(names=names)
+    ).values
     assert len(values) == len(names)  # every parameter has a value, also the empty lists
     for name, value in zip(names, values, strict=True):
         got = parameter_value_to_python(value)
         assert (list(got) if isinstance(got, (list, tuple)) else got) == params[name], name
 
 
-def test_frames_in_results_out_with_the_same_header(yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient) -> None:
+def test_frames_in_results_out_with_the_same_header(
+    yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient
+) -> None:
     node, _ = yaml_node
     detections = client.collect(Detection2DArray, f"{NODE}/detections")
     masks = client.collect(Image, f"{NODE}/segmentation")
@@ -250,26 +315,41 @@ def test_frames_in_results_out_with_the_same_header(yaml_node: tuple[NodeProcess
     def all_outputs() -> bool:
         return all(_with_stamp(topic, 101) for topic in (detections, masks, colors, overlays))
 
-    assert client.spin_until(all_outputs, timeout=90.0, every=lambda: publisher.publish(msg)), node.output()
+    assert client.spin_until(all_outputs, timeout=90.0, every=lambda: publisher.publish(msg)), (
+        node.output()
+    )
     for out in (detections, masks, colors, overlays):
         header = _with_stamp(out, 101)[0].header
-        assert (header.frame_id, header.stamp.sec, header.stamp.nanosec) == ("front_camera", 101, 1234)
+        assert (header.frame_id, header.stamp.sec, header.stamp.nanosec) == (
+            "front_camera",
+            101,
+            1234,
+        )
     mask = _with_stamp(masks, 101)[0]
     assert (mask.encoding, mask.height, mask.width) == ("mono8", HEIGHT, WIDTH)
     assert set(np.frombuffer(bytes(mask.data), np.uint8)) <= {0, 1, 2}
     color = _with_stamp(colors, 101)[0]
     assert (color.encoding, color.height, color.width) == ("rgb8", HEIGHT, WIDTH)
-    assert (_with_stamp(overlays, 101)[0].encoding, _with_stamp(overlays, 101)[0].width) == ("rgb8", WIDTH)
+    assert (_with_stamp(overlays, 101)[0].encoding, _with_stamp(overlays, 101)[0].width) == (
+        "rgb8",
+        WIDTH,
+    )
     result = _with_stamp(detections, 101)[0]
-    assert 0 < len(result.detections) <= 5  # threshold 0 with random weights: max_detections caps it
+    assert (
+        0 < len(result.detections) <= 5
+    )  # threshold 0 with random weights: max_detections caps it
     for index, detection in enumerate(result.detections):
         assert detection.id == str(index) and detection.header.frame_id == "front_camera"
         assert detection.results[0].hypothesis.class_id in DETECTION_CLASSES
-        assert 0.0 <= detection.bbox.center.position.x <= WIDTH and 0.0 <= detection.bbox.size_y <= HEIGHT
+        assert (
+            0.0 <= detection.bbox.center.position.x <= WIDTH
+            and 0.0 <= detection.bbox.size_y <= HEIGHT
+        )
 
 
-def test_depth_in_metres_with_the_input_header(yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient,
-                                               checkpoint: Path) -> None:
+def test_depth_in_metres_with_the_input_header(
+    yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient, checkpoint: Path
+) -> None:
     from mtl_perception.core.images import decode_image
     from mtl_perception.predictor import Predictor
 
@@ -283,18 +363,31 @@ def test_depth_in_metres_with_the_input_header(yaml_node: tuple[NodeProcess, dic
     def both() -> bool:
         return bool(_with_stamp(depths, 102) and _with_stamp(colors, 102))
 
-    assert client.spin_until(both, timeout=90.0, every=lambda: publisher.publish(msg)), node.output()
+    assert client.spin_until(both, timeout=90.0, every=lambda: publisher.publish(msg)), (
+        node.output()
+    )
     depth, color = _with_stamp(depths, 102)[0], _with_stamp(colors, 102)[0]
     for out in (depth, color):
-        assert (out.header.frame_id, out.header.stamp.sec, out.header.stamp.nanosec) == ("rgbd_camera", 102, 1234)
-    assert (depth.encoding, depth.height, depth.width, depth.step) == ("32FC1", HEIGHT, WIDTH, WIDTH * 4)
+        assert (out.header.frame_id, out.header.stamp.sec, out.header.stamp.nanosec) == (
+            "rgbd_camera",
+            102,
+            1234,
+        )
+    assert (depth.encoding, depth.height, depth.width, depth.step) == (
+        "32FC1",
+        HEIGHT,
+        WIDTH,
+        WIDTH * 4,
+    )
     assert (color.encoding, color.height, color.width) == ("rgb8", HEIGHT, WIDTH)
     # Metres, exactly what the ROS-free Predictor computes for the same frame.
     expected = Predictor.from_checkpoint(checkpoint, device="cpu").predict(frame).depth
     assert np.allclose(decode_image(depth), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_run_time_parameters(yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient) -> None:
+def test_run_time_parameters(
+    yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient
+) -> None:
     node, _ = yaml_node
     rejected = client.set_parameter("score_threshold", -0.5)
     assert not rejected.successful and "score_threshold" in rejected.reason
@@ -310,22 +403,29 @@ def test_run_time_parameters(yaml_node: tuple[NodeProcess, dict[str, Any]], clie
     detections = client.collect(Detection2DArray, f"{NODE}/detections")
     publisher = client.node.create_publisher(Image, "/test_cam/image", 10)
     msg = _rgb8(_header(202, "front_camera"), _frame())
-    assert client.spin_until(lambda: bool(_with_stamp(detections, 202)), 30.0, lambda: publisher.publish(msg)), node.output()
+    assert client.spin_until(
+        lambda: bool(_with_stamp(detections, 202)), 30.0, lambda: publisher.publish(msg)
+    ), node.output()
     result = _with_stamp(detections, 202)[0]
     assert len(result.detections) <= 2
     assert {d.results[0].hypothesis.class_id for d in result.detections} <= {"cone"}
-    reset = SetParameters.Request(parameters=[Parameter("class_filter", Parameter.Type.STRING_ARRAY, []).to_parameter_msg()])
+    reset = SetParameters.Request(
+        parameters=[Parameter("class_filter", Parameter.Type.STRING_ARRAY, []).to_parameter_msg()]
+    )
     assert client.call(SetParameters, f"{NODE}/set_parameters", reset).results[0].successful
 
 
-def test_bad_frames_are_counted_and_do_not_kill_the_node(yaml_node: tuple[NodeProcess, dict[str, Any]],
-                                                         client: RosClient) -> None:
+def test_bad_frames_are_counted_and_do_not_kill_the_node(
+    yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient
+) -> None:
     node, _ = yaml_node
     masks = client.collect(Image, f"{NODE}/segmentation")
     diagnostics = client.collect(DiagnosticArray, "/diagnostics")
     publisher = client.node.create_publisher(Image, "/test_cam/image", 10)
     good = _rgb8(_header(303, "front_camera"), _frame())
-    assert client.spin_until(lambda: bool(_with_stamp(masks, 303)), 30.0, lambda: publisher.publish(good)), node.output()
+    assert client.spin_until(
+        lambda: bool(_with_stamp(masks, 303)), 30.0, lambda: publisher.publish(good)
+    ), node.output()
 
     bad_encoding = _rgb8(_header(304, "front_camera"), _frame())
     bad_encoding.encoding = "rgb9"
@@ -346,8 +446,13 @@ def test_bad_frames_are_counted_and_do_not_kill_the_node(yaml_node: tuple[NodePr
 
     # One frame at a time, each waited for by its count in /diagnostics (no pacing by sleeps): the
     # node keeps only the newest frame, so frames sent back to back would replace each other.
-    for bad, kind in ((bad_encoding, "unsupported encoding"), (truncated, "bad image"), (empty, "bad image"),
-                      (malformed, "bad message"), (resized, "size changed")):
+    for bad, kind in (
+        (bad_encoding, "unsupported encoding"),
+        (truncated, "bad image"),
+        (empty, "bad image"),
+        (malformed, "bad message"),
+        (resized, "size changed"),
+    ):
         fresh_diagnostics()
         before = count(kind)
         for _ in range(3):  # best-effort input: a frame may be lost, send it again
@@ -356,7 +461,9 @@ def test_bad_frames_are_counted_and_do_not_kill_the_node(yaml_node: tuple[NodePr
                 break
         assert count(kind) > before, (kind, _diagnostic_values(diagnostics), node.output())
     # The resized frame is valid: it is processed at its own resolution.
-    assert client.spin_until(lambda: bool(_with_stamp(masks, 307)), 20.0, lambda: publisher.publish(resized))
+    assert client.spin_until(
+        lambda: bool(_with_stamp(masks, 307)), 20.0, lambda: publisher.publish(resized)
+    )
     assert _with_stamp(masks, 307)[0].width == WIDTH * 2
     assert node.alive()
     values = _diagnostic_values(diagnostics)
@@ -375,18 +482,32 @@ def test_compressed_input(nodes: dict[str, Any], client: RosClient) -> None:
     msg = CompressedImage(header=_header(404, "jpeg_camera"), format="rgb8; jpeg compressed bgr8")
     msg.data = cv2.imencode(".jpg", _frame()[:, :, ::-1])[1].tobytes()
     done = lambda: bool(_with_stamp(detections, 404)) and bool(_with_stamp(masks, 404))  # noqa: E731
-    assert client.spin_until(done, timeout=90.0, every=lambda: publisher.publish(msg)), node.output()
+    assert client.spin_until(done, timeout=90.0, every=lambda: publisher.publish(msg)), (
+        node.output()
+    )
     mask = _with_stamp(masks, 404)[0]
     assert (mask.header.frame_id, mask.height, mask.width) == ("jpeg_camera", HEIGHT, WIDTH)
     assert _with_stamp(detections, 404)[0].header.stamp.nanosec == 1234
 
 
 BAD_STARTS = {
-    "negative-threshold": (("-p", "score_threshold:=-0.5"), "parameter score_threshold: -0.5 is outside the range 0.0..1.0"),
-    "unknown-device": (("-p", "device:=tpu"), "parameter device: 'tpu' is not one of auto, cpu, cuda, cuda:N"),
-    "bad-reliability": (("-p", "reliability:=sometimes"), "parameter reliability: 'sometimes' is not one of"),
+    "negative-threshold": (
+        ("-p", "score_threshold:=-0.5"),
+        "parameter score_threshold: -0.5 is outside the range 0.0..1.0",
+    ),
+    "unknown-device": (
+        ("-p", "device:=tpu"),
+        "parameter device: 'tpu' is not one of auto, cpu, cuda, cuda:N",
+    ),
+    "bad-reliability": (
+        ("-p", "reliability:=sometimes"),
+        "parameter reliability: 'sometimes' is not one of",
+    ),
     "missing-model-path": ((), "parameter model_path is empty"),
-    "missing-checkpoint": (("-p", "model_path:=/nonexistent/best.pt"), "checkpoint /nonexistent/best.pt does not exist"),
+    "missing-checkpoint": (
+        ("-p", "model_path:=/nonexistent/best.pt"),
+        "checkpoint /nonexistent/best.pt does not exist",
+    ),
 }
 
 
@@ -394,25 +515,38 @@ BAD_STARTS = {
 def bad_starts(ros_domain: dict[str, str]) -> dict[str, tuple[int, list[str]]]:
     """Exit status and non-empty output lines of each bad start (run concurrently)."""
     processes = {
-        case: subprocess.Popen(_node_command(*ros_args), cwd=REPO, env=_env(ros_domain), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        case: subprocess.Popen(
+            _node_command(*ros_args),
+            cwd=REPO,
+            env=_env(ros_domain),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         for case, (ros_args, _) in BAD_STARTS.items()
     }
     results = {}
     for case, process in processes.items():
         output, _ = process.communicate(timeout=60)
-        results[case] = (process.returncode, [line for line in output.splitlines() if line.strip()])
+        results[case] = (
+            process.returncode,
+            [line for line in output.splitlines() if line.strip()],
+        )
     return results
 
 
 @pytest.mark.parametrize("case", list(BAD_STARTS))
-def test_bad_start_is_one_clear_line_and_exit_2(case: str, bad_starts: dict[str, tuple[int, list[str]]]) -> None:
+def test_bad_start_is_one_clear_line_and_exit_2(
+    case: str, bad_starts: dict[str, tuple[int, list[str]]]
+) -> None:
     returncode, lines = bad_starts[case]
     assert returncode == 2, lines
     assert len(lines) == 1 and BAD_STARTS[case][1] in lines[0], lines
 
 
-def test_lifecycle_transitions_and_overlay_on_demand(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lifecycle_transitions_and_overlay_on_demand(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In-process: autostart off, configure/activate/deactivate/re-activate/cleanup; the overlay
     and the colour mask are drawn only while someone subscribes to them."""
     import mtl_perception.ros.node as node_module
@@ -421,12 +555,33 @@ def test_lifecycle_transitions_and_overlay_on_demand(checkpoint: Path, monkeypat
     drawn: list[int] = []
     colourised: list[int] = []
     real_overlay, real_color = node_module.overlay_message, node_module.color_mask_message
-    monkeypatch.setattr(node_module, "overlay_message", lambda *a, **k: drawn.append(1) or real_overlay(*a, **k))
-    monkeypatch.setattr(node_module, "color_mask_message", lambda *a, **k: colourised.append(1) or real_color(*a, **k))
+    monkeypatch.setattr(
+        node_module, "overlay_message", lambda *a, **k: drawn.append(1) or real_overlay(*a, **k)
+    )
+    monkeypatch.setattr(
+        node_module,
+        "color_mask_message",
+        lambda *a, **k: colourised.append(1) or real_color(*a, **k),
+    )
     context = Context()
-    rclpy.init(context=context, args=["--ros-args", "-p", f"model_path:={checkpoint}", "-p", "device:=cpu",
-                                      "-p", "autostart:=false", "-p", "warmup_iterations:=0",
-                                      "-r", "__ns:=/inproc", "-r", "image:=/inproc/camera"])
+    rclpy.init(
+        context=context,
+        args=[
+            "--ros-args",
+            "-p",
+            f"model_path:={checkpoint}",
+            "-p",
+            "device:=cpu",
+            "-p",
+            "autostart:=false",
+            "-p",
+            "warmup_iterations:=0",
+            "-r",
+            "__ns:=/inproc",
+            "-r",
+            "image:=/inproc/camera",
+        ],
+    )
     node = PerceptionNode(context=context)
     helper = rclpy.create_node("inproc_helper", context=context)
     executor = SingleThreadedExecutor(context=context)
@@ -458,11 +613,15 @@ def test_lifecycle_transitions_and_overlay_on_demand(checkpoint: Path, monkeypat
         assert not round_trip(1, timeout=1.0)  # configured but inactive: no subscription yet
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         assert round_trip(2)
-        assert drawn == [] and colourised == []  # nobody subscribed to ~/overlay, ~/segmentation/color
+        assert (
+            drawn == [] and colourised == []
+        )  # nobody subscribed to ~/overlay, ~/segmentation/color
         overlays: list[Image] = []
         colors: list[Image] = []
         helper.create_subscription(Image, "/inproc/perception_node/overlay", overlays.append, 10)
-        helper.create_subscription(Image, "/inproc/perception_node/segmentation/color", colors.append, 10)
+        helper.create_subscription(
+            Image, "/inproc/perception_node/segmentation/color", colors.append, 10
+        )
         assert round_trip(3)
         deadline = time.monotonic() + 20.0
         while not (overlays and colors) and time.monotonic() < deadline:
@@ -472,7 +631,9 @@ def test_lifecycle_transitions_and_overlay_on_demand(checkpoint: Path, monkeypat
         assert overlays and drawn and colors and colourised
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert not round_trip(5, timeout=1.0)
-        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS  # reloads the released model
+        assert (
+            node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        )  # reloads the released model
         assert round_trip(6)
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
@@ -489,14 +650,20 @@ def test_lifecycle_transitions_and_overlay_on_demand(checkpoint: Path, monkeypat
     [
         ((), "/image/compressed"),
         (("-r", "image:=/cam/raw"), "/cam/raw/compressed"),  # image_transport naming
-        (("-r", "image:=/cam/raw", "-r", "image/compressed:=/cam/jpeg"), "/cam/jpeg"),  # explicit wins
+        (
+            ("-r", "image:=/cam/raw", "-r", "image/compressed:=/cam/jpeg"),
+            "/cam/jpeg",
+        ),  # explicit wins
     ],
 )
 def test_compressed_topic_follows_remapping(remaps: tuple[str, ...], expected: str) -> None:
     from mtl_perception.ros.node import PerceptionNode
 
     context = Context()
-    rclpy.init(context=context, args=["--ros-args", "-p", "compressed:=true", "-p", "autostart:=false", *remaps])
+    rclpy.init(
+        context=context,
+        args=["--ros-args", "-p", "compressed:=true", "-p", "autostart:=false", *remaps],
+    )
     node = PerceptionNode(context=context)
     try:
         assert node.resolve_topic_name(node._compressed_topic()) == expected
@@ -519,15 +686,30 @@ class _Log:
 
 
 def test_a_bug_in_a_frame_is_logged_with_traceback_once_counted_and_an_error(
-        checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Frames go straight to the worker's code (no DDS): every failure is counted, the traceback is
     logged once per kind, diagnostics are ERROR while all frames fail; depth frames get a warning."""
     from mtl_perception.ros.diagnostics import ERROR, OK
     from mtl_perception.ros.node import PerceptionNode, ReceivedFrame
 
     context = Context()
-    rclpy.init(context=context, args=["--ros-args", "-p", f"model_path:={checkpoint}", "-p", "device:=cpu",
-                                      "-p", "autostart:=false", "-p", "warmup_iterations:=0", "-r", "__ns:=/bug"])
+    rclpy.init(
+        context=context,
+        args=[
+            "--ros-args",
+            "-p",
+            f"model_path:={checkpoint}",
+            "-p",
+            "device:=cpu",
+            "-p",
+            "autostart:=false",
+            "-p",
+            "warmup_iterations:=0",
+            "-r",
+            "__ns:=/bug",
+        ],
+    )
     node = PerceptionNode(context=context)
     log = _Log()
     monkeypatch.setattr(node, "get_logger", lambda: log)
@@ -554,7 +736,9 @@ def test_a_bug_in_a_frame_is_logged_with_traceback_once_counted_and_an_error(
         assert node._stats.report().new_processed == 1
         assert node._stats.report().level == OK
 
-        depth = Image(header=_header(2, "cam"), height=HEIGHT, width=WIDTH, encoding="16UC1", step=WIDTH * 2)
+        depth = Image(
+            header=_header(2, "cam"), height=HEIGHT, width=WIDTH, encoding="16UC1", step=WIDTH * 2
+        )
         depth.data = np.full((HEIGHT, WIDTH), 1500, np.uint16).tobytes()
         for _ in range(2):
             node._process(ReceivedFrame(serialize_message(depth), time.monotonic()))

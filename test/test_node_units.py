@@ -13,13 +13,18 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, ReliabilityPolicy
 from std_msgs.msg import Header
 
-from mtl_perception.predictor import Prediction
-from mtl_perception.ros.diagnostics import ERROR, OK, STAGES, WARN, FrameStats
-from mtl_perception.ros.mailbox import Mailbox
-from mtl_perception.ros.messages import color_mask_message, detections_message, mask_message, overlay_message
 from mtl_perception.core.constants import MIN_INPUT_SIDE
 from mtl_perception.core.errors import UserError
+from mtl_perception.predictor import Prediction
 from mtl_perception.ros import node as node_module
+from mtl_perception.ros.diagnostics import ERROR, OK, STAGES, WARN, FrameStats
+from mtl_perception.ros.mailbox import Mailbox
+from mtl_perception.ros.messages import (
+    color_mask_message,
+    detections_message,
+    mask_message,
+    overlay_message,
+)
 from mtl_perception.ros.node import load_predictor, model_problem
 from mtl_perception.ros.params import PARAMETERS, SPECS, Settings, first_problem
 from mtl_perception.ros.qos import input_qos
@@ -59,15 +64,27 @@ def test_settings_cover_every_parameter_and_defaults_are_valid() -> None:
         ("depth", 0, "outside the range 1..100"),
     ],
 )
-def test_bad_values_are_rejected_with_the_parameter_name(name: str, value: object, fragment: str) -> None:
+def test_bad_values_are_rejected_with_the_parameter_name(
+    name: str, value: object, fragment: str
+) -> None:
     problem = first_problem([("score_threshold", 0.5), (name, value)])
-    assert problem is not None and problem.startswith(f"parameter {name}: ") and fragment in problem
+    assert (
+        problem is not None and problem.startswith(f"parameter {name}: ") and fragment in problem
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("device", "cuda:1"), ("device", "CPU"), ("input_size", "480x640"), ("input_size", " 48X64 "), ("palette", [1, 2, 3]),
-     ("class_filter", None), ("palette", []), ("use_sim_time", True)],
+    [
+        ("device", "cuda:1"),
+        ("device", "CPU"),
+        ("input_size", "480x640"),
+        ("input_size", " 48X64 "),
+        ("palette", [1, 2, 3]),
+        ("class_filter", None),
+        ("palette", []),
+        ("use_sim_time", True),
+    ],
 )
 def test_good_values_pass(name: str, value: object) -> None:
     assert first_problem([(name, value)]) is None
@@ -75,16 +92,35 @@ def test_good_values_pass(name: str, value: object) -> None:
 
 def test_descriptors_carry_ranges_and_read_only() -> None:
     threshold = SPECS["score_threshold"].descriptor()
-    assert threshold.floating_point_range[0].from_value == 0.0 and threshold.floating_point_range[0].to_value == 1.0
+    assert (
+        threshold.floating_point_range[0].from_value == 0.0
+        and threshold.floating_point_range[0].to_value == 1.0
+    )
     assert not threshold.read_only and threshold.description
     depth = SPECS["depth"].descriptor()
     assert depth.integer_range[0].from_value == 1 and depth.read_only
     assert SPECS["model_path"].descriptor().read_only
     assert SPECS["class_filter"].descriptor().type == Parameter.Type.STRING_ARRAY.value
     # Everything that needs a model reload or a new subscription is read-only.
-    for name in ("model_path", "device", "half", "input_size", "compile", "tensorrt", "compressed", "reliability", "depth"):
+    for name in (
+        "model_path",
+        "device",
+        "half",
+        "input_size",
+        "compile",
+        "tensorrt",
+        "compressed",
+        "reliability",
+        "depth",
+    ):
         assert SPECS[name].read_only, name
-    for name in ("score_threshold", "max_detections", "class_filter", "palette", "publish_overlay"):
+    for name in (
+        "score_threshold",
+        "max_detections",
+        "class_filter",
+        "palette",
+        "publish_overlay",
+    ):
         assert not SPECS[name].read_only, name
 
 
@@ -98,10 +134,14 @@ def test_model_problem_checks_names_and_palette_size() -> None:
     assert model_problem(_defaults(palette=[1, 2, 3, 4, 5, 6]), det, seg) is None
 
 
-def test_load_predictor_explains_missing_model_and_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_predictor_explains_missing_model_and_tensorrt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     with pytest.raises(UserError, match="model_path is empty"):
         load_predictor(_defaults())
-    monkeypatch.setattr(node_module.importlib.util, "find_spec", lambda name: None)  # torch_tensorrt absent
+    monkeypatch.setattr(
+        node_module.importlib.util, "find_spec", lambda name: None
+    )  # torch_tensorrt absent
     with pytest.raises(UserError, match="torch-tensorrt is not installed"):
         load_predictor(_defaults(model_path="best.pt", tensorrt=True))
 
@@ -150,7 +190,11 @@ def test_frame_stats_rates_latency_and_errors() -> None:
     assert report.errors == {"bad image": 2, "unsupported encoding": 1}
     assert report.level == WARN and report.new_errors == 3
     values = dict(report.key_values())
-    assert values["frames dropped"] == "10" and values["errors"] == "3" and values["errors: bad image"] == "2"
+    assert (
+        values["frames dropped"] == "10"
+        and values["errors"] == "3"
+        and values["errors: bad image"] == "2"
+    )
     assert values["stage p50 (ms): model"] == "n/a"  # processed() was given no stage times
     # No new errors since the last report: back to OK; the counts stay.
     again = stats.report()
@@ -242,7 +286,14 @@ def test_detections_message_geometry_and_header() -> None:
 
 
 def test_empty_prediction_gives_an_empty_array_with_header() -> None:
-    empty = Prediction(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), [], None, (48, 64))
+    empty = Prediction(
+        np.zeros((0, 4), np.float32),
+        np.zeros(0, np.float32),
+        np.zeros(0, np.int64),
+        [],
+        None,
+        (48, 64),
+    )
     msg = detections_message(empty, _header())
     assert msg.detections == [] and msg.header.frame_id == "camera_optical"
 
@@ -251,17 +302,29 @@ def test_mask_messages() -> None:
     prediction = _prediction()
     mono = mask_message(prediction.mask, _header())
     assert (mono.encoding, mono.height, mono.width, mono.step) == ("mono8", 48, 64, 64)
-    assert np.array_equal(np.frombuffer(bytes(mono.data), np.uint8).reshape(48, 64), prediction.mask)
+    assert np.array_equal(
+        np.frombuffer(bytes(mono.data), np.uint8).reshape(48, 64), prediction.mask
+    )
     palette = [(0, 0, 0), (0, 255, 0), (255, 0, 255)]
     color = color_mask_message(prediction.mask, palette, _header())
-    assert (color.encoding, color.step, color.header.frame_id) == ("rgb8", 64 * 3, "camera_optical")
+    assert (color.encoding, color.step, color.header.frame_id) == (
+        "rgb8",
+        64 * 3,
+        "camera_optical",
+    )
     pixels = np.frombuffer(bytes(color.data), np.uint8).reshape(48, 64, 3)
-    assert tuple(pixels[15, 10]) == (0, 255, 0) and tuple(pixels[40, 0]) == (255, 0, 255) and tuple(pixels[0, 0]) == (0, 0, 0)
+    assert (
+        tuple(pixels[15, 10]) == (0, 255, 0)
+        and tuple(pixels[40, 0]) == (255, 0, 255)
+        and tuple(pixels[0, 0]) == (0, 0, 0)
+    )
 
 
 def test_overlay_message_draws_on_a_copy_of_the_frame() -> None:
     frame = np.full((48, 64, 3), 128, np.uint8)
-    msg = overlay_message(frame, _prediction(), [(0, 0, 0), (0, 255, 0), (255, 0, 255)], 0.5, _header())
+    msg = overlay_message(
+        frame, _prediction(), [(0, 0, 0), (0, 255, 0), (255, 0, 255)], 0.5, _header()
+    )
     assert (msg.encoding, msg.height, msg.width) == ("rgb8", 48, 64)
     drawn = np.frombuffer(bytes(msg.data), np.uint8).reshape(48, 64, 3)
     assert not np.array_equal(drawn, frame) and np.all(frame == 128)
@@ -273,13 +336,19 @@ def test_frame_stats_error_while_every_frame_fails_and_stage_medians() -> None:
         stats.processed(0.05, {"decode": 0.001, "model": model_ms / 1000.0})
     report = stats.report()
     assert report.level == OK and report.new_processed == 3
-    assert report.stage_p50_ms["model"] == pytest.approx(20.0) and report.stage_p50_ms["decode"] == pytest.approx(1.0)
+    assert report.stage_p50_ms["model"] == pytest.approx(20.0) and report.stage_p50_ms[
+        "decode"
+    ] == pytest.approx(1.0)
     values = dict(report.key_values())
     assert values["stage p50 (ms): model"] == "20.0" and values["stage p50 (ms): publish"] == "n/a"
-    assert [key for key in values if key.startswith("stage")] == [f"stage p50 (ms): {s}" for s in STAGES]
+    assert [key for key in values if key.startswith("stage")] == [
+        f"stage p50 (ms): {s}" for s in STAGES
+    ]
     stats.error("unexpected ZeroDivisionError")
     stats.error("unexpected ZeroDivisionError")
-    assert stats.report().level == ERROR  # errors and not one frame processed since the last report
+    assert (
+        stats.report().level == ERROR
+    )  # errors and not one frame processed since the last report
     stats.error("bad image")
     stats.processed(0.05)
     assert stats.report().level == WARN  # some frames fail, others get through

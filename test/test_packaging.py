@@ -14,8 +14,25 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["setup.py", "setup.cfg", "package.xml", "resource", "launch", "config", "mtl_perception", "data_tools"]
-EXECUTABLES = {"mtl-data", "mtl-train", "mtl-eval", "mtl-export", "mtl-replay", "mtl-demo", "perception_node"}
+SOURCES = [
+    "setup.py",
+    "setup.cfg",
+    "package.xml",
+    "resource",
+    "launch",
+    "config",
+    "mtl_perception",
+    "data_tools",
+]
+EXECUTABLES = {
+    "mtl-data",
+    "mtl-train",
+    "mtl-eval",
+    "mtl-export",
+    "mtl-replay",
+    "mtl-demo",
+    "perception_node",
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +47,18 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
             shutil.copy2(path, src / name)
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(src)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
     )
     (path,) = out.glob("mtl_perception-*.whl")
     return zipfile.ZipFile(path)
@@ -55,7 +82,7 @@ def test_wheel_installs_ament_files(wheel: zipfile.ZipFile) -> None:
 def test_wheel_has_console_scripts_and_packages(wheel: zipfile.ZipFile) -> None:
     entry_points = wheel.read("mtl_perception-0.1.0.dist-info/entry_points.txt").decode()
     declared = {line.split("=")[0].strip() for line in entry_points.splitlines() if "=" in line}
-    assert EXECUTABLES <= declared
+    assert declared >= EXECUTABLES
     names = wheel.namelist()
     assert "mtl_perception/ros/node.py" in names
     assert "data_tools/cli.py" in names
@@ -89,7 +116,9 @@ def _rosdistro_keys(shared: Path) -> tuple[set[str], set[str]]:
     keys: set[str] = set()
     for path in sorted((rosdistro / "rosdep").glob("*.yaml")):
         keys |= set(yaml.safe_load(path.read_text(encoding="utf-8")))
-    distribution = yaml.safe_load((rosdistro / "jazzy" / "distribution.yaml").read_text(encoding="utf-8"))
+    distribution = yaml.safe_load(
+        (rosdistro / "jazzy" / "distribution.yaml").read_text(encoding="utf-8")
+    )
     packages: set[str] = set()
     for name, repository in distribution["repositories"].items():
         release = repository.get("release") or {}
@@ -100,7 +129,10 @@ def _rosdistro_keys(shared: Path) -> tuple[set[str], set[str]]:
 def test_every_package_xml_key_resolves_with_rosdep(shared: Path) -> None:
     """`rosdep install --from-paths src` fails on the robot for a key rosdistro does not know."""
     keys, packages = _rosdistro_keys(shared)
-    assert {"python3-numpy", "python3-rosbags-pip"} <= keys and {"rclpy", "vision_msgs"} <= packages  # parsed right
+    assert {"python3-numpy", "python3-rosbags-pip"} <= keys and {
+        "rclpy",
+        "vision_msgs",
+    } <= packages  # parsed right
     root = ElementTree.parse(ROOT / "package.xml").getroot()
     depends = [e.text.strip() for e in root if e.tag.endswith("depend") and e.text]
     assert depends
@@ -136,5 +168,7 @@ else:
     raise AssertionError("bayer decoded without rosbags-image")
 print("ok")
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -21,7 +21,9 @@ def _frame(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def test_predictions_equal_the_checkpoint_models_outputs(make_checkpoint) -> None:
     path = make_checkpoint()
-    predictor = Predictor.from_checkpoint(path, device="cpu", score_threshold=0.0, max_detections=1000)
+    predictor = Predictor.from_checkpoint(
+        path, device="cpu", score_threshold=0.0, max_detections=1000
+    )
     frame = _frame(64, 64)  # already the input size: no resize, so outputs must match exactly
     prediction = predictor.predict(frame)
 
@@ -36,7 +38,9 @@ def test_predictions_equal_the_checkpoint_models_outputs(make_checkpoint) -> Non
 
 
 def test_other_frame_size_and_input_size_override(make_checkpoint) -> None:
-    predictor = Predictor.from_checkpoint(make_checkpoint(), device="cpu", score_threshold=0.0, input_size=(48, 80))
+    predictor = Predictor.from_checkpoint(
+        make_checkpoint(), device="cpu", score_threshold=0.0, input_size=(48, 80)
+    )
     assert predictor.input_size == (48, 80)
     prediction = predictor.predict(_frame(90, 60))
     assert prediction.mask.shape == (90, 60)
@@ -47,7 +51,9 @@ def test_other_frame_size_and_input_size_override(make_checkpoint) -> None:
 
 @pytest.mark.parametrize("arch", ["ssdlite", "lraspp"])
 def test_single_task_checkpoints(make_checkpoint, arch: str) -> None:
-    predictor = Predictor.from_checkpoint(make_checkpoint(arch=arch), device="cpu", score_threshold=0.0)
+    predictor = Predictor.from_checkpoint(
+        make_checkpoint(arch=arch), device="cpu", score_threshold=0.0
+    )
     prediction = predictor.predict(_frame(40, 50))
     if arch == "ssdlite":
         assert prediction.mask is None and len(prediction) > 0

@@ -29,7 +29,9 @@ class StubModel(torch.nn.Module):
             self.seen.append(image)
             out: dict[str, torch.Tensor] = {}
             if "detection" in self.tasks:
-                out["boxes"] = torch.tensor([[0.0, 0.0, 24.0, 16.0], [24.0, 16.0, 60.0, 40.0], [1.0, 1.0, 2.0, 2.0]])
+                out["boxes"] = torch.tensor(
+                    [[0.0, 0.0, 24.0, 16.0], [24.0, 16.0, 60.0, 40.0], [1.0, 1.0, 2.0, 2.0]]
+                )
                 out["scores"] = torch.tensor([0.9, 0.5, 0.1])
                 out["labels"] = torch.tensor([1, 2, 3])
             if "segmentation" in self.tasks:
@@ -64,8 +66,14 @@ def test_outputs_are_in_original_pixels() -> None:
     assert prediction.boxes.dtype == np.float32
     assert prediction.labels.tolist() == [1, 2] and prediction.label_names == ["box", "cone"]
     assert prediction.scores.tolist() == pytest.approx([0.9, 0.5])
-    assert prediction.mask is not None and prediction.mask.shape == (64, 96) and prediction.mask.dtype == np.uint8
-    assert set(np.unique(prediction.mask[:, :48])) == {0} and set(np.unique(prediction.mask[:, 48:])) == {2}
+    assert (
+        prediction.mask is not None
+        and prediction.mask.shape == (64, 96)
+        and prediction.mask.dtype == np.uint8
+    )
+    assert set(np.unique(prediction.mask[:, :48])) == {0} and set(
+        np.unique(prediction.mask[:, 48:])
+    ) == {2}
     assert prediction.image_size == (64, 96)
     assert prediction.timing.total_ms >= prediction.timing.inference_ms >= 0
 
@@ -85,7 +93,10 @@ def test_unknown_class_filter_lists_valid_names() -> None:
         _predictor(class_filter=["person", "box"])
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"score_threshold": 1.5}, "score_threshold"), ({"max_detections": 0}, "max_detections")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"score_threshold": 1.5}, "score_threshold"), ({"max_detections": 0}, "max_detections")],
+)
 def test_rejects_bad_settings(kwargs: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         _predictor(**kwargs)
@@ -106,7 +117,9 @@ def test_detection_only_and_segmentation_only_models() -> None:
 
 
 def test_predict_batch_keeps_each_frames_size() -> None:
-    predictions = _predictor().predict_batch([np.zeros((64, 96, 3), np.uint8), np.zeros((16, 24, 3), np.uint8)])
+    predictions = _predictor().predict_batch(
+        [np.zeros((64, 96, 3), np.uint8), np.zeros((16, 24, 3), np.uint8)]
+    )
     assert [p.mask.shape for p in predictions] == [(64, 96), (16, 24)]
     assert predictions[1].boxes.max() <= 24
     assert _predictor().predict_batch([]) == []
@@ -114,7 +127,12 @@ def test_predict_batch_keeps_each_frames_size() -> None:
 
 @pytest.mark.parametrize(
     "frame",
-    [np.zeros((8, 8), np.uint8), np.zeros((8, 8, 4), np.uint8), np.zeros((8, 8, 3), np.float32), np.zeros((0, 8, 3), np.uint8)],
+    [
+        np.zeros((8, 8), np.uint8),
+        np.zeros((8, 8, 4), np.uint8),
+        np.zeros((8, 8, 3), np.float32),
+        np.zeros((0, 8, 3), np.uint8),
+    ],
 )
 def test_rejects_frames_that_are_not_rgb8(frame: np.ndarray) -> None:
     with pytest.raises(ValueError, match="predict"):

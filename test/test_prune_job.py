@@ -17,7 +17,17 @@ from data_tools import prune
 from data_tools.ssim import structural_similarity
 from mtl_perception.core.errors import UserError
 
-COLUMNS = ["index", "stamp_ns", "bag_time_ns", "frame_id", "encoding", "width", "height", "bag", "file"]
+COLUMNS = [
+    "index",
+    "stamp_ns",
+    "bag_time_ns",
+    "frame_id",
+    "encoding",
+    "width",
+    "height",
+    "bag",
+    "file",
+]
 BAG, TOPIC = "run1", "camera__image_raw"
 
 
@@ -28,8 +38,13 @@ def scene(seed: int, shape: tuple[int, int] = (24, 32)) -> np.ndarray:
     return cv2.resize(small, shape[::-1], interpolation=cv2.INTER_LINEAR)
 
 
-def write_topic(raw: Path, frames: list[np.ndarray | bytes | None], bag: str = BAG, topic: str = TOPIC,
-                ext: str = ".png") -> Path:
+def write_topic(
+    raw: Path,
+    frames: list[np.ndarray | bytes | None],
+    bag: str = BAG,
+    topic: str = TOPIC,
+    ext: str = ".png",
+) -> Path:
     """Write frames like `mtl-data unpack` does (RGB arrays saved through OpenCV as BGR).
 
     ``bytes`` are written verbatim (corrupt files), ``None`` is listed but not written (missing).
@@ -47,8 +62,19 @@ def write_topic(raw: Path, frames: list[np.ndarray | bytes | None], bag: str = B
             image = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) if frame.ndim == 3 else frame
             assert cv2.imwrite(str(folder / name), image)
         shape = frame.shape if isinstance(frame, np.ndarray) else (0, 0)
-        rows.append({"index": i, "stamp_ns": 1000 + i, "bag_time_ns": 2000 + i, "frame_id": "cam",
-                     "encoding": "rgb8", "width": shape[1], "height": shape[0], "bag": bag, "file": name})
+        rows.append(
+            {
+                "index": i,
+                "stamp_ns": 1000 + i,
+                "bag_time_ns": 2000 + i,
+                "frame_id": "cam",
+                "encoding": "rgb8",
+                "width": shape[1],
+                "height": shape[0],
+                "bag": bag,
+                "file": name,
+            }
+        )
     with (folder / "manifest.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
@@ -69,8 +95,14 @@ def kept(out: Path, bag: str = BAG, topic: str = TOPIC) -> list[dict[str, str]]:
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     """Content hash and mtime of every file under ``folder`` (to prove inputs are untouched)."""
-    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+            p.stat().st_mtime_ns,
+        )
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -108,7 +140,9 @@ def test_compares_with_last_kept_frame_not_previous(dirs) -> None:
     for previous, row in zip(rows, rows[1:]):
         assert row["compared_to"] == previous["file"]
         i, j = int(previous["index"]), int(row["index"])
-        assert float(row["ssim"]) == pytest.approx(reference(grays[i], grays[j], data_range=255), abs=1e-5)
+        assert float(row["ssim"]) == pytest.approx(
+            reference(grays[i], grays[j], data_range=255), abs=1e-5
+        )
         assert float(row["ssim"]) < 0.9
         # every dropped frame in between was at least as similar as the threshold to `previous`
         assert all(reference(grays[i], grays[k], data_range=255) >= 0.9 for k in range(i + 1, j))
@@ -199,7 +233,7 @@ def test_size_change_and_other_formats_are_kept(dirs) -> None:
     small = scene(1)
     large = cv2.resize(small, (40, 30))
     write_topic(raw, [small, small, large, large])
-    depth = (np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 50)
+    depth = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 50
     write_topic(raw, [depth, depth, depth[::-1].copy()], topic="depth")
     rgb_npy = scene(2)
     write_topic(raw, [rgb_npy, rgb_npy, np.zeros((3, 3, 3), np.uint8)], topic="npy", ext=".npy")
@@ -208,9 +242,14 @@ def test_size_change_and_other_formats_are_kept(dirs) -> None:
     assert kept(out)[1]["ssim"] == ""  # mode change: no comparison
     depth_rows = kept(out, topic="depth")
     assert [r["file"] for r in depth_rows] == ["1000.png", "1002.png"]
-    gray16 = [cv2.imread(str(raw / BAG / "depth" / f), cv2.IMREAD_UNCHANGED) for f in ("1000.png", "1002.png")]
+    gray16 = [
+        cv2.imread(str(raw / BAG / "depth" / f), cv2.IMREAD_UNCHANGED)
+        for f in ("1000.png", "1002.png")
+    ]
     assert gray16[0].dtype == np.uint16
-    assert float(depth_rows[1]["ssim"]) == pytest.approx(reference(*gray16, data_range=65535), abs=1e-5)
+    assert float(depth_rows[1]["ssim"]) == pytest.approx(
+        reference(*gray16, data_range=65535), abs=1e-5
+    )
     assert [r["file"] for r in kept(out, topic="npy")] == ["1000.npy"]
 
 
@@ -224,7 +263,10 @@ def test_named_folders_and_missing_manifest(dirs, capsys) -> None:
     assert run_prune("--raw", raw, "--out", out, raw / "b" / TOPIC) == 0
     assert (out / "b" / TOPIC / "manifest.csv").exists()
     assert run_prune("--raw", raw, "--out", out, "b") == 1  # the folder without manifest fails
-    assert f"topic folder without manifest.csv: 1 (first: {raw / 'b' / 'broken_topic'})" in capsys.readouterr().err
+    assert (
+        f"topic folder without manifest.csv: 1 (first: {raw / 'b' / 'broken_topic'})"
+        in capsys.readouterr().err
+    )
     with pytest.raises(UserError, match="broken_topic: no manifest.csv"):
         run_prune("--raw", raw, "--out", out, raw / "b" / "broken_topic")
     with pytest.raises(UserError, match="no such bag or topic folder"):

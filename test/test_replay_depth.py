@@ -111,11 +111,13 @@ def test_compressed_depth_reference(tmp_path: Path) -> None:
 
 
 def test_missing_depth_topic_is_a_user_error(depth_bag: Path) -> None:
-    with pytest.raises(
-        UserError, match=r"--depth-topic /nope: not an image topic .*/cam/color, /cam/depth"
+    with (
+        pytest.raises(
+            UserError, match=r"--depth-topic /nope: not an image topic .*/cam/color, /cam/depth"
+        ),
+        open_depth_reference(depth_bag, "/nope"),
     ):
-        with open_depth_reference(depth_bag, "/nope"):
-            pass
+        pass
 
 
 def test_sink_scores_depth_answers_and_reports_bad_ones() -> None:

@@ -19,11 +19,11 @@ from bagfactory import IMAGE, image_msg, write_bag
 
 pytest.importorskip("rclpy")
 
-from rosbags.highlevel import AnyReader  # noqa: E402
+from rosbags.highlevel import AnyReader
 
-from mtl_perception.replay.recorder import replay_typestore  # noqa: E402
-from mtl_perception.ros.replay import run  # noqa: E402
-from mtl_perception.ros.replay_launch import FASTDDS_PROFILE  # noqa: E402
+from mtl_perception.replay.recorder import replay_typestore
+from mtl_perception.ros.replay import run
+from mtl_perception.ros.replay_launch import FASTDDS_PROFILE
 
 pytestmark = pytest.mark.ros
 

@@ -19,25 +19,36 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture()
+@pytest.fixture
 def report(tmp_path: Path) -> Path:
     steps = list(range(0, 50, 5))
     figures.training_curves(
-        {"detection": (steps, [3.0 / (s + 1) for s in steps]), "segmentation": (steps, [1.0 / (s + 1) for s in steps])},
+        {
+            "detection": (steps, [3.0 / (s + 1) for s in steps]),
+            "segmentation": (steps, [1.0 / (s + 1) for s in steps]),
+        },
         {"detection": (steps, [1.0] * len(steps)), "segmentation": (steps, [0.5] * len(steps))},
         tmp_path / "training_curves.png",
     )
-    figures.per_class_bars({"AP@.5": {"box": 0.8, "cone": None}, "IoU": {"background": 0.9, "floor": 0.7}},
-                           tmp_path / "per_class.png")
+    figures.per_class_bars(
+        {"AP@.5": {"box": 0.8, "cone": None}, "IoU": {"background": 0.9, "floor": 0.7}},
+        tmp_path / "per_class.png",
+    )
     figures.latency_histogram(np.random.default_rng(0).gamma(5, 4, 200), tmp_path / "latency.png")
     frame = np.zeros((48, 64, 3), np.uint8)
     frame[10:30, 10:40] = (255, 0, 0)
     figures.example_strip([frame, frame[::-1]], ["a", "b"], tmp_path / "examples.png")
     return write_page(
-        tmp_path / "index.html", "Demo", "test",
+        tmp_path / "index.html",
+        "Demo",
+        "test",
         [Table("Summary", ["step", "status"], [["train", "ok"]])],
-        [Figure("training_curves.png", "Training"), Figure("per_class.png", "Per class"),
-         Figure("latency.png", "Latency"), Figure("examples.png", "Examples")],
+        [
+            Figure("training_curves.png", "Training"),
+            Figure("per_class.png", "Per class"),
+            Figure("latency.png", "Latency"),
+            Figure("examples.png", "Examples"),
+        ],
     )
 
 
@@ -60,13 +71,28 @@ def _figures_loaded(report: Path, tmp_path: Path) -> tuple[int, int]:
     """Open the page in headless Chromium; return (figures loaded, figures on the page)."""
     browser = _chromium()
     if browser is None:
-        pytest.skip("no chromium browser on PATH: install one (e.g. `apt-get install chromium`; .ci/run does) "
-                    "to check that the page shows every figure")
+        pytest.skip(
+            "no chromium browser on PATH: install one (e.g. `apt-get install chromium`; .ci/run does) "
+            "to check that the page shows every figure"
+        )
     result = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=5000", "--dump-dom", report.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     loaded = re.search(r'data-figures-loaded="(\d+)"', result.stdout)
     total = re.search(r'data-figures-total="(\d+)"', result.stdout)

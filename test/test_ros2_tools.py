@@ -88,7 +88,7 @@ def workspace(
             p for p in [os.environ.get("AMENT_PREFIX_PATH", ""), sys.prefix] if p
         ),
     }
-    build = subprocess.run(  # noqa: PLW1510 (the status is asserted with the output)
+    build = subprocess.run(  # the status is asserted with the output
         ["colcon", "build", "--symlink-install", "--event-handlers", "console_direct-"],
         cwd=root,
         env=base,

@@ -32,7 +32,9 @@ def random_pair(shape: tuple[int, int], dtype: type, seed: int) -> tuple[np.ndar
     return a.astype(dtype), b.astype(dtype)
 
 
-def structured_pair(shape: tuple[int, int], dtype: type, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def structured_pair(
+    shape: tuple[int, int], dtype: type, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Smooth gradients, a hard edge and flat areas, then the same scene shifted with noise."""
     rng = np.random.default_rng(seed)
     top = float(np.iinfo(dtype).max)
@@ -58,7 +60,9 @@ def test_matches_skimage_on_a_real_photo_with_sensor_noise() -> None:
     from skimage import data
 
     gray = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY)[100:180, 150:246]
-    noisy = np.clip(gray + np.random.default_rng(0).normal(0, 2, gray.shape), 0, 255).astype(np.uint8)
+    noisy = np.clip(gray + np.random.default_rng(0).normal(0, 2, gray.shape), 0, 255).astype(
+        np.uint8
+    )
     assert abs(structural_similarity(gray, noisy) - reference(gray, noisy, data_range=255)) < 1e-5
 
 
@@ -69,7 +73,9 @@ def test_sampled_estimate_is_close_to_the_exact_value(shift, noise) -> None:
 
     gray = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY)[:270, :480]
     rng = np.random.default_rng(shift)
-    moved = np.clip(np.roll(gray, shift, axis=1) + rng.normal(0, noise, gray.shape), 0, 255).astype(np.uint8)
+    moved = np.clip(
+        np.roll(gray, shift, axis=1) + rng.normal(0, noise, gray.shape), 0, 255
+    ).astype(np.uint8)
     estimate = sampled_ssim(block_stats(gray), block_stats(moved))
     assert abs(estimate - reference(gray, moved, data_range=255)) < 0.01
 
@@ -83,7 +89,9 @@ def test_float_images_use_the_joint_value_range() -> None:
     a, b = (x.astype(np.float32) / 255 for x in structured_pair((40, 50), np.uint8, seed=3))
     joint = max(a.max(), b.max()) - min(a.min(), b.min())
     assert abs(structural_similarity(a, b) - reference(a, b, data_range=joint)) < 1e-5
-    assert abs(structural_similarity(a, b, data_range=1.0) - reference(a, b, data_range=1.0)) < 1e-5
+    assert (
+        abs(structural_similarity(a, b, data_range=1.0) - reference(a, b, data_range=1.0)) < 1e-5
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
@@ -128,8 +136,12 @@ def test_rejects_what_ssim_cannot_compare() -> None:
     with pytest.raises(ValueError, match="smaller than the 7x7"):
         window_stats(np.zeros((6, 40), np.uint8))
     with pytest.raises(ValueError, match="cannot compare"):
-        ssim_from_stats(window_stats(np.zeros((8, 8), np.uint8)), window_stats(np.zeros((8, 9), np.uint8)))
+        ssim_from_stats(
+            window_stats(np.zeros((8, 8), np.uint8)), window_stats(np.zeros((8, 9), np.uint8))
+        )
     with pytest.raises(ValueError, match="cannot compare"):
-        ssim_from_stats(window_stats(np.zeros((8, 8), np.uint8)), window_stats(np.zeros((8, 8), np.uint16)))
+        ssim_from_stats(
+            window_stats(np.zeros((8, 8), np.uint8)), window_stats(np.zeros((8, 8), np.uint16))
+        )
     with pytest.raises(ValueError, match="dtype"):
         dtype_data_range(np.dtype(np.int8))

@@ -13,9 +13,9 @@ import pytest
 from rosbags.highlevel import AnyReader
 
 from data_tools import synth
+from mtl_perception.core.errors import UserError
 from mtl_perception.core.labels import Region
 from mtl_perception.core.rasterize import region_mask
-from mtl_perception.core.errors import UserError
 
 W, H, N = 64, 48, 12
 
@@ -23,7 +23,9 @@ W, H, N = 64, 48, 12
 def run_synth(out: Path, *extra: str) -> int:
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)
-    return synth.run(parser.parse_args(["--out", str(out), "--frames", str(N), "--size", f"{H}x{W}", *extra]))
+    return synth.run(
+        parser.parse_args(["--out", str(out), "--frames", str(N), "--size", f"{H}x{W}", *extra])
+    )
 
 
 def read_bag(bag: Path, depth: bool = False) -> list[tuple[str, int, object]]:
@@ -48,9 +50,17 @@ def test_bag_messages_match_ground_truth(rgb_out: Path) -> None:
     assert len(messages) == len(coco["images"]) == N
     for (topic, t, msg), image in zip(messages, coco["images"]):
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        assert topic == "/camera/image_raw" and msg.encoding == "rgb8" and msg.header.frame_id == "camera"
+        assert (
+            topic == "/camera/image_raw"
+            and msg.encoding == "rgb8"
+            and msg.header.frame_id == "camera"
+        )
         assert stamp == t == image["stamp_ns"] and image["file_name"] == f"{stamp}.png"
-        assert (msg.width, msg.height, msg.step) == (W, H, 3 * W) == (image["width"], image["height"], 3 * W)
+        assert (
+            (msg.width, msg.height, msg.step)
+            == (W, H, 3 * W)
+            == (image["width"], image["height"], 3 * W)
+        )
     stamps = [m[1] for m in messages]
     assert np.allclose(np.diff(stamps), 1e9 / 30, atol=1)
     assert [c["name"] for c in coco["categories"]] == ["box", "cone", "ball", "floor", "wall"]
@@ -97,9 +107,13 @@ def test_fully_occluded_and_outside_objects_not_annotated() -> None:
     scene = synth.Scene(synth.SynthConfig(frames=2, width=W, height=H, objects=0))
     pose = scene.poses[0]
     scene.objects = [
-        synth.WorldObject("box", x=pose.x, z=pose.z + 3.0, size=1.5, shade=1.0),   # big, near
-        synth.WorldObject("ball", x=pose.x, z=pose.z + 6.0, size=0.3, shade=1.0),  # hidden behind it
-        synth.WorldObject("cone", x=pose.x + 50, z=pose.z + 4.0, size=0.8, shade=1.0),  # off-screen
+        synth.WorldObject("box", x=pose.x, z=pose.z + 3.0, size=1.5, shade=1.0),  # big, near
+        synth.WorldObject(
+            "ball", x=pose.x, z=pose.z + 6.0, size=0.3, shade=1.0
+        ),  # hidden behind it
+        synth.WorldObject(
+            "cone", x=pose.x + 50, z=pose.z + 4.0, size=0.8, shade=1.0
+        ),  # off-screen
     ]
     frame = scene.render(0)
     anns = synth.frame_annotations(frame, image_id=1, first_ann_id=1)
@@ -116,12 +130,18 @@ def test_still_and_fast_stretches() -> None:
 
 def test_same_seed_same_output_other_seed_differs(tmp_path: Path, rgb_out: Path) -> None:
     assert run_synth(tmp_path / "again") == 0
-    assert (tmp_path / "again" / synth.COCO_NAME).read_bytes() == (rgb_out / synth.COCO_NAME).read_bytes()
+    assert (tmp_path / "again" / synth.COCO_NAME).read_bytes() == (
+        rgb_out / synth.COCO_NAME
+    ).read_bytes()
     for depth in (False, True):
         first = [bytes(m.data) for *_, m in read_bag(rgb_out / synth.BAG_DIRNAME, depth)]
-        assert [bytes(m.data) for *_, m in read_bag(tmp_path / "again" / synth.BAG_DIRNAME, depth)] == first
+        assert [
+            bytes(m.data) for *_, m in read_bag(tmp_path / "again" / synth.BAG_DIRNAME, depth)
+        ] == first
     assert run_synth(tmp_path / "other", "--seed", "3") == 0
-    assert (tmp_path / "other" / synth.COCO_NAME).read_bytes() != (rgb_out / synth.COCO_NAME).read_bytes()
+    assert (tmp_path / "other" / synth.COCO_NAME).read_bytes() != (
+        rgb_out / synth.COCO_NAME
+    ).read_bytes()
 
 
 def test_rerun_is_noop_other_args_need_force(tmp_path: Path) -> None:
@@ -140,13 +160,17 @@ def test_rerun_is_noop_other_args_need_force(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".synth-")] == []
 
 
-@pytest.mark.parametrize(("encoding", "storage"), [("jpeg", "db3"), ("png", "mcap"), ("bgr8", "db3")])
-def test_other_encodings_and_storage(tmp_path: Path, rgb_out: Path, encoding: str, storage: str) -> None:
+@pytest.mark.parametrize(
+    ("encoding", "storage"), [("jpeg", "db3"), ("png", "mcap"), ("bgr8", "db3")]
+)
+def test_other_encodings_and_storage(
+    tmp_path: Path, rgb_out: Path, encoding: str, storage: str
+) -> None:
     assert run_synth(tmp_path, "--encoding", encoding, "--storage", storage) == 0
     bag = tmp_path / synth.BAG_DIRNAME
     assert list(bag.glob(f"*.{storage}"))
-    (topic, _, msg), = read_bag(bag)[:1]
-    (_, _, reference), = read_bag(rgb_out / synth.BAG_DIRNAME)[:1]
+    ((topic, _, msg),) = read_bag(bag)[:1]
+    ((_, _, reference),) = read_bag(rgb_out / synth.BAG_DIRNAME)[:1]
     rgb_ref = np.asarray(reference.data).reshape(H, W, 3)
     if encoding == "bgr8":
         assert topic == "/camera/image_raw" and msg.encoding == "bgr8"
@@ -183,7 +207,13 @@ def test_depth_topic_is_aligned_16uc1_millimetres_with_colour_stamps(rgb_out: Pa
     assert len(depth) == len(colour) == N
     for (_, t, msg), (_, t_colour, colour_msg) in zip(depth, colour):
         assert t == t_colour and repr(msg.header) == repr(colour_msg.header)  # stamp and frame_id
-        assert (msg.encoding, msg.width, msg.height, msg.step, msg.is_bigendian) == ("16UC1", W, H, 2 * W, 0)
+        assert (msg.encoding, msg.width, msg.height, msg.step, msg.is_bigendian) == (
+            "16UC1",
+            W,
+            H,
+            2 * W,
+            0,
+        )
 
 
 def test_depth_is_consistent_with_the_rendered_scene(rgb_out: Path) -> None:
@@ -221,7 +251,7 @@ def test_object_depth_matches_its_distance() -> None:
     pose = scene.poses[0]
     scene.objects = [synth.WorldObject("box", x=pose.x, z=pose.z + 4.0, size=1.0, shade=1.0)]
     frame = scene.render(0)
-    (_, visible), = frame.instances
+    ((_, visible),) = frame.instances
     depths = frame.depth[visible]
     assert depths.min() == pytest.approx(4.0)  # the front face
     assert 4.0 <= depths.max() <= 5.0  # the top face recedes by at most the box size

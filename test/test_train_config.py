@@ -25,7 +25,10 @@ def test_misspelt_key_names_it_and_lists_valid_keys(tmp_path: Path) -> None:
 
 
 def test_overrides_are_type_checked_and_nested() -> None:
-    config = load_config(None, ["optim.lr=5e-4", "model.input_size=[64,96]", "balancing.task_weights={detection: 2}"])
+    config = load_config(
+        None,
+        ["optim.lr=5e-4", "model.input_size=[64,96]", "balancing.task_weights={detection: 2}"],
+    )
     assert config.optim.lr == pytest.approx(5e-4)
     assert config.model.input_size == (64, 96)
     assert config.balancing.task_weights == {"detection": 2.0}
@@ -57,7 +60,9 @@ def test_every_shipped_config_is_valid_and_default_yaml_documents_every_key() ->
     assert load_config(CONFIG_DIR / "default.yaml").to_dict() == TrainConfig().to_dict()
 
 
-def test_cli_reports_user_errors_in_one_line_with_exit_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_user_errors_in_one_line_with_exit_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["optim.lrr=1"])
     assert info.value.code == 2

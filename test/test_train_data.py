@@ -9,16 +9,16 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
-
 from datasets import SEGMENTATION_CLASSES, make_processed_dataset
+
+from mtl_perception.core.constants import IGNORE_INDEX
 from mtl_perception.core.errors import UserError
 from mtl_perception.train.config import AugmentConfig
-from mtl_perception.core.constants import IGNORE_INDEX
 from mtl_perception.train.dataset import ProcessedDataset, ResumableSampler
 from mtl_perception.train.transforms import build_eval_transform, build_train_transform
 
 
-@pytest.fixture()
+@pytest.fixture
 def dataset_root(tmp_path: Path) -> Path:
     return make_processed_dataset(tmp_path / "ds")
 
@@ -39,7 +39,10 @@ def test_samples_match_the_annotations_including_odd_frames(dataset_root: Path) 
         if "mask_file" not in record:  # no segmentation labels: every pixel ignored
             assert (target["mask"] == IGNORE_INDEX).all()
         else:
-            assert set(target["mask"].unique().tolist()) <= {*range(len(SEGMENTATION_CLASSES)), IGNORE_INDEX}
+            assert set(target["mask"].unique().tolist()) <= {
+                *range(len(SEGMENTATION_CLASSES)),
+                IGNORE_INDEX,
+            }
 
 
 def test_unknown_mask_ids_become_ignore(dataset_root: Path) -> None:
@@ -53,10 +56,14 @@ def test_unknown_mask_ids_become_ignore(dataset_root: Path) -> None:
 
 
 def test_flip_moves_boxes_and_mask_with_the_image(dataset_root: Path) -> None:
-    augment = AugmentConfig(hflip_prob=1.0, crop_prob=0.0, brightness=0, contrast=0, saturation=0, hue=0)
+    augment = AugmentConfig(
+        hflip_prob=1.0, crop_prob=0.0, brightness=0, contrast=0, saturation=0, hue=0
+    )
     plain = ProcessedDataset(dataset_root, "train", build_eval_transform((48, 64)))
     flipped = ProcessedDataset(dataset_root, "train", build_train_transform((48, 64), augment))
-    index = next(i for i, r in enumerate(plain.images) if plain.boxes[r["id"]] and "mask_file" in r)
+    index = next(
+        i for i, r in enumerate(plain.images) if plain.boxes[r["id"]] and "mask_file" in r
+    )
     image, target = plain[index]
     image_f, target_f = flipped[index]
     assert image.dtype == torch.float32 and float(image.max()) <= 1.0
@@ -67,7 +74,12 @@ def test_flip_moves_boxes_and_mask_with_the_image(dataset_root: Path) -> None:
 
 
 def test_train_transform_resizes_and_is_repeatable_per_epoch_and_index(dataset_root: Path) -> None:
-    data = ProcessedDataset(dataset_root, "train", build_train_transform((32, 40), AugmentConfig(crop_prob=1.0)), seed=3)
+    data = ProcessedDataset(
+        dataset_root,
+        "train",
+        build_train_transform((32, 40), AugmentConfig(crop_prob=1.0)),
+        seed=3,
+    )
     first = [data[i] for i in range(len(data))]
     for image, target in first:
         assert image.shape == (3, 32, 40) and target["mask"].shape == (32, 40)
@@ -94,7 +106,11 @@ def test_broken_datasets_fail_with_one_clear_error(tmp_path: Path) -> None:
         ProcessedDataset(tmp_path / "missing", "train")
     root = make_processed_dataset(tmp_path / "ds")
     train_id = json.loads((root / "splits.json").read_text())["train"][0]
-    record = next(im for im in json.loads((root / "annotations.json").read_text())["images"] if im["id"] == train_id)
+    record = next(
+        im
+        for im in json.loads((root / "annotations.json").read_text())["images"]
+        if im["id"] == train_id
+    )
     (root / record["file_name"]).unlink()
     with pytest.raises(UserError, match=f"missing, first {record['file_name']}"):
         ProcessedDataset(root, "train")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import make_processed_dataset
 from torch import nn
 
-from datasets import make_processed_dataset
 from mtl_perception.balancing import build_gradient_balancer, build_weighting
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.nets import build_model
@@ -19,7 +19,12 @@ from mtl_perception.train import cli
 from mtl_perception.train.config import OptimConfig
 from mtl_perception.train.dataset import ProcessedDataset, collate
 from mtl_perception.train.engine import NonFiniteLossError, StepContext, train_step
-from mtl_perception.train.optim import build_ema, build_optimizer, build_scheduler, parameter_groups
+from mtl_perception.train.optim import (
+    build_ema,
+    build_optimizer,
+    build_scheduler,
+    parameter_groups,
+)
 from mtl_perception.train.transforms import build_eval_transform
 
 SIZE = (48, 64)
@@ -36,20 +41,36 @@ def batch(dataset_root: Path):
     return collate([data[0], data[4]])
 
 
-def _context(policy: str = "stop", weighting_name: str = "uncertainty", ema_decay: float | None = None) -> StepContext:
+def _context(
+    policy: str = "stop", weighting_name: str = "uncertainty", ema_decay: float | None = None
+) -> StepContext:
     torch.manual_seed(0)
-    model = build_model("ssdlite_lraspp", num_detection_classes=2, num_segmentation_classes=4, input_size=SIZE)
+    model = build_model(
+        "ssdlite_lraspp", num_detection_classes=2, num_segmentation_classes=4, input_size=SIZE
+    )
     weighting = build_weighting(weighting_name, model.tasks)
     balancer = build_gradient_balancer(
-        "none", weighting, model.shared_parameters(), {t: model.task_parameters(t) for t in model.tasks}
+        "none",
+        weighting,
+        model.shared_parameters(),
+        {t: model.task_parameters(t) for t in model.tasks},
     )
     config = OptimConfig(lr=1e-3, warmup_steps=0, epochs=1, nonfinite_loss=policy)
     optimizer = build_optimizer(config, parameter_groups(config, model, weighting.parameters()))
     params = [*model.parameters(), *weighting.parameters()]
     return StepContext(
-        model, weighting, balancer, optimizer, build_scheduler(config, optimizer, 10),
-        torch.amp.GradScaler("cpu", enabled=False), torch.device("cpu"), amp=False, grad_clip_norm=10.0,
-        clip_params=params, nonfinite_loss=policy, ema=build_ema(model, ema_decay) if ema_decay else None,
+        model,
+        weighting,
+        balancer,
+        optimizer,
+        build_scheduler(config, optimizer, 10),
+        torch.amp.GradScaler("cpu", enabled=False),
+        torch.device("cpu"),
+        amp=False,
+        grad_clip_norm=10.0,
+        clip_params=params,
+        nonfinite_loss=policy,
+        ema=build_ema(model, ema_decay) if ema_decay else None,
     )
 
 
@@ -58,7 +79,9 @@ def _weights(ctx: StepContext, buffers: bool = True) -> dict[str, torch.Tensor]:
     state = {f"model.{k}": v.detach().clone() for k, v in ctx.model.named_parameters()}
     if buffers:
         state |= {f"model.{k}": v.clone() for k, v in ctx.model.named_buffers()}
-    return state | {f"weighting.{k}": v.detach().clone() for k, v in ctx.weighting.named_parameters()}
+    return state | {
+        f"weighting.{k}": v.detach().clone() for k, v in ctx.weighting.named_parameters()
+    }
 
 
 def _poison_segmentation_loss(ctx: StepContext, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,36 +91,52 @@ def _poison_segmentation_loss(ctx: StepContext, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(head, "loss", lambda *args: real_loss(*args) * math.nan)
 
 
-def test_nan_loss_stops_naming_the_task_and_writes_no_nan_weights(batch, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_loss_stops_naming_the_task_and_writes_no_nan_weights(
+    batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ctx = _context("stop")
     train_step(ctx, batch, 0)  # one real step first: optimiser moments exist, as mid-run
     before = _weights(ctx)
     _poison_segmentation_loss(ctx, monkeypatch)
-    with pytest.raises(NonFiniteLossError, match=r"step 2: the segmentation loss is not finite.*nonfinite_loss"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"step 2: the segmentation loss is not finite.*nonfinite_loss"
+    ):
         train_step(ctx, batch, 1)
     after = _weights(ctx)
     for key, value in _weights(ctx, buffers=False).items():
         assert torch.equal(value, before[key]), key
-    assert all(bool(torch.isfinite(value).all()) for value in after.values())  # the batch's statistics are finite
+    assert all(
+        bool(torch.isfinite(value).all()) for value in after.values()
+    )  # the batch's statistics are finite
 
 
-def test_nan_loss_with_skip_leaves_weights_and_counts_the_step(batch, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_loss_with_skip_leaves_weights_and_counts_the_step(
+    batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ctx = _context("skip")
     before = _weights(ctx)
     lr_before = ctx.optimizer.param_groups[0]["lr"]
     _poison_segmentation_loss(ctx, monkeypatch)
     scalars = train_step(ctx, batch, 0)
-    assert scalars["skipped"] == 1.0 and ctx.skipped_steps == 1 and math.isnan(scalars["loss/segmentation"])
+    assert (
+        scalars["skipped"] == 1.0
+        and ctx.skipped_steps == 1
+        and math.isnan(scalars["loss/segmentation"])
+    )
     for key, value in _weights(ctx).items():
         assert torch.equal(value, before[key]), key
-    assert ctx.optimizer.param_groups[0]["lr"] != lr_before  # the schedule moved on with the step count
+    assert (
+        ctx.optimizer.param_groups[0]["lr"] != lr_before
+    )  # the schedule moved on with the step count
     monkeypatch.undo()
     scalars = train_step(ctx, batch, 1)  # a finite step trains again
     assert "skipped" not in scalars
     assert any(not torch.equal(value, before[key]) for key, value in _weights(ctx).items())
 
 
-def test_skipping_gives_up_after_many_non_finite_steps_in_a_row(batch, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_skipping_gives_up_after_many_non_finite_steps_in_a_row(
+    batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mtl_perception.train import engine
 
     monkeypatch.setattr(engine, "MAX_CONSECUTIVE_SKIPS", 2)
@@ -116,7 +155,8 @@ def test_nan_gradient_from_a_finite_loss_never_reaches_the_weights(batch) -> Non
     handle = stem.register_hook(lambda grad: grad * math.inf)
     scalars = train_step(ctx, batch, 0)
     handle.remove()
-    assert scalars["skipped_steps"] == 1.0
+    assert scalars["skipped"] == 1.0
+    assert scalars["nonfinite_skips"] == 1.0
     for key, value in _weights(ctx, buffers=False).items():
         assert torch.equal(value, before[key]), key
 
@@ -129,15 +169,24 @@ def test_no_weight_decay_on_norm_layers_biases_and_balancing_parameters() -> Non
     decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     trainable = [p for p in [*model.parameters(), *weighting.parameters()] if p.requires_grad]
-    assert sum(len(g["params"]) for g in groups) == len(decay_of) == len(trainable)  # each exactly once
-    norm_params = {id(p) for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters(recurse=False)}
+    assert (
+        sum(len(g["params"]) for g in groups) == len(decay_of) == len(trainable)
+    )  # each exactly once
+    norm_params = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.BatchNorm2d)
+        for p in m.parameters(recurse=False)
+    }
     for name, param in model.named_parameters():
         if not param.requires_grad:
             assert id(param) not in decay_of, name
             continue
         no_decay = id(param) in norm_params or name.endswith(".bias")
         assert decay_of[id(param)] == (0.0 if no_decay else 0.05), name
-        assert lr_of[id(param)] == pytest.approx(0.001 if name.startswith("backbone.") else 0.01), name
+        assert lr_of[id(param)] == pytest.approx(
+            0.001 if name.startswith("backbone.") else 0.01
+        ), name
     for param in weighting.parameters():
         assert decay_of[id(param)] == 0.0 and lr_of[id(param)] == 0.01
     # AdamW would otherwise pull uncertainty's log-variances to 0 even without any loss gradient.
@@ -159,7 +208,9 @@ def test_schedule_follows_each_group_peak() -> None:
         lrs.append({g["name"]: g["lr"] for g in optimizer.param_groups})
         optimizer.step()
         scheduler.step()
-    assert lrs[0]["heads/decay"] == pytest.approx(1e-4) and lrs[2]["heads/decay"] == pytest.approx(0.01)
+    assert lrs[0]["heads/decay"] == pytest.approx(1e-4) and lrs[2]["heads/decay"] == pytest.approx(
+        0.01
+    )
     for step_lrs in lrs:
         assert step_lrs["backbone/decay"] == pytest.approx(0.1 * step_lrs["heads/decay"])
     assert lrs[-1]["heads/decay"] < 0.002
@@ -180,10 +231,21 @@ def test_ema_tracks_the_weights_with_warm_up() -> None:
 
 def _args(root: Path, out: Path, name: str, *extra: str) -> list[str]:
     return [
-        f"data.root={root}", f"output_dir={out}", f"name={name}", "device=cpu", "model.input_size=[48,48]",
-        "data.batch_size=2", "data.val_batch_size=2", "data.num_workers=0", "optim.warmup_steps=1",
-        "logging.preview_images=0", "logging.progress=false", "logging.tensorboard=false", "optim.ema_decay=0.5",
-        "model.arch=ssdlite_lraspp", *extra,
+        f"data.root={root}",
+        f"output_dir={out}",
+        f"name={name}",
+        "device=cpu",
+        "model.input_size=[48,48]",
+        "data.batch_size=2",
+        "data.val_batch_size=2",
+        "data.num_workers=0",
+        "optim.warmup_steps=1",
+        "logging.preview_images=0",
+        "logging.progress=false",
+        "logging.tensorboard=false",
+        "optim.ema_decay=0.5",
+        "model.arch=ssdlite_lraspp",
+        *extra,
     ]
 
 
@@ -205,7 +267,13 @@ def test_ema_weights_are_validated_saved_and_resumed_exactly(
         for key, value in source[field].items():
             assert torch.equal(value, target[field][key]), (field, key)
     # The deployed weights are the average, not the last trained ones.
-    differs = [k for k, v in straight["model"].items() if v.is_floating_point() and not torch.equal(v, straight["ema"]["online_model"][k])]
+    differs = [
+        k
+        for k, v in straight["model"].items()
+        if v.is_floating_point() and not torch.equal(v, straight["ema"]["online_model"][k])
+    ]
     assert differs
     best = load_checkpoint(tmp_path / "straight" / "best.pt")
-    assert "ema" in best and best["best_score"] == pytest.approx(max(best["best_score"], straight["best_score"]))
+    assert "ema" in best and best["best_score"] == pytest.approx(
+        max(best["best_score"], straight["best_score"])
+    )

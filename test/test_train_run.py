@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from datasets import make_processed_dataset
+
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.core.errors import UserError
 from mtl_perception.train import cli
@@ -26,19 +26,36 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _args(root: Path, out: Path, name: str, *extra: str) -> list[str]:
     return [
-        f"data.root={root}", f"output_dir={out}", f"name={name}", "device=cpu", "model.input_size=[48,48]",
-        "data.batch_size=2", "data.val_batch_size=2", "data.num_workers=0", "optim.warmup_steps=1",
-        "logging.preview_images=1", "logging.progress=false", "logging.log_every=1", "balancing.cosine_every=2", *extra,
+        f"data.root={root}",
+        f"output_dir={out}",
+        f"name={name}",
+        "device=cpu",
+        "model.input_size=[48,48]",
+        "data.batch_size=2",
+        "data.val_batch_size=2",
+        "data.num_workers=0",
+        "optim.warmup_steps=1",
+        "logging.preview_images=1",
+        "logging.progress=false",
+        "logging.log_every=1",
+        "balancing.cosine_every=2",
+        *extra,
     ]
 
 
 def test_run_writes_config_checkpoints_and_logs(dataset_root: Path, tmp_path: Path) -> None:
-    assert cli.run(_args(dataset_root, tmp_path, "one", "optim.epochs=1", "balancing.weighting=dwa")) == 0
+    assert (
+        cli.run(_args(dataset_root, tmp_path, "one", "optim.epochs=1", "balancing.weighting=dwa"))
+        == 0
+    )
     run = tmp_path / "one"
     assert load_config(run / "config.yaml").data.root == str(dataset_root)
     best = load_checkpoint(run / "best.pt")
     last = load_checkpoint(run / "last.pt")
-    assert best["detection_classes"] == ["box", "cone"] and best["model_kwargs"]["input_size"] == [48, 48]
+    assert best["detection_classes"] == ["box", "cone"] and best["model_kwargs"]["input_size"] == [
+        48,
+        48,
+    ]
     assert last["epoch"] == 1 and last["global_step"] == 3 and last["step_in_epoch"] == 0
     assert set(last["metrics"]) >= {"detection", "segmentation", "score"}
     assert last["best_score"] == pytest.approx(last["metrics"]["score"])
@@ -46,7 +63,9 @@ def test_run_writes_config_checkpoints_and_logs(dataset_root: Path, tmp_path: Pa
     assert any((run / "tb").iterdir())
     from mtl_perception.predictor import Predictor
 
-    prediction = Predictor.from_checkpoint(run / "best.pt", device="cpu").predict(np.zeros((30, 40, 3), np.uint8))
+    prediction = Predictor.from_checkpoint(run / "best.pt", device="cpu").predict(
+        np.zeros((30, 40, 3), np.uint8)
+    )
     assert prediction.mask is not None and prediction.mask.shape == (30, 40)
 
 
@@ -76,7 +95,9 @@ def test_empty_train_split_is_a_clear_error(dataset_root: Path, tmp_path: Path) 
     (root / "splits.json").write_text(json.dumps({**splits, "train": []}))
     with pytest.raises(UserError, match="train split has no images"):
         Trainer(load_config(None, _args(root, tmp_path, "empty")))
-    (root / "annotations.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    (root / "annotations.json").write_text(
+        json.dumps({"images": [], "annotations": [], "categories": []})
+    )
     (root / "splits.json").write_text(json.dumps({**splits, "train": [], "val": []}))
     with pytest.raises(UserError, match="train split has no images"):
         Trainer(load_config(None, _args(root, tmp_path, "empty")))
@@ -88,7 +109,20 @@ def test_unknown_model_kwarg_is_a_user_error(dataset_root: Path, tmp_path: Path)
 
 
 def test_loss_falls_when_fitting_one_batch(dataset_root: Path, tmp_path: Path) -> None:
-    trainer = Trainer(load_config(None, _args(dataset_root, tmp_path, "fit", "optim.warmup_steps=0", "optim.epochs=20", "augment.crop_prob=0", "augment.hflip_prob=0")))
+    trainer = Trainer(
+        load_config(
+            None,
+            _args(
+                dataset_root,
+                tmp_path,
+                "fit",
+                "optim.warmup_steps=0",
+                "optim.epochs=20",
+                "augment.crop_prob=0",
+                "augment.hflip_prob=0",
+            ),
+        )
+    )
     batch = next(iter(trainer._loader(trainer.train_set, 2, trainer.sampler)))
     totals = [train_step(trainer.step_context, batch, step)["loss/total"] for step in range(12)]
     assert np.mean(totals[-3:]) < 0.7 * np.mean(totals[:3])

@@ -37,9 +37,22 @@ MSG_DIR = REPO / "ros_interfaces" / "vision_msgs" / "msg"
 
 # Upstream vision_msgs 4.x (Jazzy) has exactly these 16 message types.
 UPSTREAM_MESSAGES = {
-    "BoundingBox2D", "BoundingBox2DArray", "BoundingBox3D", "BoundingBox3DArray", "Classification",
-    "Detection2D", "Detection2DArray", "Detection3D", "Detection3DArray", "LabelInfo",
-    "ObjectHypothesis", "ObjectHypothesisWithPose", "Point2D", "Pose2D", "VisionClass", "VisionInfo",
+    "BoundingBox2D",
+    "BoundingBox2DArray",
+    "BoundingBox3D",
+    "BoundingBox3DArray",
+    "Classification",
+    "Detection2D",
+    "Detection2DArray",
+    "Detection3D",
+    "Detection3DArray",
+    "LabelInfo",
+    "ObjectHypothesis",
+    "ObjectHypothesisWithPose",
+    "Point2D",
+    "Pose2D",
+    "VisionClass",
+    "VisionInfo",
 }
 
 PUBLISHER_SCRIPT = textwrap.dedent(
@@ -82,7 +95,11 @@ def _built_type_hash(type_name: str) -> str:
 
     share = Path(vision_msgs.__file__).resolve().parents[4] / "share" / "vision_msgs" / "msg"
     description = json.loads((share / f"{type_name}.json").read_text())
-    return next(h["hash_string"] for h in description["type_hashes"] if h["type_name"] == f"vision_msgs/msg/{type_name}")
+    return next(
+        h["hash_string"]
+        for h in description["type_hashes"]
+        if h["type_name"] == f"vision_msgs/msg/{type_name}"
+    )
 
 
 def test_msg_files_match_upstream_set() -> None:
@@ -108,7 +125,9 @@ def test_build_message_in_process() -> None:
     # Field layout of upstream Jazzy (a mismatch would change the type hash).
     assert list(Detection2D.get_fields_and_field_types()) == ["header", "results", "bbox", "id"]
     assert LabelInfo.get_fields_and_field_types() == {
-        "header": "std_msgs/Header", "class_map": "sequence<vision_msgs/VisionClass>", "threshold": "float",
+        "header": "std_msgs/Header",
+        "class_map": "sequence<vision_msgs/VisionClass>",
+        "threshold": "float",
     }
     assert VisionClass.get_fields_and_field_types()["class_id"] == "uint16"
 
@@ -152,11 +171,15 @@ def test_build_script_is_idempotent_and_explains_bad_input(tmp_path: Path) -> No
     package = REPO / "ros_interfaces" / "vision_msgs"
 
     def run(*args: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", str(script), *map(str, args)], capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            ["bash", str(script), *map(str, args)], capture_output=True, text=True, timeout=60
+        )
 
     again = run(venv, package)
     assert again.returncode == 0, again.stderr
-    assert "vision_msgs up to date" in again.stderr or "already importable" in again.stderr  # no rebuild
+    assert (
+        "vision_msgs up to date" in again.stderr or "already importable" in again.stderr
+    )  # no rebuild
     missing = run(tmp_path / "no_venv", package)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
     not_venv = run(tmp_path, package)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtl_perception.predictor import Prediction
 from mtl_perception.core.palette import default_palette
+from mtl_perception.predictor import Prediction
 from mtl_perception.visualize import colorize_mask, draw_detections, draw_prediction, overlay_mask
 
 
@@ -55,7 +55,14 @@ def test_overlay_keeps_background_and_blends_classes() -> None:
 
 def test_draw_detections_draws_box_and_tag_without_touching_input() -> None:
     image = np.zeros((96, 96, 3), np.uint8)
-    out = draw_detections(image, np.array([[20, 30, 70, 80]], np.float32), ["cone"], np.array([0.9]), np.array([1]), [(0, 0, 0), (0, 255, 0)])
+    out = draw_detections(
+        image,
+        np.array([[20, 30, 70, 80]], np.float32),
+        ["cone"],
+        np.array([0.9]),
+        np.array([1]),
+        [(0, 0, 0), (0, 255, 0)],
+    )
     assert image.sum() == 0
     assert out[55, 20].tolist() == [0, 255, 0]  # left edge of the box
     assert out[55, 45].tolist() == [0, 0, 0]  # inside stays clear
@@ -64,7 +71,9 @@ def test_draw_detections_draws_box_and_tag_without_touching_input() -> None:
 
 def test_draw_detections_box_at_border_and_empty() -> None:
     image = np.zeros((48, 64, 3), np.uint8)
-    out = draw_detections(image, np.array([[-5, 0, 200, 10]], np.float32), ["a-very-long-class-name"])
+    out = draw_detections(
+        image, np.array([[-5, 0, 200, 10]], np.float32), ["a-very-long-class-name"]
+    )
     assert out.any()
     assert not draw_detections(image, np.zeros((0, 4), np.float32), []).any()
 
@@ -84,5 +93,7 @@ def test_draw_prediction_combines_mask_and_boxes() -> None:
     out = draw_prediction(image, prediction, [(0, 0, 0), (0, 0, 0), (0, 0, 250)], alpha=0.4)
     assert out[35, 40].tolist() == [30, 30, 130]
     assert out[20, 5].tolist() != [50, 50, 50]
-    detection_only = Prediction(prediction.boxes, prediction.scores, prediction.labels, ["box"], None, (40, 60))
+    detection_only = Prediction(
+        prediction.boxes, prediction.scores, prediction.labels, ["box"], None, (40, 60)
+    )
     assert draw_prediction(image, detection_only)[35, 40].tolist() == [50, 50, 50]

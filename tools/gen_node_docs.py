@@ -61,6 +61,7 @@ def ros_type(msg_class: type) -> str:
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     """A GitHub-flavoured Markdown table; ``|`` inside cells is escaped."""
+
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
@@ -119,7 +120,9 @@ def render_params_file() -> str:
         "  ros__parameters:",
     ]
     for spec in PARAMETERS:
-        notes = [note for note in (_constraint(spec), "read-only" if spec.read_only else "") if note]
+        notes = [
+            note for note in (_constraint(spec), "read-only" if spec.read_only else "") if note
+        ]
         suffix = f" ({'; '.join(notes)})" if notes else ""
         lines += [f"    # {spec.description}{suffix}", f"    {spec.name}: {_yaml_value(spec)}"]
     return "\n".join(lines) + "\n"
@@ -128,8 +131,14 @@ def render_params_file() -> str:
 def parameter_rows() -> list[list[str]]:
     """One row per declared parameter, in declaration order."""
     return [
-        [f"`{spec.name}`", _TYPE_NAMES[spec.type], _default(spec), _allowed(spec),
-         "no (read-only)" if spec.read_only else "yes", _text(spec.description)]
+        [
+            f"`{spec.name}`",
+            _TYPE_NAMES[spec.type],
+            _default(spec),
+            _allowed(spec),
+            "no (read-only)" if spec.read_only else "yes",
+            _text(spec.description),
+        ]
         for spec in PARAMETERS
     ]
 
@@ -137,34 +146,78 @@ def parameter_rows() -> list[list[str]]:
 def topic_rows() -> tuple[list[list[str]], list[list[str]]]:
     """(subscriptions, publications) of the node, from its topic constants."""
     inputs = [
-        ["`image`", ros_type(Image), "`compressed: false` (default); remap it to your camera topic"],
-        ["`<image>/compressed`", ros_type(CompressedImage),
-         "`compressed: true`; image_transport naming (remapping `image` is enough; "
-         "`image/compressed` may also be remapped explicitly)"],
+        [
+            "`image`",
+            ros_type(Image),
+            "`compressed: false` (default); remap it to your camera topic",
+        ],
+        [
+            "`<image>/compressed`",
+            ros_type(CompressedImage),
+            "`compressed: true`; image_transport naming (remapping `image` is enough; "
+            "`image/compressed` may also be remapped explicitly)",
+        ],
     ]
     outputs = [
-        [f"`{node.DETECTIONS_TOPIC}`", ros_type(Detection2DArray), "`publish_detections`",
-         "boxes in input-image pixels (centre + size); `results[0].hypothesis.class_id` = class name, "
-         "`score`; `id` = index in the frame"],
-        [f"`{node.SEGMENTATION_TOPIC}`", ros_type(Image), "`publish_segmentation`",
-         "`mono8` class ids at input resolution (0 = background)"],
-        [f"`{node.COLOR_TOPIC}`", ros_type(Image), "`publish_color`", "`rgb8` mask coloured with `palette`; drawn only while someone subscribes"],
-        [f"`{node.OVERLAY_TOPIC}`", ros_type(Image), "`publish_overlay`",
-         "`rgb8` frame with boxes and the blended mask; drawn only while someone subscribes"],
-        [f"`{node.DEPTH_TOPIC}`", ros_type(Image), "`publish_depth`",
-         "`32FC1` depth in metres at input resolution (models trained with depth)"],
-        [f"`{node.DEPTH_COLOR_TOPIC}`", ros_type(Image), "`publish_depth_color`",
-         "`rgb8` depth, near red to far blue (`depth_color_max`); drawn only while someone subscribes"],
-        ["`/diagnostics`", ros_type(DiagnosticArray), "always",
-         "every `diagnostics_period` s, also while inactive (level WARN/ERROR with the reason)"],
+        [
+            f"`{node.DETECTIONS_TOPIC}`",
+            ros_type(Detection2DArray),
+            "`publish_detections`",
+            "boxes in input-image pixels (centre + size); `results[0].hypothesis.class_id` = class name, "
+            "`score`; `id` = index in the frame",
+        ],
+        [
+            f"`{node.SEGMENTATION_TOPIC}`",
+            ros_type(Image),
+            "`publish_segmentation`",
+            "`mono8` class ids at input resolution (0 = background)",
+        ],
+        [
+            f"`{node.COLOR_TOPIC}`",
+            ros_type(Image),
+            "`publish_color`",
+            "`rgb8` mask coloured with `palette`; drawn only while someone subscribes",
+        ],
+        [
+            f"`{node.OVERLAY_TOPIC}`",
+            ros_type(Image),
+            "`publish_overlay`",
+            "`rgb8` frame with boxes and the blended mask; drawn only while someone subscribes",
+        ],
+        [
+            f"`{node.DEPTH_TOPIC}`",
+            ros_type(Image),
+            "`publish_depth`",
+            "`32FC1` depth in metres at input resolution (models trained with depth)",
+        ],
+        [
+            f"`{node.DEPTH_COLOR_TOPIC}`",
+            ros_type(Image),
+            "`publish_depth_color`",
+            "`rgb8` depth, near red to far blue (`depth_color_max`); drawn only while someone subscribes",
+        ],
+        [
+            "`/diagnostics`",
+            ros_type(DiagnosticArray),
+            "always",
+            "every `diagnostics_period` s, also while inactive (level WARN/ERROR with the reason)",
+        ],
     ]
     return inputs, outputs
 
 
 def diagnostics_keys() -> list[str]:
     """The keys of the node's DiagnosticStatus values (from the statistics report itself)."""
-    sample = StatsReport(input_rate_hz=0.0, processed_rate_hz=0.0, received=0, processed=0, dropped=0,
-                         latency_p50_ms=None, latency_p95_ms=None, errors={"<kind>": 0})
+    sample = StatsReport(
+        input_rate_hz=0.0,
+        processed_rate_hz=0.0,
+        received=0,
+        processed=0,
+        dropped=0,
+        latency_p50_ms=None,
+        latency_p95_ms=None,
+        errors={"<kind>": 0},
+    )
     return ["model", "device", *(key for key, _ in sample.key_values())]
 
 
@@ -182,10 +235,19 @@ def launch_rows(path: Path = LAUNCH_FILE) -> list[list[str]]:
     """``DeclareLaunchArgument`` calls of the launch file: name, default, description."""
     rows = []
     for call in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "DeclareLaunchArgument":
+        if (
+            isinstance(call, ast.Call)
+            and getattr(call.func, "id", None) == "DeclareLaunchArgument"
+        ):
             keywords: dict[str, Any] = {kw.arg: kw.value for kw in call.keywords}
-            description = ast.literal_eval(keywords["description"]) if "description" in keywords else ""
-            default = _launch_default(keywords["default_value"]) if "default_value" in keywords else "(required)"
+            description = (
+                ast.literal_eval(keywords["description"]) if "description" in keywords else ""
+            )
+            default = (
+                _launch_default(keywords["default_value"])
+                if "default_value" in keywords
+                else "(required)"
+            )
             rows.append([f"`{ast.literal_eval(call.args[0])}`", default, _text(description)])
     return rows
 
@@ -226,7 +288,10 @@ def render() -> str:
         "node's lifetime (set them in the YAML file or with `-p name:=value`); the others can be changed with "
         f"`ros2 param set /{node.NODE_NAME} <name> <value>`, and a bad value is rejected with the reason.",
         "",
-        *_table(["Parameter", "Type", "Default", "Allowed", "Set at run time", "Description"], parameter_rows()),
+        *_table(
+            ["Parameter", "Type", "Default", "Allowed", "Set at run time", "Description"],
+            parameter_rows(),
+        ),
         "",
         "## Lifecycle",
         "",
@@ -276,18 +341,31 @@ def outputs(out: Path = OUTPUT, params_out: Path = PARAMS_OUTPUT) -> dict[Path, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=OUTPUT, help="reference to write (default: docs/NODE.md)")
-    parser.add_argument("--params-out", type=Path, default=PARAMS_OUTPUT,
-                        help="parameter file to write (default: config/perception.yaml)")
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if a file is out of date")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, default=OUTPUT, help="reference to write (default: docs/NODE.md)"
+    )
+    parser.add_argument(
+        "--params-out",
+        type=Path,
+        default=PARAMS_OUTPUT,
+        help="parameter file to write (default: config/perception.yaml)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only compare; exit 1 if a file is out of date"
+    )
     args = parser.parse_args(argv)
     stale = 0
     for path, text in outputs(args.out, args.params_out).items():
         if args.check:
             current = path.read_text(encoding="utf-8") if path.is_file() else ""
             if current != text:
-                print(f"{path} is out of date: run .venv/bin/python tools/gen_node_docs.py", file=sys.stderr)
+                print(
+                    f"{path} is out of date: run .venv/bin/python tools/gen_node_docs.py",
+                    file=sys.stderr,
+                )
                 stale = 1
         else:
             write_text(path, text)

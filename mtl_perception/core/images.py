@@ -54,21 +54,50 @@ class UnsupportedEncoding(ValueError):
 
 # Encodings we decode and can store losslessly. rosbags-image parses more (e.g. 64FC1, nv12),
 # but those have no file format in our pipeline (or are mis-shaped by the library: nv12).
-_NAMED_ENCODINGS = frozenset({
-    "rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16",
-    "rgb16", "bgr16", "rgba16", "bgra16",
-    "yuv422", "uyvy", "yuyv", "yuv422_yuy2",
-    *(f"bayer_{pattern}{bits}" for pattern in ("rggb", "bggr", "gbrg", "grbg") for bits in (8, 16)),
-})
+_NAMED_ENCODINGS = frozenset(
+    {
+        "rgb8",
+        "bgr8",
+        "rgba8",
+        "bgra8",
+        "mono8",
+        "mono16",
+        "rgb16",
+        "bgr16",
+        "rgba16",
+        "bgra16",
+        "yuv422",
+        "uyvy",
+        "yuyv",
+        "yuv422_yuy2",
+        *(
+            f"bayer_{pattern}{bits}"
+            for pattern in ("rggb", "bggr", "gbrg", "grbg")
+            for bits in (8, 16)
+        ),
+    }
+)
 _GENERIC_ENCODINGS = frozenset({"8UC1", "8UC3", "8UC4", "16UC1", "16UC3", "16UC4", "32FC1"})
 
 # Encodings whose natural array is the buffer as it is: (numpy type, channels, blue first).
 # Hand-written (a plain reshape) so decoding them needs neither rosbags-image nor a conversion.
 _PLAIN_LAYOUTS: dict[str, tuple[str, int, bool]] = {
-    "rgb8": ("u1", 3, False), "bgr8": ("u1", 3, True), "rgba8": ("u1", 4, False), "bgra8": ("u1", 4, True),
-    "mono8": ("u1", 1, False), "8UC1": ("u1", 1, False), "8UC3": ("u1", 3, False), "8UC4": ("u1", 4, False),
-    "rgb16": ("u2", 3, False), "bgr16": ("u2", 3, True), "rgba16": ("u2", 4, False), "bgra16": ("u2", 4, True),
-    "mono16": ("u2", 1, False), "16UC1": ("u2", 1, False), "16UC3": ("u2", 3, False), "16UC4": ("u2", 4, False),
+    "rgb8": ("u1", 3, False),
+    "bgr8": ("u1", 3, True),
+    "rgba8": ("u1", 4, False),
+    "bgra8": ("u1", 4, True),
+    "mono8": ("u1", 1, False),
+    "8UC1": ("u1", 1, False),
+    "8UC3": ("u1", 3, False),
+    "8UC4": ("u1", 4, False),
+    "rgb16": ("u2", 3, False),
+    "bgr16": ("u2", 3, True),
+    "rgba16": ("u2", 4, False),
+    "bgra16": ("u2", 4, True),
+    "mono16": ("u2", 1, False),
+    "16UC1": ("u2", 1, False),
+    "16UC3": ("u2", 3, False),
+    "16UC4": ("u2", 4, False),
     "32FC1": ("f4", 1, False),
 }
 
@@ -123,7 +152,11 @@ def _decode_plain(msg: Any, encoding: str) -> np.ndarray:
     typestr, channels, blue_first = _PLAIN_LAYOUTS[encoding]
     dtype = np.dtype(typestr).newbyteorder(">" if msg.is_bigendian else "<")
     height, width = int(msg.height), int(msg.width)
-    pixels = _pixel_rows(msg, width * channels * dtype.itemsize).view(dtype).reshape(height, width, channels)
+    pixels = (
+        _pixel_rows(msg, width * channels * dtype.itemsize)
+        .view(dtype)
+        .reshape(height, width, channels)
+    )
     if blue_first:
         pixels = pixels[:, :, [2, 1, 0, 3][:channels]]
     if channels == 1:
@@ -137,12 +170,19 @@ def _decode_converted(msg: Any, encoding: str) -> np.ndarray:
         from rosbags.image import ImageError, image_to_cvimage
         from rosbags.image.image import to_cvtype
     except ImportError:
-        raise UnsupportedEncoding(f"image encoding {encoding!r} needs rosbags-image (pip install rosbags-image)") from None
+        raise UnsupportedEncoding(
+            f"image encoding {encoding!r} needs rosbags-image (pip install rosbags-image)"
+        ) from None
     depth, _, typestr, channels = to_cvtype(encoding)
     rows = _pixel_rows(msg, int(msg.width) * channels * np.dtype(typestr).itemsize)
     # rosbags-image reads ``data`` as if ``step == width * bpp``: hand it the rows without padding.
-    compact = _CompactImage(int(msg.height), int(msg.width), encoding, bool(msg.is_bigendian),
-                            np.ascontiguousarray(rows).reshape(-1))
+    compact = _CompactImage(
+        int(msg.height),
+        int(msg.width),
+        encoding,
+        bool(msg.is_bigendian),
+        np.ascontiguousarray(rows).reshape(-1),
+    )
     try:
         array = image_to_cvimage(compact, "rgb16" if depth == 16 else "rgb8")
     except (ImageError, cv2.error) as err:
@@ -182,8 +222,12 @@ def compressed_kind(msg: Any) -> str:
     if head.startswith(_PNG_MAGIC):
         return "png"
     if any(name in fmt for name in ("jpeg", "jpg", "png")):
-        raise ValueError(f"corrupt {msg.format!r} data: it does not start with a JPEG or PNG signature")
-    raise UnsupportedEncoding(f"unsupported compressed format {msg.format!r} (data is neither JPEG nor PNG)")
+        raise ValueError(
+            f"corrupt {msg.format!r} data: it does not start with a JPEG or PNG signature"
+        )
+    raise UnsupportedEncoding(
+        f"unsupported compressed format {msg.format!r} (data is neither JPEG nor PNG)"
+    )
 
 
 def _imdecode(data: np.ndarray, what: str) -> np.ndarray:
@@ -219,12 +263,18 @@ def _decode_compressed_depth(fmt: str, data: np.ndarray) -> np.ndarray:
         raise UnsupportedEncoding(f"unsupported compressedDepth format {fmt!r} (RVL)")
     if encoding not in ("16UC1", "32FC1"):
         raise UnsupportedEncoding(f"unsupported compressedDepth encoding {fmt!r}")
-    if data.size <= _DEPTH_HEADER.size or not bytes(data[_DEPTH_HEADER.size:][:8]).startswith(_PNG_MAGIC):
-        raise ValueError(f"compressedDepth {fmt!r}: no PNG after the {_DEPTH_HEADER.size}-byte header")
+    if data.size <= _DEPTH_HEADER.size or not bytes(data[_DEPTH_HEADER.size :][:8]).startswith(
+        _PNG_MAGIC
+    ):
+        raise ValueError(
+            f"compressedDepth {fmt!r}: no PNG after the {_DEPTH_HEADER.size}-byte header"
+        )
     _, quant_a, quant_b = _DEPTH_HEADER.unpack(bytes(data[: _DEPTH_HEADER.size]))
-    image = _imdecode(data[_DEPTH_HEADER.size:], "compressedDepth PNG")
+    image = _imdecode(data[_DEPTH_HEADER.size :], "compressedDepth PNG")
     if image.dtype != np.uint16 or image.ndim != 2:
-        raise ValueError(f"compressedDepth {fmt!r}: expected a 16-bit single-channel PNG, got {image.dtype} {image.shape}")
+        raise ValueError(
+            f"compressedDepth {fmt!r}: expected a 16-bit single-channel PNG, got {image.dtype} {image.shape}"
+        )
     if encoding == "16UC1":
         return image
     # Inverse of the transport's quantisation: inv = A / depth + B, 0 meaning "no depth".
@@ -270,7 +320,9 @@ def rgb8_to_image_fields(array: np.ndarray) -> dict[str, Any]:
 
     Returns ``dict(height, width, encoding, is_bigendian, step, data: bytes)``.
     """
-    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+    if array.dtype != np.uint8 or not (
+        array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)
+    ):
         raise ValueError(f"expected uint8 [H,W,3] or [H,W], got {array.dtype} {array.shape}")
     channels = 1 if array.ndim == 2 else 3
     height, width = array.shape[:2]
@@ -284,7 +336,9 @@ def rgb8_to_image_fields(array: np.ndarray) -> dict[str, Any]:
     }
 
 
-def write_image(path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] = ()) -> None:
+def write_image(
+    path: str | os.PathLike[str], image: np.ndarray, params: Sequence[int] = ()
+) -> None:
     """Atomically write an image file with OpenCV (format from the suffix; BGR channel order).
 
     Raises:

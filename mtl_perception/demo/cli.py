@@ -14,20 +14,37 @@ import sys
 import time
 from pathlib import Path
 
-from mtl_perception.demo.pipeline import DemoConfig, Step, is_up_to_date, load_demo_config, plan, run_step
-from mtl_perception.demo.report import build_report
 from mtl_perception.core.errors import UserError, run_cli
 from mtl_perception.core.json_io import format_number
+from mtl_perception.demo.pipeline import (
+    DemoConfig,
+    Step,
+    is_up_to_date,
+    load_demo_config,
+    plan,
+    run_step,
+)
+from mtl_perception.demo.report import build_report
 
 STEP_NAMES = ("synth", "unpack", "prune", "build", "train", "eval", "replay")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtl-demo", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path("config/demo.yaml"), help="demo settings (YAML)")
-    parser.add_argument("--fresh", action="store_true", help="delete the demo's earlier outputs and start over")
-    parser.add_argument("--skip", nargs="*", default=[], choices=STEP_NAMES, metavar="STEP",
-                        help=f"steps to leave out (of {', '.join(STEP_NAMES)})")
+    parser.add_argument(
+        "--config", type=Path, default=Path("config/demo.yaml"), help="demo settings (YAML)"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="delete the demo's earlier outputs and start over"
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=STEP_NAMES,
+        metavar="STEP",
+        help=f"steps to leave out (of {', '.join(STEP_NAMES)})",
+    )
     return parser
 
 
@@ -46,7 +63,9 @@ def _train_step(step: Step, config: DemoConfig) -> Step:
     return step
 
 
-def _print_summary(steps: list[Step], summary: dict[str, object], page: Path, total_s: float) -> None:
+def _print_summary(
+    steps: list[Step], summary: dict[str, object], page: Path, total_s: float
+) -> None:
     width = max(len(k) for k in summary)
     print("\n" + "=" * 60)
     print("mtl_perception demo summary")
@@ -65,7 +84,9 @@ def _main() -> int:
     args = build_parser().parse_args()
     config = load_demo_config(args.config)
     if not config.train_config.is_file():
-        raise UserError(f"demo config {args.config}: train_config {config.train_config} does not exist")
+        raise UserError(
+            f"demo config {args.config}: train_config {config.train_config} does not exist"
+        )
     if args.fresh:
         _remove_outputs(config)
     start = time.monotonic()
@@ -78,7 +99,10 @@ def _main() -> int:
             step.status = "reused"
             continue
         if not run_step(step, config.report_dir / "logs"):
-            print(f"\n[{step.name}] failed; see {config.report_dir / 'logs' / (step.name + '.log')}", file=sys.stderr)
+            print(
+                f"\n[{step.name}] failed; see {config.report_dir / 'logs' / (step.name + '.log')}",
+                file=sys.stderr,
+            )
             break
     for step in steps:
         if step.status == "pending":

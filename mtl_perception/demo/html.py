@@ -57,7 +57,8 @@ class Figure:
 def _table_html(table: Table) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in table.rows
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+        for row in table.rows
     )
     return f"<h2>{html.escape(table.title)}</h2>\n<table><tr>{head}</tr>{body}</table>"
 
@@ -70,11 +71,18 @@ def _figure_html(figure: Figure) -> str:
     )
 
 
-def write_page(path: Path, title: str, subtitle: str, tables: Sequence[Table], figures: Sequence[Figure],
-               notes: Mapping[str, str] | None = None) -> Path:
+def write_page(
+    path: Path,
+    title: str,
+    subtitle: str,
+    tables: Sequence[Table],
+    figures: Sequence[Figure],
+    notes: Mapping[str, str] | None = None,
+) -> Path:
     """Write the report page atomically; tables first, then figures, then notes."""
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>",
         f"<h1>{html.escape(title)}</h1><p class='sub'>{html.escape(subtitle)}</p>",
     ]

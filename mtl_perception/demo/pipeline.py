@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from mtl_perception.core.constants import SYNTH_CAMERA_TOPIC, SYNTH_DEPTH_TOPIC
 from mtl_perception.core.errors import UserError
 
-
 _PROGRESS_BAR = re.compile(r"\d+%\|")
 # The demo's settings; the demo runs from a source checkout (make demo), where this file is.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
@@ -62,7 +61,8 @@ class ReplaySettings(_Strict):
 
 class DemoConfig(_Strict):
     """``config/demo.yaml``: what the demo runs and where it writes (no defaults here: the
-    file is the one place of the demo's settings; another ``--config`` file overrides it)."""
+    file is the one place of the demo's settings; another ``--config`` file overrides it).
+    """
 
     workdir: Path
     run_dir: Path
@@ -158,39 +158,133 @@ def _tool(module: str, *args: object) -> list[str]:
 def plan(config: DemoConfig) -> list[Step]:
     """The demo's commands, in order."""
     work, build = config.workdir, config.build
-    camera_topic = (f"{SYNTH_CAMERA_TOPIC}/compressed" if config.synth.encoding in ("jpeg", "png")
-                    else SYNTH_CAMERA_TOPIC)
+    camera_topic = (
+        f"{SYNTH_CAMERA_TOPIC}/compressed"
+        if config.synth.encoding in ("jpeg", "png")
+        else SYNTH_CAMERA_TOPIC
+    )
     train_name = config.run_dir.name
     return [
-        Step("synth", _tool("data_tools.cli", "synth", "--out", config.synth_dir, "--frames", config.synth.frames,
-                            "--size", config.synth.size, "--seed", config.synth.seed,
-                            "--storage", config.synth.storage, "--encoding", config.synth.encoding)),
+        Step(
+            "synth",
+            _tool(
+                "data_tools.cli",
+                "synth",
+                "--out",
+                config.synth_dir,
+                "--frames",
+                config.synth.frames,
+                "--size",
+                config.synth.size,
+                "--seed",
+                config.synth.seed,
+                "--storage",
+                config.synth.storage,
+                "--encoding",
+                config.synth.encoding,
+            ),
+        ),
         Step("unpack", _tool("data_tools.cli", "unpack", config.bag, "--out", work / "raw")),
-        Step("prune", _tool("data_tools.cli", "prune", "--raw", work / "raw", "--out", work / "interim",
-                            "--threshold", config.prune.threshold)),
-        Step("build", _tool("data_tools.cli", "build", "--frames", work / "interim", "--labels", config.coco,
-                            "--name", build.name, "--out", work / "processed",
-                            "--det-classes", ",".join(build.det_classes), "--seg-classes", ",".join(build.seg_classes),
-                            "--split", ",".join(str(f) for f in build.split), "--group-by", build.group_by,
-                            "--window-s", build.window_s, "--depth-topic", SYNTH_DEPTH_TOPIC)),
-        Step("train", _tool("mtl_perception.train", "--config", config.train_config, f"data.root={config.dataset}",
-                            f"output_dir={config.run_dir.parent}", f"name={train_name}", *config.train_overrides)),
-        Step("eval", _tool("mtl_perception.evaluation.cli", "--checkpoint", config.run_dir / "best.pt",
-                           "--data", config.dataset, "--split", "val", "--out", config.metrics_json),
-             result=config.metrics_json, source=config.run_dir / "best.pt"),
-        Step("replay", _tool("mtl_perception.ros.replay", config.bag, "--topic", camera_topic,
-                             "--model", config.run_dir / "best.pt",
-                             "--ground-truth", config.dataset, "--depth-topic", SYNTH_DEPTH_TOPIC,
-                             "--out", config.replay_dir,
-                             *(["--lockstep"] if config.replay.lockstep else []),
-                             *(["--max-frames", config.replay.max_frames] if config.replay.max_frames else [])),
-             result=config.replay_dir / "report.json", source=config.run_dir / "best.pt"),
+        Step(
+            "prune",
+            _tool(
+                "data_tools.cli",
+                "prune",
+                "--raw",
+                work / "raw",
+                "--out",
+                work / "interim",
+                "--threshold",
+                config.prune.threshold,
+            ),
+        ),
+        Step(
+            "build",
+            _tool(
+                "data_tools.cli",
+                "build",
+                "--frames",
+                work / "interim",
+                "--labels",
+                config.coco,
+                "--name",
+                build.name,
+                "--out",
+                work / "processed",
+                "--det-classes",
+                ",".join(build.det_classes),
+                "--seg-classes",
+                ",".join(build.seg_classes),
+                "--split",
+                ",".join(str(f) for f in build.split),
+                "--group-by",
+                build.group_by,
+                "--window-s",
+                build.window_s,
+                "--depth-topic",
+                SYNTH_DEPTH_TOPIC,
+            ),
+        ),
+        Step(
+            "train",
+            _tool(
+                "mtl_perception.train",
+                "--config",
+                config.train_config,
+                f"data.root={config.dataset}",
+                f"output_dir={config.run_dir.parent}",
+                f"name={train_name}",
+                *config.train_overrides,
+            ),
+        ),
+        Step(
+            "eval",
+            _tool(
+                "mtl_perception.evaluation.cli",
+                "--checkpoint",
+                config.run_dir / "best.pt",
+                "--data",
+                config.dataset,
+                "--split",
+                "val",
+                "--out",
+                config.metrics_json,
+            ),
+            result=config.metrics_json,
+            source=config.run_dir / "best.pt",
+        ),
+        Step(
+            "replay",
+            _tool(
+                "mtl_perception.ros.replay",
+                config.bag,
+                "--topic",
+                camera_topic,
+                "--model",
+                config.run_dir / "best.pt",
+                "--ground-truth",
+                config.dataset,
+                "--depth-topic",
+                SYNTH_DEPTH_TOPIC,
+                "--out",
+                config.replay_dir,
+                *(["--lockstep"] if config.replay.lockstep else []),
+                *(["--max-frames", config.replay.max_frames] if config.replay.max_frames else []),
+            ),
+            result=config.replay_dir / "report.json",
+            source=config.run_dir / "best.pt",
+        ),
     ]
 
 
 def is_up_to_date(step: Step) -> bool:
     """True when the step's result exists and is newer than what it was computed from."""
-    if step.result is None or step.source is None or not step.result.is_file() or not step.source.is_file():
+    if (
+        step.result is None
+        or step.source is None
+        or not step.result.is_file()
+        or not step.source.is_file()
+    ):
         return False
     return step.result.stat().st_mtime >= step.source.stat().st_mtime
 
@@ -202,7 +296,14 @@ def run_step(step: Step, log_dir: Path) -> bool:
     start = time.monotonic()
     with open(log_dir / f"{step.name}.log", "w", encoding="utf-8") as log:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # stream the child's lines as they come
-        proc = subprocess.Popen(step.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
+        proc = subprocess.Popen(
+            step.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
@@ -216,8 +317,12 @@ def run_step(step: Step, log_dir: Path) -> bool:
 
 def _shell_words(argv: list[str]) -> list[str]:
     """The command as a user would type it: our console scripts instead of ``python -m``."""
-    names = {"data_tools.cli": "mtl-data", "mtl_perception.train": "mtl-train",
-             "mtl_perception.evaluation.cli": "mtl-eval", "mtl_perception.ros.replay": "mtl-replay"}
+    names = {
+        "data_tools.cli": "mtl-data",
+        "mtl_perception.train": "mtl-train",
+        "mtl_perception.evaluation.cli": "mtl-eval",
+        "mtl_perception.ros.replay": "mtl-replay",
+    }
     if len(argv) > 2 and argv[1] == "-m" and argv[2] in names:
         argv = [names[argv[2]], *argv[3:]]
     return [a if a and " " not in a else repr(a) for a in argv]

@@ -21,11 +21,11 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.atomic_io import write_json
 from mtl_perception.core.constants import DEVICE_CHOICES
 from mtl_perception.core.errors import UserError, run_cli
 from mtl_perception.core.json_io import format_number, json_ready
+from mtl_perception.core.summary import JobSummary
 from mtl_perception.evaluation.dataset import SPLITS, EvalDataset, EvalSample
 from mtl_perception.evaluation.depth_metrics import DepthMetrics
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
@@ -36,17 +36,49 @@ PROG = "mtl-eval"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file, e.g. runs/x/best.pt")
-    parser.add_argument("--data", required=True, type=Path, help="processed dataset folder (data/processed/<name>)")
-    parser.add_argument("--split", default="val", choices=SPLITS, help="split from splits.json; 'all' = every image")
-    parser.add_argument("--out", type=Path, help="metrics JSON (default: <checkpoint folder>/eval_<dataset>_<split>.json)")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, help="checkpoint file, e.g. runs/x/best.pt"
+    )
+    parser.add_argument(
+        "--data", required=True, type=Path, help="processed dataset folder (data/processed/<name>)"
+    )
+    parser.add_argument(
+        "--split",
+        default="val",
+        choices=SPLITS,
+        help="split from splits.json; 'all' = every image",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="metrics JSON (default: <checkpoint folder>/eval_<dataset>_<split>.json)",
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES)
-    parser.add_argument("--half", choices=("auto", "on", "off"), default="auto", help="FP16 inference (auto = on for CUDA)")
-    parser.add_argument("--score-threshold", type=float, default=0.001, help="keep detections at least this confident")
-    parser.add_argument("--max-detections", type=int, default=100, help="detections per image (COCO uses 100)")
+    parser.add_argument(
+        "--half",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="FP16 inference (auto = on for CUDA)",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.001,
+        help="keep detections at least this confident",
+    )
+    parser.add_argument(
+        "--max-detections", type=int, default=100, help="detections per image (COCO uses 100)"
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="frames per forward pass")
-    parser.add_argument("--profile-runs", type=int, default=20, help="timed batch-1 runs for the latency figure (0 = skip)")
+    parser.add_argument(
+        "--profile-runs",
+        type=int,
+        default=20,
+        help="timed batch-1 runs for the latency figure (0 = skip)",
+    )
     return parser
 
 
@@ -63,8 +95,16 @@ def _batches(samples: Iterator[EvalSample], size: int) -> Iterator[list[EvalSamp
 
 def evaluate(predictor: Predictor, dataset: EvalDataset, batch_size: int = 1) -> dict[str, Any]:
     """Detection, segmentation and depth metrics of ``predictor`` over ``dataset`` (one full pass)."""
-    detection = DetectionEvaluator(predictor.detection_classes, predictor.max_detections) if dataset.detection_scored else None
-    confusion = ConfusionMatrix(len(predictor.segmentation_classes)) if dataset.segmentation_available else None
+    detection = (
+        DetectionEvaluator(predictor.detection_classes, predictor.max_detections)
+        if dataset.detection_scored
+        else None
+    )
+    confusion = (
+        ConfusionMatrix(len(predictor.segmentation_classes))
+        if dataset.segmentation_available
+        else None
+    )
     depth = DepthMetrics() if dataset.depth_scored else None
     evaluated = masks_scored = 0
     progress = tqdm(total=len(dataset), desc=PROG, unit="img", disable=None)
@@ -76,7 +116,11 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, batch_size: int = 1) ->
             if not sample.labeled:
                 continue
             if detection is not None:
-                pred = {"boxes": prediction.boxes, "scores": prediction.scores, "labels": prediction.labels}
+                pred = {
+                    "boxes": prediction.boxes,
+                    "scores": prediction.scores,
+                    "labels": prediction.labels,
+                }
                 detection.update([pred], [sample.target])
             if confusion is not None and sample.mask is not None and prediction.mask is not None:
                 confusion.update(prediction.mask, sample.mask)
@@ -89,8 +133,14 @@ def evaluate(predictor: Predictor, dataset: EvalDataset, batch_size: int = 1) ->
         report["detection"] = detection.compute()
     if confusion is not None and masks_scored:
         seg = confusion.compute()
-        seg["per_class_iou"] = dict(zip(predictor.segmentation_classes, seg["per_class_iou"], strict=True))
-        report["segmentation"] = {**seg, "num_images": masks_scored, "classes": predictor.segmentation_classes}
+        seg["per_class_iou"] = dict(
+            zip(predictor.segmentation_classes, seg["per_class_iou"], strict=True)
+        )
+        report["segmentation"] = {
+            **seg,
+            "num_images": masks_scored,
+            "classes": predictor.segmentation_classes,
+        }
     if depth is not None and depth.frames:
         report["depth"] = depth.compute()
     return report
@@ -103,14 +153,21 @@ def _fmt(value: float | None) -> str:
 
 def print_table(report: dict[str, Any], stream: TextIO | None = None) -> None:
     """Human-readable summary of a report (percentages for accuracy figures) on ``stream``
-    (default: the current ``sys.stdout``)."""
-    lines = [f"{report['checkpoint']} on {report['data']} [{report['split']}], {report['num_images']} images"]
+    (default: the current ``sys.stdout``).
+    """
+    lines = [
+        f"{report['checkpoint']} on {report['data']} [{report['split']}], {report['num_images']} images"
+    ]
     if "detection" in report:
         det = report["detection"]
-        lines.append(f"  detection   mAP@[.5:.95] {_fmt(det['map'])}   mAP@.5 {_fmt(det['map_50'])}   mAP@.75 {_fmt(det['map_75'])}")
+        lines.append(
+            f"  detection   mAP@[.5:.95] {_fmt(det['map'])}   mAP@.5 {_fmt(det['map_50'])}   mAP@.75 {_fmt(det['map_75'])}"
+        )
         for name, ap in det["per_class_ap"].items():
             note = "" if ap is not None else "   (no ground truth: not in the mean)"
-            lines.append(f"    {name:<20} AP {_fmt(ap):>6}   AP@.5 {_fmt(det['per_class_ap_50'][name]):>6}{note}")
+            lines.append(
+                f"    {name:<20} AP {_fmt(ap):>6}   AP@.5 {_fmt(det['per_class_ap_50'][name]):>6}{note}"
+            )
     if "segmentation" in report:
         seg = report["segmentation"]
         lines.append(
@@ -176,9 +233,17 @@ def run(args: argparse.Namespace) -> int:
     report["score"] = combined_score(report)
     if args.profile_runs > 0:
         report["profile"] = profile_model(
-            predictor.model, predictor.input_size, predictor.device, runs=args.profile_runs, half=predictor.half
+            predictor.model,
+            predictor.input_size,
+            predictor.device,
+            runs=args.profile_runs,
+            half=predictor.half,
         )
-    report["summary"] = {"counts": dict(summary.counts), "problems": dict(summary.problems), "first_example": summary.first_example}
+    report["summary"] = {
+        "counts": dict(summary.counts),
+        "problems": dict(summary.problems),
+        "first_example": summary.first_example,
+    }
     out = args.out or args.checkpoint.parent / f"eval_{args.data.name}_{args.split}.json"
     write_json(out, json_ready(report))
     print_table(report)

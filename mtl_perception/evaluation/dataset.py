@@ -20,13 +20,13 @@ import cv2
 import numpy as np
 import torch
 
-from mtl_perception.core.summary import JobSummary
 from mtl_perception.core.constants import IGNORE_INDEX
 from mtl_perception.core.depth import read_depth_target
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.json_io import read_json
+from mtl_perception.core.summary import JobSummary
 
-__all__ = ["EvalDataset", "EvalSample", "SPLITS"]
+__all__ = ["SPLITS", "EvalDataset", "EvalSample"]
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -39,7 +39,9 @@ class EvalSample:
     file_name: str
     rgb: np.ndarray  # [H, W, 3] uint8
     target: dict[str, torch.Tensor]  # boxes xyxy float32, labels int64 (1-based), iscrowd int64
-    mask: np.ndarray | None  # [H, W] uint8 checkpoint segmentation ids, 255 = ignore; None = no mask
+    mask: (
+        np.ndarray | None
+    )  # [H, W] uint8 checkpoint segmentation ids, 255 = ignore; None = no mask
     depth: np.ndarray | None = None  # [H, W] float32 metres, 0 = invalid; None = no depth map
     labeled: bool = True  # False: a depth-only frame, not scored for detection / segmentation
 
@@ -49,7 +51,9 @@ def _key(name: str) -> str:
     return str(name).strip().casefold()
 
 
-def _match_classes(model_classes: Sequence[str], dataset_classes: Sequence[str], where: str) -> dict[str, int]:
+def _match_classes(
+    model_classes: Sequence[str], dataset_classes: Sequence[str], where: str
+) -> dict[str, int]:
     """Map dataset class names to the model's index; every model class must be in the dataset."""
     model_index = {_key(name): index for index, name in enumerate(model_classes)}
     dataset_keys = {_key(name) for name in dataset_classes}
@@ -59,7 +63,11 @@ def _match_classes(model_classes: Sequence[str], dataset_classes: Sequence[str],
             f"{where}: the checkpoint's class(es) {missing} are not in the dataset, "
             f"which has {list(dataset_classes)}; was the model trained on another label set?"
         )
-    return {_key(name): model_index[_key(name)] for name in dataset_classes if _key(name) in model_index}
+    return {
+        _key(name): model_index[_key(name)]
+        for name in dataset_classes
+        if _key(name) in model_index
+    }
 
 
 class EvalDataset:
@@ -91,7 +99,11 @@ class EvalDataset:
         coco = read_json(annotations_path)
         if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
             raise UserError(f"{annotations_path}: not a COCO file (no 'images' list)")
-        images = {image["id"]: image for image in coco["images"] if isinstance(image, dict) and "id" in image}
+        images = {
+            image["id"]: image
+            for image in coco["images"]
+            if isinstance(image, dict) and "id" in image
+        }
         self.images = self._split_images(images, split)
         if not self.images:
             raise UserError(f"{self.root}: the {split!r} split has no images")
@@ -99,9 +111,17 @@ class EvalDataset:
         self.detection_scored = detection_classes is not None
         self.category_to_label: dict[int, int] = {}
         if self.detection_scored:
-            categories = {c["id"]: c["name"] for c in coco.get("categories", []) if "id" in c and "name" in c}
-            to_model = _match_classes(detection_classes, list(categories.values()), f"{annotations_path} categories")
-            self.category_to_label = {cid: to_model[_key(name)] + 1 for cid, name in categories.items() if _key(name) in to_model}
+            categories = {
+                c["id"]: c["name"] for c in coco.get("categories", []) if "id" in c and "name" in c
+            }
+            to_model = _match_classes(
+                detection_classes, list(categories.values()), f"{annotations_path} categories"
+            )
+            self.category_to_label = {
+                cid: to_model[_key(name)] + 1
+                for cid, name in categories.items()
+                if _key(name) in to_model
+            }
         self.annotations: dict[Any, list[dict[str, Any]]] = {}
         for ann in coco.get("annotations", []):
             self.annotations.setdefault(ann.get("image_id"), []).append(ann)
@@ -120,13 +140,17 @@ class EvalDataset:
         splits_path = self.root / "splits.json"
         splits = read_json(splits_path)
         if not isinstance(splits, dict) or not isinstance(splits.get(split), list):
-            raise UserError(f"{splits_path}: no {split!r} list (use --split all to evaluate every image)")
+            raise UserError(
+                f"{splits_path}: no {split!r} list (use --split all to evaluate every image)"
+            )
         selected = []
         for image_id in splits[split]:
             if image_id in images:
                 selected.append(images[image_id])
             else:
-                self.summary.fail("split id not in annotations.json", f"{splits_path}: {split} id {image_id}")
+                self.summary.fail(
+                    "split id not in annotations.json", f"{splits_path}: {split} id {image_id}"
+                )
         return selected
 
     def _mask_lookup(self, segmentation_classes: Sequence[str]) -> np.ndarray | None:
@@ -136,10 +160,14 @@ class EvalDataset:
             self.summary.add("segmentation not scored (no classes.json)")
             return None
         classes = read_json(classes_path)
-        dataset_classes = classes.get("segmentation_classes") if isinstance(classes, dict) else None
+        dataset_classes = (
+            classes.get("segmentation_classes") if isinstance(classes, dict) else None
+        )
         if not isinstance(dataset_classes, list) or not dataset_classes:
             raise UserError(f"{classes_path}: no 'segmentation_classes' list")
-        to_model = _match_classes(segmentation_classes, dataset_classes, f"{classes_path} segmentation_classes")
+        to_model = _match_classes(
+            segmentation_classes, dataset_classes, f"{classes_path} segmentation_classes"
+        )
         lut = np.full(256, IGNORE_INDEX, np.uint8)
         for dataset_id, name in enumerate(dataset_classes[:255]):
             if _key(name) in to_model:
@@ -180,13 +208,18 @@ class EvalDataset:
                 continue
             bbox = ann.get("bbox")
             if not isinstance(bbox, list) or len(bbox) != 4:
-                self.summary.fail("annotation without a valid bbox", f"annotation {ann.get('id')} of {record['file_name']}")
+                self.summary.fail(
+                    "annotation without a valid bbox",
+                    f"annotation {ann.get('id')} of {record['file_name']}",
+                )
                 continue
             x, y, w, h = (float(v) for v in bbox)
             if w <= 0 or h <= 0:
                 self.summary.add("zero-area boxes skipped")
                 continue
-            boxes.append([max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)])
+            boxes.append(
+                [max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)]
+            )
             labels.append(label)
             crowd.append(int(ann.get("iscrowd", 0)))
         return {
@@ -206,7 +239,9 @@ class EvalDataset:
         mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if mask is None or mask.ndim != 2 or mask.dtype != np.uint8 or mask.shape != shape:
             found = "unreadable" if mask is None else f"{mask.dtype} {list(mask.shape)}"
-            self.summary.fail("mask not a uint8 map of the image size", f"{path} ({found}, image {list(shape)})")
+            self.summary.fail(
+                "mask not a uint8 map of the image size", f"{path} ({found}, image {list(shape)})"
+            )
             return None
         return self.mask_lut[mask]
 
@@ -225,12 +260,17 @@ class EvalDataset:
             if not record.get("labeled", True):
                 self.summary.add("depth-only frames (not scored for detection/segmentation)")
                 depth = self._depth(record, (height, width))
-                no_boxes = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                            "iscrowd": torch.zeros(0, dtype=torch.int64)}
+                no_boxes = {
+                    "boxes": torch.zeros(0, 4),
+                    "labels": torch.zeros(0, dtype=torch.int64),
+                    "iscrowd": torch.zeros(0, dtype=torch.int64),
+                }
                 yield EvalSample(record["id"], file_name, rgb, no_boxes, None, depth, False)
                 continue
             target, mask = self._target(record, height, width), self._mask(record, (height, width))
-            yield EvalSample(record["id"], file_name, rgb, target, mask, self._depth(record, (height, width)))
+            yield EvalSample(
+                record["id"], file_name, rgb, target, mask, self._depth(record, (height, width))
+            )
 
     def _depth(self, record: dict[str, Any], shape: tuple[int, int]) -> np.ndarray | None:
         """The frame's depth in metres, or None (not scored, no depth file, or a bad one)."""

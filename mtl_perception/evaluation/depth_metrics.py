@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEPTH_METRIC_KEYS", "DELTA_THRESHOLDS", "DepthMetrics", "as_numpy_depth"]
+__all__ = ["DELTA_THRESHOLDS", "DEPTH_METRIC_KEYS", "DepthMetrics", "as_numpy_depth"]
 
 #: Keys of ``DepthMetrics.compute()`` besides the counts ``valid_pixels`` and ``frames``.
 DEPTH_METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3", "mae")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
-__all__ = ["ConfusionMatrix", "DetectionEvaluator", "combined_score", "coco_backend"]
+__all__ = ["ConfusionMatrix", "DetectionEvaluator", "coco_backend", "combined_score"]
 
 
 def coco_backend() -> str:
@@ -78,7 +78,11 @@ class DetectionEvaluator:
         """Images added since the last reset."""
         return self._num_images
 
-    def update(self, preds: Sequence[Mapping[str, torch.Tensor]], targets: Sequence[Mapping[str, torch.Tensor]]) -> None:
+    def update(
+        self,
+        preds: Sequence[Mapping[str, torch.Tensor]],
+        targets: Sequence[Mapping[str, torch.Tensor]],
+    ) -> None:
         """Add one batch of per-image predictions and ground truth (moved to the CPU)."""
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predictions for {len(targets)} targets")
@@ -90,18 +94,23 @@ class DetectionEvaluator:
                 "labels": torch.as_tensor(t["labels"], dtype=torch.int64).reshape(-1).cpu(),
             }
             if "iscrowd" in t:
-                target["iscrowd"] = torch.as_tensor(t["iscrowd"], dtype=torch.int64).reshape(-1).cpu()
+                target["iscrowd"] = (
+                    torch.as_tensor(t["iscrowd"], dtype=torch.int64).reshape(-1).cpu()
+                )
             cpu_targets.append(target)
         self._metric.update(cpu_preds, cpu_targets)
         self._num_images += len(preds)
 
     def _top_detections(self, pred: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One image's predictions on the CPU, only the ``max_detections`` best (COCO's rule:
-        COCOeval keeps the top-scoring ones too; cutting here keeps torchmetrics from warning)."""
+        COCOeval keeps the top-scoring ones too; cutting here keeps torchmetrics from warning).
+        """
         scores = torch.as_tensor(pred["scores"], dtype=torch.float32).reshape(-1).cpu()
         keep = torch.argsort(scores, descending=True, stable=True)[: self.max_detections]
         return {
-            "boxes": torch.as_tensor(pred["boxes"], dtype=torch.float32).reshape(-1, 4).cpu()[keep],
+            "boxes": torch.as_tensor(pred["boxes"], dtype=torch.float32)
+            .reshape(-1, 4)
+            .cpu()[keep],
             "scores": scores[keep],
             "labels": torch.as_tensor(pred["labels"], dtype=torch.int64).reshape(-1).cpu()[keep],
         }
@@ -109,10 +118,16 @@ class DetectionEvaluator:
     def compute(self) -> dict[str, Any]:
         """COCO summary of everything added since the last reset (see the class docstring)."""
         nan = float("nan")
-        per_class_ap: dict[str, float | None] = {name: None for name in self.class_names}
+        per_class_ap: dict[str, float | None] = dict.fromkeys(self.class_names)
         per_class_ap_50: dict[str, float | None] = dict(per_class_ap)
         if self._num_images == 0:
-            return {"map": nan, "map_50": nan, "map_75": nan, "per_class_ap": per_class_ap, "per_class_ap_50": per_class_ap_50}
+            return {
+                "map": nan,
+                "map_50": nan,
+                "map_75": nan,
+                "per_class_ap": per_class_ap,
+                "per_class_ap_50": per_class_ap_50,
+            }
 
         result = self._metric.compute()
         classes = [int(c) for c in result["classes"].reshape(-1).tolist()]
@@ -171,7 +186,9 @@ class ConfusionMatrix:
         pred = torch.as_tensor(pred)
         target = torch.as_tensor(target)
         if pred.shape != target.shape:
-            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
+            raise ValueError(
+                f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}"
+            )
         pred = pred.reshape(-1).to(torch.int64)
         target = target.reshape(-1).to(device=pred.device, dtype=torch.int64)
         keep = target != self.ignore_index
@@ -179,7 +196,9 @@ class ConfusionMatrix:
         for name, values in (("target", target), ("prediction", pred)):
             if values.numel() and (int(values.min()) < 0 or int(values.max()) >= self.num_classes):
                 bad = values[(values < 0) | (values >= self.num_classes)][0]
-                raise ValueError(f"{name} class id {int(bad)} is outside 0..{self.num_classes - 1}")
+                raise ValueError(
+                    f"{name} class id {int(bad)} is outside 0..{self.num_classes - 1}"
+                )
         counts = torch.bincount(target * self.num_classes + pred, minlength=self.num_classes**2)
         self._counts += counts.cpu()
 

@@ -35,7 +35,9 @@ class LatencyStats:
     runs: int
 
 
-def sample_input(input_size: Sequence[int], device: torch.device | str = "cpu", seed: int = 0) -> list[torch.Tensor]:
+def sample_input(
+    input_size: Sequence[int], device: torch.device | str = "cpu", seed: int = 0
+) -> list[torch.Tensor]:
     """A reproducible batch-1 input ``[3, H, W]`` in [0, 1], as the models take it (CONTRACTS §6)."""
     generator = torch.Generator().manual_seed(seed)
     return [torch.rand(3, int(input_size[0]), int(input_size[1]), generator=generator).to(device)]
@@ -70,7 +72,9 @@ def measure_latency(
         _synchronize(device)
         if index >= warmup:
             timings.append((time.perf_counter() - start) * 1000.0)
-    return LatencyStats(statistics.median(timings), statistics.fmean(timings), min(timings), max(timings), runs)
+    return LatencyStats(
+        statistics.median(timings), statistics.fmean(timings), min(timings), max(timings), runs
+    )
 
 
 @torch.inference_mode()

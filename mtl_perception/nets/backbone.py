@@ -33,20 +33,25 @@ class MobileNetV3Body(nn.Module):
 
     def __init__(self, taps: Collection[str], trainable_layers: int | None = None) -> None:
         """``taps``: which feature maps ``forward`` returns; ``trainable_layers``: stages (0-6)
-        left trainable counting from the output end, as in torchvision; ``None`` = all."""
+        left trainable counting from the output end, as in torchvision; ``None`` = all.
+        """
         super().__init__()
         unknown = sorted(set(taps) - set(TAPS))
         if unknown or not taps:
             raise ValueError(f"backbone taps {sorted(taps)} must be a non-empty subset of {TAPS}")
         self.features = mobilenet_v3_large(weights=None).features
         # Strided blocks start the stages C1..C4; C0 is the stem, the last conv closes C5.
-        stages = [0] + [i for i, block in enumerate(self.features) if getattr(block, "_is_cn", False)]
+        stages = [0] + [
+            i for i, block in enumerate(self.features) if getattr(block, "_is_cn", False)
+        ]
         stages.append(len(self.features) - 1)
         self._stage_starts = stages
         self._stride8_index = stages[-4]
         self._expand_index = stages[-2]
         if self.features[self._expand_index].use_res_connect:  # the tap would skip the residual
-            raise RuntimeError("torchvision MobileNetV3 layout changed: last strided block has a residual")
+            raise RuntimeError(
+                "torchvision MobileNetV3 layout changed: last strided block has a residual"
+            )
         self.taps = tuple(tap for tap in TAPS if tap in taps)
         expand_block = self.features[self._expand_index]
         self.channels = {
@@ -68,8 +73,14 @@ class MobileNetV3Body(nn.Module):
         num_stages = len(self._stage_starts)
         is_int = isinstance(trainable_layers, int) and not isinstance(trainable_layers, bool)
         if not is_int or not 0 <= trainable_layers <= num_stages:
-            raise UserError(f"trainable_backbone_layers={trainable_layers!r} must be an integer in 0..{num_stages}")
-        frozen = len(self.features) if trainable_layers == 0 else self._stage_starts[num_stages - trainable_layers]
+            raise UserError(
+                f"trainable_backbone_layers={trainable_layers!r} must be an integer in 0..{num_stages}"
+            )
+        frozen = (
+            len(self.features)
+            if trainable_layers == 0
+            else self._stage_starts[num_stages - trainable_layers]
+        )
         for block in self.features[:frozen]:
             block.requires_grad_(False)
         return frozen

@@ -156,7 +156,8 @@ class DepthHead(nn.Module):
     @staticmethod
     def _target_depth(targets: Targets, images: Tensor) -> Tensor:
         """Stack the targets' depth maps (``[H, W]`` or ``[1, H, W]``) to ``[B, 1, H, W]`` float32;
-        a target without one is all invalid (adds nothing to the loss)."""
+        a target without one is all invalid (adds nothing to the loss).
+        """
         size = tuple(images.shape[-2:])
         maps = []
         for index, target in enumerate(targets):

@@ -61,7 +61,9 @@ def detection_targets(targets: Targets, num_classes: int) -> list[dict[str, Tens
             degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
             if degenerate.any():
                 box = boxes[degenerate][0].tolist()
-                raise ValueError(f"target {index}: box {box} has no positive width and height (xyxy expected)")
+                raise ValueError(
+                    f"target {index}: box {box} has no positive width and height (xyxy expected)"
+                )
             if labels.min() < 1 or labels.max() > num_classes:
                 raise ValueError(
                     f"target {index}: labels {labels.tolist()} must be in 1..{num_classes} (0 is background)"
@@ -89,17 +91,25 @@ class SSDLiteDetector(SSD):
     feature_taps = (TAP_STRIDE16_EXPAND, TAP_STRIDE32)
     option_names: tuple[str, ...] = ()
 
-    def __init__(self, tap_channels: Mapping[str, int], num_classes: int, input_size: tuple[int, int]) -> None:
+    def __init__(
+        self, tap_channels: Mapping[str, int], num_classes: int, input_size: tuple[int, int]
+    ) -> None:
         """``num_classes`` counts real classes; background is added here."""
         norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
         extra_channels = [512, 256, 256, 128]
         extra_in = [tap_channels[TAP_STRIDE32], *extra_channels[:-1]]
         # torchvision's private builders, reused so the extra layers stay exactly torchvision's (version pinned).
-        extra = nn.ModuleList(_extra_block(cin, cout, norm_layer) for cin, cout in zip(extra_in, extra_channels))
+        extra = nn.ModuleList(
+            _extra_block(cin, cout, norm_layer) for cin, cout in zip(extra_in, extra_channels)
+        )
         _normal_init(extra)
-        anchor_generator = DefaultBoxGenerator([[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95)
+        anchor_generator = DefaultBoxGenerator(
+            [[2, 3] for _ in range(6)], min_ratio=0.2, max_ratio=0.95
+        )
         map_channels = [tap_channels[tap] for tap in self.feature_taps] + extra_channels
-        head = SSDLiteHead(map_channels, anchor_generator.num_anchors_per_location(), num_classes + 1, norm_layer)
+        head = SSDLiteHead(
+            map_channels, anchor_generator.num_anchors_per_location(), num_classes + 1, norm_layer
+        )
         super().__init__(
             nn.Identity(),  # the shared body runs outside; torchvision's slot stays empty
             anchor_generator,
@@ -122,9 +132,15 @@ class SSDLiteDetector(SSD):
         self, features: Mapping[str, Tensor], images: Tensor, targets: Targets | None = None
     ) -> Tensor | list[dict[str, Tensor]]:
         """The loss when ``targets`` are given, else the detections."""
-        return self.predict(features, images) if targets is None else self.loss(features, images, targets)
+        return (
+            self.predict(features, images)
+            if targets is None
+            else self.loss(features, images, targets)
+        )
 
-    def _outputs(self, features: Mapping[str, Tensor], images: Tensor) -> tuple[dict[str, Tensor], list[Tensor]]:
+    def _outputs(
+        self, features: Mapping[str, Tensor], images: Tensor
+    ) -> tuple[dict[str, Tensor], list[Tensor]]:
         """Head outputs and default boxes (one set per image) for the six SSD feature maps."""
         maps = [features[tap] for tap in self.feature_taps]
         for block in self.extra:
@@ -145,19 +161,25 @@ class SSDLiteDetector(SSD):
         """
         labeled = [is_labeled(target) for target in targets]
         targets = [
-            target if keep else {**target, "boxes": target["boxes"][:0], "labels": target["labels"][:0]}
+            target
+            if keep
+            else {**target, "boxes": target["boxes"][:0], "labels": target["labels"][:0]}
             for target, keep in zip(targets, labeled, strict=True)
         ]
         targets = detection_targets(targets, self.num_classes)
         head_outputs, anchors = self._outputs(features, images)
-        matched = [self._match(anchors_i, target["boxes"]) for anchors_i, target in zip(anchors, targets)]
+        matched = [
+            self._match(anchors_i, target["boxes"]) for anchors_i, target in zip(anchors, targets)
+        ]
         losses = self.compute_loss(targets, head_outputs, anchors, matched)
         # compute_loss normalises by the number of matched default boxes (at least 1); so does this term.
         num_foreground = max(1, int(sum(int((m >= 0).sum()) for m in matched)))
         negatives = self._box_free_image_negatives(head_outputs["cls_logits"], matched, labeled)
         return _total(losses) + negatives / num_foreground
 
-    def _box_free_image_negatives(self, cls_logits: Tensor, matched: Sequence[Tensor], labeled: Sequence[bool]) -> Tensor:
+    def _box_free_image_negatives(
+        self, cls_logits: Tensor, matched: Sequence[Tensor], labeled: Sequence[bool]
+    ) -> Tensor:
         """Background loss of the hardest default boxes of labeled images without any matched box.
 
         torchvision mines ``neg_to_pos_ratio`` negatives per positive, so an image without boxes
@@ -174,7 +196,9 @@ class SSDLiteDetector(SSD):
             return cls_logits.new_zeros(())
         logits = cls_logits[empty]
         background = torch.zeros(logits.shape[:2], dtype=torch.int64, device=logits.device)
-        per_box = F.cross_entropy(logits.flatten(0, 1), background.flatten(), reduction="none").view_as(background)
+        per_box = F.cross_entropy(
+            logits.flatten(0, 1), background.flatten(), reduction="none"
+        ).view_as(background)
         hardest = min(int(self.neg_to_pos_ratio), per_box.shape[1])
         return per_box.topk(hardest, dim=1).values.sum()
 
@@ -187,11 +211,15 @@ class SSDLiteDetector(SSD):
 class TapFeaturePyramid(nn.Module):
     """FPN over chosen backbone taps (+ a max-pooled level), as in ``fasterrcnn_mobilenet_v3_large_fpn``."""
 
-    def __init__(self, taps: Sequence[str], in_channels: Sequence[int], out_channels: int = 256) -> None:
+    def __init__(
+        self, taps: Sequence[str], in_channels: Sequence[int], out_channels: int = 256
+    ) -> None:
         super().__init__()
         self.taps = tuple(taps)
         self.out_channels = out_channels  # read by torchvision's FasterRCNN constructor
-        self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels, extra_blocks=LastLevelMaxPool())
+        self.fpn = FeaturePyramidNetwork(
+            list(in_channels), out_channels, extra_blocks=LastLevelMaxPool()
+        )
 
     def forward(self, features: Mapping[str, Tensor]) -> OrderedDict[str, Tensor]:
         """FPN levels keyed ``"0"``, ``"1"``, ``"pool"`` (the names RoI pooling expects)."""
@@ -229,12 +257,19 @@ class FasterRCNNDetector(FasterRCNN):
         rpn_post_nms_top_n_test: int = DEFAULT_RPN_POST_NMS_TOP_N_TEST,
     ) -> None:
         """``num_classes`` counts real classes; background is added here. ``rpn_*_test``: proposals
-        per FPN level kept before NMS / per image after NMS in eval mode (see the defaults)."""
+        per FPN level kept before NMS / per image after NMS in eval mode (see the defaults).
+        """
         options = {
-            "rpn_pre_nms_top_n_test": _positive_int("rpn_pre_nms_top_n_test", rpn_pre_nms_top_n_test),
-            "rpn_post_nms_top_n_test": _positive_int("rpn_post_nms_top_n_test", rpn_post_nms_top_n_test),
+            "rpn_pre_nms_top_n_test": _positive_int(
+                "rpn_pre_nms_top_n_test", rpn_pre_nms_top_n_test
+            ),
+            "rpn_post_nms_top_n_test": _positive_int(
+                "rpn_post_nms_top_n_test", rpn_post_nms_top_n_test
+            ),
         }
-        fpn = TapFeaturePyramid(self.feature_taps, [tap_channels[tap] for tap in self.feature_taps])
+        fpn = TapFeaturePyramid(
+            self.feature_taps, [tap_channels[tap] for tap in self.feature_taps]
+        )
         anchor_sizes = ((32, 64, 128, 256, 512),) * 3
         super().__init__(
             fpn,
@@ -243,7 +278,9 @@ class FasterRCNNDetector(FasterRCNN):
             max_size=max(input_size),
             image_mean=_IDENTITY_MEAN,
             image_std=_IDENTITY_STD,
-            rpn_anchor_generator=AnchorGenerator(anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes)),
+            rpn_anchor_generator=AnchorGenerator(
+                anchor_sizes, ((0.5, 1.0, 2.0),) * len(anchor_sizes)
+            ),
             **options,
         )
         # In this package "backbone" means the shared body only; torchvision's slot holds the FPN.
@@ -256,16 +293,25 @@ class FasterRCNNDetector(FasterRCNN):
         self, features: Mapping[str, Tensor], images: Tensor, targets: Targets | None = None
     ) -> Tensor | list[dict[str, Tensor]]:
         """The loss when ``targets`` are given, else the detections."""
-        return self.predict(features, images) if targets is None else self.loss(features, images, targets)
+        return (
+            self.predict(features, images)
+            if targets is None
+            else self.loss(features, images, targets)
+        )
 
     def _run(
-        self, features: Mapping[str, Tensor], images: Tensor, targets: list[dict[str, Tensor]] | None
+        self,
+        features: Mapping[str, Tensor],
+        images: Tensor,
+        targets: list[dict[str, Tensor]] | None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """torchvision's GeneralizedRCNN.forward after its backbone: FPN, RPN, RoI heads."""
+        """Torchvision's GeneralizedRCNN.forward after its backbone: FPN, RPN, RoI heads."""
         pyramid = self.fpn(features)
         image_list = _image_list(images)
         proposals, rpn_losses = self.rpn(image_list, pyramid, targets)
-        detections, roi_losses = self.roi_heads(pyramid, proposals, image_list.image_sizes, targets)
+        detections, roi_losses = self.roi_heads(
+            pyramid, proposals, image_list.image_sizes, targets
+        )
         return detections, {**rpn_losses, **roi_losses}
 
     def loss(self, features: Mapping[str, Tensor], images: Tensor, targets: Targets) -> Tensor:
@@ -276,7 +322,9 @@ class FasterRCNNDetector(FasterRCNN):
         safe here: FPN, RPN and RoI heads have no BatchNorm.)
         """
         if not self.training:
-            raise RuntimeError("Faster R-CNN computes losses only in training mode (torchvision's RPN/RoI heads)")
+            raise RuntimeError(
+                "Faster R-CNN computes losses only in training mode (torchvision's RPN/RoI heads)"
+            )
         keep = [index for index, target in enumerate(targets) if is_labeled(target)]
         if len(keep) < len(targets):
             index = torch.tensor(keep, dtype=torch.int64, device=images.device)

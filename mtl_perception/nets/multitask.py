@@ -79,16 +79,23 @@ class MultiTaskModel(nn.Module):
         self, images: Sequence[Tensor] | Tensor, targets: Targets | None
     ) -> tuple[dict[str, Tensor], list[Tensor]]:
         """``({task: loss}, shared features)``; the features are the backbone taps that the heads
-        consume, i.e. the last shared representation, as torchjd's ``mtl_backward`` wants it."""
+        consume, i.e. the last shared representation, as torchjd's ``mtl_backward`` wants it.
+        """
         if not self.training:
-            raise RuntimeError("forward_train needs training mode (model.train()): detectors give losses only then")
+            raise RuntimeError(
+                "forward_train needs training mode (model.train()): detectors give losses only then"
+            )
         if targets is None or len(targets) != len(images):
             got = "no" if targets is None else len(targets)
-            raise ValueError(f"training needs one target per image: {len(images)} images, {got} targets")
+            raise ValueError(
+                f"training needs one target per image: {len(images)} images, {got} targets"
+            )
         batch = self.preprocess(images)
         features = self.backbone(batch)
         losses = {
-            task: head(features, batch, targets) if task_samples(task, targets) else _zero_loss(head, features)
+            task: head(features, batch, targets)
+            if task_samples(task, targets)
+            else _zero_loss(head, features)
             for task, head in self.heads.items()
         }
         return losses, list(features.values())
@@ -105,7 +112,8 @@ class MultiTaskModel(nn.Module):
 
     def preprocess(self, images: Sequence[Tensor] | Tensor) -> Tensor:
         """The batch the body and heads see: stacked, size-checked, normalised once with
-        ``mean``/``std``, in the model's dtype and (if the model is channels_last) memory format."""
+        ``mean``/``std``, in the model's dtype and (if the model is channels_last) memory format.
+        """
         batch = images if isinstance(images, Tensor) else torch.stack(list(images))
         if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[-2:]) != self.input_size:
             raise ValueError(
@@ -113,7 +121,10 @@ class MultiTaskModel(nn.Module):
             )
         batch = (batch.to(self._mean.dtype) - self._mean) / self._std
         stem_weight = self.backbone.features[0][0].weight
-        if stem_weight.is_contiguous(memory_format=torch.channels_last) and not stem_weight.is_contiguous():
+        if (
+            stem_weight.is_contiguous(memory_format=torch.channels_last)
+            and not stem_weight.is_contiguous()
+        ):
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
 

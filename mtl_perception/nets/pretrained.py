@@ -36,8 +36,14 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchvision.models import MobileNet_V3_Large_Weights, WeightsEnum
-from torchvision.models.detection import FasterRCNN_MobileNet_V3_Large_320_FPN_Weights, SSDLite320_MobileNet_V3_Large_Weights
-from torchvision.models.segmentation import DeepLabV3_MobileNet_V3_Large_Weights, LRASPP_MobileNet_V3_Large_Weights
+from torchvision.models.detection import (
+    FasterRCNN_MobileNet_V3_Large_320_FPN_Weights,
+    SSDLite320_MobileNet_V3_Large_Weights,
+)
+from torchvision.models.segmentation import (
+    DeepLabV3_MobileNet_V3_Large_Weights,
+    LRASPP_MobileNet_V3_Large_Weights,
+)
 
 from mtl_perception.core.errors import UserError
 from mtl_perception.nets.detection import FasterRCNNDetector, SSDLiteDetector
@@ -84,15 +90,22 @@ def _prefix(rules: Mapping[str, str]) -> Rename:
 def _ssdlite_rename(expand_index: int) -> Rename:
     """SSDLite's feature extractor splits the body inside its last strided block (index
     ``expand_index``): ``features.0`` = blocks before it + that block's expansion layer,
-    ``features.1`` = ``(block[1:], *later blocks)``. Map back to whole blocks."""
-    heads = _prefix({"backbone.extra.": "heads.detection.extra.", "head.": "heads.detection.head."})
+    ``features.1`` = ``(block[1:], *later blocks)``. Map back to whole blocks.
+    """
+    heads = _prefix(
+        {"backbone.extra.": "heads.detection.extra.", "head.": "heads.detection.head."}
+    )
     first = re.compile(r"backbone\.features\.0\.(\d+)\.(.*)")
     second = re.compile(r"backbone\.features\.1\.(\d+)\.(.*)")
 
     def rename(key: str) -> str | None:
         if match := first.fullmatch(key):
             index, rest = int(match[1]), match[2]
-            return f"backbone.features.{index}.{rest}" if index < expand_index else f"backbone.features.{index}.block.0.{rest}"
+            return (
+                f"backbone.features.{index}.{rest}"
+                if index < expand_index
+                else f"backbone.features.{index}.block.0.{rest}"
+            )
         if match := second.fullmatch(key):
             index, rest = int(match[1]), match[2]
             if index > 0:
@@ -105,13 +118,21 @@ def _ssdlite_rename(expand_index: int) -> Rename:
 
 # The body of every torchvision model below is ``mobilenet_v3_large().features`` under another
 # prefix (dilated in the segmenters, which changes no shape).
-_IMAGENET = Source(MobileNet_V3_Large_Weights.IMAGENET1K_V1, _prefix({"features.": "backbone.features."}))
+_IMAGENET = Source(
+    MobileNet_V3_Large_Weights.IMAGENET1K_V1, _prefix({"features.": "backbone.features."})
+)
 _FASTER_RCNN = Source(
     # The 320 model: trained at this package's input sizes, with its test-time proposal counts
     # (``detection.DEFAULT_RPN_*``); same layers as the 800-px model.
     FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1,
-    _prefix({"backbone.body.": "backbone.features.", "backbone.fpn.": "heads.detection.fpn.fpn.",
-             "rpn.": "heads.detection.rpn.", "roi_heads.": "heads.detection.roi_heads."}),
+    _prefix(
+        {
+            "backbone.body.": "backbone.features.",
+            "backbone.fpn.": "heads.detection.fpn.fpn.",
+            "rpn.": "heads.detection.rpn.",
+            "roi_heads.": "heads.detection.roi_heads.",
+        }
+    ),
 )
 _SEGMENTER_RULES = {"backbone.": "backbone.features.", "classifier.": "heads.segmentation.head."}
 COCO_SOURCES: dict[type, Callable[[MultiTaskModel], Source]] = {
@@ -120,13 +141,17 @@ COCO_SOURCES: dict[type, Callable[[MultiTaskModel], Source]] = {
     ),
     FasterRCNNDetector: lambda model: _FASTER_RCNN,
     # aux_classifier (DeepLabv3's auxiliary head on an earlier stage) has no counterpart here.
-    DeepLabV3Segmenter: lambda model: Source(DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1, _prefix(_SEGMENTER_RULES)),
-    LRASPPSegmenter: lambda model: Source(LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1, _prefix(_SEGMENTER_RULES)),
+    DeepLabV3Segmenter: lambda model: Source(
+        DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1, _prefix(_SEGMENTER_RULES)
+    ),
+    LRASPPSegmenter: lambda model: Source(
+        LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1, _prefix(_SEGMENTER_RULES)
+    ),
 }
 
 
 def coco_source(model: MultiTaskModel, task: str) -> Source:
-    """torchvision's COCO weights for the head ``model`` has for ``task``."""
+    """Torchvision's COCO weights for the head ``model`` has for ``task``."""
     return COCO_SOURCES[type(model.heads[task])](model)
 
 
@@ -145,9 +170,11 @@ def _fetch(source: Source, part: str) -> dict[str, Tensor]:
             f"pretrained {part} weights {source.weights}: {source.file_name} is not in {cache} and cannot be "
             f"downloaded ({reason}); download {source.weights.url} and place it in {cache}"
         ) from None
-    except Exception as err:  # noqa: BLE001 - torch.load raises many types for a corrupt file
+    except Exception as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"pretrained {part} weights: {cache / source.file_name} cannot be read ({first_line})") from None
+        raise UserError(
+            f"pretrained {part} weights: {cache / source.file_name} cannot be read ({first_line})"
+        ) from None
     return dict(state)
 
 
@@ -161,29 +188,45 @@ def _local_backbone(path: Path) -> tuple[dict[str, Tensor], Rename]:
     return state, _IMAGENET.rename
 
 
-def _resolve(model: MultiTaskModel, part: str, choice: str) -> tuple[str, str, dict[str, Tensor], Rename]:
+def _resolve(
+    model: MultiTaskModel, part: str, choice: str
+) -> tuple[str, str, dict[str, Tensor], Rename]:
     """(source name, file, state_dict, rename) for ``part`` = ``choice``; a bad choice is a UserError."""
     if part == BACKBONE and choice.lower() not in (IMAGENET, COCO):
         path = Path(choice)
         state, rename = _local_backbone(path)
         return str(path), str(path), state, rename
     if part != BACKBONE and part not in model.tasks:
-        raise UserError(f"model.pretrained.{part}={choice!r}: arch {model.arch!r} has no {part} head")
-    allowed = f"null, {IMAGENET!r}, {COCO!r} or a weights file" if part == BACKBONE else f"null or {COCO!r}"
+        raise UserError(
+            f"model.pretrained.{part}={choice!r}: arch {model.arch!r} has no {part} head"
+        )
+    allowed = (
+        f"null, {IMAGENET!r}, {COCO!r} or a weights file"
+        if part == BACKBONE
+        else f"null or {COCO!r}"
+    )
     if choice.lower() == IMAGENET and part == BACKBONE:
         source = _IMAGENET
     elif choice.lower() == COCO:
-        task = part if part != BACKBONE else next((t for t in (DETECTION, SEGMENTATION) if t in model.tasks), None)
+        task = (
+            part
+            if part != BACKBONE
+            else next((t for t in (DETECTION, SEGMENTATION) if t in model.tasks), None)
+        )
         if task is None:
-            raise UserError(f"model.pretrained.backbone={choice!r} takes the body of a COCO detector or segmenter; "
-                            f"this model has neither head (tasks {list(model.tasks)}): use {IMAGENET!r}")
+            raise UserError(
+                f"model.pretrained.backbone={choice!r} takes the body of a COCO detector or segmenter; "
+                f"this model has neither head (tasks {list(model.tasks)}): use {IMAGENET!r}"
+            )
         source = coco_source(model, task)
     else:
         raise UserError(f"model.pretrained.{part}={choice!r} must be {allowed}")
     return str(source.weights), source.file_name, _fetch(source, part), source.rename
 
 
-def load_pretrained(model: MultiTaskModel, spec: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
+def load_pretrained(
+    model: MultiTaskModel, spec: Mapping[str, str | None]
+) -> dict[str, dict[str, Any]]:
     """Load the pretrained weights ``spec`` names (``{part: choice or None}``) into ``model``.
 
     Returns ``{part: record}`` for each part loaded, with ``source`` (torchvision weights name or
@@ -197,7 +240,9 @@ def load_pretrained(model: MultiTaskModel, spec: Mapping[str, str | None]) -> di
     """
     unknown = sorted(set(spec) - set(PARTS))
     if unknown:
-        raise UserError(f"model.pretrained: unknown part(s) {unknown}; parts are {', '.join(PARTS)}")
+        raise UserError(
+            f"model.pretrained: unknown part(s) {unknown}; parts are {', '.join(PARTS)}"
+        )
     own = model.state_dict()
     records: dict[str, dict[str, Any]] = {}
     for part in PARTS:
@@ -216,10 +261,16 @@ def load_pretrained(model: MultiTaskModel, spec: Mapping[str, str | None]) -> di
                 mismatched.append(f"{target} {list(tensor.shape)} vs {list(own[target].shape)}")
                 continue
             assign[target] = tensor
-        counted = [key for key in own if key.startswith(prefix) and not key.endswith("num_batches_tracked")]
+        counted = [
+            key
+            for key in own
+            if key.startswith(prefix) and not key.endswith("num_batches_tracked")
+        ]
         loaded = [key for key in counted if key in assign]
         if not loaded:
-            raise UserError(f"model.pretrained.{part}: no tensor of {name} fits the {part} of arch {model.arch!r}")
+            raise UserError(
+                f"model.pretrained.{part}: no tensor of {name} fits the {part} of arch {model.arch!r}"
+            )
         model.load_state_dict(assign, strict=False)
         records[part] = {
             "source": name,

@@ -57,8 +57,12 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "ssdlite_deeplabv3": Architecture(SSDLiteDetector, DeepLabV3Segmenter, "SSDLite + DeepLabv3 (default)"),
-    "frcnn_deeplabv3": Architecture(FasterRCNNDetector, DeepLabV3Segmenter, "Faster R-CNN FPN + DeepLabv3"),
+    "ssdlite_deeplabv3": Architecture(
+        SSDLiteDetector, DeepLabV3Segmenter, "SSDLite + DeepLabv3 (default)"
+    ),
+    "frcnn_deeplabv3": Architecture(
+        FasterRCNNDetector, DeepLabV3Segmenter, "Faster R-CNN FPN + DeepLabv3"
+    ),
     "ssdlite_lraspp": Architecture(SSDLiteDetector, LRASPPSegmenter, "SSDLite + LR-ASPP"),
     "ssdlite": Architecture(SSDLiteDetector, None, "SSDLite only (baseline)"),
     "frcnn": Architecture(FasterRCNNDetector, None, "Faster R-CNN FPN only (baseline)"),
@@ -114,7 +118,9 @@ def build_model(
     if any(value <= 0 for value in std):
         raise UserError(f"std {list(std)} must be positive")
     if DETECTION in chosen and num_detection_classes < 1:
-        raise UserError(f"arch {arch!r} detects objects: num_detection_classes={num_detection_classes} must be >= 1")
+        raise UserError(
+            f"arch {arch!r} detects objects: num_detection_classes={num_detection_classes} must be >= 1"
+        )
     if SEGMENTATION in chosen and num_segmentation_classes < 2:
         raise UserError(
             f"arch {arch!r} segments: num_segmentation_classes={num_segmentation_classes} "
@@ -135,7 +141,9 @@ def build_model(
     backbone = MobileNetV3Body(taps, trainable_backbone_layers)
     heads: dict[str, TaskHead] = {}
     if DETECTION in chosen:
-        heads[DETECTION] = head_classes[DETECTION](backbone.channels, num_detection_classes, size, **options[DETECTION])
+        heads[DETECTION] = head_classes[DETECTION](
+            backbone.channels, num_detection_classes, size, **options[DETECTION]
+        )
     if SEGMENTATION in chosen:
         heads[SEGMENTATION] = head_classes[SEGMENTATION](
             backbone.channels, num_segmentation_classes, **options[SEGMENTATION]
@@ -154,7 +162,9 @@ def build_model(
         "bn_momentum": bn_momentum,
     }
     for head in heads.values():
-        model_kwargs.update(head.options)  # resolved values, so a checkpoint rebuilds the same head
+        model_kwargs.update(
+            head.options
+        )  # resolved values, so a checkpoint rebuilds the same head
     model = MultiTaskModel(
         backbone,
         heads,
@@ -177,7 +187,9 @@ def _check_bn_momentum(value: float | None) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-        raise UserError(f"bn_momentum={value!r} must be a number in (0, 1] (or null for torchvision's)")
+        raise UserError(
+            f"bn_momentum={value!r} must be a number in (0, 1] (or null for torchvision's)"
+        )
     return float(value)
 
 
@@ -189,7 +201,9 @@ def _check_tasks(arch: str, spec: Architecture, tasks: Sequence[str] | None) -> 
         raise UserError(f"tasks {tasks!r} must be a list of task names from {list(TASKS)}")
     unknown = [task for task in tasks if task not in TASKS]
     if unknown or not tasks or len(set(tasks)) != len(tasks):
-        raise UserError(f"tasks {list(tasks)} must be a non-empty list of distinct names from {list(TASKS)}")
+        raise UserError(
+            f"tasks {list(tasks)} must be a non-empty list of distinct names from {list(TASKS)}"
+        )
     missing = [task for task in tasks if task not in spec.available()]
     if missing:
         raise UserError(
@@ -221,11 +235,17 @@ def _check_input_size(input_size: Sequence[int]) -> tuple[int, int]:
     """``(H, W)`` as two ints >= MIN_INPUT_SIDE, or a ``UserError`` naming the value."""
     try:
         height, width = (int(side) for side in input_size)
-        valid = height >= MIN_INPUT_SIDE and width >= MIN_INPUT_SIDE and list(input_size) == [height, width]
+        valid = (
+            height >= MIN_INPUT_SIDE
+            and width >= MIN_INPUT_SIDE
+            and list(input_size) == [height, width]
+        )
     except (TypeError, ValueError):
         valid = False
     if not valid:
-        raise UserError(f"input_size {input_size!r} must be [H, W], two integers >= {MIN_INPUT_SIDE}")
+        raise UserError(
+            f"input_size {input_size!r} must be [H, W], two integers >= {MIN_INPUT_SIDE}"
+        )
     return height, width
 
 
@@ -241,7 +261,10 @@ def _check_stats(name: str, values: Sequence[float]) -> list[float]:
 
 
 def load_weights(
-    model: MultiTaskModel, state_dict: Mapping[str, Tensor], source: str, source_arch: str | None = None
+    model: MultiTaskModel,
+    state_dict: Mapping[str, Tensor],
+    source: str,
+    source_arch: str | None = None,
 ) -> None:
     """Load a full-model state_dict; any mismatch is one ``UserError`` naming ``source`` and both architectures."""
     problems = state_dict_problems(model, state_dict)
@@ -255,7 +278,9 @@ def load_weights(
     model.load_state_dict(state_dict, strict=True)
 
 
-def model_from_checkpoint(payload: Mapping[str, Any], source: str | os.PathLike[str]) -> MultiTaskModel:
+def model_from_checkpoint(
+    payload: Mapping[str, Any], source: str | os.PathLike[str]
+) -> MultiTaskModel:
     """Rebuild the model of a checkpoint (from ``mtl_perception.checkpoint.load_checkpoint``) with its weights."""
     kwargs = payload["model_kwargs"]
     if not isinstance(kwargs, Mapping):
@@ -263,7 +288,9 @@ def model_from_checkpoint(payload: Mapping[str, Any], source: str | os.PathLike[
     try:
         model = build_model(**kwargs)
     except TypeError as err:  # unknown/missing keyword: a checkpoint from another version
-        raise UserError(f"checkpoint {source}: model_kwargs {sorted(kwargs)} do not fit build_model ({err})") from None
+        raise UserError(
+            f"checkpoint {source}: model_kwargs {sorted(kwargs)} do not fit build_model ({err})"
+        ) from None
     load_weights(model, payload["model"], f"checkpoint {source}", kwargs.get("arch"))
     return model
 

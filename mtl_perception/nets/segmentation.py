@@ -25,7 +25,6 @@ from mtl_perception.nets.backbone import TAP_STRIDE8, TAP_STRIDE32
 from mtl_perception.nets.task_head import SEGMENTATION, Targets, is_labeled
 
 
-
 class SegmentationHead(nn.Module):
     """Loss and prediction shared by all segmentation heads; subclasses provide ``logits``."""
 
@@ -47,10 +46,16 @@ class SegmentationHead(nn.Module):
         self, features: Mapping[str, Tensor], images: Tensor, targets: Targets | None = None
     ) -> Tensor | list[dict[str, Tensor]]:
         """The loss when ``targets`` are given, else the masks."""
-        return self.predict(features, images) if targets is None else self.loss(features, images, targets)
+        return (
+            self.predict(features, images)
+            if targets is None
+            else self.loss(features, images, targets)
+        )
 
     def _full_resolution_logits(self, features: Mapping[str, Tensor], images: Tensor) -> Tensor:
-        return F.interpolate(self.logits(features), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(
+            self.logits(features), size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
 
     def loss(self, features: Mapping[str, Tensor], images: Tensor, targets: Targets) -> Tensor:
         """Pixel-mean cross-entropy over non-ignored pixels; 0 (still in the graph) if all are ignored."""
@@ -71,14 +76,19 @@ class SegmentationHead(nn.Module):
 
     def _target_masks(self, targets: Targets, images: Tensor) -> Tensor:
         """Stack the targets' masks ``[B, H, W]`` int64 after checking size and class ids; an
-        unlabeled target (``"labeled": False``) is all ignore."""
+        unlabeled target (``"labeled": False``) is all ignore.
+        """
         size = tuple(images.shape[-2:])
         for index, target in enumerate(targets):
             mask = target["mask"]
             if is_labeled(target) and tuple(mask.shape) != size:
-                raise ValueError(f"target {index}: mask shape {tuple(mask.shape)} must equal the input size {size}")
+                raise ValueError(
+                    f"target {index}: mask shape {tuple(mask.shape)} must equal the input size {size}"
+                )
         ignore = torch.full(size, IGNORE_INDEX, dtype=torch.int64, device=images.device)
-        masks = torch.stack([target["mask"].long() if is_labeled(target) else ignore for target in targets])
+        masks = torch.stack(
+            [target["mask"].long() if is_labeled(target) else ignore for target in targets]
+        )
         valid = masks[masks != IGNORE_INDEX]
         if valid.numel() and (valid.min() < 0 or valid.max() >= self.num_classes):
             bad = valid[(valid < 0) | (valid >= self.num_classes)][0].item()
@@ -105,16 +115,21 @@ DEFAULT_ASPP_SEPARABLE = True
 
 def _conv3x3(in_channels: int, out_channels: int, dilation: int, separable: bool) -> nn.Sequential:
     """3x3 (atrous) conv + BN + ReLU; if ``separable``, a depthwise 3x3 + BN + ReLU then a pointwise
-    1x1 + BN + ReLU (the DeepLabv3+ / MobileNet factorisation)."""
+    1x1 + BN + ReLU (the DeepLabv3+ / MobileNet factorisation).
+    """
     if not separable:
         return Conv2dNormActivation(in_channels, out_channels, 3, dilation=dilation, bias=False)
     return nn.Sequential(
-        Conv2dNormActivation(in_channels, in_channels, 3, dilation=dilation, groups=in_channels, bias=False),
+        Conv2dNormActivation(
+            in_channels, in_channels, 3, dilation=dilation, groups=in_channels, bias=False
+        ),
         Conv2dNormActivation(in_channels, out_channels, 1, bias=False),
     )
 
 
-def deeplabv3_head(in_channels: int, num_classes: int, channels: int, separable: bool) -> nn.Sequential:
+def deeplabv3_head(
+    in_channels: int, num_classes: int, channels: int, separable: bool
+) -> nn.Sequential:
     """DeepLabv3's head: ASPP (1x1, three atrous 3x3 at ``ASPP_RATES_STRIDE32``, image pooling), a
     3x3 conv and the 1x1 classifier.
 
@@ -125,7 +140,9 @@ def deeplabv3_head(in_channels: int, num_classes: int, channels: int, separable:
     aspp = ASPP(in_channels, list(ASPP_RATES_STRIDE32), out_channels=channels)
     for branch, rate in enumerate(ASPP_RATES_STRIDE32, start=1):
         aspp.convs[branch] = _conv3x3(in_channels, channels, rate, separable)
-    return nn.Sequential(aspp, *_conv3x3(channels, channels, 1, separable), nn.Conv2d(channels, num_classes, 1))
+    return nn.Sequential(
+        aspp, *_conv3x3(channels, channels, 1, separable), nn.Conv2d(channels, num_classes, 1)
+    )
 
 
 class DeepLabV3Segmenter(SegmentationHead):
@@ -143,14 +160,21 @@ class DeepLabV3Segmenter(SegmentationHead):
         aspp_separable: bool = DEFAULT_ASPP_SEPARABLE,
     ) -> None:
         """``aspp_channels``: width of the ASPP branches and the conv after it; ``aspp_separable``:
-        depthwise-separable 3x3 convs in the head (see ``DEFAULT_ASPP_SEPARABLE``)."""
+        depthwise-separable 3x3 convs in the head (see ``DEFAULT_ASPP_SEPARABLE``).
+        """
         super().__init__(num_classes)
-        if isinstance(aspp_channels, bool) or not isinstance(aspp_channels, int) or aspp_channels < 8:
+        if (
+            isinstance(aspp_channels, bool)
+            or not isinstance(aspp_channels, int)
+            or aspp_channels < 8
+        ):
             raise UserError(f"aspp_channels={aspp_channels!r} must be an integer >= 8")
         if not isinstance(aspp_separable, bool):
             raise UserError(f"aspp_separable={aspp_separable!r} must be true or false")
         self.options = {"aspp_channels": aspp_channels, "aspp_separable": aspp_separable}
-        self.head = deeplabv3_head(tap_channels[TAP_STRIDE32], num_classes, aspp_channels, aspp_separable)
+        self.head = deeplabv3_head(
+            tap_channels[TAP_STRIDE32], num_classes, aspp_channels, aspp_separable
+        )
 
     def logits(self, features: Mapping[str, Tensor]) -> Tensor:
         return self.head(features[TAP_STRIDE32])
@@ -161,9 +185,13 @@ class LRASPPSegmenter(SegmentationHead):
 
     feature_taps = (TAP_STRIDE8, TAP_STRIDE32)
 
-    def __init__(self, tap_channels: Mapping[str, int], num_classes: int, inter_channels: int = 128) -> None:
+    def __init__(
+        self, tap_channels: Mapping[str, int], num_classes: int, inter_channels: int = 128
+    ) -> None:
         super().__init__(num_classes)
-        self.head = LRASPPHead(tap_channels[TAP_STRIDE8], tap_channels[TAP_STRIDE32], num_classes, inter_channels)
+        self.head = LRASPPHead(
+            tap_channels[TAP_STRIDE8], tap_channels[TAP_STRIDE32], num_classes, inter_channels
+        )
 
     def logits(self, features: Mapping[str, Tensor]) -> Tensor:
         return self.head({"low": features[TAP_STRIDE8], "high": features[TAP_STRIDE32]})

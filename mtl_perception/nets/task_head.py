@@ -48,5 +48,6 @@ class TaskHead(Protocol):
 
     def predict(self, features: Mapping[str, Tensor], images: Tensor) -> list[dict[str, Tensor]]:
         """Per-image outputs in input pixels (detection: boxes/labels/scores; segmentation: mask;
-        depth: depth)."""
+        depth: depth).
+        """
         ...

@@ -28,10 +28,16 @@ def state_dict_problems(module: nn.Module, state_dict: Mapping[str, Tensor]) -> 
     mismatched = [
         f"{key} {tuple(state_dict[key].shape)} vs {tuple(own[key].shape)}"
         for key in own
-        if key in state_dict and isinstance(state_dict[key], Tensor) and state_dict[key].shape != own[key].shape
+        if key in state_dict
+        and isinstance(state_dict[key], Tensor)
+        and state_dict[key].shape != own[key].shape
     ]
     problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+    for label, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", mismatched),
+    ):
         if keys:
             more = f" (+{len(keys) - _EXAMPLES} more)" if len(keys) > _EXAMPLES else ""
             problems.append(f"{len(keys)} {label}: {', '.join(keys[:_EXAMPLES])}{more}")
@@ -56,6 +62,8 @@ def read_weights_file(path: str | Path) -> dict[str, Tensor]:
             if isinstance(payload.get(wrapper), dict):
                 payload = payload[wrapper]
                 break
-    if not isinstance(payload, dict) or not all(isinstance(value, Tensor) for value in payload.values()):
+    if not isinstance(payload, dict) or not all(
+        isinstance(value, Tensor) for value in payload.values()
+    ):
         raise UserError(f"weights file {path} does not hold a state_dict (name -> tensor)")
     return payload

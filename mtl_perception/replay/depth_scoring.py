@@ -19,7 +19,7 @@ import numpy as np
 from mtl_perception.core.depth import DEFAULT_DEPTH_UNIT_M, depth_to_metres, nearest_stamp
 from mtl_perception.evaluation.depth_metrics import DepthMetrics
 
-__all__ = ["DepthScorer", "DepthReference"]
+__all__ = ["DepthReference", "DepthScorer"]
 
 
 class DepthReference:

@@ -24,7 +24,14 @@ from mtl_perception.replay.depth_scoring import DepthScorer
 from mtl_perception.replay.recorder import OutputRecorder, replay_typestore
 from mtl_perception.replay.scoring import StampScorer
 
-__all__ = ["DETECTIONS_TYPE", "IMAGE_TYPE", "Answer", "OutputSink", "detections_to_arrays", "header_stamp_ns"]
+__all__ = [
+    "DETECTIONS_TYPE",
+    "IMAGE_TYPE",
+    "Answer",
+    "OutputSink",
+    "detections_to_arrays",
+    "header_stamp_ns",
+]
 
 DETECTIONS_TYPE = "vision_msgs/msg/Detection2DArray"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -56,7 +63,11 @@ def detections_to_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
         boxes.append([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
         scores.append(best.score)
         names.append(best.class_id)
-    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(scores, dtype=np.float32), names
+    return (
+        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        np.asarray(scores, dtype=np.float32),
+        names,
+    )
 
 
 @dataclass
@@ -138,7 +149,12 @@ class OutputSink:
         if stamp in self.examples:
             labels = np.asarray([self._label_of.get(n, 0) for n in names], dtype=np.int64)
             example = self.examples[stamp]
-            example.boxes, example.scores, example.labels, example.label_names = boxes, scores, labels, names
+            example.boxes, example.scores, example.labels, example.label_names = (
+                boxes,
+                scores,
+                labels,
+                names,
+            )
 
     def _depth(self, stamp: int, depth_m: np.ndarray) -> None:
         assert self.depth_scorer is not None

@@ -47,7 +47,11 @@ def replay_typestore() -> Typestore:
     store = get_typestore(Stores.ROS2_JAZZY)
     types = {}
     for msg_file in sorted(vision_msgs_msg_dir().glob("*.msg")):
-        types.update(get_types_from_msg(msg_file.read_text(encoding="utf-8"), f"vision_msgs/msg/{msg_file.stem}"))
+        types.update(
+            get_types_from_msg(
+                msg_file.read_text(encoding="utf-8"), f"vision_msgs/msg/{msg_file.stem}"
+            )
+        )
     store.register(types)
     return store
 
@@ -64,8 +68,12 @@ class OutputRecorder:
         self.folder = Path(folder)
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         self._typestore = typestore or replay_typestore()
-        self._tmp_root = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}-", dir=self.folder.parent))
-        self._tmp_bag = self._tmp_root / self.folder.name  # the .mcap file is named after this folder
+        self._tmp_root = Path(
+            tempfile.mkdtemp(prefix=f".{self.folder.name}-", dir=self.folder.parent)
+        )
+        self._tmp_bag = (
+            self._tmp_root / self.folder.name
+        )  # the .mcap file is named after this folder
         self._writer = Writer(self._tmp_bag, version=9, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
         self._connections: dict[tuple[str, str], object] = {}
@@ -75,7 +83,9 @@ class OutputRecorder:
         """Append one serialised message received at ``time_ns``."""
         key = (topic, msgtype)
         if key not in self._connections:
-            self._connections[key] = self._writer.add_connection(topic, msgtype, typestore=self._typestore)
+            self._connections[key] = self._writer.add_connection(
+                topic, msgtype, typestore=self._typestore
+            )
         self._writer.write(self._connections[key], time_ns, cdr)
         self.messages += 1
 
@@ -98,7 +108,12 @@ class OutputRecorder:
     def __enter__(self) -> OutputRecorder:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc_type is None:
             self.close()
         else:

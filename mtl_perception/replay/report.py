@@ -26,16 +26,26 @@ __all__ = ["write_report"]
 REPORT_NAME = "report.json"
 
 
-def write_overlays(out_dir: Path, frames: Mapping[int, np.ndarray], answers: Mapping[int, Answer],
-                   palette: Sequence[Sequence[int]] | None) -> list[Path]:
+def write_overlays(
+    out_dir: Path,
+    frames: Mapping[int, np.ndarray],
+    answers: Mapping[int, Answer],
+    palette: Sequence[Sequence[int]] | None,
+) -> list[Path]:
     """One ``overlay_<stamp>.png`` per example frame, plus ``examples.png`` side by side."""
     drawn, captions, paths = [], [], []
     for stamp, rgb in sorted(frames.items()):
         answer = answers.get(stamp)
         if answer is None:
             continue
-        mask = answer.mask if answer.mask is not None and answer.mask.shape == rgb.shape[:2] else None
-        overlay = draw_prediction(rgb, Answer(answer.boxes, answer.scores, answer.labels, answer.label_names, mask), palette)
+        mask = (
+            answer.mask if answer.mask is not None and answer.mask.shape == rgb.shape[:2] else None
+        )
+        overlay = draw_prediction(
+            rgb,
+            Answer(answer.boxes, answer.scores, answer.labels, answer.label_names, mask),
+            palette,
+        )
         path = out_dir / f"overlay_{stamp}.png"
         write_image(path, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         drawn.append(overlay)
@@ -46,9 +56,14 @@ def write_overlays(out_dir: Path, frames: Mapping[int, np.ndarray], answers: Map
     return paths
 
 
-def write_report(out_dir: Path, report: dict[str, Any], latencies_ms: Sequence[float],
-                 frames: Mapping[int, np.ndarray], answers: Mapping[int, Answer],
-                 palette: Sequence[Sequence[int]] | None) -> Path:
+def write_report(
+    out_dir: Path,
+    report: dict[str, Any],
+    latencies_ms: Sequence[float],
+    frames: Mapping[int, np.ndarray],
+    answers: Mapping[int, Answer],
+    palette: Sequence[Sequence[int]] | None,
+) -> Path:
     """Write the figures, then ``report.json`` listing them; returns the JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = [latency_histogram(latencies_ms, out_dir / "latency_histogram.png")]

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator
 from mtl_perception.core.constants import IGNORE_INDEX
+from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator
 from mtl_perception.replay.ground_truth import GroundTruth
 
 __all__ = ["StampScorer"]
@@ -27,20 +27,32 @@ __all__ = ["StampScorer"]
 class StampScorer:
     """Accumulates mAP and mIoU over the frames of one replay."""
 
-    def __init__(self, truth: GroundTruth, model_segmentation_classes: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, truth: GroundTruth, model_segmentation_classes: Sequence[str] | None = None
+    ) -> None:
         self.truth = truth
         self._label_of = {name: i + 1 for i, name in enumerate(truth.detection_classes)}
-        self._detections = DetectionEvaluator(truth.detection_classes) if truth.detection_classes else None
+        self._detections = (
+            DetectionEvaluator(truth.detection_classes) if truth.detection_classes else None
+        )
         self._seg_classes = list(model_segmentation_classes or truth.segmentation_classes or [])
-        self._confusion = ConfusionMatrix(len(self._seg_classes)) if self._seg_classes and truth.segmentation_classes else None
-        self._mask_lut = self._ground_truth_lut(truth.segmentation_classes or [], self._seg_classes)
+        self._confusion = (
+            ConfusionMatrix(len(self._seg_classes))
+            if self._seg_classes and truth.segmentation_classes
+            else None
+        )
+        self._mask_lut = self._ground_truth_lut(
+            truth.segmentation_classes or [], self._seg_classes
+        )
         self.detection_frames = 0
         self.segmentation_frames = 0
         self.unknown_class_detections = 0
         self.mask_problems = 0
 
     @staticmethod
-    def _ground_truth_lut(truth_classes: Sequence[str], model_classes: Sequence[str]) -> np.ndarray:
+    def _ground_truth_lut(
+        truth_classes: Sequence[str], model_classes: Sequence[str]
+    ) -> np.ndarray:
         """uint8 table: ground-truth class id -> model class id (255 = ignore)."""
         lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
         model_index = {name: i for i, name in enumerate(model_classes)}
@@ -49,7 +61,9 @@ class StampScorer:
                 lut[truth_id] = model_index[name]
         return lut
 
-    def add_detections(self, stamp_ns: int, boxes_xyxy: np.ndarray, scores: np.ndarray, class_names: Sequence[str]) -> bool:
+    def add_detections(
+        self, stamp_ns: int, boxes_xyxy: np.ndarray, scores: np.ndarray, class_names: Sequence[str]
+    ) -> bool:
         """Score one frame's detections; False if the stamp has no ground truth."""
         frame = self.truth.frames.get(stamp_ns)
         if frame is None or self._detections is None:
@@ -57,9 +71,13 @@ class StampScorer:
         keep = [i for i, name in enumerate(class_names) if name in self._label_of]
         self.unknown_class_detections += len(class_names) - len(keep)
         pred = {
-            "boxes": torch.as_tensor(np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)[keep]),
+            "boxes": torch.as_tensor(
+                np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)[keep]
+            ),
             "scores": torch.as_tensor(np.asarray(scores, dtype=np.float32).reshape(-1)[keep]),
-            "labels": torch.as_tensor([self._label_of[class_names[i]] for i in keep], dtype=torch.int64),
+            "labels": torch.as_tensor(
+                [self._label_of[class_names[i]] for i in keep], dtype=torch.int64
+            ),
         }
         target = {
             "boxes": torch.as_tensor(frame.boxes),
@@ -76,11 +94,17 @@ class StampScorer:
         if frame is None or self._confusion is None:
             return False
         truth_mask = frame.load_mask()
-        if truth_mask is None or truth_mask.shape != mask.shape or int(mask.max(initial=0)) >= len(self._seg_classes):
+        if (
+            truth_mask is None
+            or truth_mask.shape != mask.shape
+            or int(mask.max(initial=0)) >= len(self._seg_classes)
+        ):
             self.mask_problems += 1
             return False
         target = self._mask_lut[truth_mask]  # ground-truth ids -> model ids
-        self._confusion.update(torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(target.astype(np.int64)))
+        self._confusion.update(
+            torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(target.astype(np.int64))
+        )
         self.segmentation_frames += 1
         return True
 
@@ -97,6 +121,10 @@ class StampScorer:
         if self._confusion is not None and self.segmentation_frames:
             seg = self._confusion.compute()
             seg.pop("confusion")
-            result["segmentation"] = {**seg, "frames": self.segmentation_frames, "mask_problems": self.mask_problems,
-                                      "classes": self._seg_classes}
+            result["segmentation"] = {
+                **seg,
+                "frames": self.segmentation_frames,
+                "mask_problems": self.mask_problems,
+                "classes": self._seg_classes,
+            }
         return result

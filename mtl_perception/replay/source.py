@@ -72,22 +72,33 @@ class ImageBag:
 
     def frames(self) -> Iterator[BagFrame | ValueError]:
         """Frames in bag order; a message that cannot be deserialised yields its error instead."""
-        for index, (conn, bag_time, raw) in enumerate(self.reader.messages(connections=[self.connection])):
+        for index, (conn, bag_time, raw) in enumerate(
+            self.reader.messages(connections=[self.connection])
+        ):
             try:
                 msg = self.reader.deserialize(raw, conn.msgtype)
             except Exception as err:  # rosbags raises several types for truncated/foreign data
-                yield ValueError(f"message {index} of {self.topic}: cannot be deserialised ({err})")
+                yield ValueError(
+                    f"message {index} of {self.topic}: cannot be deserialised ({err})"
+                )
                 continue
-            yield BagFrame(index, stamp_to_ns(msg.header.stamp), int(bag_time), msg, self.compressed)
+            yield BagFrame(
+                index, stamp_to_ns(msg.header.stamp), int(bag_time), msg, self.compressed
+            )
 
 
 def _choose_connection(path: Path, reader: RecoveringReader, topic: str | None) -> Connection:
     images = image_connections(reader)
-    listing = ", ".join(sorted({f"{c.topic} ({c.msgtype.rsplit('/', 1)[-1]})" for c in images})) or "none"
+    listing = (
+        ", ".join(sorted({f"{c.topic} ({c.msgtype.rsplit('/', 1)[-1]})" for c in images}))
+        or "none"
+    )
     if topic is not None:
         matches = image_connections(reader, [topic])
         if not matches:
-            raise UserError(f"{path}: no image topic {topic!r}; image topics in the bag: {listing}")
+            raise UserError(
+                f"{path}: no image topic {topic!r}; image topics in the bag: {listing}"
+            )
     else:
         matches = images
         if not matches:
@@ -95,7 +106,9 @@ def _choose_connection(path: Path, reader: RecoveringReader, topic: str | None) 
         if len({c.topic for c in matches}) > 1:
             raise UserError(f"{path}: several image topics, choose one with --topic: {listing}")
     if len({c.msgtype for c in matches}) > 1:
-        raise UserError(f"{path}: topic {matches[0].topic} has several message types; cannot replay it")
+        raise UserError(
+            f"{path}: topic {matches[0].topic} has several message types; cannot replay it"
+        )
     # One topic can have several connections (e.g. split recordings); replay the busiest.
     return max(matches, key=lambda c: c.msgcount)
 
@@ -105,7 +118,9 @@ def _open_reader(path: Path, stack: ExitStack) -> RecoveringReader:
     if not path.exists():
         raise UserError(f"{path}: bag not found")
     if not is_bag(path):
-        raise UserError(f"{path}: not a bag (expected .bag, .bag.active, .db3, .mcap or a rosbag2 folder)")
+        raise UserError(
+            f"{path}: not a bag (expected .bag, .bag.active, .db3, .mcap or a rosbag2 folder)"
+        )
     try:
         return stack.enter_context(open_bag(path))
     except Exception as err:  # rosbags' reader errors: corrupt or foreign files
@@ -130,7 +145,9 @@ def open_depth_reference(path: str | Path, topic: str) -> Iterator[DepthReferenc
         connections = image_connections(reader, [topic])
         if not connections:
             listing = ", ".join(sorted({c.topic for c in image_connections(reader)})) or "none"
-            raise UserError(f"--depth-topic {topic}: not an image topic of {path} (image topics: {listing})")
+            raise UserError(
+                f"--depth-topic {topic}: not an image topic of {path} (image topics: {listing})"
+            )
         stamps: list[int] = []
         bag_times: list[int] = []
         skipped = 0
@@ -144,10 +161,16 @@ def open_depth_reference(path: str | Path, topic: str) -> Iterator[DepthReferenc
 
         def load(position: int) -> Any:
             stamp, bag_time = stamps[position], bag_times[position]
-            for conn, _, raw in reader.messages(connections=connections, start=bag_time, stop=bag_time + 1):
+            for conn, _, raw in reader.messages(
+                connections=connections, start=bag_time, stop=bag_time + 1
+            ):
                 msg = reader.deserialize(raw, conn.msgtype)
                 if stamp_to_ns(msg.header.stamp) == stamp:
-                    return decode_compressed(msg) if conn.msgtype == COMPRESSED_TYPE else decode_image(msg)
+                    return (
+                        decode_compressed(msg)
+                        if conn.msgtype == COMPRESSED_TYPE
+                        else decode_image(msg)
+                    )
             raise ValueError(f"{topic}: depth frame with stamp {stamp} not found again in the bag")
 
         yield DepthReference(connections[0].topic, stamps, load, skipped=skipped)

@@ -71,7 +71,11 @@ class ReplayStats:
 
     def latencies_ms(self) -> list[float]:
         """End-to-end latency of every answered frame, in send order."""
-        return [(self.answered_at[s] - t) * 1000.0 for s, t in self.sent_at.items() if s in self.answered_at]
+        return [
+            (self.answered_at[s] - t) * 1000.0
+            for s, t in self.sent_at.items()
+            if s in self.answered_at
+        ]
 
     def dropped_stamps(self) -> list[int]:
         """Stamps sent but never answered."""
@@ -80,7 +84,11 @@ class ReplayStats:
     def summary(self, wall_time_s: float) -> dict[str, Any]:
         """JSON-ready summary: frames in/out/dropped, latency distribution, throughput."""
         sent, answered = len(self.sent_at), len(self.answered_at)
-        span = (self.last_answer - self.first_sent) if self.first_sent is not None and self.last_answer is not None else 0.0
+        span = (
+            (self.last_answer - self.first_sent)
+            if self.first_sent is not None and self.last_answer is not None
+            else 0.0
+        )
         return {
             "frames_in_bag": self.bag_frames,
             "frames_sent": sent,

@@ -38,10 +38,23 @@ __all__ = [
 # Encodings whose cv_bridge "passthrough" array is in OpenCV's blue-first channel order.
 _BLUE_FIRST = frozenset({"bgr8", "bgra8", "bgr16", "bgra16"})
 # Encodings cv_bridge passes through already in the natural layout (RGB order, mono 2-D).
-_NATURAL = frozenset({
-    "rgb8", "rgba8", "rgb16", "rgba16", "mono8", "mono16",
-    "8UC1", "8UC3", "8UC4", "16UC1", "16UC3", "16UC4", "32FC1",
-})
+_NATURAL = frozenset(
+    {
+        "rgb8",
+        "rgba8",
+        "rgb16",
+        "rgba16",
+        "mono8",
+        "mono16",
+        "8UC1",
+        "8UC3",
+        "8UC4",
+        "16UC1",
+        "16UC3",
+        "16UC4",
+        "32FC1",
+    }
+)
 
 
 class ImageDecoder(Protocol):
@@ -121,8 +134,10 @@ def make_decoder(name: str) -> ImageDecoder:
         try:
             return CvBridgeDecoder()
         except ImportError as err:
-            raise UserError(f"parameter decoder is cv_bridge but it does not import ({err}); install "
-                            "ros-$ROS_DISTRO-cv-bridge or set decoder:=builtin") from None
+            raise UserError(
+                f"parameter decoder is cv_bridge but it does not import ({err}); install "
+                "ros-$ROS_DISTRO-cv-bridge or set decoder:=builtin"
+            ) from None
     raise ValueError(f"decoder {name!r} is not one of {', '.join(DECODERS)}")
 
 

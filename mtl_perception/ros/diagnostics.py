@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 
 OK, WARN, ERROR = 0, 1, 2  # same values as diagnostic_msgs/DiagnosticStatus levels
 # A frame's way through the node, in order (seconds each; "wait" = arrival to the worker taking it).
-STAGES = ("wait", "deserialise", "decode", "preprocess", "model", "postprocess", "messages", "publish")
+STAGES = (
+    "wait",
+    "deserialise",
+    "decode",
+    "preprocess",
+    "model",
+    "postprocess",
+    "messages",
+    "publish",
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class StatsReport:
 
     def key_values(self) -> list[tuple[str, str]]:
         """``(key, value)`` pairs in a stable order for ``DiagnosticStatus.values``."""
+
         def ms(value: float | None) -> str:
             return "n/a" if value is None else f"{value:.1f}"
 
@@ -59,7 +69,9 @@ class StatsReport:
             ("errors", str(sum(self.errors.values()))),
         ]
         pairs += [(f"errors: {kind}", str(count)) for kind, count in sorted(self.errors.items())]
-        pairs += [(f"stage p50 (ms): {stage}", ms(self.stage_p50_ms.get(stage))) for stage in STAGES]
+        pairs += [
+            (f"stage p50 (ms): {stage}", ms(self.stage_p50_ms.get(stage))) for stage in STAGES
+        ]
         return pairs
 
 
@@ -70,15 +82,21 @@ class FrameStats:
     last ``latency_samples`` processed frames (receive -> published).
     """
 
-    def __init__(self, window_sec: float = 5.0, latency_samples: int = 200,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        window_sec: float = 5.0,
+        latency_samples: int = 200,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._window_sec = window_sec
         self._clock = clock
         self._lock = threading.Lock()
         self._arrivals: deque[float] = deque()
         self._completions: deque[float] = deque()
         self._latencies: deque[float] = deque(maxlen=latency_samples)
-        self._stages: dict[str, deque[float]] = {stage: deque(maxlen=latency_samples) for stage in STAGES}
+        self._stages: dict[str, deque[float]] = {
+            stage: deque(maxlen=latency_samples) for stage in STAGES
+        }
         self._counts: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
         self._errors_reported = 0
@@ -97,7 +115,8 @@ class FrameStats:
 
     def processed(self, latency_sec: float, stages: Mapping[str, float] | None = None) -> None:
         """A frame was processed and its results published ``latency_sec`` after arrival;
-        ``stages`` maps names of ``STAGES`` to the seconds each took."""
+        ``stages`` maps names of ``STAGES`` to the seconds each took.
+        """
         with self._lock:
             self._counts["processed"] += 1
             self._completions.append(self._clock())
@@ -113,8 +132,14 @@ class FrameStats:
     def reset(self) -> None:
         """Forget everything (e.g. on lifecycle cleanup)."""
         with self._lock:
-            for store in (self._arrivals, self._completions, self._latencies, self._counts, self._errors,
-                          *self._stages.values()):
+            for store in (
+                self._arrivals,
+                self._completions,
+                self._latencies,
+                self._counts,
+                self._errors,
+                *self._stages.values(),
+            ):
                 store.clear()
             self._errors_reported = self._processed_reported = 0
 
@@ -125,9 +150,16 @@ class FrameStats:
             total_errors = sum(self._errors.values())
             new_errors, self._errors_reported = total_errors - self._errors_reported, total_errors
             processed = self._counts["processed"]
-            new_processed, self._processed_reported = processed - self._processed_reported, processed
+            new_processed, self._processed_reported = (
+                processed - self._processed_reported,
+                processed,
+            )
             p50, p95 = _percentiles(list(self._latencies))
-            stage_p50 = {stage: statistics.median(times) * 1000.0 for stage, times in self._stages.items() if times}
+            stage_p50 = {
+                stage: statistics.median(times) * 1000.0
+                for stage, times in self._stages.items()
+                if times
+            }
             return StatsReport(
                 input_rate_hz=self._rate(self._arrivals, now),
                 processed_rate_hz=self._rate(self._completions, now),

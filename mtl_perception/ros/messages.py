@@ -29,7 +29,9 @@ if TYPE_CHECKING:  # the predictor imports torch; message building does not need
 def detections_message(prediction: Prediction, header: Any) -> Detection2DArray:
     """``Detection2DArray`` of every detection in ``prediction`` (xyxy -> centre + size)."""
     array = Detection2DArray(header=header)
-    for index, (box, score, name) in enumerate(zip(prediction.boxes, prediction.scores, prediction.label_names, strict=True)):
+    for index, (box, score, name) in enumerate(
+        zip(prediction.boxes, prediction.scores, prediction.label_names, strict=True)
+    ):
         x1, y1, x2, y2 = (float(v) for v in box)
         bbox = BoundingBox2D(size_x=x2 - x1, size_y=y2 - y1)
         bbox.center.position.x = (x1 + x2) / 2.0
@@ -37,7 +39,9 @@ def detections_message(prediction: Prediction, header: Any) -> Detection2DArray:
         hypothesis = ObjectHypothesisWithPose()
         hypothesis.hypothesis.class_id = name
         hypothesis.hypothesis.score = float(score)
-        array.detections.append(Detection2D(header=header, results=[hypothesis], bbox=bbox, id=str(index)))
+        array.detections.append(
+            Detection2D(header=header, results=[hypothesis], bbox=bbox, id=str(index))
+        )
     return array
 
 
@@ -51,8 +55,13 @@ def color_mask_message(mask: np.ndarray, palette: Sequence[Sequence[int]], heade
     return image_message(colorize_mask(mask, palette), header)
 
 
-def overlay_message(rgb: np.ndarray, prediction: Prediction, palette: Sequence[Sequence[int]], alpha: float,
-                    header: Any) -> Image:
+def overlay_message(
+    rgb: np.ndarray,
+    prediction: Prediction,
+    palette: Sequence[Sequence[int]],
+    alpha: float,
+    header: Any,
+) -> Image:
     """``rgb8`` frame with the mask blended in (``alpha``) and labelled boxes drawn on top."""
     return image_message(draw_prediction(rgb, prediction, palette, alpha), header)
 
@@ -61,8 +70,15 @@ def depth_message(depth_m: np.ndarray, header: Any) -> Image:
     """``32FC1`` image of a ``[H, W]`` depth map in metres (little-endian float32)."""
     depth = np.ascontiguousarray(depth_m, dtype="<f4")
     height, width = depth.shape
-    return Image(header=header, height=height, width=width, encoding="32FC1", is_bigendian=0,
-                 step=width * 4, data=depth.tobytes())
+    return Image(
+        header=header,
+        height=height,
+        width=width,
+        encoding="32FC1",
+        is_bigendian=0,
+        step=width * 4,
+        data=depth.tobytes(),
+    )
 
 
 def color_depth_message(depth_m: np.ndarray, max_m: float, header: Any) -> Image:

@@ -55,7 +55,12 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
 from mtl_perception.core.errors import UserError
-from mtl_perception.ros.conversions import ImageDecoder, UnsupportedEncoding, make_decoder, to_network_rgb
+from mtl_perception.ros.conversions import (
+    ImageDecoder,
+    UnsupportedEncoding,
+    make_decoder,
+    to_network_rgb,
+)
 from mtl_perception.ros.diagnostics import ERROR, WARN, FrameStats
 from mtl_perception.ros.mailbox import Mailbox
 from mtl_perception.ros.messages import (
@@ -98,10 +103,14 @@ class ReceivedFrame:
 def load_predictor(settings: Settings) -> Predictor:
     """Build the ``Predictor`` the parameters ask for; every problem is one ``UserError``."""
     if not settings.model_path:
-        raise UserError("parameter model_path is empty: set it to a checkpoint file written by mtl-train")
+        raise UserError(
+            "parameter model_path is empty: set it to a checkpoint file written by mtl-train"
+        )
     if settings.tensorrt and importlib.util.find_spec("torch_tensorrt") is None:
-        raise UserError("parameter tensorrt is true but torch-tensorrt is not installed "
-                        "(pip install torch-tensorrt, or set tensorrt:=false)")
+        raise UserError(
+            "parameter tensorrt is true but torch-tensorrt is not installed "
+            "(pip install torch-tensorrt, or set tensorrt:=false)"
+        )
     # Imported here: torch and torchvision take seconds to import, and a node that fails on
     # its parameters should say so at once.
     from mtl_perception.predictor import Predictor
@@ -124,7 +133,9 @@ def load_predictor(settings: Settings) -> Predictor:
 def _tensorrt_compile(predictor: Predictor) -> Any:
     """The predictor's model compiled by torch-tensorrt (through its ``torch.compile`` backend)."""
     if predictor.device.type != "cuda":
-        raise UserError(f"parameter tensorrt is true but the device is {predictor.device}; TensorRT needs CUDA")
+        raise UserError(
+            f"parameter tensorrt is true but the device is {predictor.device}; TensorRT needs CUDA"
+        )
     import torch
     import torch_tensorrt  # noqa: F401  (registers the "torch_tensorrt" torch.compile backend)
 
@@ -151,14 +162,18 @@ def with_runtime_settings(predictor: Predictor, settings: Settings) -> Predictor
     )
 
 
-def model_problem(settings: Settings, detection_classes: Sequence[str], segmentation_classes: Sequence[str]) -> str | None:
+def model_problem(
+    settings: Settings, detection_classes: Sequence[str], segmentation_classes: Sequence[str]
+) -> str | None:
     """Why ``class_filter`` / ``palette`` do not fit the loaded model, or ``None``."""
     unknown = [name for name in settings.class_filter if name not in detection_classes]
     if unknown:
         return f"parameter class_filter: {unknown} not among the model's detection classes {list(detection_classes)}"
     if settings.palette and len(settings.palette) != 3 * len(segmentation_classes):
-        return (f"parameter palette: has {len(settings.palette) // 3} colours but the model has "
-                f"{len(segmentation_classes)} segmentation classes {list(segmentation_classes)}")
+        return (
+            f"parameter palette: has {len(settings.palette) // 3} colours but the model has "
+            f"{len(segmentation_classes)} segmentation classes {list(segmentation_classes)}"
+        )
     return None
 
 
@@ -183,10 +198,15 @@ class PerceptionNode(LifecycleNode):
         self._logged_bugs: set[str] = set()
         self._active = False
         self._fatal: str | None = None
-        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", qos_profile_system_default)
+        self._diagnostics = self.create_publisher(
+            DiagnosticArray, "/diagnostics", qos_profile_system_default
+        )
         # Steady clock: diagnostics keep coming with use_sim_time while a bag is paused (no /clock).
-        self._diagnostics_timer = self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics,
-                                                    clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._diagnostics_timer = self.create_timer(
+            self.settings.diagnostics_period,
+            self._publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -209,23 +229,32 @@ class PerceptionNode(LifecycleNode):
         self.get_logger().info(
             f"configured: model {self.settings.model_path} on {self._predictor.device} "
             f"(fp16 {self._predictor.half}, input {self._predictor.input_size}), images decoded by {self._decoder.name} "
-            "decoder")
+            "decoder"
+        )
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe to the camera and start the inference worker (reloading the model if released)."""
         if self._predictor is None and not self._load_model():
             return FAILURE
-        topic, msg_type = (self._compressed_topic(), CompressedImage) if self.settings.compressed else ("image", Image)
+        topic, msg_type = (
+            (self._compressed_topic(), CompressedImage)
+            if self.settings.compressed
+            else ("image", Image)
+        )
         qos = input_qos(self.settings.reliability, self.settings.depth)
         self._mailbox.reopen()
         self._last_size = None
         self._input_type = msg_type
         self._worker = threading.Thread(target=self._run_worker, name="inference", daemon=True)
         self._worker.start()
-        self._subscription = self.create_subscription(msg_type, topic, self._on_image, qos, raw=True)
+        self._subscription = self.create_subscription(
+            msg_type, topic, self._on_image, qos, raw=True
+        )
         self._active = True
-        self.get_logger().info(f"active: listening on {self._subscription.topic_name} ({msg_type.__name__})")
+        self.get_logger().info(
+            f"active: listening on {self._subscription.topic_name} ({msg_type.__name__})"
+        )
         return super().on_activate(state)
 
     def _compressed_topic(self) -> str:
@@ -233,7 +262,9 @@ class PerceptionNode(LifecycleNode):
 
         The second is image_transport's naming, so remapping ``image`` alone is enough.
         """
-        if self.resolve_topic_name("image/compressed") != self.resolve_topic_name("image/compressed", only_expand=True):
+        if self.resolve_topic_name("image/compressed") != self.resolve_topic_name(
+            "image/compressed", only_expand=True
+        ):
             return "image/compressed"
         return f"{self.resolve_topic_name('image')}/compressed"
 
@@ -241,7 +272,9 @@ class PerceptionNode(LifecycleNode):
         """Stop listening and inferring; release the model so the GPU is free while inactive."""
         self.stop_processing()
         self._release_model()
-        self.get_logger().info("inactive: stopped listening, model released (activate loads it again)")
+        self.get_logger().info(
+            "inactive: stopped listening, model released (activate loads it again)"
+        )
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -265,7 +298,9 @@ class PerceptionNode(LifecycleNode):
         self.stop_processing()
         self._destroy_publishers()
         self._release_model()
-        self.get_logger().error(f"error in a transition from {state.label}: stopped, back to unconfigured")
+        self.get_logger().error(
+            f"error in a transition from {state.label}: stopped, back to unconfigured"
+        )
         return SUCCESS
 
     @property
@@ -277,7 +312,9 @@ class PerceptionNode(LifecycleNode):
         """Load + warm up the predictor; on a user error log one fatal line and return False."""
         try:
             predictor = load_predictor(self.settings)
-            problem = model_problem(self.settings, predictor.detection_classes, predictor.segmentation_classes)
+            problem = model_problem(
+                self.settings, predictor.detection_classes, predictor.segmentation_classes
+            )
             if problem:
                 raise UserError(problem)
             predictor.warmup(self.settings.warmup_iterations)
@@ -334,10 +371,12 @@ class PerceptionNode(LifecycleNode):
             return
         try:
             self._process_frame(frame, predictor, self.settings)
-        except Exception as err:  # noqa: BLE001 (a bug in one frame must not stop the robot's perception)
+        except Exception as err:
             self._unexpected_error(err)
 
-    def _process_frame(self, frame: ReceivedFrame, predictor: Predictor, settings: Settings) -> None:
+    def _process_frame(
+        self, frame: ReceivedFrame, predictor: Predictor, settings: Settings
+    ) -> None:
         """Deserialise, decode, infer and publish one frame, timing each stage; a bad frame is skipped."""
         clock = time.monotonic
         start = clock()
@@ -366,36 +405,46 @@ class PerceptionNode(LifecycleNode):
             publisher.publish(message)
         published = clock()
         timing = prediction.timing
-        self._stats.processed(published - frame.received, {
-            "wait": start - frame.received,
-            "deserialise": deserialised - start,
-            "decode": decoded - deserialised,
-            "preprocess": timing.preprocess_ms / 1000.0,
-            "model": timing.inference_ms / 1000.0,
-            "postprocess": timing.postprocess_ms / 1000.0,
-            "messages": built - predicted,
-            "publish": published - built,
-        })
+        self._stats.processed(
+            published - frame.received,
+            {
+                "wait": start - frame.received,
+                "deserialise": deserialised - start,
+                "decode": decoded - deserialised,
+                "preprocess": timing.preprocess_ms / 1000.0,
+                "model": timing.inference_ms / 1000.0,
+                "postprocess": timing.postprocess_ms / 1000.0,
+                "messages": built - predicted,
+                "publish": published - built,
+            },
+        )
 
     def _check_size(self, size: tuple[int, int]) -> None:
         """Count and warn when the stream's resolution changes (the frame is still processed)."""
         if self._last_size is not None and size != self._last_size:
             self._stats.error("size changed")
-            self.get_logger().warning(f"input size changed from {self._last_size} to {size} (HxW)",
-                                      throttle_duration_sec=WARN_THROTTLE_SEC)
+            self.get_logger().warning(
+                f"input size changed from {self._last_size} to {size} (HxW)",
+                throttle_duration_sec=WARN_THROTTLE_SEC,
+            )
         self._last_size = size
 
     def _check_depth_encoding(self, msg: Any, compressed: bool) -> None:
         """Warn once per encoding when depth images arrive on the colour input (a wrong remapping)."""
         encoding = str(msg.format if compressed else msg.encoding).strip()
-        kind = "compressedDepth" if compressed and "compresseddepth" in encoding.lower() else encoding.upper()
+        kind = (
+            "compressedDepth"
+            if compressed and "compresseddepth" in encoding.lower()
+            else encoding.upper()
+        )
         if kind not in DEPTH_ENCODINGS or kind in self._warned_encodings:
             return
         self._warned_encodings.add(kind)
         self.get_logger().warning(
             f"frames on {self._subscription_topic()} are {encoding}, a depth encoding: is a depth topic remapped "
             "to the colour input `image`? They are processed as grey images (min-max scaled), which is "
-            "almost never meant")
+            "almost never meant"
+        )
 
     def _subscription_topic(self) -> str:
         subscription = self._subscription
@@ -403,22 +452,31 @@ class PerceptionNode(LifecycleNode):
 
     def _frame_error(self, kind: str, err: Exception) -> None:
         self._stats.error(kind)
-        self.get_logger().warning(f"skipped a frame: {kind}: {err}", throttle_duration_sec=WARN_THROTTLE_SEC)
+        self.get_logger().warning(
+            f"skipped a frame: {kind}: {err}", throttle_duration_sec=WARN_THROTTLE_SEC
+        )
 
     def _unexpected_error(self, err: Exception) -> None:
         """A bug: counted every time, logged with its traceback the first time per kind (type + place)."""
         where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
-        kind = f"{type(err).__name__} at {where.filename}:{where.lineno}" if where else type(err).__name__
+        kind = (
+            f"{type(err).__name__} at {where.filename}:{where.lineno}"
+            if where
+            else type(err).__name__
+        )
         self._stats.error(f"unexpected {type(err).__name__}")
         if kind in self._logged_bugs:
             return
         self._logged_bugs.add(kind)
         trace = "".join(traceback.format_exception(err))
-        self.get_logger().error(f"unexpected error while processing a frame (logged once per kind, every one is "
-                                f"counted in /diagnostics; the node goes on with the next frame):\n{trace}")
+        self.get_logger().error(
+            f"unexpected error while processing a frame (logged once per kind, every one is "
+            f"counted in /diagnostics; the node goes on with the next frame):\n{trace}"
+        )
 
-    def _messages(self, header: Any, rgb: np.ndarray, prediction: Prediction,
-                  settings: Settings) -> list[tuple[Any, Any]]:
+    def _messages(
+        self, header: Any, rgb: np.ndarray, prediction: Prediction, settings: Settings
+    ) -> list[tuple[Any, Any]]:
         """Every enabled output for one frame as (publisher, message), all with the input's ``header``."""
         pubs = self._outputs
         out: list[tuple[Any, Any]] = []
@@ -433,13 +491,22 @@ class PerceptionNode(LifecycleNode):
             if settings.publish_color and _has_subscribers(pubs["color"]):
                 out.append((pubs["color"], color_mask_message(prediction.mask, palette, header)))
         if settings.publish_overlay and _has_subscribers(pubs["overlay"]):
-            out.append((pubs["overlay"], overlay_message(rgb, prediction, palette, settings.overlay_alpha, header)))
+            out.append(
+                (
+                    pubs["overlay"],
+                    overlay_message(rgb, prediction, palette, settings.overlay_alpha, header),
+                )
+            )
         if prediction.depth is not None:
             if settings.publish_depth:
                 out.append((pubs["depth"], depth_message(prediction.depth, header)))
             if settings.publish_depth_color and _has_subscribers(pubs["depth_color"]):
-                out.append((pubs["depth_color"],
-                            color_depth_message(prediction.depth, settings.depth_color_max, header)))
+                out.append(
+                    (
+                        pubs["depth_color"],
+                        color_depth_message(prediction.depth, settings.depth_color_max, header),
+                    )
+                )
         return out
 
     def _predictor_palette(self) -> list[tuple[int, ...]]:
@@ -458,13 +525,19 @@ class PerceptionNode(LifecycleNode):
             candidate = self._settings_with(parameters)
             predictor = self._predictor
             if predictor is not None:
-                problem = model_problem(candidate, predictor.detection_classes, predictor.segmentation_classes)
+                problem = model_problem(
+                    candidate, predictor.detection_classes, predictor.segmentation_classes
+                )
         return SetParametersResult(successful=problem is None, reason=problem or "")
 
     def _apply_parameters(self, parameters: list[Parameter]) -> None:
         """Take accepted values into use; the worker sees them from its next frame on."""
         self.settings = self._settings_with(parameters)
-        if self._predictor is not None and {p.name for p in parameters} & {"score_threshold", "max_detections", "class_filter"}:
+        if self._predictor is not None and {p.name for p in parameters} & {
+            "score_threshold",
+            "max_detections",
+            "class_filter",
+        }:
             self._predictor = with_runtime_settings(self._predictor, self.settings)
 
     def _settings_with(self, parameters: list[Parameter]) -> Settings:
@@ -476,19 +549,27 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
         report = self._stats.report()
-        status = DiagnosticStatus(name=f"{self.get_name()}: perception", hardware_id=self._device_name())
+        status = DiagnosticStatus(
+            name=f"{self.get_name()}: perception", hardware_id=self._device_name()
+        )
         if self._active:
             status.level = bytes([report.level])
             if report.level == ERROR:
                 status.message = f"every frame fails: {report.new_errors} errors since the last report, none processed"
             elif report.new_errors:
-                status.message = f"{report.processed_rate_hz:.1f} Hz, {report.new_errors} new errors"
+                status.message = (
+                    f"{report.processed_rate_hz:.1f} Hz, {report.new_errors} new errors"
+                )
             else:
                 status.message = f"{report.processed_rate_hz:.1f} Hz"
         else:
             status.level = bytes([ERROR if self._fatal else WARN])
             status.message = self._fatal or "inactive"
-        pairs = [("model", self.settings.model_path), ("device", self._device_name()), *report.key_values()]
+        pairs = [
+            ("model", self.settings.model_path),
+            ("device", self._device_name()),
+            *report.key_values(),
+        ]
         status.values = [KeyValue(key=key, value=value) for key, value in pairs]
         self._diagnostics.publish(DiagnosticArray(header=_stamped(self), status=[status]))
 
@@ -504,7 +585,7 @@ def _has_subscribers(publisher: Any) -> bool:
 
 def _triplets(flat: Sequence[int]) -> list[tuple[int, int, int]]:
     """Flat ``[r, g, b, r, g, b, ...]`` -> list of colours."""
-    return [tuple(flat[i: i + 3]) for i in range(0, len(flat), 3)]  # type: ignore[misc]
+    return [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]  # type: ignore[misc]
 
 
 def _stamped(node: LifecycleNode) -> Any:
@@ -527,7 +608,9 @@ def main(args: Sequence[str] | None = None) -> int:
             if node.trigger_configure() != SUCCESS or node.trigger_activate() != SUCCESS:
                 return 2  # the reason was logged as one fatal line
         else:
-            node.get_logger().info("unconfigured: waiting for lifecycle transitions (autostart is false)")
+            node.get_logger().info(
+                "unconfigured: waiting for lifecycle transitions (autostart is false)"
+            )
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -36,7 +36,11 @@ def _one_of(*choices: str) -> Check:
 
 
 def _device(value: str) -> str | None:
-    return None if DEVICE_SPEC.match(value.strip().lower()) else f"{value!r} is not one of {DEVICE_CHOICES}"
+    return (
+        None
+        if DEVICE_SPEC.match(value.strip().lower())
+        else f"{value!r} is not one of {DEVICE_CHOICES}"
+    )
 
 
 def parse_input_size(value: str) -> tuple[int, ...]:
@@ -91,9 +95,15 @@ class ParamSpec:
         )
         if self.low is not None and self.high is not None:
             if self.type is Parameter.Type.DOUBLE:
-                descriptor.floating_point_range = [FloatingPointRange(from_value=float(self.low), to_value=float(self.high), step=0.0)]
+                descriptor.floating_point_range = [
+                    FloatingPointRange(
+                        from_value=float(self.low), to_value=float(self.high), step=0.0
+                    )
+                ]
             else:
-                descriptor.integer_range = [IntegerRange(from_value=int(self.low), to_value=int(self.high), step=1)]
+                descriptor.integer_range = [
+                    IntegerRange(from_value=int(self.low), to_value=int(self.high), step=1)
+                ]
         return descriptor
 
     def problem(self, value: Any) -> str | None:
@@ -105,57 +115,197 @@ class ParamSpec:
         return self.check(value) if self.check else None
 
 
-_ARRAY_TYPES = (Parameter.Type.STRING_ARRAY, Parameter.Type.INTEGER_ARRAY, Parameter.Type.DOUBLE_ARRAY)
+_ARRAY_TYPES = (
+    Parameter.Type.STRING_ARRAY,
+    Parameter.Type.INTEGER_ARRAY,
+    Parameter.Type.DOUBLE_ARRAY,
+)
 
 _T = Parameter.Type
 PARAMETERS: tuple[ParamSpec, ...] = (
     # -- model (read-only: changing any of these means loading the model again)
-    ParamSpec("model_path", "", _T.STRING, "Checkpoint file (.pt): models/<name>/model.pt from mtl-export (or a run's best.pt); required.", read_only=True),
-    ParamSpec("device", "auto", _T.STRING, "Inference device: auto (CUDA if available), cpu, cuda or cuda:N.",
-              read_only=True, check=_device, constraints="auto | cpu | cuda | cuda:N"),
-    ParamSpec("half", "auto", _T.STRING, "FP16 inference: auto (on for CUDA, off for CPU), true or false.",
-              read_only=True, check=_one_of("auto", "true", "false"), constraints="auto | true | false"),
+    ParamSpec(
+        "model_path",
+        "",
+        _T.STRING,
+        "Checkpoint file (.pt): models/<name>/model.pt from mtl-export (or a run's best.pt); required.",
+        read_only=True,
+    ),
+    ParamSpec(
+        "device",
+        "auto",
+        _T.STRING,
+        "Inference device: auto (CUDA if available), cpu, cuda or cuda:N.",
+        read_only=True,
+        check=_device,
+        constraints="auto | cpu | cuda | cuda:N",
+    ),
+    ParamSpec(
+        "half",
+        "auto",
+        _T.STRING,
+        "FP16 inference: auto (on for CUDA, off for CPU), true or false.",
+        read_only=True,
+        check=_one_of("auto", "true", "false"),
+        constraints="auto | true | false",
+    ),
     # A string, not an integer array: ROS has no typed empty array, and an unset read-only
     # parameter cannot be given one after declaration (`ros2 param dump` would fail on it).
-    ParamSpec("input_size", "", _T.STRING, "Network input HEIGHTxWIDTH (e.g. 480x640); empty = the checkpoint's size.",
-              read_only=True, check=_input_size, constraints=f'"" or HEIGHTxWIDTH, both >= {MIN_INPUT_SIDE}'),
-    ParamSpec("compile", False, _T.BOOL, "Optimise the model with torch.compile (slow first frames).", read_only=True),
-    ParamSpec("tensorrt", False, _T.BOOL, "Run the model through torch-tensorrt (CUDA only; must be installed).",
-              read_only=True),
-    ParamSpec("warmup_iterations", 2, _T.INTEGER, "Dummy inferences at configure so the first frame is not slow.",
-              read_only=True, low=0, high=100),
+    ParamSpec(
+        "input_size",
+        "",
+        _T.STRING,
+        "Network input HEIGHTxWIDTH (e.g. 480x640); empty = the checkpoint's size.",
+        read_only=True,
+        check=_input_size,
+        constraints=f'"" or HEIGHTxWIDTH, both >= {MIN_INPUT_SIDE}',
+    ),
+    ParamSpec(
+        "compile",
+        False,
+        _T.BOOL,
+        "Optimise the model with torch.compile (slow first frames).",
+        read_only=True,
+    ),
+    ParamSpec(
+        "tensorrt",
+        False,
+        _T.BOOL,
+        "Run the model through torch-tensorrt (CUDA only; must be installed).",
+        read_only=True,
+    ),
+    ParamSpec(
+        "warmup_iterations",
+        2,
+        _T.INTEGER,
+        "Dummy inferences at configure so the first frame is not slow.",
+        read_only=True,
+        low=0,
+        high=100,
+    ),
     # -- input (read-only: changing these means subscribing again)
-    ParamSpec("compressed", False, _T.BOOL, "Subscribe to <image>/compressed (CompressedImage, image_transport naming) instead of image.",
-              read_only=True),
-    ParamSpec("reliability", "best_effort", _T.STRING, "Input QoS reliability: best_effort (sensor data) or reliable.",
-              read_only=True, check=_one_of("best_effort", "reliable"), constraints="best_effort | reliable"),
-    ParamSpec("depth", 1, _T.INTEGER, "Input QoS history depth; 1 = only the newest frame.", read_only=True,
-              low=1, high=100),
-    ParamSpec("decoder", "builtin", _T.STRING, "Image decoder: builtin (the package's own, tested on every encoding "
-              "it accepts) or cv_bridge (ROS's; must be installed; see docs/ROS2.md).", read_only=True,
-              check=_one_of(*DECODERS), constraints=" | ".join(DECODERS)),
-    ParamSpec("autostart", True, _T.BOOL, "Configure and activate at start (plain `ros2 run`); false = wait for "
-              "lifecycle transitions.", read_only=True),
-    ParamSpec("diagnostics_period", 1.0, _T.DOUBLE, "Seconds between /diagnostics messages.", read_only=True,
-              low=0.1, high=60.0),
+    ParamSpec(
+        "compressed",
+        False,
+        _T.BOOL,
+        "Subscribe to <image>/compressed (CompressedImage, image_transport naming) instead of image.",
+        read_only=True,
+    ),
+    ParamSpec(
+        "reliability",
+        "best_effort",
+        _T.STRING,
+        "Input QoS reliability: best_effort (sensor data) or reliable.",
+        read_only=True,
+        check=_one_of("best_effort", "reliable"),
+        constraints="best_effort | reliable",
+    ),
+    ParamSpec(
+        "depth",
+        1,
+        _T.INTEGER,
+        "Input QoS history depth; 1 = only the newest frame.",
+        read_only=True,
+        low=1,
+        high=100,
+    ),
+    ParamSpec(
+        "decoder",
+        "builtin",
+        _T.STRING,
+        "Image decoder: builtin (the package's own, tested on every encoding "
+        "it accepts) or cv_bridge (ROS's; must be installed; see docs/ROS2.md).",
+        read_only=True,
+        check=_one_of(*DECODERS),
+        constraints=" | ".join(DECODERS),
+    ),
+    ParamSpec(
+        "autostart",
+        True,
+        _T.BOOL,
+        "Configure and activate at start (plain `ros2 run`); false = wait for "
+        "lifecycle transitions.",
+        read_only=True,
+    ),
+    ParamSpec(
+        "diagnostics_period",
+        1.0,
+        _T.DOUBLE,
+        "Seconds between /diagnostics messages.",
+        read_only=True,
+        low=0.1,
+        high=60.0,
+    ),
     # -- post-processing and outputs (settable at run time)
-    ParamSpec("score_threshold", 0.3, _T.DOUBLE, "Minimum detection score to publish.", low=0.0, high=1.0),
-    ParamSpec("max_detections", 100, _T.INTEGER, "Maximum detections per frame (highest scores kept).",
-              low=1, high=1000),
-    ParamSpec("class_filter", None, _T.STRING_ARRAY, "Detection class names to publish; empty = all classes.",
-              check=_class_filter, constraints="names from the checkpoint's detection_classes"),
-    ParamSpec("palette", None, _T.INTEGER_ARRAY, "Segmentation colours as flat r, g, b triplets, one per class; "
-              "empty = the checkpoint's palette.", check=_palette, constraints="3 x number of segmentation classes, 0..255"),
-    ParamSpec("overlay_alpha", 0.5, _T.DOUBLE, "Opacity of the mask blended into ~/overlay.", low=0.0, high=1.0),
-    ParamSpec("publish_detections", True, _T.BOOL, "Publish ~/detections (vision_msgs/Detection2DArray)."),
-    ParamSpec("publish_segmentation", True, _T.BOOL, "Publish ~/segmentation (mono8 class-id mask)."),
-    ParamSpec("publish_color", True, _T.BOOL, "Publish ~/segmentation/color (rgb8 colourised mask)."),
-    ParamSpec("publish_overlay", True, _T.BOOL, "Publish ~/overlay (computed only while subscribed)."),
-    ParamSpec("publish_depth", True, _T.BOOL, "Publish ~/depth (32FC1 metres at input resolution; models with depth)."),
-    ParamSpec("publish_depth_color", True, _T.BOOL, "Publish ~/depth/color (rgb8, near = red, far = blue; "
-              "drawn only while subscribed)."),
-    ParamSpec("depth_color_max", 10.0, _T.DOUBLE, "Depth (metres) drawn as the far end of the ~/depth/color "
-              "colour scale; farther is clipped.", low=0.1, high=1000.0),
+    ParamSpec(
+        "score_threshold", 0.3, _T.DOUBLE, "Minimum detection score to publish.", low=0.0, high=1.0
+    ),
+    ParamSpec(
+        "max_detections",
+        100,
+        _T.INTEGER,
+        "Maximum detections per frame (highest scores kept).",
+        low=1,
+        high=1000,
+    ),
+    ParamSpec(
+        "class_filter",
+        None,
+        _T.STRING_ARRAY,
+        "Detection class names to publish; empty = all classes.",
+        check=_class_filter,
+        constraints="names from the checkpoint's detection_classes",
+    ),
+    ParamSpec(
+        "palette",
+        None,
+        _T.INTEGER_ARRAY,
+        "Segmentation colours as flat r, g, b triplets, one per class; "
+        "empty = the checkpoint's palette.",
+        check=_palette,
+        constraints="3 x number of segmentation classes, 0..255",
+    ),
+    ParamSpec(
+        "overlay_alpha",
+        0.5,
+        _T.DOUBLE,
+        "Opacity of the mask blended into ~/overlay.",
+        low=0.0,
+        high=1.0,
+    ),
+    ParamSpec(
+        "publish_detections", True, _T.BOOL, "Publish ~/detections (vision_msgs/Detection2DArray)."
+    ),
+    ParamSpec(
+        "publish_segmentation", True, _T.BOOL, "Publish ~/segmentation (mono8 class-id mask)."
+    ),
+    ParamSpec(
+        "publish_color", True, _T.BOOL, "Publish ~/segmentation/color (rgb8 colourised mask)."
+    ),
+    ParamSpec(
+        "publish_overlay", True, _T.BOOL, "Publish ~/overlay (computed only while subscribed)."
+    ),
+    ParamSpec(
+        "publish_depth",
+        True,
+        _T.BOOL,
+        "Publish ~/depth (32FC1 metres at input resolution; models with depth).",
+    ),
+    ParamSpec(
+        "publish_depth_color",
+        True,
+        _T.BOOL,
+        "Publish ~/depth/color (rgb8, near = red, far = blue; drawn only while subscribed).",
+    ),
+    ParamSpec(
+        "depth_color_max",
+        10.0,
+        _T.DOUBLE,
+        "Depth (metres) drawn as the far end of the ~/depth/color "
+        "colour scale; farther is clipped.",
+        low=0.1,
+        high=1000.0,
+    ),
 )
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
 
@@ -196,7 +346,9 @@ class Settings:
         kwargs = {}
         for field in fields(cls):
             value = values[field.name]
-            kwargs[field.name] = tuple(value or ()) if SPECS[field.name].type in _ARRAY_TYPES else value
+            kwargs[field.name] = (
+                tuple(value or ()) if SPECS[field.name].type in _ARRAY_TYPES else value
+            )
         kwargs["input_size"] = parse_input_size(values["input_size"])
         return cls(**kwargs)
 
@@ -236,10 +388,14 @@ def declare_all(node: Any) -> Settings:
             # rclpy keeps the rejected value only in the message text.
             given = _REJECTED_VALUE_RE.search(str(err))
             value = given.group(1) if given else "the given value"
-            raise UserError(f"parameter {spec.name}: {value} is outside the range {spec.low}..{spec.high}") from None
+            raise UserError(
+                f"parameter {spec.name}: {value} is outside the range {spec.low}..{spec.high}"
+            ) from None
         except InvalidParameterTypeException as err:
             hint = " (write decimals with a point, e.g. 1.0)" if spec.type is _T.DOUBLE else ""
-            raise UserError(f"parameter {spec.name}: expected a {spec.type.name.lower()} value{hint}: {err}") from None
+            raise UserError(
+                f"parameter {spec.name}: expected a {spec.type.name.lower()} value{hint}: {err}"
+            ) from None
         if values[spec.name] is None:
             # Declared by type only (or `[]` in YAML, which ROS reads as "not set"): give it a
             # typed empty value, else `ros2 param get/dump` fail on the uninitialised parameter.

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
-RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+RELIABILITY = {
+    "best_effort": ReliabilityPolicy.BEST_EFFORT,
+    "reliable": ReliabilityPolicy.RELIABLE,
+}
 
 
 def input_qos(reliability: str = "best_effort", depth: int = 1) -> QoSProfile:

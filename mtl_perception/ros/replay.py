@@ -51,17 +51,17 @@ from std_msgs.msg import Header
 from tqdm import tqdm
 from vision_msgs.msg import Detection2DArray
 
-from mtl_perception.core.summary import JobSummary
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.core.depth import DEFAULT_DEPTH_TOLERANCE_MS, DEFAULT_DEPTH_UNIT_M
 from mtl_perception.core.errors import UserError, run_cli
 from mtl_perception.core.json_io import format_number
-from mtl_perception.core.stamps import ns_to_sec_nanosec
 from mtl_perception.core.labels import BACKGROUND, ClassConfig, load_class_config
+from mtl_perception.core.stamps import ns_to_sec_nanosec
+from mtl_perception.core.summary import JobSummary
+from mtl_perception.replay.depth_scoring import DepthScorer
 from mtl_perception.replay.ground_truth import GroundTruth, load_ground_truth
 from mtl_perception.replay.outputs import DETECTIONS_TYPE, IMAGE_TYPE, OutputSink, header_stamp_ns
 from mtl_perception.replay.recorder import OutputRecorder
-from mtl_perception.replay.depth_scoring import DepthScorer
 from mtl_perception.replay.report import write_report
 from mtl_perception.replay.scoring import StampScorer
 from mtl_perception.replay.source import BagFrame, ImageBag, open_depth_reference, open_image_bag
@@ -113,11 +113,20 @@ def to_ros_message(frame: BagFrame) -> Image | CompressedImage:
     sec, nanosec = ns_to_sec_nanosec(frame.stamp_ns)
     stamp = Time(sec=sec, nanosec=nanosec)
     header = Header(stamp=stamp, frame_id=str(src.header.frame_id))
-    data = np.asarray(src.data, dtype=np.uint8).tobytes()  # bytes: the fast path (never an ndarray)
+    data = np.asarray(
+        src.data, dtype=np.uint8
+    ).tobytes()  # bytes: the fast path (never an ndarray)
     if frame.compressed:
         return CompressedImage(header=header, format=str(src.format), data=data)
-    return Image(header=header, height=int(src.height), width=int(src.width), encoding=str(src.encoding),
-                 is_bigendian=int(src.is_bigendian), step=int(src.step), data=data)
+    return Image(
+        header=header,
+        height=int(src.height),
+        width=int(src.width),
+        encoding=str(src.encoding),
+        is_bigendian=int(src.is_bigendian),
+        step=int(src.step),
+        data=data,
+    )
 
 
 class ReplaySession:
@@ -127,8 +136,15 @@ class ReplaySession:
     separate worker thread (``sink``), so they never delay the next answer's timestamp.
     """
 
-    def __init__(self, context: Context, publish_topic: str, msg_class: Any, outputs: Sequence[OutputTopic],
-                 sink: OutputSink, stats: ReplayStats) -> None:
+    def __init__(
+        self,
+        context: Context,
+        publish_topic: str,
+        msg_class: Any,
+        outputs: Sequence[OutputTopic],
+        sink: OutputSink,
+        stats: ReplayStats,
+    ) -> None:
         self.stats = stats
         self.sink = sink
         self.publish_topic = publish_topic
@@ -140,8 +156,12 @@ class ReplaySession:
         self.publisher = self.node.create_publisher(msg_class, publish_topic, PUBLISH_QOS)
         self.subscriptions = [
             self.node.create_subscription(
-                topic.msg_class, topic.name, lambda data, t=topic: self._on_output(t, data),
-                qos_profile_system_default if topic.msgtype == DIAGNOSTICS_TYPE else OUTPUT_QOS, raw=True)
+                topic.msg_class,
+                topic.name,
+                lambda data, t=topic: self._on_output(t, data),
+                qos_profile_system_default if topic.msgtype == DIAGNOSTICS_TYPE else OUTPUT_QOS,
+                raw=True,
+            )
             for topic in self.outputs
         ]
         self.executor = SingleThreadedExecutor(context=context)
@@ -176,18 +196,27 @@ class ReplaySession:
         deadline = time.monotonic() + timeout
         while True:
             if node is not None and node.exit_code() is not None:
-                raise UserError(f"perception node exited with status {node.exit_code()} during start-up "
-                                f"(log {node.log_path}): {node.log_tail()}")
+                raise UserError(
+                    f"perception node exited with status {node.exit_code()} during start-up "
+                    f"(log {node.log_path}): {node.log_tail()}"
+                )
             listeners = self.publisher.get_subscription_count()
             outputs = self.subscriptions[0].get_publisher_count()
             if listeners > 0 and outputs > 0:
                 time.sleep(0.3)  # let the remaining endpoints (segmentation, colour) match too
                 return
             if time.monotonic() > deadline:
-                check = (f"no subscriber on {self.publish_topic} (is the node active and listening on it?)"
-                         if listeners == 0 else f"nobody publishes {detections.name} (wrong --node-ns?)")
-                where = f"; node log {node.log_path}: {node.log_tail(3)}" if node is not None else ""
-                raise UserError(f"perception node did not come up within {timeout:g} s: {check}{where}")
+                check = (
+                    f"no subscriber on {self.publish_topic} (is the node active and listening on it?)"
+                    if listeners == 0
+                    else f"nobody publishes {detections.name} (wrong --node-ns?)"
+                )
+                where = (
+                    f"; node log {node.log_path}: {node.log_tail(3)}" if node is not None else ""
+                )
+                raise UserError(
+                    f"perception node did not come up within {timeout:g} s: {check}{where}"
+                )
             time.sleep(0.05)
 
     def publish(self, stamp_ns: int, msg: Any) -> bool:
@@ -202,8 +231,10 @@ class ReplaySession:
         """Wait until every stamp in ``stamps`` was answered, or ``timeout`` seconds pass."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            return self._cond.wait_for(lambda: all(self.stats.is_answered(s) for s in stamps),
-                                       timeout=max(0.0, deadline - time.monotonic()))
+            return self._cond.wait_for(
+                lambda: all(self.stats.is_answered(s) for s in stamps),
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
 
     def wait_quiet(self, quiet: float, limit: float) -> None:
         """Wait until no output arrived for ``quiet`` seconds (at most ``limit`` seconds).
@@ -226,11 +257,20 @@ class ReplaySession:
 
 def _example_indices(count: int, wanted: int) -> set[int]:
     """``wanted`` frame indices spread evenly over ``count`` frames."""
-    return set(np.linspace(0, count - 1, num=min(wanted, count)).round().astype(int).tolist()) if count and wanted else set()
+    return (
+        set(np.linspace(0, count - 1, num=min(wanted, count)).round().astype(int).tolist())
+        if count and wanted
+        else set()
+    )
 
 
-def _replay_frames(args: argparse.Namespace, bag: ImageBag, session: ReplaySession, node: NodeProcess | None,
-                   summary: JobSummary) -> dict[int, np.ndarray]:
+def _replay_frames(
+    args: argparse.Namespace,
+    bag: ImageBag,
+    session: ReplaySession,
+    node: NodeProcess | None,
+    summary: JobSummary,
+) -> dict[int, np.ndarray]:
     """Publish the frames (lockstep or timed); returns the decoded example frames by stamp."""
     total = min(len(bag), args.max_frames) if args.max_frames else len(bag)
     examples = _example_indices(total, args.examples)
@@ -246,8 +286,10 @@ def _replay_frames(args: argparse.Namespace, bag: ImageBag, session: ReplaySessi
         if args.restamp:
             item = dataclasses.replace(item, stamp_ns=item.bag_time_ns)
         if node is not None and node.exit_code() is not None:
-            raise UserError(f"perception node exited with status {node.exit_code()} during the replay "
-                            f"(log {node.log_path}): {node.log_tail()}")
+            raise UserError(
+                f"perception node exited with status {node.exit_code()} during the replay "
+                f"(log {node.log_path}): {node.log_tail()}"
+            )
         if item.index in examples:
             try:
                 example_rgb[item.stamp_ns] = item.rgb()
@@ -260,17 +302,23 @@ def _replay_frames(args: argparse.Namespace, bag: ImageBag, session: ReplaySessi
             due = start + (item.bag_time_ns - first_bag_time) / 1e9 / args.rate
             time.sleep(max(0.0, due - time.monotonic()))
         if not session.publish(item.stamp_ns, to_ros_message(item)):
-            summary.fail("duplicate header stamp, frame skipped (see --restamp)", f"frame {item.index} stamp {item.stamp_ns}")
+            summary.fail(
+                "duplicate header stamp, frame skipped (see --restamp)",
+                f"frame {item.index} stamp {item.stamp_ns}",
+            )
             continue
         summary.add("published")
         last_stamp = item.stamp_ns
         if args.lockstep and not session.wait_answered([item.stamp_ns], args.frame_timeout):
-            summary.fail("no answer within --frame-timeout", f"frame {item.index} stamp {item.stamp_ns}")
+            summary.fail(
+                "no answer within --frame-timeout", f"frame {item.index} stamp {item.stamp_ns}"
+            )
     # Timed mode: the node always gets to the newest frame; wait for it before counting drops.
     if last_stamp is not None and not args.lockstep:
         session.wait_answered([last_stamp], args.frame_timeout)
     session.wait_quiet(QUIET_SEC, args.frame_timeout)
     return example_rgb
+
 
 def _positive(text: str) -> float:
     value = float(text)
@@ -280,47 +328,108 @@ def _positive(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("bag", type=Path, help="bag to replay: ROS 1 .bag (.bag.active), rosbag2 folder, .db3 or "
-                        ".mcap; a cut-off or damaged bag is salvaged: its complete frames before the damage are "
-                        "replayed, with a warning (docs/SALVAGE.md)")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "bag",
+        type=Path,
+        help="bag to replay: ROS 1 .bag (.bag.active), rosbag2 folder, .db3 or "
+        ".mcap; a cut-off or damaged bag is salvaged: its complete frames before the damage are "
+        "replayed, with a warning (docs/SALVAGE.md)",
+    )
     parser.add_argument("--topic", help="image topic in the bag (default: the only image topic)")
-    parser.add_argument("--publish-topic", help="topic to publish on (default: the bag's topic name)")
+    parser.add_argument(
+        "--publish-topic", help="topic to publish on (default: the bag's topic name)"
+    )
     node = parser.add_argument_group("node")
-    node.add_argument("--model", type=Path, help="checkpoint to start the node with (required unless --attach; "
-                      "with --attach it only supplies class names and palette)")
+    node.add_argument(
+        "--model",
+        type=Path,
+        help="checkpoint to start the node with (required unless --attach; "
+        "with --attach it only supplies class names and palette)",
+    )
     node.add_argument("--params-file", type=Path, help="ROS parameters YAML for the started node")
     node.add_argument("--attach", action="store_true", help="use a node that is already running")
-    node.add_argument("--node-ns", default="/perception_node", help="the node's private namespace (its outputs live under it)")
-    node.add_argument("--startup-timeout", type=_positive, default=120.0, help="seconds for the node to come up")
+    node.add_argument(
+        "--node-ns",
+        default="/perception_node",
+        help="the node's private namespace (its outputs live under it)",
+    )
+    node.add_argument(
+        "--startup-timeout", type=_positive, default=120.0, help="seconds for the node to come up"
+    )
     timing = parser.add_argument_group("timing")
-    timing.add_argument("--rate", type=_positive, default=1.0, help="speed factor over the recorded rate")
-    timing.add_argument("--lockstep", action="store_true", help="send the next frame only after the node answered")
-    timing.add_argument("--frame-timeout", type=_positive, default=10.0,
-                        help="seconds to wait for an answer (lockstep, and at the end)")
-    timing.add_argument("--restamp", action="store_true",
-                        help="use the bag's record time as header stamp (cameras that leave stamps 0 or repeat them)")
-    timing.add_argument("--max-frames", type=int, default=0, help="replay at most this many frames (0 = all)")
+    timing.add_argument(
+        "--rate", type=_positive, default=1.0, help="speed factor over the recorded rate"
+    )
+    timing.add_argument(
+        "--lockstep", action="store_true", help="send the next frame only after the node answered"
+    )
+    timing.add_argument(
+        "--frame-timeout",
+        type=_positive,
+        default=10.0,
+        help="seconds to wait for an answer (lockstep, and at the end)",
+    )
+    timing.add_argument(
+        "--restamp",
+        action="store_true",
+        help="use the bag's record time as header stamp (cameras that leave stamps 0 or repeat them)",
+    )
+    timing.add_argument(
+        "--max-frames", type=int, default=0, help="replay at most this many frames (0 = all)"
+    )
     output = parser.add_argument_group("output")
-    output.add_argument("--ground-truth", type=Path,
-                        help="mtl-data build folder, or COCO .json / CVAT .xml with stamp_ns: adds mAP/mIoU")
-    output.add_argument("--classes-file", type=Path,
-                        help="classes YAML of mtl-data build, to rasterise a label file's ground truth "
-                             "(default: the classes of --model's dataset)")
+    output.add_argument(
+        "--ground-truth",
+        type=Path,
+        help="mtl-data build folder, or COCO .json / CVAT .xml with stamp_ns: adds mAP/mIoU",
+    )
+    output.add_argument(
+        "--classes-file",
+        type=Path,
+        help="classes YAML of mtl-data build, to rasterise a label file's ground truth "
+        "(default: the classes of --model's dataset)",
+    )
     depth = parser.add_argument_group("depth (RGB-D bags)")
-    depth.add_argument("--depth-topic", help="the bag's aligned depth topic to score ~/depth against, "
-                                             "e.g. /camera/aligned_depth_to_color/image_raw")
-    depth.add_argument("--depth-tolerance-ms", type=float, default=DEFAULT_DEPTH_TOLERANCE_MS,
-                       help="largest stamp difference between an answer and the bag's depth frame")
-    depth.add_argument("--depth-unit-m", type=_positive, default=DEFAULT_DEPTH_UNIT_M,
-                       help="metres per unit of 16-bit depth (16UC1 is millimetres)")
-    depth.add_argument("--max-depth", type=_positive, help="depth beyond this many metres is not scored")
+    depth.add_argument(
+        "--depth-topic",
+        help="the bag's aligned depth topic to score ~/depth against, "
+        "e.g. /camera/aligned_depth_to_color/image_raw",
+    )
+    depth.add_argument(
+        "--depth-tolerance-ms",
+        type=float,
+        default=DEFAULT_DEPTH_TOLERANCE_MS,
+        help="largest stamp difference between an answer and the bag's depth frame",
+    )
+    depth.add_argument(
+        "--depth-unit-m",
+        type=_positive,
+        default=DEFAULT_DEPTH_UNIT_M,
+        help="metres per unit of 16-bit depth (16UC1 is millimetres)",
+    )
+    depth.add_argument(
+        "--max-depth", type=_positive, help="depth beyond this many metres is not scored"
+    )
     output.add_argument("--out", type=Path, default=Path("reports/replay"), help="report folder")
-    output.add_argument("--examples", type=int, default=4, help="number of example overlays in the report")
+    output.add_argument(
+        "--examples", type=int, default=4, help="number of example overlays in the report"
+    )
     output.add_argument("--no-record", action="store_true", help="do not write the outputs bag")
-    output.add_argument("--no-record-color", action="store_true", help="do not record ~/segmentation/color and ~/depth/color")
-    output.add_argument("--record-overlay", action="store_true", help="also record ~/overlay (the node then draws it)")
+    output.add_argument(
+        "--no-record-color",
+        action="store_true",
+        help="do not record ~/segmentation/color and ~/depth/color",
+    )
+    output.add_argument(
+        "--record-overlay",
+        action="store_true",
+        help="also record ~/overlay (the node then draws it)",
+    )
     return parser
 
 
@@ -338,8 +447,11 @@ def _model_info(args: argparse.Namespace) -> ModelInfo | None:
     if args.model is None:
         return None
     payload = load_checkpoint(args.model)  # UserError when missing/foreign
-    return ModelInfo(list(payload["detection_classes"]), list(payload["segmentation_classes"]) or None,
-                     [list(c) for c in payload["palette"]] or None)
+    return ModelInfo(
+        list(payload["detection_classes"]),
+        list(payload["segmentation_classes"]) or None,
+        [list(c) for c in payload["palette"]] or None,
+    )
 
 
 def _ground_truth(args: argparse.Namespace, model: ModelInfo | None) -> GroundTruth | None:
@@ -351,13 +463,17 @@ def _ground_truth(args: argparse.Namespace, model: ModelInfo | None) -> GroundTr
         classes = load_class_config(None, None, args.classes_file)
     elif model is not None:
         segmentation = [name for name in model.segmentation_classes or [] if name != BACKGROUND]
-        classes = ClassConfig(detection_classes=model.detection_classes, segmentation_classes=segmentation)
+        classes = ClassConfig(
+            detection_classes=model.detection_classes, segmentation_classes=segmentation
+        )
     return load_ground_truth(args.ground_truth, classes)
 
 
 def _check_args(args: argparse.Namespace) -> None:
     if not args.attach and args.model is None:
-        raise UserError("--model is required to start the node (or use --attach for a running node)")
+        raise UserError(
+            "--model is required to start the node (or use --attach for a running node)"
+        )
     if args.params_file is not None and not args.params_file.is_file():
         raise UserError(f"--params-file {args.params_file}: no such file")
     if args.max_frames < 0 or args.examples < 0:
@@ -370,8 +486,11 @@ def _replay(args: argparse.Namespace) -> int:
     _check_args(args)
     model = _model_info(args)
     truth = _ground_truth(args, model)
-    info = model or (ModelInfo(list(truth.detection_classes), truth.segmentation_classes, None)
-                     if truth is not None else ModelInfo([], None, None))
+    info = model or (
+        ModelInfo(list(truth.detection_classes), truth.segmentation_classes, None)
+        if truth is not None
+        else ModelInfo([], None, None)
+    )
     summary = JobSummary(PROG)
     stats = ReplayStats()
     out: Path = args.out
@@ -380,20 +499,36 @@ def _replay(args: argparse.Namespace) -> int:
         depth_scorer = None
         if args.depth_topic is not None:
             reference = depth_stack.enter_context(open_depth_reference(args.bag, args.depth_topic))
-            depth_scorer = DepthScorer(reference, round(args.depth_tolerance_ms * 1e6), args.depth_unit_m,
-                                       args.max_depth)
+            depth_scorer = DepthScorer(
+                reference, round(args.depth_tolerance_ms * 1e6), args.depth_unit_m, args.max_depth
+            )
         publish_topic = args.publish_topic or bag.topic
         node = None
         if not args.attach:
-            parameters = ["reliability:=reliable"] if args.lockstep else []  # lockstep: no frame may be lost
-            node = NodeProcess(args.model.resolve(), publish_topic, out / "node.log", compressed=bag.compressed,
-                               parameters=parameters, params_file=args.params_file)
+            parameters = (
+                ["reliability:=reliable"] if args.lockstep else []
+            )  # lockstep: no frame may be lost
+            node = NodeProcess(
+                args.model.resolve(),
+                publish_topic,
+                out / "node.log",
+                compressed=bag.compressed,
+                parameters=parameters,
+                params_file=args.params_file,
+            )
         namespace = node.namespace if node is not None else args.node_ns
         topics = output_topics(namespace, not args.no_record_color, args.record_overlay)
         recorder = None if args.no_record else OutputRecorder(out / "outputs")
         scorer = StampScorer(truth, info.segmentation_classes) if truth is not None else None
-        sink = OutputSink(recorder, scorer, topics[0].name, topics[1].name, info.detection_classes,
-                          depth_topic=topics[2].name, depth_scorer=depth_scorer)
+        sink = OutputSink(
+            recorder,
+            scorer,
+            topics[0].name,
+            topics[1].name,
+            info.detection_classes,
+            depth_topic=topics[2].name,
+            depth_scorer=depth_scorer,
+        )
         context = Context()
         rclpy.init(args=[], context=context)  # our argv is argparse's, not ROS's
         session = None
@@ -402,8 +537,14 @@ def _replay(args: argparse.Namespace) -> int:
         try:
             if node is not None:
                 node.start()
-            session = ReplaySession(context, publish_topic, CompressedImage if bag.compressed else Image,
-                                    topics, sink, stats)
+            session = ReplaySession(
+                context,
+                publish_topic,
+                CompressedImage if bag.compressed else Image,
+                topics,
+                sink,
+                stats,
+            )
             session.wait_ready(node, args.startup_timeout)
             started = time.monotonic()
             example_rgb = _replay_frames(args, bag, session, node, summary)
@@ -431,22 +572,37 @@ def _replay(args: argparse.Namespace) -> int:
         "published_on": publish_topic,
         "mode": "lockstep" if args.lockstep else "timed",
         "rate": None if args.lockstep else args.rate,
-        "node": {"started": node is not None, "namespace": namespace, "model": str(args.model) if args.model else None},
+        "node": {
+            "started": node is not None,
+            "namespace": namespace,
+            "model": str(args.model) if args.model else None,
+        },
         **stats.summary(wall_time),
         "accuracy": _accuracy(scorer, depth_scorer),
         "ground_truth": str(args.ground_truth) if args.ground_truth else None,
-        "ground_truth_frames_matched": sum(1 for s in stats.answered_at if truth is not None and s in truth),
+        "ground_truth_frames_matched": sum(
+            1 for s in stats.answered_at if truth is not None and s in truth
+        ),
         "output_bag": "outputs" if recorder is not None else None,
-        "problems": {kind: {"count": n, "first": summary.first_example[kind]} for kind, n in summary.problems.items()},
+        "problems": {
+            kind: {"count": n, "first": summary.first_example[kind]}
+            for kind, n in summary.problems.items()
+        },
     }
-    answered_examples = {stamp: rgb for stamp, rgb in example_rgb.items() if stats.is_answered(stamp)}
-    path = write_report(out, report, stats.latencies_ms(), answered_examples, sink.examples, info.palette)
+    answered_examples = {
+        stamp: rgb for stamp, rgb in example_rgb.items() if stats.is_answered(stamp)
+    }
+    path = write_report(
+        out, report, stats.latencies_ms(), answered_examples, sink.examples, info.palette
+    )
     _print_summary(report, path)
     summary.print()
     return summary.exit_code()
 
 
-def _accuracy(scorer: StampScorer | None, depth_scorer: DepthScorer | None) -> dict[str, Any] | None:
+def _accuracy(
+    scorer: StampScorer | None, depth_scorer: DepthScorer | None
+) -> dict[str, Any] | None:
     """``report.json``'s ``accuracy``: ``null`` when nothing was scored against anything."""
     if scorer is None and depth_scorer is None:
         return None
@@ -460,22 +616,30 @@ def _print_summary(report: dict[str, Any], path: Path) -> None:
     """Two or three lines on stdout: frames and latency, then accuracy when scored."""
     latency = report["latency_ms"]
     fmt = format_number
-    print(f"{PROG}: {report['frames_answered']}/{report['frames_sent']} frames answered, "
-          f"{report['frames_dropped']} dropped; latency ms p50 {fmt(latency['p50'], 1)} p95 {fmt(latency['p95'], 1)} "
-          f"p99 {fmt(latency['p99'], 1)} max {fmt(latency['max'], 1)}; report {path}")
+    print(
+        f"{PROG}: {report['frames_answered']}/{report['frames_sent']} frames answered, "
+        f"{report['frames_dropped']} dropped; latency ms p50 {fmt(latency['p50'], 1)} p95 {fmt(latency['p95'], 1)} "
+        f"p99 {fmt(latency['p99'], 1)} max {fmt(latency['max'], 1)}; report {path}"
+    )
     accuracy = report.get("accuracy") or {}
     if "detection" in accuracy:
         detection = accuracy["detection"]
-        print(f"{PROG}: detection mAP {fmt(detection['map'], 3)} mAP@.5 {fmt(detection['map_50'], 3)} "
-              f"over {detection['frames']} frames")
+        print(
+            f"{PROG}: detection mAP {fmt(detection['map'], 3)} mAP@.5 {fmt(detection['map_50'], 3)} "
+            f"over {detection['frames']} frames"
+        )
     if "segmentation" in accuracy:
         segmentation = accuracy["segmentation"]
-        print(f"{PROG}: segmentation mIoU {fmt(segmentation['miou'], 3)} over {segmentation['frames']} frames")
+        print(
+            f"{PROG}: segmentation mIoU {fmt(segmentation['miou'], 3)} over {segmentation['frames']} frames"
+        )
     if "depth" in accuracy:
         depth = accuracy["depth"]
-        print(f"{PROG}: depth AbsRel {fmt(depth['abs_rel'], 3)} RMSE {fmt(depth['rmse'], 3)} m "
-              f"delta<1.25 {fmt(depth['delta1'], 3)} over {depth['frames']} frames "
-              f"({depth['frames_without_depth']} without bag depth, {depth['size_mismatches']} size mismatches)")
+        print(
+            f"{PROG}: depth AbsRel {fmt(depth['abs_rel'], 3)} RMSE {fmt(depth['rmse'], 3)} m "
+            f"delta<1.25 {fmt(depth['delta1'], 3)} over {depth['frames']} frames "
+            f"({depth['frames_without_depth']} without bag depth, {depth['size_mismatches']} size mismatches)"
+        )
 
 
 def run(argv: Sequence[str] | None = None) -> int:

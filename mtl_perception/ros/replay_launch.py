@@ -66,10 +66,22 @@ class NodeProcess:
         self.log_path = log_path
         self.node_name = node_name
         input_name = "image/compressed" if compressed else "image"
-        args = [python, "-m", "mtl_perception.ros.node", "--ros-args",
-                "-r", f"__node:={node_name}", "-r", f"{input_name}:={image_topic}",
-                "-p", f"model_path:={model_path}", "-p", "autostart:=true",
-                "-p", f"compressed:={'true' if compressed else 'false'}"]
+        args = [
+            python,
+            "-m",
+            "mtl_perception.ros.node",
+            "--ros-args",
+            "-r",
+            f"__node:={node_name}",
+            "-r",
+            f"{input_name}:={image_topic}",
+            "-p",
+            f"model_path:={model_path}",
+            "-p",
+            "autostart:=true",
+            "-p",
+            f"compressed:={'true' if compressed else 'false'}",
+        ]
         for setting in parameters:
             args += ["-p", setting]
         if params_file is not None:
@@ -84,11 +96,15 @@ class NodeProcess:
 
     def start(self) -> NodeProcess:
         env = {**os.environ, **dds_environment()}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])
+        )
         env.pop("ROS_PYTHON_CHECK_FIELDS", None)  # makes Image.data assignment ~1000x slower
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:  # the child keeps its own handle
-            self._process = subprocess.Popen(self.args, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                self.args, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         return self
 
     @property
@@ -122,5 +138,10 @@ class NodeProcess:
     def __enter__(self) -> NodeProcess:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()

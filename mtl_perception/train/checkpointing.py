@@ -30,7 +30,9 @@ class Progress:
     global_step: int = 0
     best_score: float = float("-inf")
     metrics: dict[str, Any] = field(default_factory=dict)
-    epoch_loss_sums: dict[str, float] = field(default_factory=dict)  # raw loss per task, this epoch
+    epoch_loss_sums: dict[str, float] = field(
+        default_factory=dict
+    )  # raw loss per task, this epoch
     # Steps that had a loss for the task this epoch (a task masked out of a batch has none).
     epoch_loss_counts: dict[str, int] = field(default_factory=dict)
 
@@ -42,10 +44,12 @@ class Progress:
 
     def epoch_mean_losses(self, tasks: Sequence[str]) -> dict[str, float]:
         """Mean raw loss per task over the steps of the current epoch that had one (for DWA);
-        NaN for a task without any."""
+        NaN for a task without any.
+        """
         return {
             task: self.epoch_loss_sums[task] / self.epoch_loss_counts[task]
-            if self.epoch_loss_counts.get(task) else math.nan
+            if self.epoch_loss_counts.get(task)
+            else math.nan
             for task in tasks
         }
 
@@ -91,9 +95,15 @@ def training_payload(
     what the run started from (``nets.pretrained.load_pretrained``'s record).
     """
     deployed = model if ema is None else ema.module
-    extra = {} if ema is None else {"ema": {"updates": int(ema.n_averaged), "online_model": model.state_dict()}}
+    extra = (
+        {}
+        if ema is None
+        else {"ema": {"updates": int(ema.n_averaged), "online_model": model.state_dict()}}
+    )
     return {
-        **inference_fields(deployed, info.detection_classes, info.segmentation_classes, info.palette),
+        **inference_fields(
+            deployed, info.detection_classes, info.segmentation_classes, info.palette
+        ),
         **extra,
         "epoch": progress.epoch,
         "step_in_epoch": progress.step_in_epoch,
@@ -126,9 +136,15 @@ def restore_training_state(
 
     A run that now averages weights (``ema``) but did not before starts its average afresh.
     """
-    missing = [key for key in ("optimizer", "scheduler", "balancer", "epoch", "global_step", "rng") if key not in checkpoint]
+    missing = [
+        key
+        for key in ("optimizer", "scheduler", "balancer", "epoch", "global_step", "rng")
+        if key not in checkpoint
+    ]
     if missing:
-        raise UserError(f"{source}: cannot resume, checkpoint lacks training field(s) {', '.join(missing)}")
+        raise UserError(
+            f"{source}: cannot resume, checkpoint lacks training field(s) {', '.join(missing)}"
+        )
     saved_ema = checkpoint.get("ema")
     try:
         model.load_state_dict(saved_ema["online_model"] if saved_ema else checkpoint["model"])
@@ -137,7 +153,9 @@ def restore_training_state(
             ema.n_averaged.fill_(int(saved_ema["updates"]))
         weighting.load_state_dict(checkpoint["balancer"])
     except RuntimeError as err:
-        raise UserError(f"{source}: weights do not fit this configuration ({str(err).splitlines()[0]})") from None
+        raise UserError(
+            f"{source}: weights do not fit this configuration ({str(err).splitlines()[0]})"
+        ) from None
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     if checkpoint.get("scaler"):
@@ -149,14 +167,17 @@ def restore_training_state(
         global_step=int(checkpoint["global_step"]),
         best_score=float(checkpoint.get("best_score", float("-inf"))),
         metrics=dict(checkpoint.get("metrics") or {}),
-        epoch_loss_sums={k: float(v) for k, v in (checkpoint.get("epoch_loss_sums") or {}).items()},
+        epoch_loss_sums={
+            k: float(v) for k, v in (checkpoint.get("epoch_loss_sums") or {}).items()
+        },
         epoch_loss_counts=_loss_counts(checkpoint),
     )
 
 
 def _loss_counts(checkpoint: dict[str, Any]) -> dict[str, int]:
     """Steps with a loss per task this epoch; checkpoints from before per-task counts had a loss
-    for every task on every step."""
+    for every task on every step.
+    """
     counts = checkpoint.get("epoch_loss_counts")
     if counts is None:
         steps = int(checkpoint.get("step_in_epoch", 0))

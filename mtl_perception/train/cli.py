@@ -19,11 +19,23 @@ PROG = "mtl-train"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Train a multi-task perception model from a YAML config.")
-    parser.add_argument("--config", help="YAML config (see config/train/default.yaml for every key)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.001")
-    parser.add_argument("--resume", action="store_true", help="continue <output_dir>/<name>/last.pt exactly where it stopped")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Train a multi-task perception model from a YAML config."
+    )
+    parser.add_argument(
+        "--config", help="YAML config (see config/train/default.yaml for every key)"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.001"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue <output_dir>/<name>/last.pt exactly where it stopped",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
     return parser
 
 
@@ -33,7 +45,9 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if args.resume:
         saved = config.run_dir / "config.yaml"
         if not (config.run_dir / "last.pt").is_file():
-            raise UserError(f"--resume: {config.run_dir / 'last.pt'} does not exist (no run named {config.name!r} to continue)")
+            raise UserError(
+                f"--resume: {config.run_dir / 'last.pt'} does not exist (no run named {config.name!r} to continue)"
+            )
         if saved.is_file():
             config = load_config(saved, args.overrides)
     return config
@@ -63,7 +77,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         shutdown_distributed(wait_for_peers=finished)
     if context.is_main:
         best = result.progress.best_score
-        print(f"{PROG}: {result.progress.global_step} steps, {result.progress.epoch} epochs; best score {best:.4f}; run in {result.run_dir}")
+        print(
+            f"{PROG}: {result.progress.global_step} steps, {result.progress.epoch} epochs; best score {best:.4f}; run in {result.run_dir}"
+        )
     return 0
 
 

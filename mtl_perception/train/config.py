@@ -56,7 +56,9 @@ class ModelConfig(Section):
     @classmethod
     def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
         if min(value) < MIN_INPUT_SIDE:
-            raise ValueError(f"input_size {list(value)} must be at least {MIN_INPUT_SIDE} px on each side")
+            raise ValueError(
+                f"input_size {list(value)} must be at least {MIN_INPUT_SIDE} px on each side"
+            )
         return value
 
     @field_validator("tasks")
@@ -79,7 +81,9 @@ class OptimConfig(Section):
     amp: bool = True  # mixed precision; only takes effect on CUDA
     backbone_lr_scale: float = Field(1.0, gt=0)  # backbone lr = lr * this (fine-tuning: < 1)
     ema_decay: float | None = Field(None, gt=0, lt=1)  # EMA of the weights for validation/best.pt
-    nonfinite_loss: Literal["stop", "skip"] = "stop"  # on a NaN/inf loss: stop the run, or skip the step
+    nonfinite_loss: Literal["stop", "skip"] = (
+        "stop"  # on a NaN/inf loss: stop the run, or skip the step
+    )
 
 
 class BalancingConfig(Section):
@@ -104,7 +108,9 @@ class BalancingConfig(Section):
     @field_validator("weighting", "grad_method", "jacobian")
     @classmethod
     def _known_name(cls, value: str, info: ValidationInfo) -> str:
-        known = {"weighting": WEIGHTINGS, "grad_method": GRAD_METHODS, "jacobian": JACOBIANS}[info.field_name]
+        known = {"weighting": WEIGHTINGS, "grad_method": GRAD_METHODS, "jacobian": JACOBIANS}[
+            info.field_name
+        ]
         if value not in known:
             raise ValueError(f"{value!r} is not one of {', '.join(known)}")
         return value
@@ -164,7 +170,9 @@ def _section_model(loc: Sequence[str | int]) -> type[BaseModel]:
     """The pydantic model that owns the field at ``loc`` (for listing its valid keys)."""
     model: type[BaseModel] = TrainConfig
     for part in loc[:-1]:
-        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        annotation = (
+            model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        )
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             break
         model = annotation
@@ -222,7 +230,9 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
         except yaml.YAMLError as err:
             raise UserError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from None
         if not isinstance(data, dict):
-            raise UserError(f"{file}: the top level must be a mapping of keys, not {type(data).__name__}")
+            raise UserError(
+                f"{file}: the top level must be a mapping of keys, not {type(data).__name__}"
+            )
     data = apply_overrides(data, overrides)
     try:
         return TrainConfig.model_validate(data)

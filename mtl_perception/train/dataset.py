@@ -47,11 +47,17 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
     path = Path(root) / "classes.json"
     data = _read_json(path)
     try:
-        info = DatasetInfo(list(data["detection_classes"]), list(data["segmentation_classes"]), [list(c) for c in data["palette"]])
+        info = DatasetInfo(
+            list(data["detection_classes"]),
+            list(data["segmentation_classes"]),
+            [list(c) for c in data["palette"]],
+        )
     except (KeyError, TypeError) as err:
         raise UserError(f"{path}: missing or malformed field {err}") from None
     if len(info.palette) != len(info.segmentation_classes):
-        raise UserError(f"{path}: {len(info.palette)} palette colours for {len(info.segmentation_classes)} segmentation classes")
+        raise UserError(
+            f"{path}: {len(info.palette)} palette colours for {len(info.segmentation_classes)} segmentation classes"
+        )
     return info
 
 
@@ -80,23 +86,39 @@ class ProcessedDataset(Dataset):
         annotations = _read_json(self.root / "annotations.json")
         splits = _read_json(self.root / "splits.json")
         if split not in splits:
-            raise UserError(f"{self.root / 'splits.json'}: no {split!r} split (has {sorted(k for k in splits if isinstance(splits[k], list))})")
+            raise UserError(
+                f"{self.root / 'splits.json'}: no {split!r} split (has {sorted(k for k in splits if isinstance(splits[k], list))})"
+            )
         images = {image["id"]: image for image in annotations.get("images", [])}
         missing_ids = [i for i in splits[split] if i not in images]
         if missing_ids:
-            raise UserError(f"{self.root / 'splits.json'}: {split} lists image id {missing_ids[0]} not in annotations.json ({len(missing_ids)} such ids)")
+            raise UserError(
+                f"{self.root / 'splits.json'}: {split} lists image id {missing_ids[0]} not in annotations.json ({len(missing_ids)} such ids)"
+            )
         self.images = [images[i] for i in splits[split]]
-        missing_files = [im["file_name"] for im in self.images if not (self.root / im["file_name"]).is_file()]
-        missing_files += [im["depth_file"] for im in self.images if im.get("depth_file") and not (self.root / im["depth_file"]).is_file()]
+        missing_files = [
+            im["file_name"] for im in self.images if not (self.root / im["file_name"]).is_file()
+        ]
+        missing_files += [
+            im["depth_file"]
+            for im in self.images
+            if im.get("depth_file") and not (self.root / im["depth_file"]).is_file()
+        ]
         if missing_files:
-            raise UserError(f"{self.root}: {len(missing_files)} image/depth file(s) of the {split} split missing, first {missing_files[0]}")
+            raise UserError(
+                f"{self.root}: {len(missing_files)} image/depth file(s) of the {split} split missing, first {missing_files[0]}"
+            )
         self.has_depth = any(im.get("depth_file") for im in self.images)
         num_classes = len(self.info.detection_classes)
         self.boxes: dict[int, list[dict[str, Any]]] = {i: [] for i in images}
         for ann in annotations.get("annotations", []):
             if not 1 <= ann.get("category_id", 0) <= num_classes:
-                raise UserError(f"{self.root / 'annotations.json'}: annotation {ann.get('id')} has category_id {ann.get('category_id')}, expected 1..{num_classes}")
-            if ann.get("iscrowd", 0) == 0 and ann["image_id"] in self.boxes:  # crowd regions are not instances
+                raise UserError(
+                    f"{self.root / 'annotations.json'}: annotation {ann.get('id')} has category_id {ann.get('category_id')}, expected 1..{num_classes}"
+                )
+            if (
+                ann.get("iscrowd", 0) == 0 and ann["image_id"] in self.boxes
+            ):  # crowd regions are not instances
                 self.boxes[ann["image_id"]].append(ann)
 
     def __len__(self) -> int:
@@ -122,7 +144,9 @@ class ProcessedDataset(Dataset):
         mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if mask is None or mask.ndim != 2 or mask.shape != shape:
             found = "unreadable" if mask is None else f"shape {list(mask.shape)}"
-            raise UserError(f"{path}: expected a single-channel mask of {list(shape)}, found {found}")
+            raise UserError(
+                f"{path}: expected a single-channel mask of {list(shape)}, found {found}"
+            )
         # Ids beyond classes.json (another label set, a tool's "void" value) are not trainable
         # and would crash the loss: treat them as unlabelled.
         mask = mask.copy()
@@ -135,7 +159,11 @@ class ProcessedDataset(Dataset):
         rgb = self._read_image(record)
         height, width = rgb.shape[:2]
         labeled = bool(record.get("labeled", True))
-        mask = self._read_mask(record, (height, width)) if labeled else np.full((height, width), IGNORE_INDEX, np.uint8)
+        mask = (
+            self._read_mask(record, (height, width))
+            if labeled
+            else np.full((height, width), IGNORE_INDEX, np.uint8)
+        )
         anns = self.boxes[record["id"]] if labeled else []
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
@@ -157,7 +185,11 @@ class ProcessedDataset(Dataset):
             # v2 transforms draw from torch's global RNG; fork it and seed from (seed, epoch,
             # index) so the sample does not depend on worker count or on what ran before.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]))
+                torch.manual_seed(
+                    int(
+                        np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
+                    )
+                )
                 image, target = self.transform(image, target)
         target["boxes"] = target["boxes"].as_subclass(torch.Tensor).float()
         target["mask"] = target["mask"].as_subclass(torch.Tensor).long()
@@ -166,7 +198,9 @@ class ProcessedDataset(Dataset):
         return image.as_subclass(torch.Tensor), target
 
 
-def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+def collate(
+    batch: Sequence[tuple[torch.Tensor, dict[str, Any]]],
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """Keep images and targets as lists (detection models take variable box counts)."""
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
@@ -179,8 +213,17 @@ class ResumableSampler(DistributedSampler):
     skips the samples it had already trained on.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    def __init__(
+        self, dataset: Dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True
+    ) -> None:
+        super().__init__(
+            dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
+        )
         self.start_index = 0
 
     def set_position(self, epoch: int, start_index: int) -> None:

@@ -49,7 +49,9 @@ def init_distributed(backend: str | None = None) -> DistributedContext:
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         dist.init_process_group(backend=backend, init_method="env://")
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistributedContext(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 def device_spec_for_rank(spec: str, context: DistributedContext) -> str:
@@ -86,7 +88,9 @@ class TorchDistSync:
         flat = _flatten_dense_tensors(list(tensors))
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= self.context.world_size
-        for tensor, synced in zip(tensors, _unflatten_dense_tensors(flat, list(tensors)), strict=True):
+        for tensor, synced in zip(
+            tensors, _unflatten_dense_tensors(flat, list(tensors)), strict=True
+        ):
             tensor.copy_(synced)
 
     def all_reduce_grads_(self, params: Sequence[Tensor]) -> None:
@@ -109,7 +113,9 @@ class TorchDistSync:
             return
         flat = _flatten_dense_tensors(list(tensors))
         dist.broadcast(flat, src=0)
-        for tensor, synced in zip(tensors, _unflatten_dense_tensors(flat, list(tensors)), strict=True):
+        for tensor, synced in zip(
+            tensors, _unflatten_dense_tensors(flat, list(tensors)), strict=True
+        ):
             tensor.copy_(synced)
 
     def broadcast_module_(self, module: nn.Module, buffers_only: bool = False) -> None:

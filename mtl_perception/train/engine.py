@@ -15,8 +15,8 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from mtl_perception.balancing import GradientBalancer, LossWeighting, WeightedLosses
-from mtl_perception.device import autocast
 from mtl_perception.core.errors import UserError
+from mtl_perception.device import autocast
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
 from mtl_perception.nets.multitask import task_samples
 
@@ -54,21 +54,34 @@ class StepContext:
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """Move images and the tensor fields of every target to ``device``."""
     images, targets = batch
-    moved = [{k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in t.items()} for t in targets]
+    moved = [
+        {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in t.items()}
+        for t in targets
+    ]
     return [image.to(device, non_blocking=True) for image in images], moved
 
 
 def _nonfinite(
-    ctx: StepContext, step: int, bad: list[str], losses: dict[str, Tensor], buffers: list[Tensor], saved: list[Tensor]
+    ctx: StepContext,
+    step: int,
+    bad: list[str],
+    losses: dict[str, Tensor],
+    buffers: list[Tensor],
+    saved: list[Tensor],
 ) -> dict[str, float]:
     """Stop (``NonFiniteLossError``) or skip a step whose ``bad`` tasks' losses are not finite; the parameters
     are left untouched either way, and on a skip the forward pass's BatchNorm statistics are
     undone too (``saved``: the ``buffers`` before it). A skipped step still advances the
-    schedule (as a step the AMP scaler skips), so the learning rate stays tied to the global step."""
+    schedule (as a step the AMP scaler skips), so the learning rate stays tied to the global step.
+    """
     values = ", ".join(f"{task} {float(loss.detach()):.4g}" for task, loss in losses.items())
     what = f"the {' and '.join(bad)} loss"
     if ctx.nonfinite_loss == "stop" or ctx.consecutive_skips + 1 >= MAX_CONSECUTIVE_SKIPS:
-        why = "optim.nonfinite_loss=stop" if ctx.nonfinite_loss == "stop" else f"{MAX_CONSECUTIVE_SKIPS} such steps in a row"
+        why = (
+            "optim.nonfinite_loss=stop"
+            if ctx.nonfinite_loss == "stop"
+            else f"{MAX_CONSECUTIVE_SKIPS} such steps in a row"
+        )
         raise NonFiniteLossError(
             f"step {step + 1}: {what} is not finite (losses: {values}); stopped before it reached the weights "
             f"({why}). Lower optim.lr, keep optim.grad_clip_norm, check the labels of this batch, or set "
@@ -80,8 +93,12 @@ def _nonfinite(
     ctx.scheduler.step()
     ctx.skipped_steps += 1
     ctx.consecutive_skips += 1
-    print(f"step {step + 1}: {what} is not finite (losses: {values}); step skipped "
-          f"({ctx.skipped_steps} so far)", file=sys.stderr, flush=True)
+    print(
+        f"step {step + 1}: {what} is not finite (losses: {values}); step skipped "
+        f"({ctx.skipped_steps} so far)",
+        file=sys.stderr,
+        flush=True,
+    )
     scalars = {f"loss/{task}": float(loss.detach()) for task, loss in losses.items()}
     return scalars | {"skipped": 1.0, "nonfinite_skips": float(ctx.skipped_steps)}
 
@@ -129,18 +146,30 @@ def train_step(ctx: StepContext, batch: Batch, step: int) -> dict[str, float]:
         if ctx.scaler.is_enabled():  # back off the loss scale as the scaler does after an overflow
             ctx.scaler.update(ctx.scaler.get_scale() * ctx.scaler.get_backoff_factor())
         ctx.skipped_steps += 1
-        culprits = f"the {' and '.join(stats.nonfinite_tasks)}" if stats.nonfinite_tasks else "a task's"
-        print(f"step {step + 1}: the gradient of {culprits} loss is not finite; step skipped "
-              f"({ctx.skipped_steps} so far)", file=sys.stderr, flush=True)
+        culprits = (
+            f"the {' and '.join(stats.nonfinite_tasks)}" if stats.nonfinite_tasks else "a task's"
+        )
+        print(
+            f"step {step + 1}: the gradient of {culprits} loss is not finite; step skipped "
+            f"({ctx.skipped_steps} so far)",
+            file=sys.stderr,
+            flush=True,
+        )
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
-    if ctx.ema is not None and stats.finite:  # a skipped step leaves the EMA as it leaves the weights
+    if (
+        ctx.ema is not None and stats.finite
+    ):  # a skipped step leaves the EMA as it leaves the weights
         ctx.ema.update_parameters(ctx.model)
     scalars = {f"loss/{task}": float(loss.detach()) for task, loss in losses.items()}
-    scalars |= {f"weighted_loss/{task}": float(loss.detach()) for task, loss in result.weighted.items()}
+    scalars |= {
+        f"weighted_loss/{task}": float(loss.detach()) for task, loss in result.weighted.items()
+    }
     scalars |= {f"weight/{task}": value for task, value in result.weights.items()}
     scalars |= {f"cosine/{pair}": value for pair, value in stats.cosine.items()}
-    scalars |= {f"aggregator_weight/{task}": value for task, value in stats.aggregator_weights.items()}
+    scalars |= {
+        f"aggregator_weight/{task}": value for task, value in stats.aggregator_weights.items()
+    }
     scalars["loss/total"] = float(result.total.detach())
     if not stats.finite:
         scalars |= {"skipped": 1.0, "nonfinite_skips": float(ctx.skipped_steps)}
@@ -186,12 +215,15 @@ def validation_metrics(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Validation metrics at input resolution: ``{"detection", "segmentation", "depth", "score"}``
-    (the model's tasks; depth over the frames that have a depth map, see ``DepthMetrics``)."""
+    (the model's tasks; depth over the frames that have a depth map, see ``DepthMetrics``).
+    """
     from mtl_perception.evaluation.depth_metrics import DepthMetrics
 
     model.eval()
     detector = DetectionEvaluator(detection_classes) if "detection" in model.tasks else None
-    confusion = ConfusionMatrix(num_segmentation_classes) if "segmentation" in model.tasks else None
+    confusion = (
+        ConfusionMatrix(num_segmentation_classes) if "segmentation" in model.tasks else None
+    )
     depth = DepthMetrics() if "depth" in model.tasks else None
     for batch in tqdm(batches, desc="val", disable=not progress, leave=False):
         images, targets = to_device(batch, device)

@@ -44,7 +44,9 @@ def parameter_groups(
     groups: dict[str, dict[str, Any]] = {}
 
     def add(name: str, param: nn.Parameter, lr: float, weight_decay: float) -> None:
-        group = groups.setdefault(name, {"name": name, "params": [], "lr": lr, "weight_decay": weight_decay})
+        group = groups.setdefault(
+            name, {"name": name, "params": [], "lr": lr, "weight_decay": weight_decay}
+        )
         group["params"].append(param)
 
     for name, param in model.named_parameters():
@@ -66,16 +68,25 @@ def build_optimizer(
     config: OptimConfig, params: Iterable[nn.Parameter] | Sequence[dict[str, Any]]
 ) -> torch.optim.Optimizer:
     """AdamW or SGD (Nesterov momentum) over ``params``: parameters (all with
-    ``config.weight_decay``) or groups from ``parameter_groups``."""
+    ``config.weight_decay``) or groups from ``parameter_groups``.
+    """
     params = list(params)
     if not params or not isinstance(params[0], dict):
         params = [p for p in params if p.requires_grad]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
+        return torch.optim.SGD(
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            nesterov=True,
+        )
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def build_scheduler(config: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> LRScheduler:
+def build_scheduler(
+    config: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int
+) -> LRScheduler:
     """Per-step schedule over ``total_steps``, relative to each group's own learning rate.
 
     ``cosine``: linear warm-up from 1% to the peak, then cosine down to ``FINAL_LR_FRACTION``
@@ -86,20 +97,28 @@ def build_scheduler(config: OptimConfig, optimizer: torch.optim.Optimizer, total
     warmup = min(config.warmup_steps, total_steps - 1)
     if config.schedule == "onecycle":
         peaks = [group["lr"] for group in optimizer.param_groups]
-        return OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=max(warmup, 1) / total_steps)
+        return OneCycleLR(
+            optimizer,
+            max_lr=peaks,
+            total_steps=total_steps,
+            pct_start=max(warmup, 1) / total_steps,
+        )
 
     def factor(step: int) -> float:
         if step < warmup:
             return FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * step / warmup
         progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
-        return FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )
 
     return LambdaLR(optimizer, factor)
 
 
 def _ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
     """``multi_avg_fn`` for ``AveragedModel``: exponential moving average with warm-up; integer
-    buffers (BatchNorm's batch counters) are copied, not averaged."""
+    buffers (BatchNorm's batch counters) are copied, not averaged.
+    """
 
     def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
         if not averaged[0].is_floating_point():
@@ -115,5 +134,6 @@ def _ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], 
 def build_ema(model: nn.Module, decay: float) -> AveragedModel:
     """An exponential moving average of ``model``'s weights and buffers (BatchNorm statistics
     included, so the averaged model evaluates consistently); ``update_parameters(model)``
-    after each optimiser step, ``.module`` is the averaged model."""
+    after each optimiser step, ``.module`` is the averaged model.
+    """
     return AveragedModel(model, multi_avg_fn=_ema_update(decay), use_buffers=True)

@@ -32,7 +32,11 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "val") -> dict[str
 
 
 # Validation figures shown in the epoch line: (label, metrics section, key).
-_EPOCH_METRICS = (("mAP", "detection", "map"), ("mIoU", "segmentation", "miou"))
+_EPOCH_METRICS = (
+    ("mAP", "detection", "map"),
+    ("mIoU", "segmentation", "miou"),
+    ("delta1", "depth", "delta1"),
+)
 
 
 class RunLogger:
@@ -52,7 +56,12 @@ class RunLogger:
         if config.logging.wandb and importlib.util.find_spec("wandb") is not None:
             import wandb
 
-            self.wandb = wandb.init(project=config.logging.wandb_project, name=config.name, config=config.to_dict(), resume="allow")
+            self.wandb = wandb.init(
+                project=config.logging.wandb_project,
+                name=config.name,
+                config=config.to_dict(),
+                resume="allow",
+            )
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         """Log per-step scalars (losses, weights, cosine, lr)."""
@@ -63,19 +72,32 @@ class RunLogger:
             self.wandb.log(dict(values), step=step)
 
     def epoch_line(
-        self, epoch: int, epochs: int, losses: Mapping[str, float], weights: Mapping[str, float],
-        metrics: Mapping[str, Any], seconds: float, skipped_steps: int = 0,
+        self,
+        epoch: int,
+        epochs: int,
+        losses: Mapping[str, float],
+        weights: Mapping[str, float],
+        metrics: Mapping[str, Any],
+        seconds: float,
+        skipped_steps: int = 0,
     ) -> None:
         """One line per finished epoch on stdout: mean raw loss and last weight per task, the
-        validation score with its parts, wall time (and non-finite steps skipped so far, if any)."""
+        validation score with its parts, wall time (and non-finite steps skipped so far, if any).
+        """
         if not self.enabled:
             return
         parts = [f"epoch {epoch}/{epochs}"]
         parts.append("loss " + " ".join(f"{task} {value:.4f}" for task, value in losses.items()))
-        parts.append("weight " + " ".join(f"{task} {value:.3f}" for task, value in weights.items()))
+        parts.append(
+            "weight " + " ".join(f"{task} {value:.3f}" for task, value in weights.items())
+        )
         if metrics:
-            found = [(label, metrics.get(task, {}).get(key)) for label, task, key in _EPOCH_METRICS]
-            detail = " ".join(f"{label} {value:.3f}" for label, value in found if isinstance(value, (int, float)))
+            found = [
+                (label, metrics.get(task, {}).get(key)) for label, task, key in _EPOCH_METRICS
+            ]
+            detail = " ".join(
+                f"{label} {value:.3f}" for label, value in found if isinstance(value, (int, float))
+            )
             parts.append(f"val score {metrics['score']:.4f}" + (f" ({detail})" if detail else ""))
         parts.append(f"{seconds:.0f} s")
         if skipped_steps:
@@ -87,7 +109,9 @@ class RunLogger:
         self.scalars(flatten_metrics(metrics), step)
 
     @torch.no_grad()
-    def previews(self, model: nn.Module, dataset: Any, info: Any, device: torch.device, step: int) -> None:
+    def previews(
+        self, model: nn.Module, dataset: Any, info: Any, device: torch.device, step: int
+    ) -> None:
         """Draw predictions on the first val images (always the same ones) into TensorBoard."""
         if self.writer is None or self.preview_count == 0 or len(dataset) == 0:
             return
@@ -99,15 +123,23 @@ class RunLogger:
             image, _ = dataset[index]
             output = model([image.to(device)])[0]
             rgb = (image.permute(1, 2, 0).clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
-            labels = output["labels"].cpu().numpy() if "labels" in output else np.zeros(0, np.int64)
+            labels = (
+                output["labels"].cpu().numpy() if "labels" in output else np.zeros(0, np.int64)
+            )
             prediction = SimpleNamespace(
-                boxes=output["boxes"].cpu().numpy() if "boxes" in output else np.zeros((0, 4), np.float32),
-                scores=output["scores"].cpu().numpy() if "scores" in output else np.zeros(0, np.float32),
+                boxes=output["boxes"].cpu().numpy()
+                if "boxes" in output
+                else np.zeros((0, 4), np.float32),
+                scores=output["scores"].cpu().numpy()
+                if "scores" in output
+                else np.zeros(0, np.float32),
                 labels=labels,
                 label_names=[info.detection_classes[int(k) - 1] for k in labels],
                 mask=output["mask"].cpu().numpy().astype(np.uint8) if "mask" in output else None,
             )
-            tiles.append(torch.from_numpy(draw_prediction(rgb, prediction, info.palette)).permute(2, 0, 1))
+            tiles.append(
+                torch.from_numpy(draw_prediction(rgb, prediction, info.palette)).permute(2, 0, 1)
+            )
         self.writer.add_images("val/predictions", torch.stack(tiles), step)
 
     def close(self) -> None:

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from mtl_perception.balancing import build_gradient_balancer, build_weighting
 from mtl_perception.checkpoint import load_checkpoint, save_checkpoint
-from mtl_perception.device import configure_backend, resolve_device
 from mtl_perception.core.errors import UserError
+from mtl_perception.device import configure_backend, resolve_device
 from mtl_perception.nets import build_model, load_pretrained
 from mtl_perception.nets.pretrained import describe as describe_pretrained
 from mtl_perception.train.checkpointing import Progress, restore_training_state, training_payload
@@ -35,8 +35,13 @@ from mtl_perception.train.distributed import (
     device_spec_for_rank,
 )
 from mtl_perception.train.engine import StepContext, train_one_epoch, validation_metrics
+from mtl_perception.train.optim import (
+    build_ema,
+    build_optimizer,
+    build_scheduler,
+    parameter_groups,
+)
 from mtl_perception.train.run_logger import RunLogger
-from mtl_perception.train.optim import build_ema, build_optimizer, build_scheduler, parameter_groups
 from mtl_perception.train.transforms import build_eval_transform, build_train_transform
 
 
@@ -69,7 +74,9 @@ class Trainer:
 
         root = Path(config.data.root)
         size = tuple(config.model.input_size)
-        self.train_set = ProcessedDataset(root, "train", build_train_transform(size, config.augment), seed=config.seed)
+        self.train_set = ProcessedDataset(
+            root, "train", build_train_transform(size, config.augment), seed=config.seed
+        )
         if len(self.train_set) == 0:
             raise UserError(f"{root}: the train split has no images; nothing to train on")
         self.val_set = ProcessedDataset(root, "val", build_eval_transform(size), seed=config.seed)
@@ -99,7 +106,9 @@ class Trainer:
         self.model = model.to(self.device)
         self.sync.broadcast_module_(self.model)  # every rank starts from rank 0's weights
         options = config.balancing.model_dump()
-        self.weighting = build_weighting(config.balancing.weighting, self.model.tasks, options).to(self.device)
+        self.weighting = build_weighting(config.balancing.weighting, self.model.tasks, options).to(
+            self.device
+        )
         self.balancer = build_gradient_balancer(
             config.balancing.grad_method,
             self.weighting,
@@ -111,18 +120,28 @@ class Trainer:
             last_shared_params=self.model.last_shared_parameters(),
         )
         params = [*self.model.parameters(), *self.weighting.parameters()]
-        self.optimizer = build_optimizer(config.optim, parameter_groups(config.optim, self.model, self.weighting.parameters()))
+        self.optimizer = build_optimizer(
+            config.optim, parameter_groups(config.optim, self.model, self.weighting.parameters())
+        )
         # The weights validated and written to best.pt: an average of the trained ones if enabled.
-        self.ema = build_ema(self.model, config.optim.ema_decay) if config.optim.ema_decay else None
-        self.sampler = ResumableSampler(self.train_set, self.context.world_size, self.context.rank, seed=config.seed)
+        self.ema = (
+            build_ema(self.model, config.optim.ema_decay) if config.optim.ema_decay else None
+        )
+        self.sampler = ResumableSampler(
+            self.train_set, self.context.world_size, self.context.rank, seed=config.seed
+        )
         # BatchNorm cannot train on a single sample (the ASPP pooling branch has 1x1 features), so
         # a last batch of one image is dropped, and a split of one image per process is an error.
         if self.sampler.num_samples < 2:
-            raise UserError(f"{root}: the train split has {len(self.train_set)} image(s); need at least 2 per process")
+            raise UserError(
+                f"{root}: the train split has {len(self.train_set)} image(s); need at least 2 per process"
+            )
         full_batches, rest = divmod(self.sampler.num_samples, config.data.batch_size)
         self.drop_last = rest == 1
         self.steps_per_epoch = full_batches + int(rest > 1)
-        self.scheduler = build_scheduler(config.optim, self.optimizer, self.steps_per_epoch * config.optim.epochs)
+        self.scheduler = build_scheduler(
+            config.optim, self.optimizer, self.steps_per_epoch * config.optim.epochs
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.step_context = StepContext(
             model=self.model,
@@ -158,10 +177,23 @@ class Trainer:
         path = path or self.run_dir / "last.pt"
         checkpoint = load_checkpoint(path, map_location=self.device)
         self.progress = restore_training_state(
-            checkpoint, self.model, self.optimizer, self.scheduler, self.scaler, self.weighting, str(path), self.ema
+            checkpoint,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            self.weighting,
+            str(path),
+            self.ema,
         )
 
-    def _loader(self, dataset: ProcessedDataset, batch_size: int, sampler: Any = None, drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self,
+        dataset: ProcessedDataset,
+        batch_size: int,
+        sampler: Any = None,
+        drop_last: bool = False,
+    ) -> DataLoader:
         # A private generator: creating the iterator must not consume the global RNG, or a
         # resumed run (iterator created after the RNG restore) would drift from the straight run.
         return DataLoader(
@@ -181,8 +213,16 @@ class Trainer:
         if not self.context.is_main:
             return
         payload = training_payload(
-            self.model, self.info, self.optimizer, self.scheduler, self.scaler, self.weighting,
-            self.progress, self.config.to_dict(), self.ema, self.pretrained,
+            self.model,
+            self.info,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            self.weighting,
+            self.progress,
+            self.config.to_dict(),
+            self.ema,
+            self.pretrained,
         )
         save_checkpoint(self.run_dir / name, payload)
 
@@ -199,8 +239,12 @@ class Trainer:
             return {}
         self.sync.broadcast_module_(self.evaluated_model, buffers_only=True)
         return validation_metrics(
-            self.evaluated_model, self._loader(self.val_set, self.config.data.val_batch_size), self.device,
-            self.info.detection_classes, len(self.info.segmentation_classes), self.amp,
+            self.evaluated_model,
+            self._loader(self.val_set, self.config.data.val_batch_size),
+            self.device,
+            self.info.detection_classes,
+            len(self.info.segmentation_classes),
+            self.amp,
             self.config.logging.progress and self.context.is_main,
         )
 
@@ -219,9 +263,15 @@ class Trainer:
             # had a loss this step; a skipped step's non-finite losses stay out.
             if not scalars.get("skipped"):
                 self.progress.add_losses(
-                    {task: scalars[f"loss/{task}"] for task in self.weighting.tasks if f"loss/{task}" in scalars}
+                    {
+                        task: scalars[f"loss/{task}"]
+                        for task in self.weighting.tasks
+                        if f"loss/{task}" in scalars
+                    }
                 )
-            if step % config.logging.log_every == 0 or any(key.startswith("cosine/") for key in scalars):
+            if step % config.logging.log_every == 0 or any(
+                key.startswith("cosine/") for key in scalars
+            ):
                 self.logger.scalars(scalars, step)
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
                 self.save("last.pt")
@@ -240,27 +290,52 @@ class Trainer:
             self.train_set.set_epoch(epoch)
             self.sampler.set_position(epoch, self.progress.step_in_epoch * config.data.batch_size)
             train_one_epoch(
-                self.step_context, self._loader(self.train_set, config.data.batch_size, self.sampler, self.drop_last),
-                self.progress.global_step, on_step, total=self.steps_per_epoch - self.progress.step_in_epoch,
-                progress=config.logging.progress and self.context.is_main, description=f"epoch {epoch + 1}/{config.optim.epochs}",
+                self.step_context,
+                self._loader(self.train_set, config.data.batch_size, self.sampler, self.drop_last),
+                self.progress.global_step,
+                on_step,
+                total=self.steps_per_epoch - self.progress.step_in_epoch,
+                progress=config.logging.progress and self.context.is_main,
+                description=f"epoch {epoch + 1}/{config.optim.epochs}",
             )
             if stopped and self.progress.step_in_epoch < self.steps_per_epoch:
                 break  # mid-epoch stop: last.pt already holds the position
-            mean_losses = self.sync.all_reduce_scalars(self.progress.epoch_mean_losses(self.weighting.tasks))
+            mean_losses = self.sync.all_reduce_scalars(
+                self.progress.epoch_mean_losses(self.weighting.tasks)
+            )
             self.weighting.epoch_end(mean_losses)
             self.progress.next_epoch()
             metrics = self.validate()
-            weights = {task: last_scalars.get(f"weight/{task}", math.nan) for task in self.weighting.tasks}
-            self.history.append({"epoch": epoch + 1, "losses": dict(mean_losses), "weights": weights,
-                                 "score": metrics.get("score", math.nan)})
+            weights = {
+                task: last_scalars.get(f"weight/{task}", math.nan) for task in self.weighting.tasks
+            }
+            self.history.append(
+                {
+                    "epoch": epoch + 1,
+                    "losses": dict(mean_losses),
+                    "weights": weights,
+                    "score": metrics.get("score", math.nan),
+                }
+            )
             self.logger.epoch_line(
-                epoch + 1, config.optim.epochs, mean_losses, weights, metrics,
-                time.monotonic() - started, self.step_context.skipped_steps,
+                epoch + 1,
+                config.optim.epochs,
+                mean_losses,
+                weights,
+                metrics,
+                time.monotonic() - started,
+                self.step_context.skipped_steps,
             )
             if metrics:
                 self.progress.metrics = metrics
                 self.logger.metrics(metrics, self.progress.global_step)
-                self.logger.previews(self.evaluated_model, self.val_set, self.info, self.device, self.progress.global_step)
+                self.logger.previews(
+                    self.evaluated_model,
+                    self.val_set,
+                    self.info,
+                    self.device,
+                    self.progress.global_step,
+                )
                 if metrics["score"] > self.progress.best_score:  # NaN never wins
                     self.progress.best_score = float(metrics["score"])
                     self.save("best.pt")

@@ -21,19 +21,23 @@ def _finish() -> list[v2.Transform]:
     return [
         v2.ClampBoundingBoxes(),
         v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=lambda sample: sample[1]["labels"]),
-        v2.ToDtype(torch.float32, scale=True),  # = preprocessing.to_float; a bare dtype converts only the image
+        v2.ToDtype(
+            torch.float32, scale=True
+        ),  # = preprocessing.to_float; a bare dtype converts only the image
     ]
 
 
 def build_train_transform(input_size: tuple[int, int], augment: AugmentConfig) -> v2.Transform:
     """Random IoU crop, resize to ``input_size`` [H, W], horizontal flip, colour jitter."""
-    return v2.Compose([
-        v2.RandomApply([v2.RandomIoUCrop()], p=augment.crop_prob),
-        ResizeToInput(input_size),
-        v2.RandomHorizontalFlip(p=augment.hflip_prob),
-        v2.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue),
-        *_finish(),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomApply([v2.RandomIoUCrop()], p=augment.crop_prob),
+            ResizeToInput(input_size),
+            v2.RandomHorizontalFlip(p=augment.hflip_prob),
+            v2.ColorJitter(augment.brightness, augment.contrast, augment.saturation, augment.hue),
+            *_finish(),
+        ]
+    )
 
 
 def build_eval_transform(input_size: tuple[int, int]) -> v2.Transform:
