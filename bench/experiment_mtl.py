@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""Multi-task vs single-task, and balancing methods against each other, over several seeds.
+"""Multi-task vs single-task, balancing methods, and auxiliary tasks, over several seeds.
 
 For each seed: the single-task model of every task in ``--tasks`` (the same architecture with
-``model.tasks=[task]``), then the multi-task model with every balancing method in ``--methods``.
+``model.tasks=[task]``), then the multi-task model with every balancing method in ``--methods``,
+then, with ``--aux-tasks`` (e.g. ``depth``), the multi-task model trained on the auxiliary tasks
+as well, with equal loss weights like the ``equal`` run it is compared with (paired by seed, Δm
+over ``--tasks`` only: does the extra, label-free supervision help the tasks that matter?).
 Every run trains with the same recipe (``config/train/experiment.yaml``: input size, batch,
 epochs, schedule, augmentation); only the task set, the balancing and the seed change. The seed
 sets initialisation, data order and augmentation.
@@ -20,9 +23,9 @@ Resumable and idempotent: each run's figures are cached in ``<out>/<run>/result.
 results section (``<out>/results.md``) is rewritten after every run, ``--report-only`` rewrites it
 from the cache without training.
 
-    nice -n 10 python bench/experiment_mtl.py                       # det+seg, 3 seeds (~25 min, 2 shared cores)
+    python bench/experiment_mtl.py --aux-tasks depth      # det+seg, 3 methods, +depth: 18 runs
     python bench/experiment_mtl.py --tasks detection segmentation depth --out runs/exp_depth
-    python bench/experiment_mtl.py --quick                          # tiny budget, smoke check
+    python bench/experiment_mtl.py --quick --aux-tasks depth   # tiny budget, smoke check
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from experiment_table import (  # noqa: E402
     PRIMARY_METRICS,
     SINGLE_TASK_LABEL,
+    aux_comparison,
+    aux_table,
     balancing_label,
     curve_flatness,
     markdown_table,
@@ -242,6 +247,10 @@ def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
     for seed in args.seeds:
         runs += [RunSpec(args.arch, (task,), seed, single_task=True) for task in tasks]
         runs += [RunSpec(args.arch, tasks, seed, *METHODS[m]) for m in args.methods]
+        if args.aux_tasks:
+            equal = RunSpec(args.arch, tasks, seed, *METHODS["equal"])  # the paired baseline
+            runs += [equal] if equal not in runs else []
+            runs.append(RunSpec(args.arch, (*tasks, *args.aux_tasks), seed, *METHODS["equal"]))
     return runs
 
 
@@ -264,7 +273,9 @@ def report(
         + (" (QUICK smoke budget: figures meaningless)" if args.quick else ""),
         "",
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}; `bench/experiment_mtl.py` "
-        f"(`--tasks {' '.join(tasks)} --methods {' '.join(args.methods)} --seeds {' '.join(map(str, args.seeds))}`), "
+        f"(`--tasks {' '.join(tasks)} --methods {' '.join(args.methods)} --seeds {' '.join(map(str, args.seeds))}"
+        + (f" --aux-tasks {' '.join(args.aux_tasks)}" if args.aux_tasks else "")
+        + "`), "
         f"{wall_s / 60:.0f} min wall",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load average at start "
         f"{args.load_at_start}), torch {torch.__version__}, {args.jobs} run(s) at a time with 1 thread each",
@@ -286,6 +297,18 @@ def report(
             f"{100 * flat['final']:.1f} at the end."
         )
         lines.append("")
+    if args.aux_tasks:
+        aux = list(args.aux_tasks)
+        lines += [
+            f"### Auxiliary {' + '.join(aux)}: {' + '.join(tasks)} with and without it",
+            "",
+            "Both runs of a seed use equal loss weights and the same budget; Δm in % over "
+            f"{', '.join(tasks)} of the run with {' + '.join(aux)} against the run without "
+            "(positive = the auxiliary supervision helped).",
+            "",
+            aux_table(aux_comparison(results, tasks, aux), tasks, aux),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -301,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="where the synthetic dataset is built (default data/experiment[_quick])",
     )
-    parser.add_argument("--frames", type=int, default=240, help="synthetic frames before pruning")
+    parser.add_argument("--frames", type=int, default=450, help="synthetic frames before pruning")
     parser.add_argument(
         "--out", type=Path, help="run folders and cached results (default runs/experiment[_quick])"
     )
@@ -321,6 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["detection", "segmentation"],
         choices=sorted(PRIMARY_METRICS),
+    )
+    parser.add_argument(
+        "--aux-tasks",
+        nargs="+",
+        default=[],
+        choices=sorted(PRIMARY_METRICS),
+        help="also train the multi-task model with these tasks added (equal weights) and compare "
+        "it, seed by seed, with the equal run without them",
     )
     parser.add_argument(
         "--methods",
@@ -378,6 +409,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"{data}: the test split is empty; the experiment scores on a split nothing was chosen on"
         )
+    overlap = set(args.aux_tasks) & set(args.tasks)
+    if overlap:
+        raise UserError(f"--aux-tasks {' '.join(sorted(overlap))}: already in --tasks")
+    images = json.loads((data / "annotations.json").read_text(encoding="utf-8"))["images"]
+    if "depth" in [*args.tasks, *args.aux_tasks] and not any(i.get("depth_file") for i in images):
+        raise UserError(f"{data}: no frame has a depth_file; build it with --depth-topic")
     config = load_config(
         args.config, [f"data.root={data}", *(QUICK_OVERRIDES if args.quick else [])]
     )

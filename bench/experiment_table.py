@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Pure helpers of ``experiment_mtl.py``: run names, the Δm metric, seed statistics, the table.
+"""Pure helpers of ``experiment_mtl.py``: run names, the Δm metric, seed statistics, the tables.
 
 No torch, no files: every function takes the per-run result dicts the experiment caches and
 returns plain values, so the arithmetic of the table is easy to check on its own
@@ -183,4 +183,71 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> s
             f"| {_num(gflops[0] if gflops else None, 2)} | {_num(row.get('latency_ms'))} "
             f"| {_num(row['train_s'][0] if row.get('train_s') else None, 0)} |"
         )
+    return "\n".join(lines)
+
+
+def aux_comparison(
+    results: Sequence[Result], tasks: Sequence[str], aux_tasks: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Per seed, the run trained with ``aux_tasks`` added against the ``equal`` run without them.
+
+    Both use equal loss weights, so the only difference is the extra supervision. Δm is taken over
+    ``tasks`` only (the question is whether the auxiliary tasks help *them*), paired by seed (same
+    initialisation of the shared parts, data order and augmentation). A seed whose run without
+    the auxiliary tasks is missing gets ``delta_m`` None.
+    """
+    with_aux = (*tasks, *aux_tasks)
+    base = {
+        int(r["seed"]): r["metrics"]
+        for r in results
+        if r["label"] == "equal" and tuple(r["tasks"]) == tuple(tasks)
+    }
+    rows = []
+    for r in sorted(results, key=lambda r: int(r["seed"])):
+        if r["label"] != "equal" or tuple(r["tasks"]) != with_aux:
+            continue
+        seed = int(r["seed"])
+        rows.append(
+            {
+                "seed": seed,
+                "base": base.get(seed),
+                "aux": r["metrics"],
+                "delta_m": delta_m(r["metrics"], base[seed], tasks) if seed in base else None,
+            }
+        )
+    return rows
+
+
+def _cell(value: tuple[float, float, int] | float | None, scale: float, digits: int) -> str:
+    """A mean ± std statistic, or a single value, scaled."""
+    if isinstance(value, tuple):
+        return _pm(value, scale, digits)
+    return _num(None if value is None else value * scale, digits)
+
+
+def aux_table(
+    rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], aux_tasks: Sequence[str]
+) -> str:
+    """Each seed's primary metrics without and with the auxiliary tasks and its paired Δm, then
+    mean ± std over seeds (primary metrics of ``tasks`` in %, of ``aux_tasks`` as they are).
+    """
+    heads = [f"{t} {PRIMARY_METRICS[t][0]} % without → with" for t in tasks]
+    heads += [f"{t} {PRIMARY_METRICS[t][0]}" for t in aux_tasks]
+    header = "| seed | " + " | ".join(heads) + " | Δm % |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    summary = {
+        "seed": f"mean ± std (n={len(rows)})",
+        "base": {t: mean_std([(row["base"] or {}).get(t) for row in rows]) for t in tasks},
+        "aux": {t: mean_std([row["aux"].get(t) for row in rows]) for t in (*tasks, *aux_tasks)},
+        "delta_m": mean_std([row["delta_m"] for row in rows]),
+    }
+    for row in [*rows, summary] if rows else []:
+        base = row["base"] or {}
+        cells = [str(row["seed"])]
+        cells += [
+            f"{_cell(base.get(t), 100.0, 1)} → {_cell(row['aux'].get(t), 100.0, 1)}" for t in tasks
+        ]
+        cells += [_cell(row["aux"].get(t), 1.0, 3) for t in aux_tasks]
+        cells.append(_cell(row["delta_m"], 1.0, 2))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

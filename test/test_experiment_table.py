@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from experiment_table import (
     SINGLE_TASK_LABEL,
+    aux_comparison,
+    aux_table,
     balancing_label,
     curve_flatness,
     delta_m,
@@ -123,3 +125,31 @@ def test_weight_range_and_curve_flatness_read_the_history() -> None:
     assert weight_range(runs) == {"detection": (0.8, 1.3), "segmentation": (0.7, 1.2)}
     assert curve_flatness(runs) == {"at_fraction": 0.38, "final": 0.4}
     assert curve_flatness([_run("dwa", 0, TASKS)]) is None
+
+
+def test_aux_comparison_is_paired_by_seed_over_the_main_tasks_only() -> None:
+    with_depth = (*TASKS, "depth")
+    results = [
+        _run("equal", 0, TASKS, detection=0.10, segmentation=0.50),
+        _run("equal", 0, with_depth, detection=0.12, segmentation=0.45, depth=0.2),  # +20%, -10%
+        _run("equal", 1, TASKS, detection=0.20, segmentation=0.40),
+        _run("equal", 1, with_depth, detection=0.18, segmentation=0.44, depth=0.3),  # -10%, +10%
+        _run("equal", 2, with_depth, detection=0.30, segmentation=0.30, depth=0.1),  # no pair
+        _run("dwa", 2, TASKS, detection=0.30, segmentation=0.30),  # not the equal-weights base
+    ]
+    rows = aux_comparison(results, TASKS, ["depth"])
+    assert [row["seed"] for row in rows] == [0, 1, 2]
+    assert [row["delta_m"] for row in rows[:2]] == pytest.approx([5.0, 0.0])
+    assert rows[2]["delta_m"] is None and rows[2]["base"] is None
+    table = aux_table(rows, TASKS, ["depth"]).splitlines()
+    assert table[2] == "| 0 | 10.0 → 12.0 | 50.0 → 45.0 | 0.200 | 5.00 |"
+    assert table[4] == "| 2 | – → 30.0 | – → 30.0 | 0.100 | – |"
+
+    def pm(values: list[float], digits: int) -> str:  # independent reference: statistics
+        return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+    assert table[5] == (
+        f"| mean ± std (n=3) | {pm([10.0, 20.0], 1)} → {pm([12.0, 18.0, 30.0], 1)} "
+        f"| {pm([50.0, 40.0], 1)} → {pm([45.0, 44.0, 30.0], 1)} "
+        f"| {pm([0.2, 0.3, 0.1], 3)} | {pm([5.0, 0.0], 2)} |"
+    )
