@@ -7,8 +7,9 @@ sub-folder). A still's file stem is its time stamp only when the integer stems o
 look like nanosecond stamps (frames at least 1 ms apart); numbered photos (``0.jpg`` ...
 ``17.jpg``, as annotation tools export them) have no stamp, so each is its own split group:
 a plain folder of photos splits into train/val/test with no extra flags (with enough
-sub-folders, ``--group-by auto`` keeps each sub-folder in one split instead). ``--labels`` takes COCO json and/or CVAT
-"for images 1.1" XML files; an image labeled in several files gets the union of its regions.
+sub-folders, ``--group-by auto`` keeps each sub-folder in one split instead). ``--labels``
+takes COCO json and/or CVAT "for images 1.1" XML files; an image labeled in several files
+gets the union of its regions.
 
 Matching a labeled image to a frame, in this order: the same file stem (folders and extension
 are ignored, since tools export ``images/x.jpg`` for a frame ``x.png``; Label Studio's
@@ -63,6 +64,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -70,7 +72,7 @@ from tqdm import tqdm
 
 from data_tools import depth_targets
 from data_tools.depth_targets import DepthFrame, DepthIndex, DepthOptions, DepthStats
-from data_tools.split import SplitItem, assign_splits, parse_fractions
+from data_tools.split import SPLIT_NAMES, GroupBy, SplitItem, assign_splits, parse_fractions
 from mtl_perception.core import atomic_io
 from mtl_perception.core.constants import IGNORE_INDEX, MANIFEST_NAME
 from mtl_perception.core.errors import UserError
@@ -89,6 +91,8 @@ from mtl_perception.core.summary import JobSummary
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MARKER_NAME = ".build_complete"
+# ``--group-by``: a grouping of data_tools.split, or ``auto`` to choose one from the bag count.
+GroupByOption = Literal["auto", "bag", "time"]
 # Label Studio renames uploads to "<8 hex digits>-<original name>".
 LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 
@@ -109,6 +113,7 @@ class FrameFile:
 
     @property
     def stem(self) -> str:
+        """File name without folders and extension (the first key labels are matched on)."""
         return self.path.stem
 
 
@@ -260,7 +265,7 @@ def match_labels(
     for image in labeled:
         candidates = index.match(image)
         if not candidates:
-            # Usually a frame the pruner dropped (labels cover the raw frames): reported, not fatal.
+            # Usually a frame the pruner dropped (labels cover the raw frames): reported only.
             summary.warn(
                 "labels for an image not among the frames (pruned or missing)",
                 f"{image.source}: {image.name}",
@@ -294,9 +299,11 @@ def match_labels(
 
 @dataclass
 class BuildOptions:
+    """What :func:`build_dataset` writes: classes, splits and targets (from the command line)."""
+
     classes: ClassConfig
     fractions: tuple[float, float, float]
-    group_by: str  # "auto" | "bag" | "time"
+    group_by: GroupByOption
     window_s: float
     seed: int
     unlabeled: str  # "skip" | "background" | "depth-only"
@@ -337,7 +344,9 @@ def _output_names(frames: Sequence[FrameFile]) -> dict[Path, str]:
     return names
 
 
-def _resolve_group_by(group_by: str, samples: Sequence[Sample], fractions: Sequence[float]) -> str:
+def _resolve_group_by(
+    group_by: GroupByOption, samples: Sequence[Sample], fractions: Sequence[float]
+) -> GroupBy:
     """``auto``: by bag when there are enough bags for every wanted split, else by time."""
     if group_by != "auto":
         return group_by
@@ -352,7 +361,9 @@ def build_dataset(
     det = options.classes.detection_ids()
     seg = options.classes.segmentation_ids()
     names = _output_names([s.frame for s in samples])
-    images, annotations, split_items = [], [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
+    split_items: list[SplitItem] = []
     depth_stats = DepthStats()
     for sample in tqdm(samples, desc="build", unit="image", disable=len(samples) < 50):
         frame = sample.frame
@@ -378,6 +389,7 @@ def build_dataset(
         file_name = names[frame.path]
         stem = Path(file_name).stem
         mask_name = f"{stem}.png"
+        detections: list[dict]
         if sample.depth_only:  # no labels: every pixel ignored, no boxes
             mask, detections = np.full((height, width), IGNORE_INDEX, np.uint8), []
             summary.add("depth-only frames")
@@ -422,7 +434,7 @@ def build_dataset(
     splits, n_groups = assign_splits(
         split_items, options.fractions, group_by, options.window_s, options.seed
     )
-    for name, frac in zip(("train", "val", "test"), options.fractions):
+    for name, frac in zip(SPLIT_NAMES, options.fractions, strict=True):
         if frac > 0 and not splits[name]:
             summary.warn(
                 "empty split (too few groups)",
@@ -446,7 +458,7 @@ def build_dataset(
 
 
 def pair_depth(samples: dict[Path, Sample], index: DepthIndex, options: DepthOptions) -> None:
-    """Give every sample (of ``--color-topic``, if set) its nearest depth frame within the tolerance."""
+    """Give every sample (of ``--color-topic``, if set) its nearest depth frame in tolerance."""
     for sample in samples.values():
         frame = sample.frame
         if options.color_folder is not None and frame.topic != options.color_folder:
@@ -484,6 +496,7 @@ def select_samples(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mtl-data build``."""
     parser.add_argument(
         "--frames",
         type=Path,
@@ -515,7 +528,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="0.8,0.1,0.1", help="train,val,test fractions")
     parser.add_argument(
         "--group-by",
-        choices=("auto", "bag", "time"),
+        choices=get_args(GroupByOption),
         default="auto",
         help="keep these groups within one split; auto = bag if there are enough bags, else time "
         "(stills without a time stamp are each their own group)",
@@ -545,6 +558,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``mtl-data build``; returns the exit status (1 when anything failed).
+
+    The dataset is built in a staging folder and replaces ``--out/--name`` only when complete
+    (and, with ``--strict``, free of problems and warnings).
+
+    Raises:
+        UserError: An option value is invalid, or a class or label file cannot be used.
+    """
     classes = load_class_config(args.det_classes, args.seg_classes, args.classes_file)
     if args.window_s <= 0:
         raise UserError(f"--window-s {args.window_s}: must be positive")
@@ -589,9 +610,10 @@ def run(args: argparse.Namespace) -> int:
         splits = build_dataset(samples, options, staging, summary)
         if args.strict and (summary.failed or summary.warnings):
             summary.print()
+            warnings = sum(summary.warnings.values())
             print(
-                f"build: --strict: {summary.failed} problem(s), {sum(summary.warnings.values())} warning(s); "
-                f"nothing written",
+                f"build: --strict: {summary.failed} problem(s), {warnings} warning(s); "
+                "nothing written",
                 flush=True,
             )
             return 1
@@ -604,7 +626,7 @@ def run(args: argparse.Namespace) -> int:
     summary.print()
     print(
         f"build: {target}: "
-        + ", ".join(f"{k} {len(splits[k])}" for k in ("train", "val", "test"))
+        + ", ".join(f"{k} {len(splits[k])}" for k in SPLIT_NAMES)
         + f" (grouped by {splits['group_by']})"
     )
     return summary.exit_code()

@@ -36,9 +36,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mtl-data`` parser: one sub-command per entry of ``SUBCOMMANDS``."""
     parser = argparse.ArgumentParser(
         prog="mtl-data",
-        description="Build a multi-task dataset from robot bags: synth -> unpack -> prune -> build.",
+        description=(
+            "Build a multi-task dataset from robot bags: synth -> unpack -> prune -> build."
+        ),
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():

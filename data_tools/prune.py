@@ -55,6 +55,7 @@ from tqdm import tqdm
 from data_tools.ssim import (
     DEFAULT_WIN_SIZE,
     BlockStats,
+    ChannelOrder,
     WindowStats,
     block_stats,
     sampled_ssim,
@@ -72,7 +73,8 @@ from mtl_perception.core.summary import JobSummary
 DEFAULT_THRESHOLD = 0.90
 SETTLE_MARGIN = 0.02
 """Frames estimated at ``threshold + SETTLE_MARGIN`` or more are dropped without the exact SSIM
-(5x the estimate's largest error measured on camera footage, see ``data_tools.ssim.BlockStats``)."""
+(5x the estimate's largest error measured on camera footage, see
+``data_tools.ssim.BlockStats``)."""
 MARKER = ".prune_complete"
 SCORE_COLUMNS = ("ssim", "compared_to")
 MARKER_VERSION = 1
@@ -82,7 +84,7 @@ R = TypeVar("R")
 
 
 class FrameError(Exception):
-    """A frame file that cannot be used (missing, undecodable, unsupported); the frame is skipped."""
+    """An unusable frame file (missing, undecodable, unsupported); the frame is skipped."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
@@ -119,6 +121,7 @@ def read_gray(path: Path) -> np.ndarray:
     """
     if not path.is_file():
         raise FrameError("missing frame file", str(path))
+    order: ChannelOrder
     try:
         if path.suffix.lower() == ".npy":
             image, order = np.load(path, allow_pickle=False), "rgb"
@@ -159,12 +162,13 @@ class LoadedFrame:
 
 
 def load_frame(path: Path, win_size: int = DEFAULT_WIN_SIZE) -> LoadedFrame:
-    """Decode one frame (once) and compute its sampled statistics: the per-frame work of a worker."""
+    """Decode one frame and compute its sampled statistics (a worker's per-frame work)."""
     gray = read_gray(path)
     if min(gray.shape) < win_size:
         raise FrameError(
             "frame too small for SSIM",
-            f"{path} ({gray.shape[1]}x{gray.shape[0]} is smaller than the {win_size}x{win_size} window)",
+            f"{path} ({gray.shape[1]}x{gray.shape[0]} is smaller than "
+            f"the {win_size}x{win_size} window)",
         )
     return LoadedFrame(gray, block_stats(gray, win_size))
 
@@ -237,7 +241,11 @@ def select_frames(
                         and last.blocks is not None
                     ):
                         estimate = sampled_ssim(last.blocks, frame.blocks)
-                    if estimate is not None and estimate >= threshold + settle_margin:
+                    if (
+                        estimate is not None
+                        and settle_margin is not None
+                        and estimate >= threshold + settle_margin
+                    ):
                         decision = FrameDecision(
                             index, keep=False, ssim=estimate, compared_to=last_index, exact=False
                         )
@@ -273,6 +281,7 @@ class Topic:
 
     @property
     def name(self) -> str:
+        """``<bag>/<topic>``: the folder as messages name it."""
         return f"{self.raw.parent.name}/{self.raw.name}"
 
 
@@ -281,7 +290,8 @@ def read_manifest(folder: Path) -> tuple[list[str], list[dict[str, str]], str]:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise UserError(
-            f"{folder}: no {MANIFEST_NAME} (not an unpacked topic folder; run `mtl-data unpack` first)"
+            f"{folder}: no {MANIFEST_NAME} (not an unpacked topic folder; "
+            "run `mtl-data unpack` first)"
         )
     data = path.read_bytes()
     reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
@@ -469,7 +479,8 @@ def find_topics(raw: Path, out: Path, targets: Sequence[str], summary: JobSummar
                 (sub / MANIFEST_NAME).is_file() for sub in folder.iterdir() if sub.is_dir()
             ):
                 raise UserError(
-                    f"{folder}: no {MANIFEST_NAME} here or in its topic folders (run `mtl-data unpack` first)"
+                    f"{folder}: no {MANIFEST_NAME} here or in its topic folders "
+                    "(run `mtl-data unpack` first)"
                 )
             else:
                 bags.append(folder)

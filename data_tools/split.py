@@ -5,9 +5,9 @@ Consecutive frames of a robot camera are near-duplicates; splitting single frame
 puts copies of training frames into validation and inflates every metric. So frames are
 first grouped -- by bag, or by consecutive time windows within a bag -- and whole groups
 are assigned to splits. Groups are shuffled with the seed and handed out greedily, each to the
-split where it most reduces the relative distance of the frame counts to the target fractions; when only as many
-groups are left as wanted splits are still empty, they go to those, so every split with a
-positive fraction is non-empty whenever there are enough groups.
+split where it most reduces the relative distance of the frame counts to the target fractions;
+when only as many groups are left as wanted splits are still empty, they go to those, so every
+split with a positive fraction is non-empty whenever there are enough groups.
 
 Frames on either side of a time-window boundary are neighbours in different groups; after
 ``prune`` they differ at least by its SSIM threshold, so they are no longer near-duplicates.
@@ -45,7 +45,7 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
         raise UserError(f"--split {text!r}: expected three numbers like 0.8,0.1,0.1") from None
     if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6 or values[0] == 0:
         raise UserError(f"--split {text!r}: need train,val,test >= 0 summing to 1 with train > 0")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def group_items(
@@ -67,12 +67,13 @@ def group_items(
         by_bag.setdefault(item.bag, []).append(item)
     for bag, bag_items in by_bag.items():
         timed = sorted(
-            (i for i in bag_items if i.stamp_ns is not None), key=lambda i: (i.stamp_ns, i.name)
+            ((i.stamp_ns, i.name, i) for i in bag_items if i.stamp_ns is not None),
+            key=lambda t: (t[0], t[1]),
         )
         start: int | None = None
-        for item in timed:
-            if start is None or item.stamp_ns - start >= window_ns:
-                start = item.stamp_ns
+        for stamp_ns, _, item in timed:
+            if start is None or stamp_ns - start >= window_ns:
+                start = stamp_ns
             groups.setdefault(("time", bag, start), []).append(item)
         for item in bag_items:
             if item.stamp_ns is None:
@@ -81,7 +82,7 @@ def group_items(
 
 
 def _error_change(missing: float, size: int) -> float:
-    """Change of ``|target - filled|`` of a split that misses ``missing`` frames and gets ``size``."""
+    """Change of ``|target - filled|`` of a split missing ``missing`` frames that gets ``size``."""
     return abs(missing - size) - abs(missing)
 
 
@@ -97,17 +98,15 @@ def assign_splits(
     order = sorted(groups, key=repr)  # independent of input order and hash seed
     random.Random(seed).shuffle(order)
     total = sum(len(g) for g in groups.values())
-    target = {name: frac * total for name, frac in zip(SPLIT_NAMES, fractions)}
+    target = {name: frac * total for name, frac in zip(SPLIT_NAMES, fractions, strict=True)}
     wanted = [name for name in SPLIT_NAMES if target[name] > 0]
     filled = dict.fromkeys(SPLIT_NAMES, 0)
     splits: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
     for index, group_key in enumerate(order):
         members = groups[group_key]
         empty = [n for n in wanted if not filled[n]]
-        if len(order) - index <= len(empty):  # just enough groups left: one per empty split
-            choices = empty
-        else:
-            choices = wanted
+        # Just enough groups left: one per empty split.
+        choices = empty if len(order) - index <= len(empty) else wanted
         # Relative error: one frame missing from a 10 % split weighs 8x one extra in an 80 % one.
         name = min(
             choices,

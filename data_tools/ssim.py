@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Fast, exact grayscale SSIM with reusable per-frame window statistics (and, for 8-bit
-frames, a cheap estimate from a sample of the windows: :class:`BlockStats`).
+"""Fast, exact grayscale SSIM with reusable per-frame window statistics.
+
+For 8-bit frames there is also a cheap estimate from a sample of the windows:
+:class:`BlockStats`.
 
 Computes the same number as the reference
 ``skimage.metrics.structural_similarity(a, b, data_range=R)`` on 2-D images with its defaults:
@@ -47,8 +49,10 @@ K2 = 0.03
 _INT32_MAX = 2**31 - 1
 _FLOAT64_EXACT = 2**53
 
+ChannelOrder = Literal["rgb", "bgr"]
 
-def to_gray(image: np.ndarray, channel_order: Literal["rgb", "bgr"]) -> np.ndarray:
+
+def to_gray(image: np.ndarray, channel_order: ChannelOrder) -> np.ndarray:
     """Grayscale with ``cv2.cvtColor`` (same weights in every code path), dtype preserved.
 
     ``channel_order`` says how a 3/4-channel array is ordered: ``"bgr"`` for arrays from
@@ -70,7 +74,7 @@ def to_gray(image: np.ndarray, channel_order: Literal["rgb", "bgr"]) -> np.ndarr
 
 
 def dtype_data_range(dtype: np.dtype) -> float | None:
-    """The SSIM ``data_range`` implied by an integer image type (255, 65535); ``None`` for floats."""
+    """SSIM ``data_range`` implied by an integer image type (255, 65535); ``None`` for floats."""
     dtype = np.dtype(dtype)
     if dtype == np.uint8:
         return 255.0
@@ -101,6 +105,7 @@ class WindowStats:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """Height and width of the frame."""
         return self.image.shape[:2]
 
     @property
@@ -147,7 +152,7 @@ def _valid(array: np.ndarray, win_size: int) -> np.ndarray:
 
 
 def _store(values: np.ndarray, old: WindowStats | None, field: str, dtype: np.dtype) -> np.ndarray:
-    """``values`` as ``dtype`` in the array ``field`` of discarded statistics if it fits, else in a new one."""
+    """``values`` as ``dtype``: in ``old``'s array ``field`` when it fits, else in a new array."""
     array = getattr(old, field, None)
     if not (
         isinstance(array, np.ndarray) and array.shape == values.shape and array.dtype == dtype
@@ -171,7 +176,8 @@ def window_stats(
         raise ValueError(f"win_size must be an odd number >= 3, got {win_size}")
     if min(gray.shape) < win_size:
         raise ValueError(
-            f"image of size {gray.shape[1]}x{gray.shape[0]} is smaller than the {win_size}x{win_size} SSIM window"
+            f"image of size {gray.shape[1]}x{gray.shape[0]} is smaller than "
+            f"the {win_size}x{win_size} SSIM window"
         )
     data_range = dtype_data_range(gray.dtype)
     if data_range is None:  # float: non-finite values (e.g. depth holes) would poison every window
@@ -216,7 +222,8 @@ def ssim_from_stats(a: WindowStats, b: WindowStats, data_range: float | None = N
     """Mean SSIM of two frames from their :class:`WindowStats` (see the module docstring)."""
     if a.kind != b.kind or a.win_size != b.win_size:
         raise ValueError(
-            f"cannot compare a {a.shape} {a.image.dtype} frame with a {b.shape} {b.image.dtype} frame"
+            f"cannot compare a {a.shape} {a.image.dtype} frame "
+            f"with a {b.shape} {b.image.dtype} frame"
         )
     n = a.win_size * a.win_size
     r = data_range if data_range is not None else pair_data_range(a, b)
@@ -278,7 +285,7 @@ class BlockStats:
 
 
 def block_stats(gray: np.ndarray, win_size: int = DEFAULT_WIN_SIZE) -> BlockStats | None:
-    """The :class:`BlockStats` of a uint8 frame; ``None`` for other types (they are compared exactly)."""
+    """:class:`BlockStats` of a uint8 frame; ``None`` for other types (compared exactly)."""
     if gray.dtype != np.uint8 or gray.ndim != 2 or min(gray.shape) < 2 * win_size:
         return None
     rows, cols = gray.shape[0] // win_size, gray.shape[1] // win_size

@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Write a deterministic, labeled demo bag: a moving camera over a textured floor and wall
-with boxes, cones and balls standing on the floor, plus its COCO ground truth.
+"""Write a deterministic, labeled demo bag and its COCO ground truth.
+
+The bag shows a moving camera over a textured floor and wall with boxes, cones and balls
+standing on the floor.
 
 The scene is a pinhole camera above a ground plane: objects stand on the floor at different
 distances (so their scale varies and nearer ones occlude farther ones), a wall stands at the far
@@ -34,6 +36,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -52,6 +55,9 @@ from mtl_perception.core.constants import (
 )
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.stamps import ns_to_sec_nanosec
+
+if TYPE_CHECKING:  # rosbags defines its message protocol for type checkers only
+    from rosbags.typesys.store import MsgType
 
 OBJECT_CLASSES: tuple[str, ...] = ("box", "cone", "ball")
 STUFF_CLASSES: tuple[str, ...] = ("floor", "wall")
@@ -222,8 +228,8 @@ class Scene:
         w, h = self.config.width, self.config.height
         horizon = pose.horizon_frac * h
         wall_depth = WALL_DISTANCE - pose.z
-        wall_bottom = int(round(horizon + self.focal * CAMERA_HEIGHT / wall_depth))
-        wall_top = int(round(horizon - self.focal * (WALL_HEIGHT - CAMERA_HEIGHT) / wall_depth))
+        wall_bottom = round(horizon + self.focal * CAMERA_HEIGHT / wall_depth)
+        wall_top = round(horizon - self.focal * (WALL_HEIGHT - CAMERA_HEIGHT) / wall_depth)
         wall_bottom = min(max(wall_bottom, 0), h)
         wall_top = min(max(wall_top, 0), wall_bottom)
 
@@ -278,11 +284,11 @@ class Scene:
     def _stuff_depth(
         self, horizon: float, wall_depth: float, wall_top: int, wall_bottom: int
     ) -> np.ndarray:
-        """Z-depth of the wall (fronto-parallel: constant) and the floor (grows towards the horizon).
+        """Z-depth of the wall (fronto-parallel: constant) and the floor (grows to the horizon).
 
-        A floor pixel row ``v`` below the horizon sees the ground at ``z = f * height / (v - horizon)``
-        (the projection the objects' base lines use too); the region above the wall is beyond any
-        sensor's range and stays 0.
+        A floor pixel row ``v`` below the horizon sees the ground at
+        ``z = f * height / (v - horizon)`` (the projection the objects' base lines use too); the
+        region above the wall is beyond any sensor's range and stays 0.
         """
         h, w = self.config.height, self.config.width
         depth = np.zeros((h, w), np.float32)
@@ -294,7 +300,7 @@ class Scene:
 
     @staticmethod
     def _window(tex: np.ndarray, offset_px: float, width: int) -> np.ndarray:
-        start = int(round(offset_px)) % (tex.shape[1] - width)
+        start = round(offset_px) % (tex.shape[1] - width)
         return tex[:, start : start + width]
 
     @staticmethod
@@ -341,7 +347,7 @@ def _bounce(value: float, velocity: float, low: float, high: float) -> tuple[flo
 def _projection(
     obj: WorldObject, depth: float, cam_x: float, horizon: float, focal: float, width: int
 ) -> tuple[float, float, float]:
-    """Image centre column, base row and pixel size of an object standing ``depth`` metres ahead."""
+    """Image centre column, base row and pixel size of an object ``depth`` metres ahead."""
     cx = width / 2 + focal * (obj.x - cam_x) / depth
     base_y = horizon + focal * CAMERA_HEIGHT / depth
     return cx, base_y, focal * obj.size / depth
@@ -533,7 +539,7 @@ class _MessageFactory:
         )
         self.topic = f"{CAMERA_TOPIC}/compressed" if self.compressed else CAMERA_TOPIC
 
-    def _header(self, stamp: int) -> object:
+    def _header(self, stamp: int) -> MsgType:
         types = self.typestore.types
         sec, nanosec = ns_to_sec_nanosec(stamp)
         return types["std_msgs/msg/Header"](
@@ -542,7 +548,7 @@ class _MessageFactory:
         )
 
     def serialize_depth(self, depth_mm: np.ndarray, stamp: int) -> bytes:
-        """A ``16UC1`` little-endian ``sensor_msgs/Image`` (aligned depth has the colour frame id)."""
+        """A ``16UC1`` little-endian ``sensor_msgs/Image`` (aligned depth: the colour frame id)."""
         h, w = depth_mm.shape
         msg = self.typestore.types["sensor_msgs/msg/Image"](
             header=self._header(stamp),
@@ -665,6 +671,7 @@ def synthesize(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mtl-data synth``."""
     parser.add_argument(
         "--out",
         type=Path,
@@ -698,6 +705,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``mtl-data synth``; returns the exit status (0: written, or already up to date).
+
+    Raises:
+        UserError: An option is out of range, or ``--out`` holds output of other settings or
+            of another tool (and ``--force`` is not given).
+    """
     if args.frames < 1:
         raise UserError(f"--frames {args.frames}: must be at least 1")
     if args.objects < 0:
@@ -726,7 +739,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if any(p.exists() for p in outputs) and not (ours or args.force):
         raise UserError(
-            f"{out_dir}: holds other synth output (or a foreign {BAG_DIRNAME}/); use --force to overwrite"
+            f"{out_dir}: holds other synth output (or a foreign {BAG_DIRNAME}/); "
+            "use --force to overwrite"
         )
     marker.unlink(missing_ok=True)
     bag_dir, coco_path = synthesize(config, out_dir)

@@ -144,7 +144,7 @@ class BagReadError(Exception):
 
 
 def write_array(array: np.ndarray, stem_path: Path, options: UnpackOptions) -> Path:
-    """Write a decoded array losslessly (or as JPEG for 8-bit with --format jpg); return the path."""
+    """Write a decoded array losslessly (JPEG for 8-bit with ``--format jpg``); return its path."""
     if array.dtype == np.float32:
         if options.depth_float == "npy":
             path = stem_path.with_suffix(".npy")
@@ -210,7 +210,7 @@ class TopicOutput:
         return self.count - 1
 
     def reserve_stem(self, stamp_ns: int, index: int) -> Path:
-        """File path without extension for a message: its stamp, or ``<stamp>-<index>`` if taken."""
+        """Path without extension for a message: its stamp, or ``<stamp>-<index>`` if taken."""
         stem = str(stamp_ns)
         if stem in self._stems:
             stem = f"{stamp_ns}-{index}"
@@ -220,6 +220,7 @@ class TopicOutput:
     def add(
         self, index: int, stamp_ns: int, bag_time_ns: int, frame_id: str, frame: WrittenFrame
     ) -> None:
+        """Record a written frame: one manifest row."""
         self.written += 1
         self.rows.append(
             {
@@ -347,7 +348,7 @@ def _extract(
 def _plan(
     reader: RecoveringReader, name: str, options: UnpackOptions, summary: JobSummary
 ) -> tuple[dict[str, TopicOutput], list[Connection]]:
-    """Pick the connections to extract; topics already unpacked with the same settings are skipped."""
+    """Pick the connections to extract, skipping topics already unpacked with the same settings."""
     settings = options.settings()
     for conn in reader.connections:
         if conn.msgtype not in IMAGE_TYPES and any(
@@ -383,8 +384,9 @@ def _plan(
 
 
 def unpack_bag(path: Path, options: UnpackOptions, name: str) -> BagResult:
-    """Unpack one bag into ``<out>/<name>`` (runs in a worker process); bad bag content is
-    reported, never raised.
+    """Unpack one bag into ``<out>/<name>`` (runs in a worker process).
+
+    Bad bag content is reported in the result, never raised.
     """
     result = BagResult(path, JobSummary("unpack"))
     try:
@@ -483,7 +485,7 @@ def _options(args: argparse.Namespace, progress: bool) -> UnpackOptions:
 
 
 def _bag_results(bags: list[Path], options: UnpackOptions, jobs: int) -> Iterator[BagResult]:
-    """Unpack bags in this process (one job) or in a process pool, yielding results as they finish."""
+    """Unpack bags here (one job) or in a process pool; yields results as they finish."""
     names = output_names(bags)
     if jobs == 1:
         for bag in bags:
@@ -508,8 +510,9 @@ def _bag_results(bags: list[Path], options: UnpackOptions, jobs: int) -> Iterato
 
 def _failed(bag: Path, err: Exception) -> BagResult:
     """Result of a bag whose processing raised outside the per-message and bag-read handling."""
-    result = BagResult(bag, JobSummary("unpack"), error=f"{bag}: {type(err).__name__}: {err}")
-    result.summary.fail("bag failed", result.error)
+    error = f"{bag}: {type(err).__name__}: {err}"
+    result = BagResult(bag, JobSummary("unpack"), error=error)
+    result.summary.fail("bag failed", error)
     return result
 
 

@@ -55,7 +55,7 @@ def per_class_bars(scores: Mapping[str, Mapping[str, float | None]], path: Path)
     )
     for ax, metric in zip(axes[0], metrics):
         names = list(scores[metric])
-        values = [np.nan if scores[metric][n] is None else float(scores[metric][n]) for n in names]
+        values = [np.nan if v is None else float(v) for v in scores[metric].values()]
         ax.bar(names, np.nan_to_num(values, nan=0.0), color="#4c72b0")
         for i, value in enumerate(values):
             ax.text(

@@ -38,7 +38,6 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,17 +119,6 @@ def canonical_encoding(encoding: str) -> str:
     raise UnsupportedEncoding(f"unsupported image encoding {encoding!r}")
 
 
-@dataclass(frozen=True)
-class _CompactImage:
-    """Minimal ``sensor_msgs/Image`` stand-in for rosbags-image (only the fields it reads)."""
-
-    height: int
-    width: int
-    encoding: str
-    is_bigendian: bool
-    data: np.ndarray
-
-
 def _pixel_rows(msg: Any, row_bytes: int) -> np.ndarray:
     """``[height, row_bytes]`` uint8 view of the pixel bytes, row padding (``step``) cut off.
 
@@ -169,19 +157,29 @@ def _decode_converted(msg: Any, encoding: str) -> np.ndarray:
     try:
         from rosbags.image import ImageError, image_to_cvimage
         from rosbags.image.image import to_cvtype
+        from rosbags.typesys.stores.latest import (
+            builtin_interfaces__msg__Time,
+            sensor_msgs__msg__Image,
+            std_msgs__msg__Header,
+        )
     except ImportError:
         raise UnsupportedEncoding(
             f"image encoding {encoding!r} needs rosbags-image (pip install rosbags-image)"
         ) from None
     depth, _, typestr, channels = to_cvtype(encoding)
-    rows = _pixel_rows(msg, int(msg.width) * channels * np.dtype(typestr).itemsize)
+    row_bytes = int(msg.width) * channels * np.dtype(typestr).itemsize
+    rows = _pixel_rows(msg, row_bytes)
     # rosbags-image reads ``data`` as if ``step == width * bpp``: hand it the rows without padding.
-    compact = _CompactImage(
-        int(msg.height),
-        int(msg.width),
-        encoding,
-        bool(msg.is_bigendian),
-        np.ascontiguousarray(rows).reshape(-1),
+    compact = sensor_msgs__msg__Image(
+        header=std_msgs__msg__Header(
+            stamp=builtin_interfaces__msg__Time(sec=0, nanosec=0), frame_id=""
+        ),
+        height=int(msg.height),
+        width=int(msg.width),
+        encoding=encoding,
+        is_bigendian=int(bool(msg.is_bigendian)),
+        step=row_bytes,
+        data=np.ascontiguousarray(rows).reshape(-1),
     )
     try:
         array = image_to_cvimage(compact, "rgb16" if depth == 16 else "rgb8")

@@ -817,8 +817,8 @@ class SalvageReader:
                 ):
                     yield by_id[uid], item.timestamp, item.data
 
-    def deserialize(self, raw: bytes, msgtype: str) -> object:
-        """Deserialize a raw message of this bag."""
+    def deserialize(self, raw: bytes, msgtype: str) -> Any:
+        """Deserialize a raw message of this bag (a rosbags message of type ``msgtype``)."""
         assert self.typestore is not None, "open() first"
         if self.is_ros1:
             return self.typestore.deserialize_ros1(raw, msgtype)
@@ -929,6 +929,6 @@ class RecoveringReader:
                 continue
             yield ours[key], stamp, raw
 
-    def deserialize(self, raw: bytes, msgtype: str) -> object:
-        """Deserialize a raw message with the types of the reader in use."""
+    def deserialize(self, raw: bytes, msgtype: str) -> Any:
+        """Deserialize a raw message with the types of the reader in use (duck-typed on its fields)."""
         return (self.salvage or self.normal).deserialize(raw, msgtype)

@@ -17,6 +17,7 @@ from functools import cache
 from pathlib import Path
 from types import TracebackType
 
+from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
@@ -71,12 +72,11 @@ class OutputRecorder:
         self._tmp_root = Path(
             tempfile.mkdtemp(prefix=f".{self.folder.name}-", dir=self.folder.parent)
         )
-        self._tmp_bag = (
-            self._tmp_root / self.folder.name
-        )  # the .mcap file is named after this folder
+        # The writer names the .mcap file after this folder.
+        self._tmp_bag = self._tmp_root / self.folder.name
         self._writer = Writer(self._tmp_bag, version=9, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
-        self._connections: dict[tuple[str, str], object] = {}
+        self._connections: dict[tuple[str, str], Connection] = {}
         self.messages = 0
 
     def write(self, topic: str, msgtype: str, cdr: bytes, time_ns: int) -> None:

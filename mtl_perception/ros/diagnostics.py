@@ -132,15 +132,15 @@ class FrameStats:
     def reset(self) -> None:
         """Forget everything (e.g. on lifecycle cleanup)."""
         with self._lock:
-            for store in (
+            for samples in (
                 self._arrivals,
                 self._completions,
                 self._latencies,
-                self._counts,
-                self._errors,
                 *self._stages.values(),
             ):
-                store.clear()
+                samples.clear()
+            self._counts.clear()
+            self._errors.clear()
             self._errors_reported = self._processed_reported = 0
 
     def report(self) -> StatsReport:
