@@ -87,6 +87,9 @@ def test_killed_run_resumes_to_identical_parameters(dataset_root: Path, tmp_path
     for key, value in straight["balancer"].items():
         assert torch.equal(value, resumed["balancer"][key]), key
     assert resumed["best_score"] == pytest.approx(straight["best_score"])
+    # The curves survive the interruption: both epochs, as the straight run logged them.
+    assert [e["epoch"] for e in resumed["history"]] == [1, 2]
+    assert resumed["history"] == straight["history"]
 
 
 def test_empty_train_split_is_a_clear_error(dataset_root: Path, tmp_path: Path) -> None:

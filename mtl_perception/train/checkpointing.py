@@ -35,6 +35,9 @@ class Progress:
     )  # raw loss per task, this epoch
     # Steps that had a loss for the task this epoch (a task masked out of a batch has none).
     epoch_loss_counts: dict[str, int] = field(default_factory=dict)
+    # Per finished epoch: mean raw losses, task weights and val score (the run's curves; kept in
+    # the checkpoint so a resumed run still reports them from its first epoch).
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def add_losses(self, losses: dict[str, float]) -> None:
         """Add one step's raw loss per task present to the epoch sums."""
@@ -117,6 +120,7 @@ def training_payload(
         "config": config,
         "metrics": progress.metrics,
         "best_score": progress.best_score,
+        "history": [dict(entry) for entry in progress.history],
         "rng": rng_state(),
         "pretrained": dict(pretrained or {}),
     }
@@ -171,6 +175,7 @@ def restore_training_state(
             k: float(v) for k, v in (checkpoint.get("epoch_loss_sums") or {}).items()
         },
         epoch_loss_counts=_loss_counts(checkpoint),
+        history=[dict(entry) for entry in checkpoint.get("history") or []],
     )
 
 

@@ -159,8 +159,6 @@ class Trainer:
             ema=self.ema,
         )
         self.progress = Progress()
-        # Per finished epoch (this process's run only): mean raw losses, task weights, val score.
-        self.history: list[dict[str, Any]] = []
         self.logger = RunLogger(config, enabled=self.context.is_main)
 
     @property
@@ -168,6 +166,11 @@ class Trainer:
         """The weights that are validated and written to best.pt: the EMA when enabled."""
         # The EMA's module is a deep copy of self.model (AveragedModel types it as nn.Module).
         return self.model if self.ema is None else cast(MultiTaskModel, self.ema.module)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Per finished epoch, resumed epochs included: mean raw losses, task weights, val score."""
+        return self.progress.history
 
     @property
     def run_dir(self) -> Path:
@@ -310,7 +313,7 @@ class Trainer:
             weights = {
                 task: last_scalars.get(f"weight/{task}", math.nan) for task in self.weighting.tasks
             }
-            self.history.append(
+            self.progress.history.append(
                 {
                     "epoch": epoch + 1,
                     "losses": dict(mean_losses),
