@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""ament_python package definition: works with `colcon build` on the robot and `pip install` in a venv."""
+"""ament_python package definition: `colcon build` on the robot, `pip install` in a venv."""
 
 from glob import glob
 
@@ -28,7 +28,9 @@ setup(
     zip_safe=True,
     maintainer="mtl_perception maintainers",
     maintainer_email="mtl-perception@example.com",
-    description="Multi-task (detection + segmentation) perception for ROS 2 on one shared backbone.",
+    description=(
+        "Multi-task (detection + segmentation) perception for ROS 2 on one shared backbone."
+    ),
     license="Apache-2.0",
     python_requires=">=3.10",
     entry_points={

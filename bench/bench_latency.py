@@ -9,8 +9,8 @@ the multi-task model and of its two single-task counterparts, and prints
     RESULT latency_ratio_<arch>=<multi-task ms / (detector ms + segmenter ms)>
     RESULT gflops_ratio_<arch>=<the same ratio of FLOPs, independent of machine load>
 
-(target for the latency ratio: at most 0.55). Models are timed round-robin (one run of each per round) so that
-load from other processes on a shared machine hits all of them alike.
+(target for the latency ratio: at most 0.55). Models are timed round-robin (one run of each
+per round) so that load from other processes on a shared machine hits all of them alike.
 
 Like for like: random weights make the work after the network (SSD's score filtering and NMS,
 Faster R-CNN's proposals) depend on whatever scores the random heads happen to produce. So each
@@ -108,7 +108,7 @@ def _bool(text: str) -> bool:
 
 
 def _build(name: str, size: tuple[int, int], args: argparse.Namespace) -> torch.nn.Module:
-    """An eval-mode model of architecture ``name``; DeepLabv3 models get the ASPP options asked for."""
+    """An eval-mode model of architecture ``name``; DeepLabv3 gets the ASPP options asked for."""
     options = (
         {"aspp_separable": args.aspp_separable, "aspp_channels": args.aspp_channels}
         if "deeplabv3" in name
@@ -168,16 +168,16 @@ def run(args: argparse.Namespace) -> int:
     latency = _median_latencies(models, size, args.runs, args.warmup)
 
     print(
-        f"CPU, batch 1, input {format_hw(size)} (HxW), {args.threads} thread(s), median of {args.runs} after {args.warmup} warm-up rounds"
+        f"CPU, batch 1, input {format_hw(size)} (HxW), {args.threads} thread(s), median of "
+        f"{args.runs} after {args.warmup} warm-up rounds"
     )
     if "deeplabv3" in models:
         print(f"DeepLabv3 head options: {models['deeplabv3'].heads['segmentation'].options}")
     gflops = {name: count_gflops(model, size) for name, model in models.items()}
     print(f"{'model':<20}{'ms/frame':>10}{'params (M)':>12}{'GFLOPs':>9}")
     for name in names:
-        print(
-            f"{name:<20}{latency[name]:>10.1f}{count_parameters(models[name]) / 1e6:>12.2f}{gflops[name]:>9.2f}"
-        )
+        millions = count_parameters(models[name]) / 1e6
+        print(f"{name:<20}{latency[name]:>10.1f}{millions:>12.2f}{gflops[name]:>9.2f}")
     print()
     results = []
     for arch in args.arch:
@@ -186,16 +186,16 @@ def run(args: argparse.Namespace) -> int:
         verdict = "meets" if ratio <= TARGET_RATIO else "misses"
         degenerate = "" if boxes[arch] else "; DEGENERATE: no box reaches post-processing"
         print(
-            f"{arch}: {latency[arch]:.1f} ms vs {detector} + {segmenter} = {latency[detector] + latency[segmenter]:.1f} ms "
-            f"-> ratio {ratio:.3f} ({verdict} the {TARGET_RATIO} target; {boxes[arch]} boxes on both sides{degenerate})"
+            f"{arch}: {latency[arch]:.1f} ms vs {detector} + {segmenter} = "
+            f"{latency[detector] + latency[segmenter]:.1f} ms -> ratio {ratio:.3f} ({verdict} the "
+            f"{TARGET_RATIO} target; {boxes[arch]} boxes on both sides{degenerate})"
         )
         if not boxes[arch]:
             continue  # a ratio without the detection post-processing is not the figure asked for
         results.append(f"RESULT latency_ratio_{arch}={ratio:.3f}")
         # FLOPs do not depend on machine load: the noise-free view of the same saving.
-        results.append(
-            f"RESULT gflops_ratio_{arch}={gflops[arch] / (gflops[detector] + gflops[segmenter]):.3f}"
-        )
+        gflops_ratio = gflops[arch] / (gflops[detector] + gflops[segmenter])
+        results.append(f"RESULT gflops_ratio_{arch}={gflops_ratio:.3f}")
     print("\n".join(results))
     return 0
 

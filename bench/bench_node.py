@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME:=VALUE",
-        help="extra node parameter (repeatable), e.g. publish_color:=false to see what an output costs",
+        help="extra node parameter (repeatable), e.g. publish_color:=false to see what an "
+        "output costs",
     )
     parser.add_argument(
         "--quick", action="store_true", help="short smoke run (fewer frames, 20 s overload)"
@@ -177,7 +178,7 @@ def model_round(
 def node_round(
     feeder: Feeder, stats: ReplayStats, node_pid: int, target_answers: int, model_fps: float
 ) -> tuple[float, float]:
-    """The node fed ~1.5x faster than the model can go: answers per second, node CPU seconds per answer."""
+    """The node fed ~1.5x faster than the model can go: answers/s, node CPU seconds per answer."""
     cpu_start = cpu_seconds(node_pid)
     stamps = feeder.run(rate_hz=1.5 * model_fps, duration_s=(target_answers + 1) / model_fps)
     feeder.session.wait_answered(stamps[-1:], timeout=10.0)
@@ -239,8 +240,9 @@ def _main() -> int:
             model_ms = statistics.median(model_latencies)
             print(
                 f"model {statistics.fmean(model_fps):.2f} fps ({model_ms:.1f} ms median, "
-                f"{statistics.fmean(model_cpu) * 1000:.0f} ms CPU/frame), node {statistics.fmean(node_fps):.2f} fps "
-                f"({statistics.fmean(node_cpu) * 1000:.0f} ms CPU/frame, all threads) over {args.rounds} rounds",
+                f"{statistics.fmean(model_cpu) * 1000:.0f} ms CPU/frame), node "
+                f"{statistics.fmean(node_fps):.2f} fps ({statistics.fmean(node_cpu) * 1000:.0f} "
+                f"ms CPU/frame, all threads) over {args.rounds} rounds",
                 flush=True,
             )
             print(f"RESULT node_throughput_ratio={ratio:.3f}", flush=True)
@@ -269,9 +271,10 @@ def _main() -> int:
             head, tail = warm[: max(1, len(warm) // 10)], warm[-max(1, len(warm) // 10) :]
             growth = (statistics.median(tail) - statistics.median(head)) / statistics.median(head)
             print(
-                f"overload: {len(stamps)} frames at {args.overload_rate:g} Hz, {len(latencies)} answered "
-                f"({len(latencies) / len(sent):.0%}), latency p50 {np.percentile(latencies, 50):.1f} ms "
-                f"p99 {p99:.1f} ms max {max(latencies):.1f} ms; node RSS {statistics.median(head) / 2**20:.0f} -> "
+                f"overload: {len(stamps)} frames at {args.overload_rate:g} Hz, {len(latencies)} "
+                f"answered ({len(latencies) / len(sent):.0%}), latency p50 "
+                f"{np.percentile(latencies, 50):.1f} ms p99 {p99:.1f} ms max "
+                f"{max(latencies):.1f} ms; node RSS {statistics.median(head) / 2**20:.0f} -> "
                 f"{statistics.median(tail) / 2**20:.0f} MiB",
                 flush=True,
             )

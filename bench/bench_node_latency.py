@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """What the perception node adds on top of its model: end-to-end latency minus bare model latency.
 
-Same run, same frames (480x640 (HxW) rgb8 camera-like sequence, bench/sequence.py), same checkpoint, CPU,
-same torch thread count (default 1), alternating rounds so that load from other processes hits
-both sides alike:
+Same run, same frames (480x640 (HxW) rgb8 camera-like sequence, bench/sequence.py), same
+checkpoint, CPU, same torch thread count (default 1), alternating rounds so that load from other
+processes hits both sides alike:
 
 - node: the node runs as a subprocess (``mtl_perception.ros.replay_launch.NodeProcess``, the
   large-image DDS profile); frames are sent in lockstep (the next frame only after every output of
@@ -235,9 +235,9 @@ def _main() -> int:
     node_p50, model_p50 = statistics.median(node_ms), statistics.median(model_ms)
     overhead = node_p50 - model_p50
     print(
-        f"480x640 (HxW) rgb8 frames, network input {args.input_size[0]}x{args.input_size[1]} (HxW), CPU, "
-        f"{args.threads} torch thread(s), {args.rounds} alternating rounds of {args.frames} "
-        "frames, lockstep"
+        f"480x640 (HxW) rgb8 frames, network input {args.input_size[0]}x{args.input_size[1]} "
+        f"(HxW), CPU, {args.threads} torch thread(s), {args.rounds} alternating rounds of "
+        f"{args.frames} frames, lockstep"
     )
     print(
         f"end-to-end p50 {node_p50:.1f} ms (p90 {np.percentile(node_ms, 90):.1f}), "

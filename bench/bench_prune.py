@@ -89,7 +89,7 @@ def compare(fast: list[FrameDecision], reference: list[FrameDecision]) -> tuple[
     same = sum(f.keep == r.keep for f, r in zip(fast, reference, strict=True))
     diffs = [
         abs(f.ssim - r.ssim)
-        for f, r in zip(fast, reference)
+        for f, r in zip(fast, reference, strict=True)
         if f.exact and f.ssim is not None and r.ssim is not None and f.compared_to == r.compared_to
     ]
     return same / len(reference), max(diffs, default=0.0), len(diffs)
@@ -141,7 +141,8 @@ def main() -> None:
     per_core = ref_cpu / one_cpu
     wall = ref_wall / n_wall
     print(
-        f"sequence: {frames} JPEG frames {width}x{height}, threshold {args.threshold}, best of {repeat}"
+        f"sequence: {frames} JPEG frames {width}x{height}, threshold {args.threshold}, best of "
+        f"{repeat}"
     )
     print(f"{'':34} {'CPU ms/frame':>12} {'wall ms/frame':>13}  kept")
     for name, w, c, decisions in (
@@ -150,19 +151,20 @@ def main() -> None:
         (f"fast, --jobs {args.jobs}", n_wall, n_cpu, fast_n),
     ):
         print(
-            f"{name:34} {1000 * c / frames:12.2f} {1000 * w / frames:13.2f}  {sum(d.keep for d in decisions)}"
+            f"{name:34} {1000 * c / frames:12.2f} {1000 * w / frames:13.2f}  "
+            f"{sum(d.keep for d in decisions)}"
         )
     print(
-        f"per core (CPU time, 1 thread each): {per_core:.1f}x; wall-clock with {args.jobs} workers vs "
-        f"reference: {wall:.1f}x"
+        f"per core (CPU time, 1 thread each): {per_core:.1f}x; wall-clock with {args.jobs} "
+        f"workers vs reference: {wall:.1f}x"
     )
     print(
-        f"identical decisions {100 * agreement:.2f}%; {settled} of {frames} frames dropped on the sampled estimate; "
-        f"max |dSSIM| {max_dssim:.2e} over {shared} shared exact comparisons"
+        f"identical decisions {100 * agreement:.2f}%; {settled} of {frames} frames dropped on the "
+        f"sampled estimate; max |dSSIM| {max_dssim:.2e} over {shared} shared exact comparisons"
     )
     print(
-        f"RESULT prune_speedup_per_core={per_core:.2f} prune_speedup_wall_{args.jobs}cores={wall:.2f} "
-        f"prune_agreement={agreement:.4f}"
+        f"RESULT prune_speedup_per_core={per_core:.2f} "
+        f"prune_speedup_wall_{args.jobs}cores={wall:.2f} prune_agreement={agreement:.4f}"
     )
 
 

@@ -76,7 +76,7 @@ def run_script(script: str, quick: bool) -> tuple[list[tuple[str, float]], str]:
     """Run one bench script; return its RESULT figures and an error text ('' when fine)."""
     cmd = [sys.executable, str(BENCH_DIR / script)] + (["--quick"] if quick else [])
     print(f"== {script}", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCH_DIR.parent)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCH_DIR.parent, check=False)
     sys.stdout.write(proc.stdout)
     results = [
         (name, float(value))
@@ -111,10 +111,10 @@ def main() -> int:
     header = ("figure", "value", "target", "result")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     lines = [
-        " | ".join(h.ljust(w) for h, w in zip(header, widths)),
+        " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
         "-+-".join("-" * w for w in widths),
     ]
-    lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     print("\n".join(lines))
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")

@@ -9,11 +9,11 @@ Parameters come from ``params_file`` (default: the package's ``config/perception
 the ``model``, ``device``, ``compressed`` and ``autostart`` arguments override it only when
 given (their empty default keeps the file's value). ``autostart:=false`` starts the node
 unconfigured, for a lifecycle manager (or ``ros2 lifecycle set``) to drive it;
-``use_sim_time:=true`` follows ``/clock`` (``ros2 bag play --clock``). The node subscribes to ``image`` (or
-``<image>/compressed`` with compressed input, the image_transport naming), remapped here to
-the ``image`` argument. ``dds_profile`` points Fast DDS at a profile
-with a large shared-memory segment (big images are otherwise fragmented and lost); set it
-empty to keep the environment's DDS settings.
+``use_sim_time:=true`` follows ``/clock`` (``ros2 bag play --clock``). The node subscribes to
+``image`` (or ``<image>/compressed`` with compressed input, the image_transport naming),
+remapped here to the ``image`` argument. ``dds_profile`` points Fast DDS at a profile with a
+large shared-memory segment (big images are otherwise fragmented and lost); set it empty to keep
+the environment's DDS settings.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ PACKAGE = "mtl_perception"
 EXECUTABLE = "perception_node"
 NODE_NAME = "perception_node"
 
-# Launch argument -> node parameter it overrides when not empty (test/test_ros2_tools.py runs them).
+# Launch argument -> node parameter it overrides unless empty (test/test_ros2_tools.py runs them).
 PARAMETER_ARGUMENTS = {
     "model": "model_path",
     "device": "device",
@@ -65,7 +65,9 @@ def _arguments() -> list[DeclareLaunchArgument]:
         DeclareLaunchArgument(
             "params_file",
             default_value=_share("config", "perception.yaml"),
-            description="Node parameters: a copy of config/perception.yaml (key /**: any namespace).",
+            description=(
+                "Node parameters: a copy of config/perception.yaml (key /**: any namespace)."
+            ),
         ),
         DeclareLaunchArgument(
             "namespace", default_value="", description="Namespace of the node and its outputs."
@@ -78,17 +80,23 @@ def _arguments() -> list[DeclareLaunchArgument]:
         DeclareLaunchArgument(
             "autostart",
             default_value="",
-            description="false: start unconfigured, for a lifecycle manager; empty = from params_file.",
+            description=(
+                "false: start unconfigured, for a lifecycle manager; empty = from params_file."
+            ),
         ),
         DeclareLaunchArgument(
             "use_sim_time",
             default_value="",
-            description="true: use /clock (ros2 bag play --clock); empty = from params_file (false).",
+            description=(
+                "true: use /clock (ros2 bag play --clock); empty = from params_file (false)."
+            ),
         ),
         DeclareLaunchArgument(
             "dds_profile",
             default_value=_share("config", "fastdds_large_images.xml"),
-            description="Fast DDS profile XML (FASTRTPS_DEFAULT_PROFILES_FILE); empty = leave unset.",
+            description=(
+                "Fast DDS profile XML (FASTRTPS_DEFAULT_PROFILES_FILE); empty = leave unset."
+            ),
         ),
         DeclareLaunchArgument("log_level", default_value="info", description="Node log level."),
     ]

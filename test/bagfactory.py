@@ -115,7 +115,7 @@ def write_bag(
     ros1_compression: Literal["bz2", "lz4"] | None = None,
     ros1_chunk_size: int | None = None,
 ) -> Path:
-    """Write ``messages`` (topic, msgtype, bag timestamp ns, message) to a new bag; return its path.
+    """Write ``messages`` (topic, msgtype, bag time ns, message) to a new bag; return its path.
 
     ``fmt``: ``"ros1"`` writes the file ``path`` (``.bag``; chunks compressed with
     ``ros1_compression``, closed after ``ros1_chunk_size`` bytes); ``"db3"``/``"mcap"`` write a

@@ -116,7 +116,7 @@ def make_processed_dataset(
             }
         )
     )
-    num_val = max(1, int(round(num_images * val_fraction)))
+    num_val = max(1, round(num_images * val_fraction))
     ids = [im["id"] for im in images]  # depth-only frames (last) always land in train
     (root / "splits.json").write_text(
         json.dumps(

@@ -287,10 +287,13 @@ def test_db3_cut_anywhere_gives_a_clean_prefix_or_says_nothing_could_be_read(
         offset = int(len(data) * share) + 1
         damaged = tmp_path / f"cut{offset}.db3"
         damaged.write_bytes(data[:offset])
+        error = ""
         try:
             got, _ = salvaged(damaged)
         except BagSalvageError as err:
-            assert "no complete message could be read" in str(err) and str(damaged) in str(err)
+            error = str(err)
+        if error:
+            assert "no complete message could be read" in error and str(damaged) in error
             counts[share] = 0
             continue
         assert_prefix(got)
@@ -457,7 +460,7 @@ def test_replay_source_reads_a_cut_bag(bags, tmp_path) -> None:
     damaged = tmp_path / "cut.mcap"
     damaged.write_bytes(data[: len(data) * 2 // 3])
     with open_image_bag(damaged, "/cam") as bag:
-        frames = [f for f in bag.frames()]
+        frames = list(bag.frames())
         assert len(frames) == len(bag) > 0
     assert [f.stamp_ns for f in frames] == [s for t, s, _ in TRUTH if t == "/cam"][: len(frames)]
     for frame in frames:

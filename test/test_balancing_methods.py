@@ -71,7 +71,7 @@ def _train(weighting_name: str, method: str, steps: int = 30, options=None):
 
 @pytest.mark.parametrize("weighting_name", sorted(WEIGHTINGS))
 def test_every_weighting_reduces_the_loss(weighting_name: str) -> None:
-    _, weighting, history, stats = _train(weighting_name, "none", steps=31)
+    _, _, history, stats = _train(weighting_name, "none", steps=31)
     assert all(math.isfinite(v) for v in history)
     assert history[-1] < 0.8 * history[0]
     assert -1.0 <= stats.cosine["detection~segmentation"] <= 1.0  # last step (30) is a cosine step
@@ -89,7 +89,7 @@ def test_every_gradient_method_trains_and_reports_cosine(method: str) -> None:
 
 
 def test_uncertainty_log_vars_are_learned_under_a_gradient_method() -> None:
-    _, weighting, history, _ = _train("uncertainty", "upgrad", steps=10)
+    _, weighting, _, _ = _train("uncertainty", "upgrad", steps=10)
     log_vars = [float(weighting.log_vars[t].detach()) for t in TASKS]
     assert all(v != 0.0 for v in log_vars)
     assert weighting.weigh({t: torch.tensor(1.0) for t in TASKS}).weights[

@@ -497,6 +497,7 @@ def test_cli_user_error_is_one_line_exit_2(tmp_path: Path) -> None:
         text=True,
         cwd=Path(__file__).resolve().parents[1],
         timeout=120,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and str(bad) in result.stderr
@@ -514,7 +515,7 @@ def test_split_fractions_met_with_uneven_groups(seed: int) -> None:
     splits, n_groups = assign_splits(items, (0.8, 0.1, 0.1), "bag", 10.0, seed=seed)
     assert n_groups == 40
     assert sorted(k for keys in splits.values() for k in keys) == list(range(len(items)))
-    for name, fraction in zip(("train", "val", "test"), (0.8, 0.1, 0.1)):
+    for name, fraction in zip(("train", "val", "test"), (0.8, 0.1, 0.1), strict=True):
         assert abs(len(splits[name]) - fraction * len(items)) <= 30  # at most about one group off
 
 
@@ -563,5 +564,5 @@ def test_label_folder_and_repeated_files_count_once(tmp_path: Path) -> None:
         == 0
     )
     assert len(load(tmp_path / "out" / "ds", "annotations.json")["annotations"]) == 2
-    with pytest.raises(UserError, match="no .json or .xml"):
+    with pytest.raises(UserError, match=r"no \.json or \.xml"):
         run_build(tmp_path / "interim", [tmp_path / "interim"], tmp_path / "out2")

@@ -108,7 +108,7 @@ def test_build_writes_contract_layout(synth_dataset: tuple[Path, Path]) -> None:
 
 
 def test_build_mask_equals_rendered_semantics(synth_dataset: tuple[Path, Path]) -> None:
-    root, ds = synth_dataset
+    _, ds = synth_dataset
     scene = synth.Scene(synth.SynthConfig(frames=FRAMES, width=WIDTH, height=HEIGHT))
     coco = json.loads((ds / "annotations.json").read_text())
     for index in (0, FRAMES // 2, FRAMES - 1):

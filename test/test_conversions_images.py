@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -148,7 +148,7 @@ def test_compressed_png_is_exact_and_jpeg_is_close() -> None:
 
 @pytest.mark.parametrize("data", [b"", b"\xff\xd8\xff\xe0 broken jpeg", b"not an image at all"])
 def test_bad_compressed_data_raises_value_error(data: bytes) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^corrupt '?jpeg'? data"):
         to_network_rgb(CoreDecoder(), _compressed(data, "jpeg"), True)
 
 
@@ -173,11 +173,11 @@ class _FakeBridgeError(Exception):
 
 class _FakeBridge:
     """Records the calls and answers like cv_bridge's documented API: passthrough arrays in
-    OpenCV (BGR) order. The adapter tests below prove what the adapter asks cv_bridge for and how it
-    reorders and wraps the answers; whether real cv_bridge answers so is only checked where it is
-    installed (``test_real_cv_bridge_matches_the_builtin_decoder``), which CI is not."""
+    OpenCV (BGR) order. The adapter tests below prove what the adapter asks cv_bridge for and how
+    it reorders and wraps the answers; whether real cv_bridge answers so is only checked where it
+    is installed (``test_real_cv_bridge_matches_the_builtin_decoder``), which CI is not."""
 
-    calls: list[tuple[str, str, str]] = []
+    calls: ClassVar[list[tuple[str, str, str]]] = []
 
     def imgmsg_to_cv2(self, msg: Any, desired_encoding: str = "passthrough") -> np.ndarray:
         self.calls.append(("imgmsg_to_cv2", msg.encoding, desired_encoding))
@@ -248,7 +248,7 @@ def test_cv_bridge_adapter_compressed(fake_cv_bridge: types.ModuleType) -> None:
     png = cv2.imencode(".png", RGB[:, :, ::-1])[1].tobytes()
     assert np.array_equal(to_network_rgb(decoder, _compressed(png, "png"), True), RGB)
     assert _FakeBridge.calls == [("compressed_imgmsg_to_cv2", "png", "passthrough")]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="compressed format 'jpeg': data cannot be decoded"):
         decoder.decode_compressed(_compressed(b"garbage", "jpeg"))
 
 

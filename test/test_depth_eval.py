@@ -145,6 +145,6 @@ def test_demo_report_shows_the_depth_metrics_of_mtl_eval() -> None:
     summary = headline(metrics, None)
     assert summary["depth AbsRel"] == 0.125 and summary["depth δ<1.25"] == 0.875
     tables, _ = _per_class_tables(metrics)
-    rows = dict((row[0], row[1]) for row in tables[-1].rows)
+    rows = {row[0]: row[1] for row in tables[-1].rows}
     assert rows["AbsRel"] == "0.125" and rows["RMSE (m)"] == "0.500" and rows["SqRel"] == "n/a"
     assert "depth AbsRel" not in headline({"detection": {"map": 0.5}}, None)

@@ -105,7 +105,7 @@ def test_read_depth_files(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_depth_file(tmp_path / "a.npy"), [[1.5, 0.0]])
     np.testing.assert_array_equal(read_depth_file(tmp_path / "b.png"), [[2.5, 0.0]])
     np.testing.assert_array_equal(read_depth_png_m(tmp_path / "b.png"), [[2.5, 0.0]])
-    with pytest.raises(ValueError, match="c.png: 8-bit"):
+    with pytest.raises(ValueError, match=r"c\.png: 8-bit"):
         read_depth_file(tmp_path / "c.png")
     with pytest.raises(ValueError, match="cannot read"):
         read_depth_file(tmp_path / "missing.png")

@@ -159,10 +159,10 @@ def test_three_task_run_records_the_task_set_and_depth_metrics(
 def test_depth_task_without_depth_in_the_data_is_a_clear_error(tmp_path: Path) -> None:
     root = make_processed_dataset(tmp_path / "plain")
     with pytest.raises(
-        UserError, match="model.tasks includes depth but no train image has a depth_file"
+        UserError, match=r"model\.tasks includes depth but no train image has a depth_file"
     ):
         Trainer(load_config(None, _args(root, tmp_path, "x", "model.tasks=[depth]")))
-    with pytest.raises(UserError, match="model.tasks"):
+    with pytest.raises(UserError, match=r"model\.tasks"):
         load_config(None, _args(root, tmp_path, "x", "model.tasks=[]"))
 
 

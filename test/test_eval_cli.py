@@ -28,7 +28,7 @@ def _write_dataset(
     segmentation_classes: list[str] | None = None,
     size: tuple[int, int] = (48, 64),
 ) -> dict[str, Any]:
-    """A processed dataset (CONTRACTS §4) with boxes on image 0 and 1 only; returns the COCO dict."""
+    """A processed dataset (CONTRACTS §4), boxes on images 0 and 1 only; return the COCO dict."""
     categories = categories or [{"id": i + 1, "name": n} for i, n in enumerate(MODEL_DET)]
     segmentation_classes = segmentation_classes or MODEL_SEG
     (root / "images").mkdir(parents=True)
@@ -240,7 +240,7 @@ def test_split_ids_unknown_and_split_all(tmp_path: Path) -> None:
     assert summary.problems["split id not in annotations.json"] == 1
     (data / "splits.json").unlink()
     assert len(EvalDataset(data, "all", MODEL_DET, None, JobSummary("t"))) == 3
-    with pytest.raises(UserError, match="splits.json does not exist"):
+    with pytest.raises(UserError, match=r"splits\.json does not exist"):
         EvalDataset(data, "val", MODEL_DET, None, JobSummary("t"))
 
 

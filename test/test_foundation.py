@@ -29,9 +29,14 @@ def _payload() -> dict:
 def test_atomic_write_leaves_no_temp_file_on_error(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
     atomic_io.write_json(target, {"a": 1})
-    with pytest.raises(RuntimeError), atomic_io.atomic_path(target) as tmp:
-        tmp.write_text("half")
-        raise RuntimeError("crash mid-write")
+
+    def crash_mid_write() -> None:
+        with atomic_io.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError, match="crash mid-write"):
+        crash_mid_write()
     assert target.read_text().strip().startswith("{")  # old content intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
@@ -108,7 +113,9 @@ def test_cli_user_error_is_one_line_and_nonzero(tmp_path: Path) -> None:
         "def main():\n    raise UserError('file x.bag: truncated')\n"
         "run_cli(main, 'prog')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == "prog: error: file x.bag: truncated"
 

@@ -241,5 +241,5 @@ def test_rgb8_to_image_fields_round_trips_through_decode_image():
             step=fields["step"],
         )
         np.testing.assert_array_equal(decode_image(msg), array)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"expected uint8 \[H,W,3\] or \[H,W\], got uint16"):
         rgb8_to_image_fields(MONO16)

@@ -26,7 +26,7 @@ def uncompressed_rle(mask: np.ndarray) -> dict:
     bounds = np.concatenate([[0], changes, [flat.size]])
     counts = np.diff(bounds).tolist()
     if flat[0] == 1:
-        counts = [0] + counts
+        counts = [0, *counts]
     return {"size": [mask.shape[0], mask.shape[1]], "counts": counts}
 
 
@@ -173,9 +173,11 @@ CVAT_XML = """<?xml version="1.0" encoding="utf-8"?>
   <version>1.1</version>
   <meta><task><name>t</name></task></meta>
   <image id="0" name="images/1700000000000000000.jpg" width="40" height="30">
-    <box label="cone" source="manual" occluded="1" xtl="10.5" ytl="4.0" xbr="20.0" ybr="14.0" z_order="0"/>
+    <box label="cone" source="manual" occluded="1"
+         xtl="10.5" ytl="4.0" xbr="20.0" ybr="14.0" z_order="0"/>
     <polygon label="floor" occluded="0" points="0.0,20.0;40.0,20.0;40.0,30.0;0.0,30.0"/>
-    <mask label="wall" source="manual" rle="3, 2, 1, 4" left="2" top="1" width="5" height="2" z_order="0"/>
+    <mask label="wall" source="manual" rle="3, 2, 1, 4"
+          left="2" top="1" width="5" height="2" z_order="0"/>
     <polygon label="floor" points="1.0,1.0;2.0,2.0"/>
     <polyline label="lane" points="0,0;5,5"/>
   </image>
@@ -197,7 +199,8 @@ def test_cvat_xml_boxes_polygons_masks(tmp_path: Path) -> None:
     assert summary.problems["unsupported CVAT shape <polyline>"] == 1
     mask = rasterize([(1, first.regions[1]), (2, first.regions[2])], H, W)
     assert (mask[21:29] == 1).all()
-    # CVAT mask rle "3,2,1,4" over a 5x2 box at (2,1), row-major: row 1 = 0 0 0 1 1, row 2 = 0 1 1 1 1
+    # CVAT mask rle "3,2,1,4" over a 5x2 box at (2,1), row-major:
+    # row 1 = 0 0 0 1 1, row 2 = 0 1 1 1 1
     np.testing.assert_array_equal(mask[1:3, 2:7], [[0, 0, 0, 2, 2], [0, 2, 2, 2, 2]])
     assert (mask[0] == 0).all()
 

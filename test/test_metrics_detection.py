@@ -199,7 +199,7 @@ def test_combined_score() -> None:
 
 
 def test_only_the_best_max_detections_per_image_count() -> None:
-    """Like COCOeval: a flood of low-score boxes beyond the limit changes nothing, and no warning."""
+    """Like COCOeval: a flood of low-score boxes past the limit changes nothing, warns nothing."""
     import warnings
 
     target = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "labels": torch.tensor([1])}]

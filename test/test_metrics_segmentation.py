@@ -21,7 +21,8 @@ EXPECTED_CONFUSION = [
     [0, 0, 0, 0],
 ]
 # IoU = TP / (row sum + column sum - TP):
-#   class 0: 2 / (4 + 3 - 2) = 0.4;  class 1: 2 / (3 + 4 - 2) = 0.4;  class 2: 1 / (2 + 2 - 1) = 1/3
+#   class 0: 2 / (4 + 3 - 2) = 0.4;  class 1: 2 / (3 + 4 - 2) = 0.4;
+#   class 2: 1 / (2 + 2 - 1) = 1/3
 #   class 3: absent from ground truth and prediction -> undefined, excluded from the mean.
 EXPECTED_IOU = [0.4, 0.4, 1 / 3, None]
 EXPECTED_MIOU = (0.4 + 0.4 + 1 / 3) / 3

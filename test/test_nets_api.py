@@ -81,7 +81,7 @@ def test_forward_train_features_work_with_torchjd(arch: str) -> None:
     # BatchNorm have a true gradient of ~0, where float32 rounding differs between the two paths.)
     for row, grads in enumerate(per_task):
         scale = max(grad.abs().max().item() for grad in grads if grad is not None)
-        for parameter, grad in zip(shared, grads):
+        for parameter, grad in zip(shared, grads, strict=True):
             expected = torch.zeros_like(parameter) if grad is None else grad
             assert torch.allclose(parameter.jac[row], expected, rtol=1e-4, atol=1e-5 * scale)
 
@@ -187,7 +187,7 @@ def test_bad_build_options_are_user_errors(kwargs: dict, message: str) -> None:
 def test_deeplab_atrous_rates_suit_the_undilated_stride32_map() -> None:
     aspp = build_model("deeplabv3", 0, 2, SIZE).heads[SEGMENTATION].head[0]
     branches = aspp.convs[1:-1]  # skip the 1x1 and pooling branches
-    # The first conv of each branch is the atrous one (full or depthwise, depending on aspp_separable).
+    # The first conv of each branch is the atrous one (full or depthwise: aspp_separable).
     dilations = [
         next(m for m in branch.modules() if isinstance(m, torch.nn.Conv2d)).dilation[0]
         for branch in branches

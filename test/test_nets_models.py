@@ -155,7 +155,7 @@ def test_ssd_default_boxes_follow_input_size(size: tuple[int, int]) -> None:
         for block in head.extra:
             maps.append(block(maps[-1]))
     per_location = head.anchor_generator.num_anchors_per_location()
-    expected = sum(m.shape[-2] * m.shape[-1] * n for m, n in zip(maps, per_location))
+    expected = sum(m.shape[-2] * m.shape[-1] * n for m, n in zip(maps, per_location, strict=True))
     assert anchors[0].shape == (expected, 4)
     assert head_outputs["cls_logits"].shape == (1, expected, NUM_DET + 1)
     centres_x = (anchors[0][:, 0] + anchors[0][:, 2]) / 2
@@ -203,7 +203,7 @@ def test_tensor_batch_and_channels_last_give_the_same_predictions() -> None:
         reference = model(images)
         model.to(memory_format=torch.channels_last)
         stacked = model(torch.stack(images))
-    for expected, got in zip(reference, stacked):
+    for expected, got in zip(reference, stacked, strict=True):
         assert torch.equal(expected["mask"], got["mask"])
         assert torch.allclose(expected["scores"][:20], got["scores"][:20], atol=1e-4)
 

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 
@@ -44,9 +43,9 @@ def test_mask_prediction_equals_argmax_of_upsampled_logits_including_ties() -> N
     logits[1, 3, 2, 2] = logits[1, 4, 2, 2] = 9.0
     images = torch.zeros(2, 3, 32, 48)
     masks = torch.stack([out["mask"] for out in FixedLogits(logits).predict({}, images)])
-    expected = F.interpolate(logits, size=(32, 48), mode="bilinear", align_corners=False).argmax(
-        dim=1
-    )
+    expected = nn.functional.interpolate(
+        logits, size=(32, 48), mode="bilinear", align_corners=False
+    ).argmax(dim=1)
     assert masks.dtype == torch.int64 and masks.shape == (2, 32, 48)
     assert torch.equal(masks, expected)
     assert bool((masks[0] == 1).all())

@@ -124,7 +124,7 @@ class NodeProcess:
 
 
 class RosClient:
-    """Test-side ROS node in its own context: publishes frames, collects outputs, calls services."""
+    """Test-side ROS node in its own context: publishes frames, gets outputs, calls services."""
 
     def __init__(self) -> None:
         self.context = Context()
@@ -283,7 +283,7 @@ def yaml_node(nodes: dict[str, Any]) -> tuple[NodeProcess, dict[str, Any]]:
 def test_node_declares_exactly_the_yaml_parameters(
     yaml_node: tuple[NodeProcess, dict[str, Any]], client: RosClient
 ) -> None:
-    node, params = yaml_node
+    _, params = yaml_node
     listed = client.call(
         ListParameters, f"{NODE}/list_parameters", ListParameters.Request(), timeout=60.0
     )
@@ -688,8 +688,9 @@ class _Log:
 def test_a_bug_in_a_frame_is_logged_with_traceback_once_counted_and_an_error(
     checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Frames go straight to the worker's code (no DDS): every failure is counted, the traceback is
-    logged once per kind, diagnostics are ERROR while all frames fail; depth frames get a warning."""
+    """Frames go straight to the worker's code (no DDS): every failure is counted, the traceback
+    is logged once per kind, diagnostics are ERROR while all frames fail; depth frames get a
+    warning."""
     from mtl_perception.ros.diagnostics import ERROR, OK
     from mtl_perception.ros.node import PerceptionNode, ReceivedFrame
 

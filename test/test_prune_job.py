@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import itertools
 from pathlib import Path
 
 import cv2
@@ -120,7 +121,7 @@ def test_keeps_first_drops_duplicates_keeps_changes(dirs) -> None:
     assert rows[0]["ssim"] == "" and rows[0]["compared_to"] == ""
     assert rows[1]["compared_to"] == "1000.png" and float(rows[1]["ssim"]) < 0.9
     assert rows[2]["compared_to"] == "1003.png"
-    assert list(rows[0]) == COLUMNS + ["ssim", "compared_to"]
+    assert list(rows[0]) == [*COLUMNS, "ssim", "compared_to"]
     files = sorted(p.name for p in (out / BAG / TOPIC).iterdir())
     assert files == [".prune_complete", "1000.png", "1003.png", "1005.png", "manifest.csv"]
 
@@ -131,13 +132,13 @@ def test_compares_with_last_kept_frame_not_previous(dirs) -> None:
     start, end = scene(3).astype(np.float64), scene(4).astype(np.float64)
     frames = [np.round(start + (end - start) * k / 20).astype(np.uint8) for k in range(21)]
     grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-    steps = [reference(x, y, data_range=255) for x, y in zip(grays, grays[1:])]
+    steps = [reference(x, y, data_range=255) for x, y in itertools.pairwise(grays)]
     assert min(steps) >= 0.9  # comparing with the previous frame would keep only the first
     write_topic(raw, frames)
     assert run_prune("--raw", raw, "--out", out, "--threshold", "0.9") == 0
     rows = kept(out)
     assert 3 <= len(rows) < len(frames)
-    for previous, row in zip(rows, rows[1:]):
+    for previous, row in itertools.pairwise(rows):
         assert row["compared_to"] == previous["file"]
         i, j = int(previous["index"]), int(row["index"])
         assert float(row["ssim"]) == pytest.approx(
@@ -267,7 +268,7 @@ def test_named_folders_and_missing_manifest(dirs, capsys) -> None:
         f"topic folder without manifest.csv: 1 (first: {raw / 'b' / 'broken_topic'})"
         in capsys.readouterr().err
     )
-    with pytest.raises(UserError, match="broken_topic: no manifest.csv"):
+    with pytest.raises(UserError, match=r"broken_topic: no manifest\.csv"):
         run_prune("--raw", raw, "--out", out, raw / "b" / "broken_topic")
     with pytest.raises(UserError, match="no such bag or topic folder"):
         run_prune("--raw", raw, "--out", out, "nope")

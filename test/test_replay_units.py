@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Pure parts of mtl-replay: ground truth by stamp, scoring, stats, CDR stamp peek, recorder, source."""
+"""Pure parts of mtl-replay: ground truth by stamp, scoring, stats, CDR stamp, recorder, source."""
 
 from __future__ import annotations
 
@@ -334,7 +334,7 @@ def test_source_topic_choice_and_errors(tmp_path: Path) -> None:
         (frame,) = list(image_bag.frames())
         assert frame.compressed and frame.rgb().shape == (6, 8, 3)
     with (
-        pytest.raises(UserError, match="several image topics.*/cam/raw/compressed"),
+        pytest.raises(UserError, match=r"several image topics.*/cam/raw/compressed"),
         open_image_bag(bag),
     ):
         pass

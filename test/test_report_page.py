@@ -72,8 +72,8 @@ def _figures_loaded(report: Path, tmp_path: Path) -> tuple[int, int]:
     browser = _chromium()
     if browser is None:
         pytest.skip(
-            "no chromium browser on PATH: install one (e.g. `apt-get install chromium`; .ci/run does) "
-            "to check that the page shows every figure"
+            "no chromium browser on PATH: install one (e.g. `apt-get install chromium`; .ci/run "
+            "does) to check that the page shows every figure"
         )
     result = subprocess.run(
         [
@@ -93,6 +93,7 @@ def _figures_loaded(report: Path, tmp_path: Path) -> tuple[int, int]:
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     loaded = re.search(r'data-figures-loaded="(\d+)"', result.stdout)
     total = re.search(r'data-figures-total="(\d+)"', result.stdout)

@@ -95,6 +95,7 @@ def workspace(
         capture_output=True,
         text=True,
         timeout=600,
+        check=False,
     )
     assert build.returncode == 0, build.stdout + build.stderr
     dump = subprocess.run(

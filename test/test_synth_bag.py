@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_bag_messages_match_ground_truth(rgb_out: Path) -> None:
     coco = json.loads((rgb_out / synth.COCO_NAME).read_text())
     assert (rgb_out / synth.BAG_DIRNAME / "metadata.yaml").is_file()
     assert len(messages) == len(coco["images"]) == N
-    for (topic, t, msg), image in zip(messages, coco["images"]):
+    for (topic, t, msg), image in zip(messages, coco["images"], strict=True):
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         assert (
             topic == "/camera/image_raw"
@@ -123,7 +124,7 @@ def test_fully_occluded_and_outside_objects_not_annotated() -> None:
 
 def test_still_and_fast_stretches() -> None:
     scene = synth.Scene(synth.SynthConfig(frames=300, width=W, height=H))
-    steps = [abs(b.x - a.x) + abs(b.z - a.z) for a, b in zip(scene.poses, scene.poses[1:])]
+    steps = [abs(b.x - a.x) + abs(b.z - a.z) for a, b in itertools.pairwise(scene.poses)]
     assert sum(s == 0 for s in steps) > 30  # camera stops: near-duplicates for the pruner
     assert max(steps) > 0.05
 
@@ -205,7 +206,7 @@ def test_depth_topic_is_aligned_16uc1_millimetres_with_colour_stamps(rgb_out: Pa
     colour = read_bag(rgb_out / synth.BAG_DIRNAME)
     depth = read_bag(rgb_out / synth.BAG_DIRNAME, depth=True)
     assert len(depth) == len(colour) == N
-    for (_, t, msg), (_, t_colour, colour_msg) in zip(depth, colour):
+    for (_, t, msg), (_, t_colour, colour_msg) in zip(depth, colour, strict=True):
         assert t == t_colour and repr(msg.header) == repr(colour_msg.header)  # stamp and frame_id
         assert (msg.encoding, msg.width, msg.height, msg.step, msg.is_bigendian) == (
             "16UC1",

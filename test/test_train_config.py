@@ -32,9 +32,9 @@ def test_overrides_are_type_checked_and_nested() -> None:
     assert config.optim.lr == pytest.approx(5e-4)
     assert config.model.input_size == (64, 96)
     assert config.balancing.task_weights == {"detection": 2.0}
-    with pytest.raises(UserError, match="optim.epochs"):
+    with pytest.raises(UserError, match=r"optim\.epochs"):
         load_config(None, ["optim.epochs=many"])
-    with pytest.raises(UserError, match="unknown key 'balancing.weigthing'"):
+    with pytest.raises(UserError, match=r"unknown key 'balancing\.weigthing'"):
         load_config(None, ["balancing.weigthing=dwa"])
     with pytest.raises(UserError, match="key=value"):
         load_config(None, ["optim.lr"])
@@ -42,7 +42,7 @@ def test_overrides_are_type_checked_and_nested() -> None:
         load_config(None, ["balancing.grad_method=pcgard"])
     with pytest.raises(UserError, match="'gpu' is not one of auto, cpu, cuda, cuda:N"):
         load_config(None, ["device=gpu"])
-    with pytest.raises(UserError, match="model.input_size"):
+    with pytest.raises(UserError, match=r"model\.input_size"):
         load_config(None, ["model.input_size=[16,64]"])  # below the one minimum side
 
 

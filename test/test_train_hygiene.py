@@ -85,7 +85,7 @@ def _weights(ctx: StepContext, buffers: bool = True) -> dict[str, torch.Tensor]:
 
 
 def _poison_segmentation_loss(ctx: StepContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The segmentation head's loss becomes NaN (as after a fp overflow); detection stays finite."""
+    """The segmentation loss becomes NaN (as after a fp overflow); detection stays finite."""
     head = ctx.model.heads["segmentation"]
     real_loss = head.loss
     monkeypatch.setattr(head, "loss", lambda *args: real_loss(*args) * math.nan)

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""End-to-end ``mtl-train`` runs on a tiny dataset: outputs, exact resume, bad datasets, learning."""
+"""End-to-end ``mtl-train`` on a tiny dataset: outputs, exact resume, bad datasets, learning."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def test_empty_train_split_is_a_clear_error(dataset_root: Path, tmp_path: Path) 
 
 
 def test_unknown_model_kwarg_is_a_user_error(dataset_root: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="model.kwargs"):
+    with pytest.raises(UserError, match=r"model\.kwargs"):
         Trainer(load_config(None, _args(dataset_root, tmp_path, "kw", "model.kwargs={widht: 2}")))
 
 

@@ -56,7 +56,7 @@ def read_manifest(folder: Path) -> list[dict[str, str]]:
 
 
 def multi_topic_messages() -> list[tuple]:
-    """Three topics: raw rgb8, compressed JPEG, and a raw mono8 topic named without a leading slash."""
+    """Three topics: raw rgb8, compressed JPEG, and a raw mono8 topic without a leading slash."""
     messages = []
     for i in range(3):
         stamp = BASE + i * 100_000_000
@@ -166,7 +166,7 @@ def test_depth_encodings_are_stored_losslessly(tmp_path):
     depth16 = np.arange(H * W, dtype=np.uint16).reshape(H, W) * 1000
     depth32 = np.linspace(0.25, 12.5, H * W, dtype=np.float32).reshape(H, W)
     depth32[0, 0] = np.nan
-    ok, png16 = cv2.imencode(".png", depth16)
+    _, png16 = cv2.imencode(".png", depth16)
     messages = [
         ("/depth16", IMAGE, BASE, image_msg(depth16, "16UC1", BASE, is_bigendian=True)),
         ("/depth32", IMAGE, BASE, image_msg(depth32, "32FC1", BASE)),
@@ -489,16 +489,18 @@ def test_console_command_exit_statuses(tmp_path):
     write_bag(bags / "ok.bag", "ros1", messages)
     command = [sys.executable, "-m", "data_tools.cli", "unpack", "--out", str(tmp_path / "raw")]
     cwd = Path(__file__).resolve().parents[1]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+        )
+
     (bags / "broken.mcap").write_bytes(b"\x89MCAP0\r\n" + b"\0" * 30)
-    done = subprocess.run(
-        [*command, "--jobs", "2", str(bags)], cwd=cwd, capture_output=True, text=True, timeout=60
-    )
+    done = run("--jobs", "2", str(bags))
     assert done.returncode == 1 and "broken.mcap: cannot read the bag" in done.stderr
     assert len(read_manifest(tmp_path / "raw" / "ok" / "cam")) == 1
     (tmp_path / "empty").mkdir()
-    done = subprocess.run(
-        [*command, str(tmp_path / "empty")], cwd=cwd, capture_output=True, text=True, timeout=60
-    )
+    done = run(str(tmp_path / "empty"))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"mtl-data: error: {tmp_path / 'empty'}: no bags found "

@@ -90,7 +90,7 @@ PUBLISHER_SCRIPT = textwrap.dedent(
 
 
 def _built_type_hash(type_name: str) -> str:
-    """The RIHS01 hash rosidl generated for ``type_name`` (from the installed .json description)."""
+    """The RIHS01 hash rosidl generated for ``type_name`` (from the installed .json file)."""
     import vision_msgs
 
     share = Path(vision_msgs.__file__).resolve().parents[4] / "share" / "vision_msgs" / "msg"
@@ -172,7 +172,11 @@ def test_build_script_is_idempotent_and_explains_bad_input(tmp_path: Path) -> No
 
     def run(*args: object) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["bash", str(script), *map(str, args)], capture_output=True, text=True, timeout=60
+            ["bash", str(script), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
 
     again = run(venv, package)

@@ -35,7 +35,7 @@ def test_colorize_mask_ids_beyond_palette_get_default_colors() -> None:
 def test_colorize_mask_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="class-id mask"):
         colorize_mask(np.zeros((2, 2, 3), np.uint8))
-    with pytest.raises(ValueError, match="0..255"):
+    with pytest.raises(ValueError, match=r"0\.\.255"):
         colorize_mask(np.array([[300]], np.int64))
 
 
