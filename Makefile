@@ -34,11 +34,12 @@ $(STAMP): $(SETUP_INPUTS)
 	bash tools/install_ros2_tools.sh $(VENV) $(ROS2_TOOLS_SRC)
 	@touch $@
 
-# Lint first (seconds; ruff's rule set and its not-yet-clean list are in pyproject.toml), then
-# the suite, whose summary stays the last line. mypy is in `make lint` only until it is clean.
+# Lint and type-check first (ruff's rules and mypy's settings are in pyproject.toml; a finding
+# fails the target), then the suite, whose summary stays the last line.
 test: $(STAMP)
 	$(VENV)/bin/ruff check --quiet .
 	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -220,7 +220,8 @@ def run_one(spec: RunSpec, args: argparse.Namespace, data: Path) -> dict[str, An
     print(f"[{PROG}] {spec.name}: training", flush=True)
     timing = train(config)
     print(
-        f"[{PROG}] {spec.name}: {timing['steps']} steps in {timing['train_s']:.0f} s; scoring on test",
+        f"[{PROG}] {spec.name}: {timing['steps']} steps in {timing['train_s']:.0f} s; "
+        "scoring on test",
         flush=True,
     )
     result = {
@@ -239,8 +240,9 @@ def run_one(spec: RunSpec, args: argparse.Namespace, data: Path) -> dict[str, An
 
 
 def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
-    """Seed by seed: the single-task models, then every method (a stopped experiment still has
-    complete, paired seeds).
+    """Seed by seed: the single-task models, every method, then the auxiliary-task run.
+
+    Seed by seed, so that a stopped experiment still has complete, paired seeds.
     """
     tasks = tuple(args.tasks)
     runs = []
@@ -268,32 +270,42 @@ def report(
     flat = curve_flatness(multi)
     splits = json.loads((data / "splits.json").read_text(encoding="utf-8"))
     primary = ", ".join(f"{t}: {PRIMARY_METRICS[t][0]}" for t in tasks)
+    command = " ".join(
+        [
+            f"--tasks {' '.join(tasks)}",
+            f"--methods {' '.join(args.methods)}",
+            f"--seeds {' '.join(map(str, args.seeds))}",
+            *([f"--aux-tasks {' '.join(args.aux_tasks)}"] if args.aux_tasks else []),
+        ]
+    )
+    optim = config.optim
     lines = [
         f"## Multi-task experiment: {' + '.join(tasks)} on {args.arch}"
         + (" (QUICK smoke budget: figures meaningless)" if args.quick else ""),
         "",
-        f"- date: {dt.datetime.now().isoformat(timespec='seconds')}; `bench/experiment_mtl.py` "
-        f"(`--tasks {' '.join(tasks)} --methods {' '.join(args.methods)} --seeds {' '.join(map(str, args.seeds))}"
-        + (f" --aux-tasks {' '.join(args.aux_tasks)}" if args.aux_tasks else "")
-        + "`), "
-        f"{wall_s / 60:.0f} min wall",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load average at start "
-        f"{args.load_at_start}), torch {torch.__version__}, {args.jobs} run(s) at a time with 1 thread each",
-        f"- data: synthetic bag, {len(splits['train'])} train / {len(splits['val'])} val / {len(splits['test'])} test frames "
-        "(split by time); scored on **test** (never used for any choice; val only for the curves)",
-        f"- budget per run: {config.optim.epochs} epochs, optimiser steps {steps}, batch {config.data.batch_size}, "
-        f"input {list(config.model.input_size)}, {config.optim.optimizer} lr {config.optim.lr} {config.optim.schedule}, "
-        f"from random initialisation; scored at the fixed budget (last.pt)",
-        f"- primary metrics ({primary}) in %, mean ± sample std over seeds; Δm in % vs the single-task models "
-        "of the same seed (positive = multi-task better); task weights: min–max over epochs and seeds; "
-        "latency: CPU batch-1 median, fastest run of the row",
+        f"- date: {dt.datetime.now().isoformat(timespec='seconds')}; "
+        f"`bench/experiment_mtl.py {command}`, {wall_s / 60:.0f} min wall",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs (load average at start "
+        f"{args.load_at_start}), torch {torch.__version__}, {args.jobs} run(s) at a time "
+        "with 1 thread each",
+        f"- data: synthetic bag, {len(splits['train'])} train / {len(splits['val'])} val / "
+        f"{len(splits['test'])} test frames (split by time); scored on **test** (never used "
+        "for any choice; val only for the curves)",
+        f"- budget per run: {optim.epochs} epochs, optimiser steps {steps}, batch "
+        f"{config.data.batch_size}, input {list(config.model.input_size)}, {optim.optimizer} "
+        f"lr {optim.lr} {optim.schedule}, from random initialisation; scored at the fixed "
+        "budget (last.pt)",
+        f"- primary metrics ({primary}) in %, mean ± sample std over seeds; Δm in % vs the "
+        "single-task models of the same seed (positive = multi-task better); task weights: "
+        "min–max over epochs and seeds; latency: CPU batch-1 median, fastest run of the row",
         "",
         markdown_table(summarise(results, tasks), tasks),
         "",
     ]
     if flat:
         lines.append(
-            f"Curves: mean val score of the multi-task runs {100 * flat['at_fraction']:.1f} at 75% of the epochs, "
+            "Curves: mean val score of the multi-task runs "
+            f"{100 * flat['at_fraction']:.1f} at 75% of the epochs, "
             f"{100 * flat['final']:.1f} at the end."
         )
         lines.append("")
@@ -407,7 +419,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if not json.loads((data / "splits.json").read_text(encoding="utf-8")).get("test"):
         raise UserError(
-            f"{data}: the test split is empty; the experiment scores on a split nothing was chosen on"
+            f"{data}: the test split is empty; the experiment scores on a split nothing was "
+            "chosen on"
         )
     overlap = set(args.aux_tasks) & set(args.tasks)
     if overlap:

@@ -32,8 +32,10 @@ def balancing_label(weighting: str, grad_method: str) -> str:
 
 
 def run_name(arch: str, label: str, seed: int, tasks: Sequence[str] = ()) -> str:
-    """Folder / cache name of one run, e.g. ``ssdlite_lraspp__dwa__s1``; the task set is part
-    of the name when given, so different task sets on one architecture never share a run.
+    """Folder / cache name of one run, e.g. ``ssdlite_lraspp__dwa__s1``.
+
+    The task set is part of the name when given, so different task sets on one architecture
+    never share a run.
     """
     task_part = "+".join(tasks)
     return "__".join(part for part in (arch, task_part, label, f"s{seed}") if part)
@@ -42,10 +44,11 @@ def run_name(arch: str, label: str, seed: int, tasks: Sequence[str] = ()) -> str
 def delta_m(
     multi: Mapping[str, float], single: Mapping[str, float], tasks: Sequence[str]
 ) -> float | None:
-    """Δm (Maninis et al., CVPR 2019), in percent: the mean over ``tasks`` of the relative
-    change of the multi-task model's primary metric against the single-task model's, with the
-    sign flipped for lower-is-better metrics. Positive = multi-task better on average.
-    None if a figure is missing or a baseline is 0.
+    """Δm (Maninis et al., CVPR 2019) in percent; None if a figure is missing or a baseline is 0.
+
+    The mean over ``tasks`` of the relative change of the multi-task model's primary metric
+    against the single-task model's, with the sign flipped for lower-is-better metrics.
+    Positive = multi-task better on average.
     """
     changes = []
     for task in tasks:
@@ -126,8 +129,9 @@ def weight_range(runs: Sequence[Result]) -> dict[str, tuple[float, float]]:
 
 
 def curve_flatness(results: Sequence[Result], fraction: float = 0.75) -> dict[str, float] | None:
-    """Mean over runs of the val score after ``fraction`` of the epochs and at the end: a budget
-    where the curve has flattened shows both close together.
+    """Mean over runs of the val score after ``fraction`` of the epochs and at the end.
+
+    A budget where the curves have flattened shows both close together.
     """
     pairs = []
     for r in results:
@@ -164,11 +168,16 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> str:
-    """Mean ± std over seeds of each task's primary metric (in %, test split), Δm (in %, vs the
+    """The main table: one row per method (and single-task model) over its seeds.
+
+    Mean ± std over seeds of each task's primary metric (in %, test split), Δm (in %, vs the
     single-task models), the range of task weights used, and cost.
     """
     metric_heads = " | ".join(f"{task} {PRIMARY_METRICS[task][0]} %" for task in tasks)
-    header = f"| model | tasks | balancing | seeds | {metric_heads} | Δm % | task weights (min–max) | GFLOPs | latency ms | train s |"
+    header = (
+        f"| model | tasks | balancing | seeds | {metric_heads} | Δm % | task weights (min–max) "
+        "| GFLOPs | latency ms | train s |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         metrics = " | ".join(_pm(row.get(task)) for task in tasks)
@@ -178,7 +187,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> s
         )
         gflops = row.get("gflops")
         lines.append(
-            f"| {row['arch']} | {'+'.join(t[:3] for t in row['tasks'])} | {row['label']} | {len(row['seeds'])} | {metrics} "
+            f"| {row['arch']} | {'+'.join(t[:3] for t in row['tasks'])} | {row['label']} "
+            f"| {len(row['seeds'])} | {metrics} "
             f"| {_pm(row.get('delta_m'), scale=1.0, signed=True)} | {weights or '–'} "
             f"| {_num(gflops[0] if gflops else None, 2)} | {_num(row.get('latency_ms'))} "
             f"| {_num(row['train_s'][0] if row.get('train_s') else None, 0)} |"
@@ -228,8 +238,10 @@ def _cell(value: tuple[float, float, int] | float | None, scale: float, digits: 
 def aux_table(
     rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], aux_tasks: Sequence[str]
 ) -> str:
-    """Each seed's primary metrics without and with the auxiliary tasks and its paired Δm, then
-    mean ± std over seeds (primary metrics of ``tasks`` in %, of ``aux_tasks`` as they are).
+    """The auxiliary-task table: each seed, then mean ± std over seeds.
+
+    Per seed the primary metrics without and with the auxiliary tasks (of ``tasks`` in %, of
+    ``aux_tasks`` as they are) and the paired Δm.
     """
     heads = [f"{t} {PRIMARY_METRICS[t][0]} % without → with" for t in tasks]
     heads += [f"{t} {PRIMARY_METRICS[t][0]}" for t in aux_tasks]
