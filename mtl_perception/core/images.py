@@ -197,7 +197,8 @@ def decode_image(msg: Any) -> np.ndarray:
 
     Raises:
         UnsupportedEncoding: An unknown encoding, or Bayer/YUV without rosbags-image.
-        ValueError: ``step``, width, height and the data length do not match.
+        ValueError: ``step``, width, height and the data length do not match, or the
+            Bayer/YUV conversion fails.
     """
     encoding = canonical_encoding(msg.encoding)
     if encoding in _PLAIN_LAYOUTS:
@@ -242,7 +243,7 @@ def _imdecode(data: np.ndarray, what: str) -> np.ndarray:
 
 
 def decode_compressed(msg: Any) -> np.ndarray:
-    """Convert a ``CompressedImage`` to an array: jpeg/png -> RGB(A) or mono, depth -> depth.
+    """``CompressedImage`` -> array: jpeg/png -> RGB(A) or mono, compressedDepth -> depth.
 
     compressedDepth "16UC1" gives uint16; "32FC1" (inverse-depth quantised PNG) gives float32
     metres with NaN where no depth was measured. RVL-compressed depth is unsupported.
