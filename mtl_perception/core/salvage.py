@@ -226,6 +226,7 @@ def _mcap_records(data: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 def _mcap_stream(body: bytes) -> ReadDataStream:
+    # mcap annotates IO[bytes]; _Exact provides the read/tell it calls.
     return ReadDataStream(_Exact(BytesIO(body), len(body)))  # type: ignore[arg-type]
 
 
@@ -278,7 +279,8 @@ def _scan_mcap(path: Path, report: FileReport) -> Scan:
     state = _McapState()
     with path.open("rb") as handle:
         source = _Exact(handle, report.size)
-        # chunk CRCs are checked below (with emit_chunks the library does not)
+        # Chunk CRCs are checked below (with emit_chunks the library does not); the ignore: mcap
+        # annotates IO[bytes], _Exact provides the read/tell it calls.
         reader = StreamReader(source, emit_chunks=True)  # type: ignore[arg-type]
         records = reader.records
         report.intact_bytes = len(MCAP_MAGIC)
@@ -888,7 +890,11 @@ class RecoveringReader:
     @property
     def connections(self) -> list[Connection]:
         """The bag's connections, from whichever reader is in use."""
-        return self.normal.connections if self.normal is not None else self.salvage.connections  # type: ignore[union-attr]
+        if self.normal is not None:
+            return self.normal.connections
+        if self.salvage is None:
+            raise RuntimeError(f"{self.path}: connections asked for before open()")
+        return self.salvage.connections
 
     def describe(self) -> str:
         """What salvage did, for a warning (empty when rosbags read the bag normally)."""

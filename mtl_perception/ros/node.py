@@ -600,7 +600,7 @@ def _has_subscribers(publisher: Any) -> bool:
 
 def _triplets(flat: Sequence[int]) -> list[tuple[int, int, int]]:
     """Flat ``[r, g, b, r, g, b, ...]`` -> list of colours."""
-    return [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]  # type: ignore[misc]
+    return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat) - 2, 3)]
 
 
 def _stamped(node: LifecycleNode) -> Any:
