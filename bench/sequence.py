@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from skimage import data as skdata
 
+from data_tools.unpack import MANIFEST_COLUMNS
 from mtl_perception.core.atomic_io import write_bytes, write_text
 from mtl_perception.core.constants import MANIFEST_NAME
 
@@ -36,17 +37,6 @@ PHOTOS = (
     "immunohistochemistry",
     "hubble_deep_field",
     "retina",
-)
-MANIFEST_COLUMNS = (
-    "index",
-    "stamp_ns",
-    "bag_time_ns",
-    "frame_id",
-    "encoding",
-    "width",
-    "height",
-    "bag",
-    "file",
 )
 FRAME_PERIOD_NS = 33_333_333  # 30 fps
 START_NS = 1_700_000_000_000_000_000

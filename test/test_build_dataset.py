@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from interim import build_args, write_topic_folder
 
 from data_tools import build
 from data_tools.split import SplitItem, assign_splits, parse_fractions
@@ -21,38 +20,13 @@ T0 = 1_700_000_000_000_000_000
 STEP = 500_000_000  # 2 Hz
 
 
-def write_interim(root: Path, bags: dict[str, int], suffix: str = ".png") -> dict[str, list[int]]:
+def write_interim(root: Path, bags: dict[str, int]) -> dict[str, list[int]]:
     """Interim layout (CONTRACTS §2): <bag>/camera__image_raw/<stamp>.png + manifest.csv."""
     stamps = {}
     for b, (bag, count) in enumerate(bags.items()):
-        topic = root / bag / "camera__image_raw"
-        topic.mkdir(parents=True)
-        rows, stamps[bag] = [], []
-        for i in range(count):
-            stamp = T0 + b * 10**12 + i * STEP
-            cv2.imwrite(
-                str(topic / f"{stamp}{suffix}"), np.full((H, W, 3), 10 * i % 255, np.uint8)
-            )
-            rows.append([i, stamp, stamp, "camera", "rgb8", W, H, bag, f"{stamp}{suffix}", "", ""])
-            stamps[bag].append(stamp)
-        with (topic / "manifest.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(
-                [
-                    "index",
-                    "stamp_ns",
-                    "bag_time_ns",
-                    "frame_id",
-                    "encoding",
-                    "width",
-                    "height",
-                    "bag",
-                    "file",
-                    "ssim",
-                    "compared_to",
-                ]
-            )
-            writer.writerows(rows)
+        stamps[bag] = [T0 + b * 10**12 + i * STEP for i in range(count)]
+        frames = {s: np.full((H, W, 3), 10 * i % 255, np.uint8) for i, s in enumerate(stamps[bag])}
+        write_topic_folder(root / bag / "camera__image_raw", bag, frames)
     return stamps
 
 
@@ -93,23 +67,7 @@ def run_build(
     *extra: str,
     classes=("--det-classes", "cone", "--seg-classes", "cone"),
 ) -> int:
-    parser = argparse.ArgumentParser()
-    build.add_arguments(parser)
-    args = parser.parse_args(
-        [
-            "--frames",
-            str(frames),
-            "--labels",
-            *map(str, labels),
-            "--name",
-            "ds",
-            "--out",
-            str(out),
-            *classes,
-            *extra,
-        ]
-    )
-    return build.run(args)
+    return build.run(build_args(frames, labels, out, *classes, *extra))
 
 
 def dump(path: Path, obj: dict) -> Path:

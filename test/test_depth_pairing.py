@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from interim import write_topic_folder
 from test_build_dataset import H, W, coco_for, dump, load, run_build, write_interim
 
 from mtl_perception.core.depth import (
@@ -30,35 +30,7 @@ def write_depth(
     root: Path, bag: str, frames: dict[int, np.ndarray], encoding: str = "16UC1"
 ) -> Path:
     """An unpacked depth topic folder (CONTRACTS §1): 16-bit PNG, or .npy for float metres."""
-    folder = root / bag / DEPTH_DIR
-    folder.mkdir(parents=True)
-    rows = []
-    for i, (stamp, array) in enumerate(sorted(frames.items())):
-        name = f"{stamp}.npy" if array.dtype == np.float32 else f"{stamp}.png"
-        if name.endswith(".npy"):
-            np.save(folder / name, array)
-        else:
-            assert cv2.imwrite(str(folder / name), array)
-        rows.append(
-            [i, stamp, stamp, "camera", encoding, array.shape[1], array.shape[0], bag, name]
-        )
-    with (folder / "manifest.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "index",
-                "stamp_ns",
-                "bag_time_ns",
-                "frame_id",
-                "encoding",
-                "width",
-                "height",
-                "bag",
-                "file",
-            ]
-        )
-        writer.writerows(rows)
-    return folder
+    return write_topic_folder(root / bag / DEPTH_DIR, bag, frames, encoding=encoding, pruned=False)
 
 
 def depth_mm(value: int, shape: tuple[int, int] = (H, W)) -> np.ndarray:
