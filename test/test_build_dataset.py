@@ -70,6 +70,11 @@ def run_build(
     return build.run(build_args(frames, labels, out, *classes, *extra))
 
 
+def build_train_only(frames: Path, labels: list[Path], out: Path, *extra: str, **kwargs) -> int:
+    """``run_build`` with every image in train, for what the split does not change."""
+    return run_build(frames, labels, out, "--split", "1,0,0", *extra, **kwargs)
+
+
 def dump(path: Path, obj: dict) -> Path:
     path.write_text(json.dumps(obj))
     return path
@@ -110,7 +115,7 @@ def test_missing_images_are_reported_and_the_rest_built(
     stamps = write_interim(tmp_path / "interim", {"bag_a": 4})["bag_a"]
     ghost = {"id": 555, "file_name": "gone/123.png", "width": W, "height": H}
     labels = dump(tmp_path / "l.json", coco_for(stamps, extra_images=[ghost]))
-    assert run_build(tmp_path / "interim", [labels], tmp_path / "out", "--split", "1,0,0") == 0
+    assert build_train_only(tmp_path / "interim", [labels], tmp_path / "out") == 0
     err = capfd.readouterr().err
     assert "warning: labels for an image not among the frames (pruned or missing): 1" in err
     assert "gone/123.png" in err
@@ -123,7 +128,7 @@ def test_boxes_outside_clipped_or_dropped(tmp_path: Path, capfd: pytest.CaptureF
     labels = dump(
         tmp_path / "l.json", coco_for(stamps, boxes=[[-4, 2, 10, 6], [40, 2, 5, 5], [3, 3, 0, 4]])
     )
-    assert run_build(tmp_path / "interim", [labels], tmp_path / "out", "--split", "1,0,0") == 1
+    assert build_train_only(tmp_path / "interim", [labels], tmp_path / "out") == 1
     err = capfd.readouterr().err
     assert "box outside the image: 1" in err and "box with zero area: 1" in err
     assert "warning: box partly outside the image (clipped): 1" in err
@@ -134,10 +139,7 @@ def test_boxes_outside_clipped_or_dropped(tmp_path: Path, capfd: pytest.CaptureF
 def test_strict_writes_nothing(tmp_path: Path) -> None:
     stamps = write_interim(tmp_path / "interim", {"bag_a": 2})["bag_a"]
     labels = dump(tmp_path / "l.json", coco_for(stamps, boxes=[[-4, 2, 10, 6]]))
-    assert (
-        run_build(tmp_path / "interim", [labels], tmp_path / "out", "--strict", "--split", "1,0,0")
-        == 1
-    )
+    assert build_train_only(tmp_path / "interim", [labels], tmp_path / "out", "--strict") == 1
     assert not (tmp_path / "out" / "ds").exists()
     assert [p.name for p in (tmp_path / "out").iterdir()] == []
 
@@ -145,17 +147,11 @@ def test_strict_writes_nothing(tmp_path: Path) -> None:
 def test_unlabeled_frames_skip_or_background(tmp_path: Path) -> None:
     stamps = write_interim(tmp_path / "interim", {"bag_a": 4})["bag_a"]
     labels = dump(tmp_path / "l.json", coco_for(stamps[:2]))
-    assert run_build(tmp_path / "interim", [labels], tmp_path / "skip", "--split", "1,0,0") == 0
+    assert build_train_only(tmp_path / "interim", [labels], tmp_path / "skip") == 0
     assert len(load(tmp_path / "skip" / "ds", "annotations.json")["images"]) == 2
     assert (
-        run_build(
-            tmp_path / "interim",
-            [labels],
-            tmp_path / "bg",
-            "--split",
-            "1,0,0",
-            "--unlabeled",
-            "background",
+        build_train_only(
+            tmp_path / "interim", [labels], tmp_path / "bg", "--unlabeled", "background"
         )
         == 0
     )
@@ -242,12 +238,10 @@ def test_plain_image_folder_and_classes_file(tmp_path: Path) -> None:
         "detection_classes: [cone]\nsegmentation_classes: [cone]\npalette: {cone: [1, 2, 3]}\n"
     )
     assert (
-        run_build(
+        build_train_only(
             tmp_path / "stills",
             [dump(tmp_path / "l.json", coco)],
             tmp_path / "out",
-            "--split",
-            "1,0,0",
             classes=("--classes-file", str(classes)),
         )
         == 0
@@ -283,13 +277,7 @@ def test_stills_named_by_time_stamp_keep_it(tmp_path: Path) -> None:
     for stamp in stamps:
         cv2.imwrite(str(photos / f"{stamp}.png"), np.zeros((H, W, 3), np.uint8))
     assert (
-        run_build(
-            photos,
-            [dump(tmp_path / "l.json", coco_for(stamps))],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-        )
+        build_train_only(photos, [dump(tmp_path / "l.json", coco_for(stamps))], tmp_path / "out")
         == 0
     )
     images = load(tmp_path / "out" / "ds", "annotations.json")["images"]
@@ -309,14 +297,12 @@ def test_names_from_manifests_never_leave_the_dataset(
         )
     cv2.imwrite(str(tmp_path / "outside.png"), np.zeros((H, W, 3), np.uint8))
     assert (
-        run_build(
+        build_train_only(
             tmp_path / "interim",
             [dump(tmp_path / "l.json", coco_for([]))],
             tmp_path / "out",
             "--unlabeled",
             "background",
-            "--split",
-            "1,0,0",
         )
         == 1
     )
@@ -339,14 +325,7 @@ def test_label_file_names_are_only_matched_never_used_as_paths(tmp_path: Path) -
         extra_images=[{"id": 1, "file_name": "../../../../etc/evil.jpg", "width": W, "height": H}],
     )
     assert (
-        run_build(
-            photos,
-            [dump(tmp_path / "l.json", coco)],
-            tmp_path / "work" / "out",
-            "--split",
-            "1,0,0",
-        )
-        == 0
+        build_train_only(photos, [dump(tmp_path / "l.json", coco)], tmp_path / "work" / "out") == 0
     )
     (image,) = load(tmp_path / "work" / "out" / "ds", "annotations.json")["images"]
     assert image["file_name"] == "images/evil.jpg"
@@ -362,13 +341,7 @@ def test_same_file_name_in_two_bags(tmp_path: Path) -> None:
         [], extra_images=[{"id": 1, "file_name": "b/img.png"}, {"id": 2, "file_name": "img.png"}]
     )
     assert (
-        run_build(
-            tmp_path / "stills",
-            [dump(tmp_path / "l.json", coco)],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-        )
+        build_train_only(tmp_path / "stills", [dump(tmp_path / "l.json", coco)], tmp_path / "out")
         == 1
     )  # the second one is ambiguous
     images = load(tmp_path / "out" / "ds", "annotations.json")["images"]
@@ -409,13 +382,7 @@ def test_same_stem_different_extension_and_label_studio_names(tmp_path: Path) ->
         ],
     )
     assert (
-        run_build(
-            tmp_path / "stills",
-            [dump(tmp_path / "l.json", coco)],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-        )
+        build_train_only(tmp_path / "stills", [dump(tmp_path / "l.json", coco)], tmp_path / "out")
         == 0
     )
     ds = tmp_path / "out" / "ds"
@@ -492,13 +459,7 @@ def test_rle_of_wrong_size_without_image_sizes(tmp_path: Path) -> None:
         }
     ]
     assert (
-        run_build(
-            tmp_path / "interim",
-            [dump(tmp_path / "l.json", coco)],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-        )
+        build_train_only(tmp_path / "interim", [dump(tmp_path / "l.json", coco)], tmp_path / "out")
         == 1
     )
     ds = tmp_path / "out" / "ds"
@@ -512,13 +473,7 @@ def test_label_folder_and_repeated_files_count_once(tmp_path: Path) -> None:
     export.mkdir(parents=True)
     labels = dump(export / "instances_default.json", coco_for(stamps))
     assert (
-        run_build(
-            tmp_path / "interim",
-            [tmp_path / "export", labels],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-        )
+        build_train_only(tmp_path / "interim", [tmp_path / "export", labels], tmp_path / "out")
         == 0
     )
     assert len(load(tmp_path / "out" / "ds", "annotations.json")["annotations"]) == 2
