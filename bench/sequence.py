@@ -15,8 +15,6 @@ Run as a script to write one: ``python -m bench.sequence OUT_DIR --frames 300``.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +23,8 @@ import cv2
 import numpy as np
 from skimage import data as skdata
 
-from data_tools.unpack import MANIFEST_COLUMNS
-from mtl_perception.core.atomic_io import write_bytes, write_text
-from mtl_perception.core.constants import MANIFEST_NAME
+from mtl_perception.core.atomic_io import write_bytes, write_csv
+from mtl_perception.core.constants import MANIFEST_COLUMNS, MANIFEST_NAME
 
 PHOTOS = (
     "astronaut",
@@ -150,11 +147,7 @@ def write_sequence(
                 "file": f"{stamp}.jpg",
             }
         )
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(folder / MANIFEST_NAME, buffer.getvalue())
+    write_csv(folder / MANIFEST_NAME, MANIFEST_COLUMNS, rows)
     return folder
 
 

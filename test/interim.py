@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 
 from data_tools import build
-from data_tools.unpack import MANIFEST_COLUMNS
-from mtl_perception.core.constants import MANIFEST_NAME
+from data_tools.prune import SCORE_COLUMNS
+from mtl_perception.core.constants import MANIFEST_COLUMNS, MANIFEST_NAME
 
 
 def write_topic_folder(
@@ -29,7 +29,7 @@ def write_topic_folder(
     ``pruned``: the manifest has the (empty) score columns `mtl-data prune` adds.
     """
     folder.mkdir(parents=True)
-    columns = [*MANIFEST_COLUMNS, "ssim", "compared_to"] if pruned else list(MANIFEST_COLUMNS)
+    columns = [*MANIFEST_COLUMNS, *SCORE_COLUMNS] if pruned else list(MANIFEST_COLUMNS)
     rows = []
     for i, (stamp, array) in enumerate(sorted(frames.items())):
         name = f"{stamp}.npy" if array.dtype == np.float32 else f"{stamp}.png"

@@ -16,7 +16,7 @@ from skimage.metrics import structural_similarity as reference
 
 from data_tools import prune
 from data_tools.ssim import structural_similarity
-from data_tools.unpack import MANIFEST_COLUMNS
+from mtl_perception.core.constants import MANIFEST_COLUMNS
 from mtl_perception.core.errors import UserError
 
 BAG, TOPIC = "run1", "camera__image_raw"

@@ -23,7 +23,12 @@ from mtl_perception.balancing.gradient import (
 from mtl_perception.balancing.weighting import (
     REGRESSION_TASKS,
     WEIGHTINGS,
+    BalancedMultiTaskLoss,
+    ConstantWeighting,
+    DynamicWeightAverage,
+    GradNorm,
     LossWeighting,
+    UncertaintyWeighting,
     WeightedLosses,
 )
 from mtl_perception.core.errors import UserError
@@ -53,23 +58,26 @@ def build_weighting(
     options = options or {}
     if name not in WEIGHTINGS:
         raise UserError(f"balancing.weighting: {name!r} is not one of {', '.join(WEIGHTINGS)}")
-    cls = WEIGHTINGS[name]
     try:
         if name == "constant":
-            return cls(tasks, weights=options.get("task_weights"))
+            return ConstantWeighting(tasks, weights=options.get("task_weights"))
         if name == "uncertainty":
-            return cls(
+            return UncertaintyWeighting(
                 tasks,
                 init_log_var=float(options.get("init_log_var", 0.0)),
                 regression_tasks=options.get("regression_tasks", REGRESSION_TASKS),
             )
         if name == "dwa":
-            return cls(tasks, temperature=float(options.get("dwa_temperature", 2.0)))
+            return DynamicWeightAverage(
+                tasks, temperature=float(options.get("dwa_temperature", 2.0))
+            )
         if name == "bmtl":
-            return cls(tasks, temperature=float(options.get("bmtl_temperature", 1.0)))
+            return BalancedMultiTaskLoss(
+                tasks, temperature=float(options.get("bmtl_temperature", 1.0))
+            )
         if name == "gradnorm":
-            return cls(tasks, alpha=float(options.get("gradnorm_alpha", 1.5)))
-        return cls(tasks)
+            return GradNorm(tasks, alpha=float(options.get("gradnorm_alpha", 1.5)))
+        return WEIGHTINGS[name](tasks)
     except ValueError as err:
         raise UserError(f"balancing: {err}") from None
 

@@ -209,7 +209,10 @@ class GradientBalancer:
     def _aggregator(self, tasks: tuple[str, ...]) -> aggregation.Aggregator:
         # One per task subset: Nash-MTL's state (last weights) is per task, and its size is fixed.
         if tasks not in self._aggregators:
-            self._aggregators[tasks] = build_aggregator(self.method, self.options, len(tasks))
+            aggregator = build_aggregator(self.method, self.options, len(tasks))
+            if aggregator is None:  # a bug: only a real grad_method aggregates (see backward)
+                raise RuntimeError(f"grad_method {self.method!r} has no aggregator")
+            self._aggregators[tasks] = aggregator
         return self._aggregators[tasks]
 
     def _non_shared_params(self) -> list[Tensor]:
@@ -319,7 +322,7 @@ class GradientBalancer:
             for param, size in zip(self.shared_params, sizes, strict=True):
                 jac = getattr(param, "jac", None)
                 if jac is not None:  # torchjd leaves it out for a parameter no loss reaches
-                    del param.jac
+                    del param.jac  # type: ignore[attr-defined]  # torchjd's runtime attribute
                     matrix[:, offset : offset + size].index_copy_(
                         0, rows, jac.reshape(len(tasks), -1).float()
                     )
@@ -368,11 +371,11 @@ class GradientBalancer:
         aggregate = self.method != "none"
         vector = self._aggregate(matrix, scale, stats, norms, aggregate=aggregate)
         if stats.finite and tasks:
-            grads = [
+            feature_grads = [
                 chunk.view_as(f).to(f.dtype)
                 for chunk, f in zip(vector.split(sizes), features, strict=True)
             ]
-            torch.autograd.backward(features, grad_tensors=grads)
+            torch.autograd.backward(features, grad_tensors=feature_grads)
         elif not stats.finite:
             # Mark the shared gradient so that every rank sees the non-finite step after syncing.
             for param in self.shared_params:

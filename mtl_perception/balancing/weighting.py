@@ -261,6 +261,7 @@ class GradNorm(LossWeighting):
     """
 
     needs_gradient_norms = True
+    initial_losses: Tensor  # buffer
 
     def __init__(self, tasks: Sequence[str], alpha: float = 1.5) -> None:
         super().__init__(tasks)

@@ -109,8 +109,8 @@ class EvalDataset:
             raise UserError(f"{self.root}: the {split!r} split has no images")
 
         self.detection_scored = detection_classes is not None
-        self.category_to_label: dict[int, int] = {}
-        if self.detection_scored:
+        self.category_to_label: dict[Any, int] = {}  # keyed by the file's category ids
+        if detection_classes is not None:
             categories = {
                 c["id"]: c["name"] for c in coco.get("categories", []) if "id" in c and "name" in c
             }
@@ -192,12 +192,15 @@ class EvalDataset:
         orientation applied (annotation tools differ in whether they honour EXIF).
         """
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if bgr is None:
-            return None
         expected = (record.get("height"), record.get("width"))
-        if None not in expected and bgr.shape[:2] != expected and bgr.shape[1::-1] == expected:
+        if (
+            bgr is not None
+            and None not in expected
+            and bgr.shape[:2] != expected
+            and bgr.shape[1::-1] == expected
+        ):
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def _target(self, record: dict[str, Any], height: int, width: int) -> dict[str, torch.Tensor]:
         boxes, labels, crowd = [], [], []

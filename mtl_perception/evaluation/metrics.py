@@ -17,15 +17,19 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torchmetrics.detection import MeanAveragePrecision
+
+# Inputs are converted with torch.as_tensor: predictions and labels may come as numpy arrays.
+Array = torch.Tensor | np.ndarray
 
 __all__ = ["ConfusionMatrix", "DetectionEvaluator", "coco_backend", "combined_score"]
 
 
-def coco_backend() -> str:
+def coco_backend() -> Literal["faster_coco_eval", "pycocotools"]:
     """The COCO evaluation backend: faster_coco_eval when installed (faster), else pycocotools."""
     return "faster_coco_eval" if importlib.util.find_spec("faster_coco_eval") else "pycocotools"
 
@@ -80,8 +84,8 @@ class DetectionEvaluator:
 
     def update(
         self,
-        preds: Sequence[Mapping[str, torch.Tensor]],
-        targets: Sequence[Mapping[str, torch.Tensor]],
+        preds: Sequence[Mapping[str, Array]],
+        targets: Sequence[Mapping[str, Array]],
     ) -> None:
         """Add one batch of per-image predictions and ground truth (moved to the CPU)."""
         if len(preds) != len(targets):
@@ -101,7 +105,7 @@ class DetectionEvaluator:
         self._metric.update(cpu_preds, cpu_targets)
         self._num_images += len(preds)
 
-    def _top_detections(self, pred: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _top_detections(self, pred: Mapping[str, Array]) -> dict[str, torch.Tensor]:
         """One image's predictions on the CPU, only the ``max_detections`` best (COCO's rule:
         COCOeval keeps the top-scoring ones too; cutting here keeps torchmetrics from warning).
         """
@@ -177,7 +181,7 @@ class ConfusionMatrix:
         """Zero the counts."""
         self._counts = torch.zeros(self.num_classes * self.num_classes, dtype=torch.int64)
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, pred: Array, target: Array) -> None:
         """Add predicted and ground-truth class-id maps of the same shape (any batch layout).
 
         Raises ``ValueError`` if a non-ignored target or a prediction is outside

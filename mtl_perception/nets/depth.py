@@ -95,8 +95,8 @@ class DepthHead(nn.Module):
     """LR-ASPP-style depth decoder on the stride-8 and stride-32 taps; metres at input size."""
 
     task = DEPTH
-    feature_taps = (TAP_STRIDE8, TAP_STRIDE32)
-    option_names = ("depth_loss", "depth_channels")
+    feature_taps: tuple[str, ...] = (TAP_STRIDE8, TAP_STRIDE32)
+    option_names: tuple[str, ...] = ("depth_loss", "depth_channels")
 
     def __init__(
         self,

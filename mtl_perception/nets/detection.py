@@ -88,7 +88,7 @@ class SSDLiteDetector(SSD):
     """
 
     task = DETECTION
-    feature_taps = (TAP_STRIDE16_EXPAND, TAP_STRIDE32)
+    feature_taps: tuple[str, ...] = (TAP_STRIDE16_EXPAND, TAP_STRIDE32)
     option_names: tuple[str, ...] = ()
 
     def __init__(
@@ -244,8 +244,8 @@ class FasterRCNNDetector(FasterRCNN):
     """
 
     task = DETECTION
-    feature_taps = (TAP_STRIDE32_BLOCK, TAP_STRIDE32)
-    option_names = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")
+    feature_taps: tuple[str, ...] = (TAP_STRIDE32_BLOCK, TAP_STRIDE32)
+    option_names: tuple[str, ...] = ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test")
 
     def __init__(
         self,
@@ -289,7 +289,7 @@ class FasterRCNNDetector(FasterRCNN):
         self.num_classes = num_classes
         self.options = options
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, features: Mapping[str, Tensor], images: Tensor, targets: Targets | None = None
     ) -> Tensor | list[dict[str, Tensor]]:
         """The loss when ``targets`` are given, else the detections."""

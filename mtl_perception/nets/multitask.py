@@ -8,7 +8,7 @@ only in the task set (same body, input size, normalisation and trainable layers)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,9 @@ class MultiTaskModel(nn.Module):
     zero gradients for that one.
     """
 
+    _mean: Tensor  # buffers
+    _std: Tensor
+
     def __init__(
         self,
         backbone: MobileNetV3Body,
@@ -48,7 +51,9 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         # Fixed task order (detection first) so loss dicts and parameter groups are always ordered alike.
-        self.heads = nn.ModuleDict({task: heads[task] for task in TASKS if task in heads})
+        self.heads = nn.ModuleDict(
+            {task: _as_module(task, heads[task]) for task in TASKS if task in heads}
+        )
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.mean = [float(v) for v in mean]
         self.std = [float(v) for v in std]
@@ -155,8 +160,17 @@ def task_samples(task: str, targets: Targets) -> list[int]:
     return [i for i, target in enumerate(targets) if is_labeled(target)]
 
 
+def _as_module(task: str, head: TaskHead) -> nn.Module:
+    """``head`` itself; a ``TypeError`` unless it is an ``nn.Module`` (its parameters must train)."""
+    if not isinstance(head, nn.Module):
+        raise TypeError(f"the {task} head {type(head).__name__} is not an nn.Module")
+    return head
+
+
 def _zero_loss(head: nn.Module, features: Mapping[str, Tensor]) -> Tensor:
     """0, depending on the head's parameters and the taps it reads (so gradients exist and are 0)."""
-    terms = [features[tap].sum() for tap in head.feature_taps]
+    # Every head is a TaskHead (``_as_module``); nn.ModuleDict types it as a plain module.
+    taps = cast(TaskHead, head).feature_taps
+    terms = [features[tap].sum() for tap in taps]
     terms += [p.sum() for p in head.parameters() if p.requires_grad]
     return torch.stack(terms).sum() * 0.0

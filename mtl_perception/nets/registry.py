@@ -135,7 +135,10 @@ def build_model(
         "depth_loss": depth_loss,
         "depth_channels": depth_channels,
     }
-    head_classes = {task: spec.heads[task] for task in chosen}
+    # ``_check_tasks`` admits only tasks with a head; ``heads`` is in ``TASKS`` order like ``chosen``.
+    head_classes = {
+        task: head for task, head in spec.heads.items() if task in chosen and head is not None
+    }
     options = _route_head_options(arch, head_classes, given)
     taps = {tap for head in head_classes.values() for tap in head.feature_taps}
     backbone = MobileNetV3Body(taps, trainable_backbone_layers)
@@ -150,11 +153,14 @@ def build_model(
         )
     if DEPTH in chosen:
         heads[DEPTH] = DepthHead(backbone.channels, **options[DEPTH])
-    model_kwargs = {
+    # Class counts of tasks left out are stored as 0.
+    num_detection = int(num_detection_classes) if DETECTION in chosen else 0
+    num_segmentation = int(num_segmentation_classes) if SEGMENTATION in chosen else 0
+    model_kwargs: dict[str, Any] = {
         "arch": arch,
         "tasks": list(chosen),
-        "num_detection_classes": int(num_detection_classes) if DETECTION in chosen else 0,
-        "num_segmentation_classes": int(num_segmentation_classes) if SEGMENTATION in chosen else 0,
+        "num_detection_classes": num_detection,
+        "num_segmentation_classes": num_segmentation,
         "input_size": list(size),
         "trainable_backbone_layers": trainable_backbone_layers,
         "mean": mean,
@@ -171,8 +177,8 @@ def build_model(
         input_size=size,
         mean=mean,
         std=std,
-        num_detection_classes=model_kwargs["num_detection_classes"],
-        num_segmentation_classes=model_kwargs["num_segmentation_classes"],
+        num_detection_classes=num_detection,
+        num_segmentation_classes=num_segmentation,
         model_kwargs=model_kwargs,
     )
     if bn_momentum is not None:

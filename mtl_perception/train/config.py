@@ -30,10 +30,13 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
+    """``data``: the processed dataset and how it is batched and loaded."""
+
     root: str = "data/processed/synth"
-    batch_size: int = Field(8, ge=2)  # per process; BatchNorm needs 2+ samples to train
-    val_batch_size: int = Field(8, ge=1)
-    num_workers: int = Field(2, ge=0)
+    # Per process; BatchNorm needs 2+ samples to train.
+    batch_size: int = Field(default=8, ge=2)
+    val_batch_size: int = Field(default=8, ge=1)
+    num_workers: int = Field(default=2, ge=0)
 
 
 class PretrainedConfig(Section):
@@ -45,6 +48,8 @@ class PretrainedConfig(Section):
 
 
 class ModelConfig(Section):
+    """``model``: architecture, heads, input size ``[H, W]`` and starting weights."""
+
     arch: str = "ssdlite_deeplabv3"
     # Heads to train: a non-empty subset of detection, segmentation, depth; null = the arch's own.
     tasks: list[Literal["detection", "segmentation", "depth"]] | None = None
@@ -70,23 +75,28 @@ class ModelConfig(Section):
 
 
 class OptimConfig(Section):
+    """``optim``: optimiser, learning-rate schedule, clipping, AMP and weight EMA."""
+
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    epochs: int = Field(30, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    epochs: int = Field(default=30, ge=1)
     schedule: Literal["cosine", "onecycle"] = "cosine"
-    warmup_steps: int = Field(100, ge=0)
-    grad_clip_norm: float | None = Field(10.0, gt=0)
+    warmup_steps: int = Field(default=100, ge=0)
+    grad_clip_norm: float | None = Field(default=10.0, gt=0)
     amp: bool = True  # mixed precision; only takes effect on CUDA
-    backbone_lr_scale: float = Field(1.0, gt=0)  # backbone lr = lr * this (fine-tuning: < 1)
-    ema_decay: float | None = Field(None, gt=0, lt=1)  # EMA of the weights for validation/best.pt
-    nonfinite_loss: Literal["stop", "skip"] = (
-        "stop"  # on a NaN/inf loss: stop the run, or skip the step
-    )
+    # Backbone lr = lr * this (fine-tuning: < 1).
+    backbone_lr_scale: float = Field(default=1.0, gt=0)
+    # Decay of the EMA of the weights used for validation and best.pt; null = no EMA.
+    ema_decay: float | None = Field(default=None, gt=0, lt=1)
+    # On a NaN/inf loss: stop the run, or skip the step.
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
 
 
 class BalancingConfig(Section):
+    """``balancing``: loss weighting, gradient method and their settings (see ``balancing``)."""
+
     weighting: str = "equal"
     grad_method: str = "none"
     # Jacobian the grad_method aggregates: "exact" (w.r.t. the shared parameters) or "rep" (w.r.t.
@@ -96,51 +106,61 @@ class BalancingConfig(Section):
     init_log_var: float = 0.0  # uncertainty
     # uncertainty: tasks weighed in the regression form 1/(2 sigma^2); the others 1/sigma^2
     regression_tasks: list[str] = Field(default_factory=lambda: list(REGRESSION_TASKS))
-    gradnorm_alpha: float = Field(1.5, ge=0)  # gradnorm: pull towards equal training rates
-    dwa_temperature: float = Field(2.0, gt=0)
-    bmtl_temperature: float = Field(1.0, gt=0)
-    cagrad_alpha: float = Field(0.4, ge=0)
-    nash_max_norm: float = Field(1.0, ge=0)
-    nash_update_every: int = Field(1, ge=1)
-    nash_optim_niter: int = Field(20, ge=1)
-    cosine_every: int = Field(50, ge=0)  # plain backward only; 0 = never
+    # gradnorm: pull towards equal training rates
+    gradnorm_alpha: float = Field(default=1.5, ge=0)
+    dwa_temperature: float = Field(default=2.0, gt=0)
+    bmtl_temperature: float = Field(default=1.0, gt=0)
+    cagrad_alpha: float = Field(default=0.4, ge=0)
+    nash_max_norm: float = Field(default=1.0, ge=0)
+    nash_update_every: int = Field(default=1, ge=1)
+    nash_optim_niter: int = Field(default=20, ge=1)
+    cosine_every: int = Field(default=50, ge=0)  # plain backward only; 0 = never
 
     @field_validator("weighting", "grad_method", "jacobian")
     @classmethod
     def _known_name(cls, value: str, info: ValidationInfo) -> str:
-        known = {"weighting": WEIGHTINGS, "grad_method": GRAD_METHODS, "jacobian": JACOBIANS}[
-            info.field_name
-        ]
+        names = {"weighting": WEIGHTINGS, "grad_method": GRAD_METHODS, "jacobian": JACOBIANS}
+        known = names[str(info.field_name)]  # set: the validator is bound to these fields
         if value not in known:
             raise ValueError(f"{value!r} is not one of {', '.join(known)}")
         return value
 
 
 class AugmentConfig(Section):
-    hflip_prob: float = Field(0.5, ge=0, le=1)
-    crop_prob: float = Field(0.5, ge=0, le=1)  # probability of an SSD-style RandomIoUCrop
-    brightness: float = Field(0.2, ge=0)
-    contrast: float = Field(0.2, ge=0)
-    saturation: float = Field(0.2, ge=0)
-    hue: float = Field(0.02, ge=0, le=0.5)
+    """``augment``: training-time augmentation (flip, SSD-style crop, colour jitter)."""
+
+    hflip_prob: float = Field(default=0.5, ge=0, le=1)
+    # Probability of an SSD-style RandomIoUCrop.
+    crop_prob: float = Field(default=0.5, ge=0, le=1)
+    brightness: float = Field(default=0.2, ge=0)
+    contrast: float = Field(default=0.2, ge=0)
+    saturation: float = Field(default=0.2, ge=0)
+    hue: float = Field(default=0.02, ge=0, le=0.5)
 
 
 class LoggingConfig(Section):
+    """``logging``: TensorBoard / Weights & Biases, log interval, previews, progress bars."""
+
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "mtl_perception"
-    log_every: int = Field(10, ge=1)
-    preview_images: int = Field(4, ge=0)  # fixed val images drawn into TensorBoard each epoch
+    log_every: int = Field(default=10, ge=1)
+    # Fixed val images drawn into TensorBoard each epoch.
+    preview_images: int = Field(default=4, ge=0)
     progress: bool = True
 
 
 class TrainConfig(Section):
+    """The whole training configuration: run name, device, limits and one field per section."""
+
     name: str = "default"
     output_dir: str = "runs"
     seed: int = 0
     device: str = "auto"
-    max_steps: int = Field(0, ge=0)  # stop after this many optimiser steps in total; 0 = no limit
-    checkpoint_every_steps: int = Field(0, ge=0)  # extra mid-epoch last.pt; 0 = end of epoch only
+    # Stop after this many optimiser steps in total; 0 = no limit.
+    max_steps: int = Field(default=0, ge=0)
+    # Also write last.pt every this many steps; 0 = at the end of each epoch only.
+    checkpoint_every_steps: int = Field(default=0, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)

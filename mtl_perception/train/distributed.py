@@ -102,10 +102,12 @@ class TorchDistSync:
         """
         if not self.context.enabled:
             return
+        grads = []
         for param in params:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
-        self.all_reduce_mean_([param.grad for param in params])
+            grads.append(param.grad)
+        self.all_reduce_mean_(grads)
 
     def broadcast_(self, tensors: Sequence[Tensor]) -> None:
         """Overwrite ``tensors`` in place with rank 0's values."""

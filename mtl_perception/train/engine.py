@@ -18,7 +18,7 @@ from mtl_perception.balancing import GradientBalancer, LossWeighting, WeightedLo
 from mtl_perception.core.errors import UserError
 from mtl_perception.device import autocast
 from mtl_perception.evaluation.metrics import ConfusionMatrix, DetectionEvaluator, combined_score
-from mtl_perception.nets.multitask import task_samples
+from mtl_perception.nets.multitask import MultiTaskModel, task_samples
 
 Batch = tuple[list[Tensor], list[dict[str, Any]]]
 # With ``nonfinite_loss: skip``, this many non-finite steps in a row mean the run has diverged
@@ -34,7 +34,7 @@ class NonFiniteLossError(UserError):
 class StepContext:
     """Everything one optimiser step needs (identical for every balancing method)."""
 
-    model: nn.Module
+    model: MultiTaskModel
     weighting: LossWeighting
     balancer: GradientBalancer
     optimizer: torch.optim.Optimizer
@@ -206,7 +206,7 @@ def train_one_epoch(
 
 @torch.no_grad()
 def validation_metrics(
-    model: nn.Module,
+    model: MultiTaskModel,
     batches: Iterable[Batch],
     device: torch.device,
     detection_classes: Sequence[str],

@@ -24,6 +24,8 @@ FINAL_LR_FRACTION = 0.01
 # n updates is min(decay, (1 + n) / (10 + n)), so early averages are not dominated by the
 # random initial weights.
 _EMA_WARMUP = 10
+# What AveragedModel passes to its ``multi_avg_fn``.
+TensorList = tuple[Tensor, ...] | list[Tensor]
 
 
 def parameter_groups(
@@ -70,18 +72,19 @@ def build_optimizer(
     """AdamW or SGD (Nesterov momentum) over ``params``: parameters (all with
     ``config.weight_decay``) or groups from ``parameter_groups``.
     """
-    params = list(params)
-    if not params or not isinstance(params[0], dict):
-        params = [p for p in params if p.requires_grad]
+    items = list(params)
+    groups = [item for item in items if isinstance(item, dict)]
+    trainable = [item for item in items if isinstance(item, Tensor) and item.requires_grad]
+    chosen = groups or trainable
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            params,
+            chosen,
             lr=config.lr,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
             nesterov=True,
         )
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(chosen, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def build_scheduler(
@@ -115,12 +118,12 @@ def build_scheduler(
     return LambdaLR(optimizer, factor)
 
 
-def _ema_update(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
+def _ema_update(decay: float) -> Callable[[TensorList, TensorList, Tensor | int], None]:
     """``multi_avg_fn`` for ``AveragedModel``: exponential moving average with warm-up; integer
     buffers (BatchNorm's batch counters) are copied, not averaged.
     """
 
-    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+    def update(averaged: TensorList, current: TensorList, num_averaged: Tensor | int) -> None:
         if not averaged[0].is_floating_point():
             torch._foreach_copy_(averaged, current)
             return

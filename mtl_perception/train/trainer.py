@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from mtl_perception.balancing import build_gradient_balancer, build_weighting
 from mtl_perception.checkpoint import load_checkpoint, save_checkpoint
 from mtl_perception.core.errors import UserError
 from mtl_perception.device import configure_backend, resolve_device
-from mtl_perception.nets import build_model, load_pretrained
+from mtl_perception.nets import MultiTaskModel, build_model, load_pretrained
 from mtl_perception.nets.pretrained import describe as describe_pretrained
 from mtl_perception.train.checkpointing import Progress, restore_training_state, training_payload
 from mtl_perception.train.config import TrainConfig, save_config
@@ -73,7 +73,7 @@ class Trainer:
         seed_everything(config.seed)
 
         root = Path(config.data.root)
-        size = tuple(config.model.input_size)
+        size = config.model.input_size
         self.train_set = ProcessedDataset(
             root, "train", build_train_transform(size, config.augment), seed=config.seed
         )
@@ -164,9 +164,10 @@ class Trainer:
         self.logger = RunLogger(config, enabled=self.context.is_main)
 
     @property
-    def evaluated_model(self) -> torch.nn.Module:
+    def evaluated_model(self) -> MultiTaskModel:
         """The weights that are validated and written to best.pt: the EMA when enabled."""
-        return self.model if self.ema is None else self.ema.module
+        # The EMA's module is a deep copy of self.model (AveragedModel types it as nn.Module).
+        return self.model if self.ema is None else cast(MultiTaskModel, self.ema.module)
 
     @property
     def run_dir(self) -> Path:
@@ -253,6 +254,9 @@ class Trainer:
         config = self.config
         if self.context.is_main:
             save_config(config, self.run_dir / "config.yaml")
+        # A run resumed after it reached max_steps has nothing left to do.
+        stopped = bool(config.max_steps) and self.progress.global_step >= config.max_steps
+        last_scalars: dict[str, float] = {}
 
         def on_step(step: int, scalars: dict[str, float]) -> bool:
             nonlocal stopped
@@ -281,9 +285,6 @@ class Trainer:
                 return False
             return True
 
-        # A run resumed after it reached max_steps has nothing left to do.
-        stopped = bool(config.max_steps) and self.progress.global_step >= config.max_steps
-        last_scalars: dict[str, float] = {}
         while self.progress.epoch < config.optim.epochs and not stopped:
             epoch = self.progress.epoch
             started = time.monotonic()
