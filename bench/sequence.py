@@ -15,8 +15,6 @@ Run as a script to write one: ``python -m bench.sequence OUT_DIR --frames 300``.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +23,8 @@ import cv2
 import numpy as np
 from skimage import data as skdata
 
-from mtl_perception.core.atomic_io import write_bytes, write_text
-from mtl_perception.core.constants import MANIFEST_NAME
+from mtl_perception.core.atomic_io import write_bytes, write_csv
+from mtl_perception.core.constants import MANIFEST_COLUMNS, MANIFEST_NAME
 
 PHOTOS = (
     "astronaut",
@@ -36,17 +34,6 @@ PHOTOS = (
     "immunohistochemistry",
     "hubble_deep_field",
     "retina",
-)
-MANIFEST_COLUMNS = (
-    "index",
-    "stamp_ns",
-    "bag_time_ns",
-    "frame_id",
-    "encoding",
-    "width",
-    "height",
-    "bag",
-    "file",
 )
 FRAME_PERIOD_NS = 33_333_333  # 30 fps
 START_NS = 1_700_000_000_000_000_000
@@ -160,11 +147,7 @@ def write_sequence(
                 "file": f"{stamp}.jpg",
             }
         )
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(folder / MANIFEST_NAME, buffer.getvalue())
+    write_csv(folder / MANIFEST_NAME, MANIFEST_COLUMNS, rows)
     return folder
 
 

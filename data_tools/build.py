@@ -564,7 +564,8 @@ def run(args: argparse.Namespace) -> int:
     (and, with ``--strict``, free of problems and warnings).
 
     Raises:
-        UserError: An option value is invalid, or a class or label file cannot be used.
+        UserError: An option value is invalid, or an input (frames folder, label folder, class
+            file, depth topic) is unusable.
     """
     classes = load_class_config(args.det_classes, args.seg_classes, args.classes_file)
     if args.window_s <= 0:

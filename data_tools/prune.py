@@ -63,7 +63,7 @@ from data_tools.ssim import (
     to_gray,
     window_stats,
 )
-from mtl_perception.core.atomic_io import link_or_copy, write_json, write_text
+from mtl_perception.core.atomic_io import link_or_copy, write_csv, write_json
 from mtl_perception.core.constants import MANIFEST_NAME
 from mtl_perception.core.depth import is_depth_encoding
 from mtl_perception.core.errors import UserError
@@ -336,15 +336,6 @@ def is_done(out: Path, expected: dict[str, object]) -> bool:
     return isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in expected.items())
 
 
-def manifest_text(columns: list[str], rows: list[dict[str, str]]) -> str:
-    """CSV text of a manifest with the given columns (extra keys in rows are an error)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def previous_outputs(out: Path) -> set[str]:
     """Frame entries listed by an earlier run's output manifest (candidates for stale removal)."""
     try:
@@ -362,7 +353,7 @@ def write_topic(
     stale = previous_outputs(topic.out)
     for row in kept_rows:
         link_or_copy(frame_path(topic.raw, row["file"]), frame_path(topic.out, row["file"]))
-    write_text(topic.out / MANIFEST_NAME, manifest_text(columns + list(SCORE_COLUMNS), kept_rows))
+    write_csv(topic.out / MANIFEST_NAME, columns + list(SCORE_COLUMNS), kept_rows)
     for entry in stale - {row["file"] for row in kept_rows}:
         try:  # frames kept by a run with another threshold; our own outputs, never raw inputs
             frame_path(topic.out, entry).unlink(missing_ok=True)

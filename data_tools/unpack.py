@@ -33,8 +33,6 @@ and skipped; the exit status is 1 when anything failed (a salvaged bag alone is 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import multiprocessing
 import os
@@ -64,7 +62,7 @@ from mtl_perception.core.bags import (
     same_topic,
     topic_dirname,
 )
-from mtl_perception.core.constants import MANIFEST_NAME
+from mtl_perception.core.constants import MANIFEST_COLUMNS, MANIFEST_NAME
 from mtl_perception.core.depth import metres_to_depth_png
 from mtl_perception.core.errors import UserError
 from mtl_perception.core.images import (
@@ -79,17 +77,6 @@ from mtl_perception.core.stamps import stamp_to_ns
 from mtl_perception.core.summary import JobSummary
 
 MARKER = ".unpack_complete"
-MANIFEST_COLUMNS = (
-    "index",
-    "stamp_ns",
-    "bag_time_ns",
-    "frame_id",
-    "encoding",
-    "width",
-    "height",
-    "bag",
-    "file",
-)
 # Files this command writes into a topic folder (frames and temporary files of atomic writes);
 # only these are ever removed, when a re-run no longer produces them.
 _OWN_FILE_RE = re.compile(r"^(\d+(-\d+)?\.(png|jpg|npy)|\..+\.tmp\.\w+)$")
@@ -239,11 +226,11 @@ class TopicOutput:
     def finish(self, settings: dict[str, Any]) -> None:
         """Write the manifest, drop frames an earlier run left behind, then the marker (last)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(sorted(self.rows, key=lambda row: row["index"]))
-        atomic_io.write_text(self.folder / MANIFEST_NAME, buffer.getvalue())
+        atomic_io.write_csv(
+            self.folder / MANIFEST_NAME,
+            MANIFEST_COLUMNS,
+            sorted(self.rows, key=lambda row: row["index"]),
+        )
         keep = {row["file"] for row in self.rows}
         for path in self.folder.iterdir():
             if path.name not in keep and _OWN_FILE_RE.match(path.name):

@@ -53,7 +53,7 @@ def per_class_bars(scores: Mapping[str, Mapping[str, float | None]], path: Path)
     fig, axes = plt.subplots(
         1, max(1, len(metrics)), figsize=(5.5 * max(1, len(metrics)), 3.8), squeeze=False
     )
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=False):  # one axis even without metrics
         names = list(scores[metric])
         values = [np.nan if v is None else float(v) for v in scores[metric].values()]
         ax.bar(names, np.nan_to_num(values, nan=0.0), color="#4c72b0")
@@ -94,7 +94,7 @@ def example_strip(frames: Sequence[np.ndarray], captions: Sequence[str], path: P
     """A row of example frames (RGB uint8, e.g. overlays with boxes and masks drawn)."""
     n = max(1, len(frames))
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.0), squeeze=False)
-    for ax, frame, caption in zip(axes[0], frames, captions):
+    for ax, frame, caption in zip(axes[0][: len(frames)], frames, captions, strict=True):
         ax.imshow(frame)
         ax.set_title(caption, fontsize=8)
     for ax in axes[0]:

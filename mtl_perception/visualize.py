@@ -38,7 +38,7 @@ _VOC_TABLE = np.array(default_palette(256), dtype=np.uint8)
 def _cached_table(
     palette: tuple[tuple[int, ...], ...], ignore_index: int | None, ignore_color: Color
 ) -> np.ndarray:
-    """The lookup table of one palette; cached because the node colours every frame with the same one."""
+    """The lookup table of one palette (cached: the node colours every frame with the same one)."""
     table = _lookup_table(palette, ignore_index, ignore_color)
     table.flags.writeable = False
     return table
@@ -82,8 +82,13 @@ def overlay_mask(
     alpha: float = 0.5,
     skip_classes: Sequence[int] = (0, 255),
 ) -> np.ndarray:
-    """Blend the coloured mask into ``image``; pixels of ``skip_classes`` (background,
-    ignore) stay untouched so the scene remains readable.
+    """Blend the coloured mask into ``image``.
+
+    Pixels of ``skip_classes`` (background, ignore) stay untouched so the scene remains
+    readable.
+
+    Raises:
+        ValueError: ``mask`` is not the size of ``image``.
     """
     if image.shape[:2] != mask.shape:
         raise ValueError(f"mask shape {mask.shape} differs from image size {image.shape[:2]}")
@@ -117,14 +122,13 @@ def draw_detections(
     out = np.ascontiguousarray(image).copy()
     colors = palette if palette is not None else default_palette(256)
     font_scale, thickness = _text_style(out)
-    height, width = out.shape[:2]
+    width = out.shape[1]
     for index, box in enumerate(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)):
         color_id = int(labels[index]) if labels is not None else index + 1
         color = tuple(int(c) for c in colors[color_id % len(colors)])
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
-        cv2.rectangle(
-            out, (x1, y1), (x2, y2), color, thickness
-        )  # axis-aligned: no anti-aliasing needed
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        # Axis-aligned: no anti-aliasing needed.
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness)
         text = label_names[index] if index < len(label_names) else "?"
         if scores is not None:
             text = f"{text} {float(scores[index]):.2f}"
@@ -173,8 +177,12 @@ def draw_prediction(
 
 
 def colorize_depth(depth_m: np.ndarray, max_m: float) -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]`` image of a depth map in metres: near red, far (``>= max_m``) blue
-    (OpenCV's Turbo colour map), invalid pixels (``<= 0`` or non-finite) black.
+    """RGB uint8 ``[H, W, 3]`` image of a depth map in metres (OpenCV's Turbo colour map).
+
+    Near is red, far (``>= max_m``) blue, invalid pixels (``<= 0`` or non-finite) black.
+
+    Raises:
+        ValueError: ``depth_m`` is not 2-D, or ``max_m`` is not positive.
     """
     if depth_m.ndim != 2:
         raise ValueError(f"colorize_depth needs a [H, W] depth map, got shape {depth_m.shape}")

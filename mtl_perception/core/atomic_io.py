@@ -7,11 +7,13 @@ new one. Every output of this package goes through these helpers.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,21 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 def write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
     """Atomically write ``obj`` as JSON to ``path``."""
     write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def write_csv(
+    path: str | os.PathLike[str], columns: Sequence[str], rows: Iterable[Mapping[str, Any]]
+) -> None:
+    """Atomically write ``rows`` to ``path`` as CSV with a header of ``columns``, LF line ends.
+
+    Raises:
+        ValueError: A row has a key that is not one of ``columns``.
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def write_with(path: str | os.PathLike[str], writer: Callable[[Path], Any]) -> None:

@@ -17,6 +17,19 @@ MIN_INPUT_SIDE = 32
 MANIFEST_NAME = "manifest.csv"
 """Per-topic frame list written by ``mtl-data unpack`` and ``prune`` (docs/CONTRACTS.md 1-2)."""
 
+MANIFEST_COLUMNS = (
+    "index",
+    "stamp_ns",
+    "bag_time_ns",
+    "frame_id",
+    "encoding",
+    "width",
+    "height",
+    "bag",
+    "file",
+)
+"""Columns, in order, of the manifest ``mtl-data unpack`` writes (docs/CONTRACTS.md 1)."""
+
 SYNTH_CAMERA_TOPIC = "/camera/image_raw"
 """Colour topic of ``mtl-data synth``'s bag (``/compressed`` appended for jpeg/png)."""
 

@@ -109,7 +109,8 @@ _DEPTH_HEADER = struct.Struct("<iff")
 def canonical_encoding(encoding: str) -> str:
     """Normalise an encoding string (``"RGB8 "`` -> ``rgb8``, ``"16uc1"`` -> ``16UC1``).
 
-    Raises ``UnsupportedEncoding`` for anything not in the supported table above.
+    Raises:
+        UnsupportedEncoding: The encoding is not in the supported table above.
     """
     text = str(encoding).strip()
     if text.lower() in _NAMED_ENCODINGS:
@@ -136,7 +137,7 @@ def _pixel_rows(msg: Any, row_bytes: int) -> np.ndarray:
 
 
 def _decode_plain(msg: Any, encoding: str) -> np.ndarray:
-    """The buffer of a ``_PLAIN_LAYOUTS`` encoding as its natural array (native byte order, RGB)."""
+    """The buffer of a ``_PLAIN_LAYOUTS`` encoding as its natural array (native order, RGB)."""
     typestr, channels, blue_first = _PLAIN_LAYOUTS[encoding]
     dtype = np.dtype(typestr).newbyteorder(">" if msg.is_bigendian else "<")
     height, width = int(msg.height), int(msg.width)
@@ -192,9 +193,12 @@ def _decode_converted(msg: Any, encoding: str) -> np.ndarray:
 def decode_image(msg: Any) -> np.ndarray:
     """Convert a ``sensor_msgs/Image`` to its natural array (see the module table).
 
-    Honours ``step`` (padded rows) and ``is_bigendian``. Raises ``UnsupportedEncoding`` for
-    unknown encodings (and for Bayer/YUV without rosbags-image) and ``ValueError`` when sizes
-    do not match.
+    Honours ``step`` (padded rows) and ``is_bigendian``.
+
+    Raises:
+        UnsupportedEncoding: An unknown encoding, or Bayer/YUV without rosbags-image.
+        ValueError: ``step``, width, height and the data length do not match, or the
+            Bayer/YUV conversion fails.
     """
     encoding = canonical_encoding(msg.encoding)
     if encoding in _PLAIN_LAYOUTS:
@@ -208,8 +212,10 @@ def compressed_kind(msg: Any) -> str:
     The format field is free text ("jpeg", "bgr8; jpeg compressed bgr8", "16UC1;
     compressedDepth png"), so plain images are identified by their magic bytes; the format
     string decides only for compressedDepth (whose payload starts with a binary header).
-    Raises ``ValueError`` when the format says JPEG/PNG but the bytes are not, and
-    ``UnsupportedEncoding`` for other formats (e.g. "h264").
+
+    Raises:
+        ValueError: The format says JPEG/PNG but the bytes are not.
+        UnsupportedEncoding: Any other format (e.g. "h264").
     """
     fmt = str(msg.format).lower()
     if "compresseddepth" in fmt:
@@ -237,10 +243,14 @@ def _imdecode(data: np.ndarray, what: str) -> np.ndarray:
 
 
 def decode_compressed(msg: Any) -> np.ndarray:
-    """Convert a ``CompressedImage`` to an array: jpeg/png -> RGB(A) or mono, compressedDepth -> depth.
+    """``CompressedImage`` -> array: jpeg/png -> RGB(A) or mono, compressedDepth -> depth.
 
     compressedDepth "16UC1" gives uint16; "32FC1" (inverse-depth quantised PNG) gives float32
     metres with NaN where no depth was measured. RVL-compressed depth is unsupported.
+
+    Raises:
+        UnsupportedEncoding: A format other than JPEG, PNG or PNG compressedDepth.
+        ValueError: The data is corrupt or not what the format says.
     """
     data = np.frombuffer(msg.data, dtype=np.uint8)
     kind = compressed_kind(msg)
@@ -271,7 +281,8 @@ def _decode_compressed_depth(fmt: str, data: np.ndarray) -> np.ndarray:
     image = _imdecode(data[_DEPTH_HEADER.size :], "compressedDepth PNG")
     if image.dtype != np.uint16 or image.ndim != 2:
         raise ValueError(
-            f"compressedDepth {fmt!r}: expected a 16-bit single-channel PNG, got {image.dtype} {image.shape}"
+            f"compressedDepth {fmt!r}: expected a 16-bit single-channel PNG, "
+            f"got {image.dtype} {image.shape}"
         )
     if encoding == "16UC1":
         return image

@@ -930,5 +930,5 @@ class RecoveringReader:
             yield ours[key], stamp, raw
 
     def deserialize(self, raw: bytes, msgtype: str) -> Any:
-        """Deserialize a raw message with the types of the reader in use (duck-typed on its fields)."""
+        """Deserialize a raw message with the types of the reader in use (duck-typed fields)."""
         return (self.salvage or self.normal).deserialize(raw, msgtype)

@@ -30,6 +30,7 @@ STEP_NAMES = ("synth", "unpack", "prune", "build", "train", "eval", "replay")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mtl-demo`` command line."""
     parser = argparse.ArgumentParser(prog="mtl-demo", description=__doc__.strip().splitlines()[0])
     parser.add_argument(
         "--config", type=Path, default=Path("config/demo.yaml"), help="demo settings (YAML)"

@@ -22,7 +22,8 @@ table { border-collapse: collapse; margin: 0.6rem 0 1.4rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f2f2f2; } figure { margin: 0 0 1.6rem; }
-figure img { max-width: 100%; border: 1px solid #ddd; } figcaption { color: #555; font-size: 0.9rem; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { color: #555; font-size: 0.9rem; }
 .ok { color: #1a7f37; } .fail { color: #b42318; }
 """
 

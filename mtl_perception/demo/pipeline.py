@@ -34,6 +34,8 @@ class _Strict(BaseModel):
 
 
 class SynthSettings(_Strict):
+    """``synth:``: the synthetic bag (``mtl-data synth`` options)."""
+
     frames: int
     size: str  # HEIGHTxWIDTH
     seed: int
@@ -42,10 +44,14 @@ class SynthSettings(_Strict):
 
 
 class PruneSettings(_Strict):
+    """``prune:``: ``mtl-data prune`` options."""
+
     threshold: float
 
 
 class BuildSettings(_Strict):
+    """``build:``: the dataset (``mtl-data build`` options)."""
+
     name: str
     det_classes: list[str]
     seg_classes: list[str]
@@ -55,13 +61,17 @@ class BuildSettings(_Strict):
 
 
 class ReplaySettings(_Strict):
+    """``replay:``: ``mtl-replay`` options."""
+
     lockstep: bool
     max_frames: int = 0  # 0 = every frame; not a demo setting, a knob for quick runs
 
 
 class DemoConfig(_Strict):
-    """``config/demo.yaml``: what the demo runs and where it writes (no defaults here: the
-    file is the one place of the demo's settings; another ``--config`` file overrides it).
+    """``config/demo.yaml``: what the demo runs and where it writes.
+
+    No defaults here: the file is the one place of the demo's settings; another ``--config``
+    file overrides it.
     """
 
     workdir: Path
@@ -76,26 +86,32 @@ class DemoConfig(_Strict):
 
     @property
     def synth_dir(self) -> Path:
+        """Where ``mtl-data synth`` writes the bag and its ground truth."""
         return self.workdir / "synth"
 
     @property
     def bag(self) -> Path:
+        """The synthetic rosbag2 folder."""
         return self.synth_dir / "synth_bag"
 
     @property
     def coco(self) -> Path:
+        """The synthetic bag's COCO ground truth."""
         return self.synth_dir / "synth_coco.json"
 
     @property
     def dataset(self) -> Path:
+        """The dataset ``mtl-data build`` writes."""
         return self.workdir / "processed" / self.build.name
 
     @property
     def metrics_json(self) -> Path:
+        """``mtl-eval``'s metrics of the trained model."""
         return self.report_dir / "metrics.json"
 
     @property
     def replay_dir(self) -> Path:
+        """``mtl-replay``'s output folder."""
         return self.report_dir / "replay"
 
 
@@ -123,7 +139,12 @@ def _overlay(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_demo_config(path: Path, defaults: Path = DEFAULT_CONFIG) -> DemoConfig:
-    """Read and validate a demo config laid over ``config/demo.yaml``; one clear error per problem."""
+    """Read and validate a demo config laid over ``config/demo.yaml``.
+
+    Raises:
+        UserError: A file is unreadable or not YAML, or a setting is unknown, missing or of the
+            wrong type (the message names the first such setting).
+    """
     raw = _read_yaml(path)
     if path.resolve() != defaults.resolve():
         raw = _overlay(_read_yaml(defaults), raw)

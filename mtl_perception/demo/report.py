@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Assemble the demo report from what the pipeline wrote: TensorBoard scalars of the training
-run, ``mtl-eval``'s metrics JSON and ``mtl-replay``'s report folder.
+"""Assemble the demo report from what the pipeline wrote.
+
+The sources are the TensorBoard scalars of the training run, ``mtl-eval``'s metrics JSON and
+``mtl-replay``'s report folder.
 
 Each source is optional: a missing one leaves a note on the page instead of breaking it, so
 the report also explains a demo that stopped half-way.
@@ -64,7 +66,8 @@ def headline(
     segmentation = metrics.get("segmentation", {}) or {}
     depth = metrics.get("depth", {}) or {}
     model = metrics.get("profile", {}) or {}
-    latency = (replay or {}).get("latency_ms", {}) or {}
+    replay = replay or {}
+    latency = replay.get("latency_ms", {}) or {}
     depth_figures = {}
     if depth:
         depth_figures = {
@@ -80,7 +83,9 @@ def headline(
         **depth_figures,
         "model latency ms/frame": model.get("latency_ms"),
         "replay p50 latency ms": latency.get("p50"),
-        "replay frames sent/answered": f"{(replay or {}).get('frames_sent', 'n/a')}/{(replay or {}).get('frames_answered', 'n/a')}",
+        "replay frames sent/answered": (
+            f"{replay.get('frames_sent', 'n/a')}/{replay.get('frames_answered', 'n/a')}"
+        ),
     }
 
 
@@ -136,7 +141,11 @@ def _per_class_tables(
 
 
 def build_report(config: DemoConfig, steps: Sequence[Step]) -> tuple[Path, dict[str, Any]]:
-    """Write ``<report_dir>/index.html`` with every figure as PNG; return it and the headline figures."""
+    """Write ``<report_dir>/index.html`` with every figure as PNG.
+
+    Returns:
+        The page's path and the headline figures (see :func:`headline`).
+    """
     out = config.report_dir
     out.mkdir(parents=True, exist_ok=True)
     metrics = _load_json(config.metrics_json)
@@ -164,7 +173,8 @@ def build_report(config: DemoConfig, steps: Sequence[Step]) -> tuple[Path, dict[
             Figure(
                 "training_curves.png",
                 "Training curves",
-                "Each task's raw loss (log scale) and the weight the balancing method gave it, per step.",
+                "Each task's raw loss (log scale) and the weight the balancing method gave it, "
+                "per step.",
             )
         )
     else:
@@ -210,7 +220,8 @@ def build_report(config: DemoConfig, steps: Sequence[Step]) -> tuple[Path, dict[
     page = write_page(
         out / "index.html",
         "mtl_perception demo",
-        "Synthetic bag -> dataset -> multi-task training -> evaluation -> replay through the ROS 2 node",
+        "Synthetic bag -> dataset -> multi-task training -> evaluation -> "
+        "replay through the ROS 2 node",
         tables,
         page_figures,
         notes,

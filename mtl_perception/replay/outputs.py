@@ -52,7 +52,10 @@ def header_stamp_ns(cdr: bytes) -> int | None:
 
 
 def detections_to_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``Detection2DArray`` -> (boxes xyxy float32 [N,4], scores [N], class names); best hypothesis per box."""
+    """``Detection2DArray`` -> (boxes xyxy float32 [N,4], scores [N], class names).
+
+    Each box contributes its best hypothesis.
+    """
     boxes, scores, names = [], [], []
     for det in msg.detections:
         if not det.results:
@@ -72,7 +75,7 @@ def detections_to_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 @dataclass
 class Answer:
-    """The node's outputs for one example frame, in the shape ``visualize.draw_prediction`` reads."""
+    """The node's outputs for one example frame, as ``visualize.draw_prediction`` reads them."""
 
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))

@@ -31,7 +31,8 @@ def vision_msgs_msg_dir() -> Path:
     """Folder with the vision_msgs ``.msg`` files: the installed package's, else the repo copy.
 
     An installed interface package keeps them in ``<prefix>/share/vision_msgs/msg`` and its
-    Python module in ``<prefix>/lib/pythonX.Y/site-packages/vision_msgs`` (venv and /opt/ros alike).
+    Python module in ``<prefix>/lib/pythonX.Y/site-packages/vision_msgs`` (venv and /opt/ros
+    alike).
     """
     spec = importlib.util.find_spec("vision_msgs")
     if spec is not None and spec.origin:

@@ -52,14 +52,17 @@ class ImageBag:
 
     @property
     def topic(self) -> str:
+        """The image topic's name."""
         return self.connection.topic
 
     @property
     def compressed(self) -> bool:
+        """Whether the topic carries ``CompressedImage`` messages."""
         return self.connection.msgtype == COMPRESSED_TYPE
 
     @property
     def msgtype(self) -> str:
+        """The topic's message type (``sensor_msgs/msg/Image`` or ``.../CompressedImage``)."""
         return self.connection.msgtype
 
     def __len__(self) -> int:
@@ -130,7 +133,7 @@ def _open_reader(path: Path, stack: ExitStack) -> RecoveringReader:
 
 @contextmanager
 def open_depth_reference(path: str | Path, topic: str) -> Iterator[DepthReference]:
-    """The bag's depth topic (``16UC1``/``32FC1`` Image or compressedDepth) indexed by header stamp.
+    """The bag's depth topic (``16UC1``/``32FC1`` Image or compressedDepth) by header stamp.
 
     The bag is opened with a reader of its own (the replay's frame reader runs on another
     thread). Stamps are read in one pass; frames are read back and decoded one at a time by

@@ -67,6 +67,7 @@ class ReplayStats:
             self.last_answer = at
 
     def is_answered(self, stamp_ns: int) -> bool:
+        """Whether the frame sent with this stamp got its answer."""
         return stamp_ns in self.answered_at
 
     def latencies_ms(self) -> list[float]:

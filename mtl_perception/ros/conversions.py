@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """ROS image messages <-> numpy arrays for the node: the only place the node touches encodings.
 
-Decoding uses the package's own decoder (``mtl_perception.core.images``: tested on every encoding it
-accepts, pixel-exact against real bags) unless the ``decoder`` parameter asks for ``cv_bridge``
+Decoding uses the package's own decoder (``mtl_perception.core.images``: tested on every encoding
+it accepts, pixel-exact against real bags) unless the ``decoder`` parameter asks for ``cv_bridge``
 explicitly: ROS's cv_bridge cannot be built in CI, so the node never switches to it by itself
 (docs/ROS2.md lists the encodings of each path). Both paths return the same layout: the
 natural array of ``mtl_perception.core.images.decode_image`` (colour as RGB, alpha kept, mono 2-D),
@@ -62,9 +62,23 @@ class ImageDecoder(Protocol):
 
     name: str
 
-    def decode_image(self, msg: Any) -> np.ndarray: ...
+    def decode_image(self, msg: Any) -> np.ndarray:
+        """The natural array of a ``sensor_msgs/Image`` (see ``mtl_perception.core.images``).
 
-    def decode_compressed(self, msg: Any) -> np.ndarray: ...
+        Raises:
+            UnsupportedEncoding: The decoder does not handle the message's encoding.
+            ValueError: The data does not fit the size and encoding (truncated, empty).
+        """
+        ...
+
+    def decode_compressed(self, msg: Any) -> np.ndarray:
+        """The natural array of a ``sensor_msgs/CompressedImage`` (jpeg, png, compressedDepth).
+
+        Raises:
+            UnsupportedEncoding: The decoder does not handle the message's format.
+            ValueError: The data cannot be decoded (corrupt, or not what the format says).
+        """
+        ...
 
 
 class CoreDecoder:
@@ -73,9 +87,11 @@ class CoreDecoder:
     name = "builtin"
 
     def decode_image(self, msg: Any) -> np.ndarray:
+        """See :meth:`ImageDecoder.decode_image`."""
         return images.decode_image(msg)
 
     def decode_compressed(self, msg: Any) -> np.ndarray:
+        """See :meth:`ImageDecoder.decode_compressed`."""
         return images.decode_compressed(msg)
 
 
@@ -89,6 +105,7 @@ class CvBridgeDecoder:
         self._bridge = self._module.CvBridge()
 
     def decode_image(self, msg: Any) -> np.ndarray:
+        """See :meth:`ImageDecoder.decode_image`."""
         encoding = msg.encoding
         # Bayer and YUV have no natural "passthrough" layout: let cv_bridge (OpenCV) convert.
         desired = "passthrough" if encoding in _BLUE_FIRST | _NATURAL else "rgb8"
@@ -101,6 +118,7 @@ class CvBridgeDecoder:
         return _blue_first_to_rgb(array) if encoding in _BLUE_FIRST else array
 
     def decode_compressed(self, msg: Any) -> np.ndarray:
+        """See :meth:`ImageDecoder.decode_compressed`."""
         if "compressedDepth" in msg.format:  # cv_bridge cannot decode the depth header
             return images.decode_compressed(msg)
         try:
@@ -154,7 +172,7 @@ def to_network_rgb(decoder: ImageDecoder, msg: Any, compressed: bool) -> np.ndar
 
 
 def image_message(array: np.ndarray, header: Any) -> Image:
-    """``sensor_msgs/Image`` (rgb8 for ``[H,W,3]`` uint8, mono8 for ``[H,W]`` uint8) with ``header``."""
+    """``sensor_msgs/Image`` with ``header``: rgb8 for ``[H,W,3]`` uint8, mono8 for ``[H,W]``."""
     msg = Image(**images.rgb8_to_image_fields(array))
     msg.header = header
     return msg

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 OK, WARN, ERROR = 0, 1, 2  # same values as diagnostic_msgs/DiagnosticStatus levels
-# A frame's way through the node, in order (seconds each; "wait" = arrival to the worker taking it).
+# A frame's way through the node, in order (seconds each; "wait": arrival to the worker taking it).
 STAGES = (
     "wait",
     "deserialise",
@@ -47,7 +47,10 @@ class StatsReport:
 
     @property
     def level(self) -> int:
-        """ERROR while every frame fails, WARN while some do, else OK (the node adds ERROR when not running)."""
+        """ERROR while every frame fails, WARN while some do, else OK.
+
+        The node reports ERROR itself while it is not running.
+        """
         if not self.new_errors:
             return OK
         return ERROR if not self.new_processed else WARN
@@ -114,7 +117,8 @@ class FrameStats:
             self._counts["dropped"] += n
 
     def processed(self, latency_sec: float, stages: Mapping[str, float] | None = None) -> None:
-        """A frame was processed and its results published ``latency_sec`` after arrival;
+        """A frame was processed and its results published ``latency_sec`` after arrival.
+
         ``stages`` maps names of ``STAGES`` to the seconds each took.
         """
         with self._lock:
@@ -144,7 +148,10 @@ class FrameStats:
             self._errors_reported = self._processed_reported = 0
 
     def report(self) -> StatsReport:
-        """Snapshot of the statistics; ``new_errors`` / ``new_processed`` count since the previous report."""
+        """Snapshot of the statistics.
+
+        ``new_errors`` and ``new_processed`` count since the previous report.
+        """
         with self._lock:
             now = self._clock()
             total_errors = sum(self._errors.values())

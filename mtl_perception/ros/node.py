@@ -24,9 +24,10 @@ unchanged. A bad frame (malformed message, unknown encoding, truncated, empty, u
 is counted, logged with a throttled warning and skipped; an unexpected exception (a bug) is
 counted and logged with its traceback once per kind, and /diagnostics turns ERROR while every
 frame fails. Each frame's stages (wait, deserialise, decode, preprocess, model, postprocess,
-message build, publish) are timed and their medians reported in /diagnostics. Optional image outputs (colour mask,
-overlay, colour depth) are only drawn while someone subscribes to them; the depth itself comes
-from the ``Predictor`` in metres at the frame's resolution, the node only converts it.
+message build, publish) are timed and their medians reported in /diagnostics. Optional image
+outputs (colour mask, overlay, colour depth) are only drawn while someone subscribes to them;
+the depth itself comes from the ``Predictor`` in metres at the frame's resolution, the node only
+converts it.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FA
 
 @dataclasses.dataclass(frozen=True)
 class ReceivedFrame:
-    """A received frame, still serialized (CDR bytes), and when it arrived (monotonic seconds, for latency)."""
+    """A received frame, still serialized (CDR bytes), and its arrival time (monotonic seconds)."""
 
     data: bytes
     received: float
@@ -168,7 +169,10 @@ def model_problem(
     """Why ``class_filter`` / ``palette`` do not fit the loaded model, or ``None``."""
     unknown = [name for name in settings.class_filter if name not in detection_classes]
     if unknown:
-        return f"parameter class_filter: {unknown} not among the model's detection classes {list(detection_classes)}"
+        return (
+            f"parameter class_filter: {unknown} not among the model's detection classes "
+            f"{list(detection_classes)}"
+        )
     if settings.palette and len(settings.palette) != 3 * len(segmentation_classes):
         return (
             f"parameter palette: has {len(settings.palette) // 3} colours but the model has "
@@ -201,7 +205,7 @@ class PerceptionNode(LifecycleNode):
         self._diagnostics = self.create_publisher(
             DiagnosticArray, "/diagnostics", qos_profile_system_default
         )
-        # Steady clock: diagnostics keep coming with use_sim_time while a bag is paused (no /clock).
+        # Steady clock: diagnostics go on with use_sim_time while a bag is paused (no /clock).
         self._diagnostics_timer = self.create_timer(
             self.settings.diagnostics_period,
             self._publish_diagnostics,
@@ -212,11 +216,13 @@ class PerceptionNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load and warm up the model, create the publishers."""
         try:
-            self._decoder = make_decoder(self.settings.decoder)
+            decoder = make_decoder(self.settings.decoder)
         except UserError as err:
             self._fail(str(err))
             return FAILURE
-        if not self._load_model():
+        self._decoder = decoder
+        predictor = self._load_model()
+        if predictor is None:
             return FAILURE
         self._outputs = {
             "detections": self.create_lifecycle_publisher(Detection2DArray, DETECTIONS_TOPIC, 10),
@@ -227,15 +233,15 @@ class PerceptionNode(LifecycleNode):
             "depth_color": self.create_lifecycle_publisher(Image, DEPTH_COLOR_TOPIC, 10),
         }
         self.get_logger().info(
-            f"configured: model {self.settings.model_path} on {self._predictor.device} "
-            f"(fp16 {self._predictor.half}, input {self._predictor.input_size}), images decoded by {self._decoder.name} "
-            "decoder"
+            f"configured: model {self.settings.model_path} on {predictor.device} "
+            f"(fp16 {predictor.half}, input {predictor.input_size}), "
+            f"images decoded by {decoder.name} decoder"
         )
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Subscribe to the camera and start the inference worker (reloading the model if released)."""
-        if self._predictor is None and not self._load_model():
+        """Subscribe to the camera and start the inference worker (reloading a released model)."""
+        if self._predictor is None and self._load_model() is None:
             return FAILURE
         topic, msg_type = (
             (self._compressed_topic(), CompressedImage)
@@ -308,8 +314,8 @@ class PerceptionNode(LifecycleNode):
         """The reason of the last failed configure/activate (for ``main``'s exit status)."""
         return self._fatal
 
-    def _load_model(self) -> bool:
-        """Load + warm up the predictor; on a user error log one fatal line and return False."""
+    def _load_model(self) -> Predictor | None:
+        """Load + warm up the predictor; on a user error log one fatal line and return None."""
         try:
             predictor = load_predictor(self.settings)
             problem = model_problem(
@@ -320,9 +326,9 @@ class PerceptionNode(LifecycleNode):
             predictor.warmup(self.settings.warmup_iterations)
         except UserError as err:
             self._fail(str(err))
-            return False
+            return None
         self._predictor, self._fatal = predictor, None
-        return True
+        return predictor
 
     def _fail(self, reason: str) -> None:
         """A transition cannot complete because of the user's input: one fatal line."""
@@ -366,18 +372,21 @@ class PerceptionNode(LifecycleNode):
 
     def _process(self, frame: ReceivedFrame) -> None:
         """One frame; a bug (unexpected exception) is logged with its traceback and counted."""
-        predictor = self._predictor
-        if predictor is None:
+        predictor, decoder = self._predictor, self._decoder
+        if predictor is None or decoder is None:
             return
         try:
-            self._process_frame(frame, predictor, self.settings)
+            self._process_frame(frame, predictor, decoder, self.settings)
         except Exception as err:
             self._unexpected_error(err)
 
     def _process_frame(
-        self, frame: ReceivedFrame, predictor: Predictor, settings: Settings
+        self, frame: ReceivedFrame, predictor: Predictor, decoder: ImageDecoder, settings: Settings
     ) -> None:
-        """Deserialise, decode, infer and publish one frame, timing each stage; a bad frame is skipped."""
+        """Deserialise, decode, infer and publish one frame, timing each stage.
+
+        A bad frame is counted and skipped.
+        """
         clock = time.monotonic
         start = clock()
         try:
@@ -388,7 +397,7 @@ class PerceptionNode(LifecycleNode):
         deserialised = clock()
         self._check_depth_encoding(msg, settings.compressed)
         try:
-            rgb = to_network_rgb(self._decoder, msg, settings.compressed)
+            rgb = to_network_rgb(decoder, msg, settings.compressed)
         except UnsupportedEncoding as err:
             self._frame_error("unsupported encoding", err)
             return
@@ -430,7 +439,7 @@ class PerceptionNode(LifecycleNode):
         self._last_size = size
 
     def _check_depth_encoding(self, msg: Any, compressed: bool) -> None:
-        """Warn once per encoding when depth images arrive on the colour input (a wrong remapping)."""
+        """Warn once per encoding when depth images arrive on the colour input (bad remapping)."""
         encoding = str(msg.format if compressed else msg.encoding).strip()
         kind = (
             "compressedDepth"
@@ -441,9 +450,9 @@ class PerceptionNode(LifecycleNode):
             return
         self._warned_encodings.add(kind)
         self.get_logger().warning(
-            f"frames on {self._subscription_topic()} are {encoding}, a depth encoding: is a depth topic remapped "
-            "to the colour input `image`? They are processed as grey images (min-max scaled), which is "
-            "almost never meant"
+            f"frames on {self._subscription_topic()} are {encoding}, a depth encoding: is a "
+            "depth topic remapped to the colour input `image`? They are processed as grey "
+            "images (min-max scaled), which is almost never meant"
         )
 
     def _subscription_topic(self) -> str:
@@ -457,7 +466,7 @@ class PerceptionNode(LifecycleNode):
         )
 
     def _unexpected_error(self, err: Exception) -> None:
-        """A bug: counted every time, logged with its traceback the first time per kind (type + place)."""
+        """A bug: counted every time, logged with its traceback once per kind (type + place)."""
         where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
         kind = (
             f"{type(err).__name__} at {where.filename}:{where.lineno}"
@@ -477,7 +486,7 @@ class PerceptionNode(LifecycleNode):
     def _messages(
         self, header: Any, rgb: np.ndarray, prediction: Prediction, settings: Settings
     ) -> list[tuple[Any, Any]]:
-        """Every enabled output for one frame as (publisher, message), all with the input's ``header``."""
+        """Every enabled output for one frame as (publisher, message), with the input's header."""
         pubs = self._outputs
         out: list[tuple[Any, Any]] = []
         palette = _triplets(settings.palette) or self._predictor_palette()
@@ -486,7 +495,7 @@ class PerceptionNode(LifecycleNode):
         if prediction.mask is not None:
             if settings.publish_segmentation:
                 out.append((pubs["segmentation"], mask_message(prediction.mask, header)))
-            # Colourising (~1.5 ms at 480x640) and drawing (a few ms) only while someone is looking;
+            # Colourising (~1.5 ms at 480x640) and drawing (a few ms) only while someone looks;
             # the class-id mask is always published (replay evaluation and recorders rely on it).
             if settings.publish_color and _has_subscribers(pubs["color"]):
                 out.append((pubs["color"], color_mask_message(prediction.mask, palette, header)))
@@ -555,7 +564,10 @@ class PerceptionNode(LifecycleNode):
         if self._active:
             status.level = bytes([report.level])
             if report.level == ERROR:
-                status.message = f"every frame fails: {report.new_errors} errors since the last report, none processed"
+                status.message = (
+                    f"every frame fails: {report.new_errors} errors since the last report, "
+                    "none processed"
+                )
             elif report.new_errors:
                 status.message = (
                     f"{report.processed_rate_hz:.1f} Hz, {report.new_errors} new errors"
@@ -579,7 +591,10 @@ class PerceptionNode(LifecycleNode):
 
 
 def _has_subscribers(publisher: Any) -> bool:
-    """Whether anyone listens on ``publisher`` (a late subscriber misses at most the frames before it matched)."""
+    """Whether anyone listens on ``publisher``.
+
+    A late subscriber misses at most the frames published before it matched.
+    """
     return publisher.get_subscription_count() > 0
 
 
@@ -596,7 +611,7 @@ def _stamped(node: LifecycleNode) -> Any:
 
 def main(args: Sequence[str] | None = None) -> int:
     """``ros2 run mtl_perception perception_node``: exit 0 on shutdown, 2 on a fatal user error."""
-    rclpy.init(args=args)
+    rclpy.init(args=None if args is None else list(args))
     node: PerceptionNode | None = None
     try:
         try:

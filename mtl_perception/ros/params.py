@@ -44,7 +44,11 @@ def _device(value: str) -> str | None:
 
 
 def parse_input_size(value: str) -> tuple[int, ...]:
-    """``""`` -> ``()`` (the checkpoint's size); ``"480x640"`` -> ``(480, 640)``; ValueError otherwise."""
+    """``""`` -> ``()`` (the checkpoint's size); ``"480x640"`` -> ``(480, 640)``.
+
+    Raises:
+        ValueError: Neither empty nor ``<height>x<width>``, or a side below ``MIN_INPUT_SIDE``.
+    """
     if not value.strip():
         return ()
     return parse_hw(value, "", min_side=MIN_INPUT_SIDE)
@@ -128,7 +132,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "model_path",
         "",
         _T.STRING,
-        "Checkpoint file (.pt): models/<name>/model.pt from mtl-export (or a run's best.pt); required.",
+        "Checkpoint file (.pt): models/<name>/model.pt from mtl-export (or a run's best.pt); "
+        "required.",
         read_only=True,
     ),
     ParamSpec(
@@ -188,7 +193,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "compressed",
         False,
         _T.BOOL,
-        "Subscribe to <image>/compressed (CompressedImage, image_transport naming) instead of image.",
+        "Subscribe to <image>/compressed (CompressedImage, image_transport naming) instead of "
+        "image.",
         read_only=True,
     ),
     ParamSpec(
@@ -343,7 +349,7 @@ class Settings:
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Settings:
         """Build from ``{name: value}``; unset array parameters become empty tuples."""
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for field in fields(cls):
             value = values[field.name]
             kwargs[field.name] = (

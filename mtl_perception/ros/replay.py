@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import os
 import queue
 import threading
@@ -72,7 +73,7 @@ __all__ = ["build_parser", "main", "run", "to_ros_message"]
 
 PROG = "mtl-replay"
 DIAGNOSTICS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
-# Publisher QoS: reliable matches best-effort and reliable subscribers alike; keep-last never blocks.
+# Publisher QoS: reliable matches best-effort and reliable subscribers; keep-last never blocks.
 PUBLISH_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 # The node publishes its outputs with the default (reliable, depth 10) QoS.
 OUTPUT_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
@@ -158,7 +159,7 @@ class ReplaySession:
             self.node.create_subscription(
                 topic.msg_class,
                 topic.name,
-                lambda data, t=topic: self._on_output(t, data),
+                functools.partial(self._on_output, topic),
                 qos_profile_system_default if topic.msgtype == DIAGNOSTICS_TYPE else OUTPUT_QOS,
                 raw=True,
             )
@@ -191,7 +192,12 @@ class ReplaySession:
             self.sink.consume(*item)
 
     def wait_ready(self, node: NodeProcess | None, timeout: float) -> None:
-        """Block until the node listens on the input and publishes its detections; else a clear error."""
+        """Block until the node listens on the input and publishes its detections.
+
+        Raises:
+            UserError: Not ready within ``timeout`` seconds (the message says what is missing),
+                or the started ``node`` exited.
+        """
         detections = self.outputs[0]
         deadline = time.monotonic() + timeout
         while True:
@@ -207,7 +213,8 @@ class ReplaySession:
                 return
             if time.monotonic() > deadline:
                 check = (
-                    f"no subscriber on {self.publish_topic} (is the node active and listening on it?)"
+                    f"no subscriber on {self.publish_topic} "
+                    "(is the node active and listening on it?)"
                     if listeners == 0
                     else f"nobody publishes {detections.name} (wrong --node-ns?)"
                 )
@@ -220,7 +227,7 @@ class ReplaySession:
             time.sleep(0.05)
 
     def publish(self, stamp_ns: int, msg: Any) -> bool:
-        """Publish one frame; False if its stamp was already replayed (answers would be ambiguous)."""
+        """Publish one frame; False if its stamp was already replayed (ambiguous answers)."""
         with self._cond:
             if not self.stats.sent(stamp_ns, time.monotonic()):
                 return False
@@ -328,6 +335,7 @@ def _positive(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mtl-replay`` command line."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(__doc__ or "").split("\n\n")[0],
@@ -377,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument(
         "--restamp",
         action="store_true",
-        help="use the bag's record time as header stamp (cameras that leave stamps 0 or repeat them)",
+        help="use the bag's record time as header stamp "
+        "(cameras that leave stamps 0 or repeat them)",
     )
     timing.add_argument(
         "--max-frames", type=int, default=0, help="replay at most this many frames (0 = all)"
@@ -435,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Class names and palette for scoring and drawing (from the checkpoint or the ground truth)."""
+    """Class names and palette for scoring and drawing (from checkpoint or ground truth)."""
 
     detection_classes: list[str]
     segmentation_classes: list[str] | None
@@ -455,7 +464,7 @@ def _model_info(args: argparse.Namespace) -> ModelInfo | None:
 
 
 def _ground_truth(args: argparse.Namespace, model: ModelInfo | None) -> GroundTruth | None:
-    """``--ground-truth``, a label file rasterised with ``--classes-file`` or the model's classes."""
+    """``--ground-truth``: a label file rasterised with ``--classes-file`` or model classes."""
     if args.ground_truth is None:
         return None
     classes = None
@@ -618,27 +627,30 @@ def _print_summary(report: dict[str, Any], path: Path) -> None:
     fmt = format_number
     print(
         f"{PROG}: {report['frames_answered']}/{report['frames_sent']} frames answered, "
-        f"{report['frames_dropped']} dropped; latency ms p50 {fmt(latency['p50'], 1)} p95 {fmt(latency['p95'], 1)} "
-        f"p99 {fmt(latency['p99'], 1)} max {fmt(latency['max'], 1)}; report {path}"
+        f"{report['frames_dropped']} dropped; latency ms p50 {fmt(latency['p50'], 1)} "
+        f"p95 {fmt(latency['p95'], 1)} p99 {fmt(latency['p99'], 1)} "
+        f"max {fmt(latency['max'], 1)}; report {path}"
     )
     accuracy = report.get("accuracy") or {}
     if "detection" in accuracy:
         detection = accuracy["detection"]
         print(
-            f"{PROG}: detection mAP {fmt(detection['map'], 3)} mAP@.5 {fmt(detection['map_50'], 3)} "
-            f"over {detection['frames']} frames"
+            f"{PROG}: detection mAP {fmt(detection['map'], 3)} "
+            f"mAP@.5 {fmt(detection['map_50'], 3)} over {detection['frames']} frames"
         )
     if "segmentation" in accuracy:
         segmentation = accuracy["segmentation"]
         print(
-            f"{PROG}: segmentation mIoU {fmt(segmentation['miou'], 3)} over {segmentation['frames']} frames"
+            f"{PROG}: segmentation mIoU {fmt(segmentation['miou'], 3)} "
+            f"over {segmentation['frames']} frames"
         )
     if "depth" in accuracy:
         depth = accuracy["depth"]
         print(
             f"{PROG}: depth AbsRel {fmt(depth['abs_rel'], 3)} RMSE {fmt(depth['rmse'], 3)} m "
             f"delta<1.25 {fmt(depth['delta1'], 3)} over {depth['frames']} frames "
-            f"({depth['frames_without_depth']} without bag depth, {depth['size_mismatches']} size mismatches)"
+            f"({depth['frames_without_depth']} without bag depth, "
+            f"{depth['size_mismatches']} size mismatches)"
         )
 
 

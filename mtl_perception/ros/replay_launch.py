@@ -26,7 +26,10 @@ PROFILE_ENV = "FASTRTPS_DEFAULT_PROFILES_FILE"
 
 
 def _find_profile() -> Path:
-    """The profile in a source checkout, else where an install puts data (share/mtl_perception/config)."""
+    """The profile in a source checkout, else where an install puts it.
+
+    That is ``share/mtl_perception/config`` under the installation prefix.
+    """
     checkout = PACKAGE_ROOT / "config" / PROFILE_NAME
     installed = Path(sys.prefix) / "share" / "mtl_perception" / "config" / PROFILE_NAME
     return checkout if checkout.is_file() or not installed.is_file() else installed
@@ -36,7 +39,7 @@ FASTDDS_PROFILE = _find_profile()
 
 
 def dds_environment(profile: Path | None = FASTDDS_PROFILE) -> dict[str, str]:
-    """Environment additions for ROS processes: the large-image profile unless one is set already."""
+    """Environment additions for ROS processes: the large-image profile unless one is set."""
     env: dict[str, str] = {}
     if profile is not None and profile.is_file() and not os.environ.get(PROFILE_ENV):
         env[PROFILE_ENV] = str(profile)
@@ -95,6 +98,7 @@ class NodeProcess:
         return f"/{self.node_name}"
 
     def start(self) -> NodeProcess:
+        """Start the node (its output goes to ``log_path``); returns ``self``."""
         env = {**os.environ, **dds_environment()}
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])
@@ -109,6 +113,7 @@ class NodeProcess:
 
     @property
     def pid(self) -> int | None:
+        """The node's process id; None before ``start``."""
         return self._process.pid if self._process is not None else None
 
     def exit_code(self) -> int | None:
