@@ -23,7 +23,6 @@ Random weights (no download) unless ``--checkpoint`` is given.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -32,58 +31,27 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # run from a checkout without installing
+# Run from a checkout without installing: the package, and the bench's own modules.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import rclpy
+import node_bench
 import torch
-from rclpy.context import Context
 from sensor_msgs.msg import Image
 from sequence import camera_frames
 
-from mtl_perception.checkpoint import inference_fields, save_checkpoint
-from mtl_perception.core.constants import MIN_INPUT_SIDE, parse_hw
 from mtl_perception.core.errors import run_cli
-from mtl_perception.core.images import rgb8_to_image_fields
-from mtl_perception.core.stamps import ns_to_sec_nanosec
 from mtl_perception.predictor import Predictor
 from mtl_perception.replay.outputs import OutputSink
 from mtl_perception.replay.stats import ReplayStats
 from mtl_perception.ros.replay import ReplaySession, output_topics
-from mtl_perception.ros.replay_launch import NodeProcess, dds_environment
 
 TOPIC = "/bench/image_raw"
 STAMP0 = 1_000_000_000_000_000_000
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _size(text: str) -> tuple[int, int]:
-    """``HEIGHTxWIDTH`` -> ``(height, width)``."""
-    try:
-        return parse_hw(text, "--input-size", MIN_INPUT_SIDE)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--checkpoint", type=Path, help="model to run (default: random-weights ssdlite_deeplabv3)"
-    )
-    parser.add_argument(
-        "--input-size",
-        type=_size,
-        default=(320, 320),
-        help="network input HEIGHTxWIDTH of the random model",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads, model and node alike"
-    )
+    parser = node_bench.base_parser(__doc__, input_size=(320, 320))
     parser.add_argument(
         "--rounds", type=int, default=3, help="alternating model/node throughput rounds"
     )
@@ -108,43 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def random_checkpoint(folder: Path, input_size: tuple[int, int]) -> Path:
-    """A random-weights multi-task checkpoint (the bench measures speed, not accuracy)."""
-    from mtl_perception.nets import build_model
-
-    torch.manual_seed(0)
-    detection, segmentation = ["box", "cone", "ball"], ["background", "floor", "wall"]
-    model = build_model("ssdlite_deeplabv3", len(detection), len(segmentation), input_size)
-    path = folder / "bench_model.pt"
-    save_checkpoint(path, inference_fields(model, detection, segmentation))
-    return path
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process, read from /proc (Linux; avoids a psutil dependency)."""
-    with open(f"/proc/{pid}/statm", encoding="ascii") as statm:
-        return int(statm.read().split()[1]) * PAGE_SIZE
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 class Feeder:
     """Publishes the bench frames with fresh, unique header stamps through a ReplaySession."""
 
     def __init__(self, session: ReplaySession, frames: list[np.ndarray]) -> None:
         self.session = session
-        self.messages = [Image(**rgb8_to_image_fields(rgb)) for rgb in frames]
+        self.messages = node_bench.image_messages(frames)
         self.count = 0
 
     def publish(self) -> int:
         msg = self.messages[self.count % len(self.messages)]
         stamp = STAMP0 + self.count * 1_000_000
-        msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_sec_nanosec(stamp)
+        node_bench.set_stamp(msg, stamp)
         self.session.publish(stamp, msg)
         self.count += 1
         return stamp
@@ -179,14 +122,83 @@ def node_round(
     feeder: Feeder, stats: ReplayStats, node_pid: int, target_answers: int, model_fps: float
 ) -> tuple[float, float]:
     """The node fed ~1.5x faster than the model can go: answers/s, node CPU seconds per answer."""
-    cpu_start = cpu_seconds(node_pid)
+    cpu_start = node_bench.cpu_seconds(node_pid)
     stamps = feeder.run(rate_hz=1.5 * model_fps, duration_s=(target_answers + 1) / model_fps)
     feeder.session.wait_answered(stamps[-1:], timeout=10.0)
-    cpu = cpu_seconds(node_pid) - cpu_start
+    cpu = node_bench.cpu_seconds(node_pid) - cpu_start
     answered = sorted(stats.answered_at[s] for s in stamps if s in stats.answered_at)
     if len(answered) < 2:
         return 0.0, float("inf")
     return (len(answered) - 1) / (answered[-1] - answered[0]), cpu / len(answered)
+
+
+def throughput(
+    args: argparse.Namespace,
+    predictor: Predictor,
+    frames: list[np.ndarray],
+    feeder: Feeder,
+    stats: ReplayStats,
+    node_pid: int,
+) -> float:
+    """Part 1, alternating model and node rounds; returns the median model latency (ms)."""
+    model_fps, node_fps, model_cpu, node_cpu, model_latencies = [], [], [], [], []
+    for _ in range(args.rounds):
+        fps, cpu, latencies = model_round(predictor, frames[: args.frames])
+        model_fps.append(fps)
+        model_cpu.append(cpu)
+        model_latencies += latencies
+        fps, cpu = node_round(feeder, stats, node_pid, args.frames, fps)
+        node_fps.append(fps)
+        node_cpu.append(cpu)
+        feeder.session.wait_quiet(1.0, 10.0)
+    ratio = sum(node_fps) / sum(model_fps)
+    model_ms = statistics.median(model_latencies)
+    print(
+        f"model {statistics.fmean(model_fps):.2f} fps ({model_ms:.1f} ms median, "
+        f"{statistics.fmean(model_cpu) * 1000:.0f} ms CPU/frame), node "
+        f"{statistics.fmean(node_fps):.2f} fps ({statistics.fmean(node_cpu) * 1000:.0f} "
+        f"ms CPU/frame, all threads) over {args.rounds} rounds",
+        flush=True,
+    )
+    print(f"RESULT node_throughput_ratio={ratio:.3f}", flush=True)
+    # Diagnostic without a target: the same ratio in CPU time, which load from other
+    # processes on a shared machine does not distort (it counts every node thread).
+    print(f"RESULT node_cpu_efficiency={sum(model_cpu) / sum(node_cpu):.3f}", flush=True)
+    return model_ms
+
+
+def overload(
+    args: argparse.Namespace, feeder: Feeder, stats: ReplayStats, node_pid: int, model_ms: float
+) -> None:
+    """Part 2: frames faster than the model for a long stretch; latency and memory stay bounded."""
+    rss: list[tuple[float, int]] = []
+
+    def sample(elapsed: float) -> None:
+        if not rss or elapsed - rss[-1][0] >= 0.5:
+            rss.append((elapsed, node_bench.rss_bytes(node_pid)))
+
+    stamps = feeder.run(args.overload_rate, args.overload_seconds, on_tick=sample)
+    feeder.session.wait_quiet(1.0, 10.0)
+    sent = set(stamps)
+    latencies = [
+        (stats.answered_at[s] - stats.sent_at[s]) * 1000.0
+        for s in stamps
+        if s in stats.answered_at
+    ]
+    p99 = float(np.percentile(latencies, 99))
+    warm = [v for t, v in rss if t >= 0.25 * args.overload_seconds]
+    head, tail = warm[: max(1, len(warm) // 10)], warm[-max(1, len(warm) // 10) :]
+    growth = (statistics.median(tail) - statistics.median(head)) / statistics.median(head)
+    print(
+        f"overload: {len(stamps)} frames at {args.overload_rate:g} Hz, {len(latencies)} "
+        f"answered ({len(latencies) / len(sent):.0%}), latency p50 "
+        f"{np.percentile(latencies, 50):.1f} ms p99 {p99:.1f} ms max "
+        f"{max(latencies):.1f} ms; node RSS {statistics.median(head) / 2**20:.0f} -> "
+        f"{statistics.median(tail) / 2**20:.0f} MiB",
+        flush=True,
+    )
+    print(f"RESULT overload_p99_over_model={p99 / model_ms:.3f}", flush=True)
+    print(f"RESULT overload_rss_growth={growth:.4f}", flush=True)
 
 
 def _main() -> int:
@@ -195,96 +207,28 @@ def _main() -> int:
         args.rounds, args.frames, args.overload_seconds = 2, 8, 20.0
     torch.set_num_threads(args.threads)
     frames = [rgb for _, rgb in camera_frames(max(args.frames, 10), seed=1)]
-    os.environ.update(dds_environment())
-    env_threads = {"OMP_NUM_THREADS": str(args.threads)}
-    os.environ.update(env_threads)  # the node subprocess gets the same thread count
 
     with tempfile.TemporaryDirectory(prefix="bench_node_") as tmp:
-        checkpoint = args.checkpoint or random_checkpoint(Path(tmp), args.input_size)
-        predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-        predictor.warmup(3)
-        stats = ReplayStats()
-        context = Context()
-        rclpy.init(args=[], context=context)  # our argv is argparse's, not ROS's
-        node = NodeProcess(
-            checkpoint.resolve(),
-            TOPIC,
-            Path(tmp) / "node.log",
-            parameters=["device:=cpu", *args.node_param],
-        )
-        session = None
-        try:
-            node.start()
-            topics = output_topics(node.namespace, record_color=False, record_overlay=False)[
-                :1
-            ]  # detections only
-            sink = OutputSink(None, None, topics[0].name, "", ())
-            session = ReplaySession(context, TOPIC, Image, topics, sink, stats)
-            session.wait_ready(node, timeout=180.0)
-            feeder = Feeder(session, frames)
-            feeder.run(rate_hz=5.0, duration_s=2.0)  # node warm-up (first frames allocate)
-            session.wait_quiet(1.0, 10.0)
-
-            # 1. throughput, alternating rounds
-            model_fps, node_fps, model_cpu, node_cpu, model_latencies = [], [], [], [], []
-            for _ in range(args.rounds):
-                fps, cpu, latencies = model_round(predictor, frames[: args.frames])
-                model_fps.append(fps)
-                model_cpu.append(cpu)
-                model_latencies += latencies
-                fps, cpu = node_round(feeder, stats, node.pid, args.frames, fps)
-                node_fps.append(fps)
-                node_cpu.append(cpu)
+        checkpoint, predictor = node_bench.warm_predictor(args, Path(tmp))
+        with node_bench.running_node(
+            checkpoint, TOPIC, Path(tmp), args.threads, args.node_param
+        ) as (
+            context,
+            node,
+        ):
+            stats = ReplayStats()
+            detections = output_topics(node.namespace, record_color=False, record_overlay=False)[0]
+            sink = OutputSink(None, None, detections.name, "", ())
+            session = ReplaySession(context, TOPIC, Image, [detections], sink, stats)
+            try:
+                session.wait_ready(node, timeout=180.0)
+                feeder = Feeder(session, frames)
+                feeder.run(rate_hz=5.0, duration_s=2.0)  # node warm-up (first frames allocate)
                 session.wait_quiet(1.0, 10.0)
-            ratio = sum(node_fps) / sum(model_fps)
-            model_ms = statistics.median(model_latencies)
-            print(
-                f"model {statistics.fmean(model_fps):.2f} fps ({model_ms:.1f} ms median, "
-                f"{statistics.fmean(model_cpu) * 1000:.0f} ms CPU/frame), node "
-                f"{statistics.fmean(node_fps):.2f} fps ({statistics.fmean(node_cpu) * 1000:.0f} "
-                f"ms CPU/frame, all threads) over {args.rounds} rounds",
-                flush=True,
-            )
-            print(f"RESULT node_throughput_ratio={ratio:.3f}", flush=True)
-            # Diagnostic without a target: the same ratio in CPU time, which load from other
-            # processes on a shared machine does not distort (it counts every node thread).
-            print(f"RESULT node_cpu_efficiency={sum(model_cpu) / sum(node_cpu):.3f}", flush=True)
-
-            # 2. overload
-            rss: list[tuple[float, int]] = []
-            pid = node.pid
-
-            def sample(elapsed: float) -> None:
-                if not rss or elapsed - rss[-1][0] >= 0.5:
-                    rss.append((elapsed, rss_bytes(pid)))
-
-            stamps = feeder.run(args.overload_rate, args.overload_seconds, on_tick=sample)
-            session.wait_quiet(1.0, 10.0)
-            sent = set(stamps)
-            latencies = [
-                (stats.answered_at[s] - stats.sent_at[s]) * 1000.0
-                for s in stamps
-                if s in stats.answered_at
-            ]
-            p99 = float(np.percentile(latencies, 99))
-            warm = [v for t, v in rss if t >= 0.25 * args.overload_seconds]
-            head, tail = warm[: max(1, len(warm) // 10)], warm[-max(1, len(warm) // 10) :]
-            growth = (statistics.median(tail) - statistics.median(head)) / statistics.median(head)
-            print(
-                f"overload: {len(stamps)} frames at {args.overload_rate:g} Hz, {len(latencies)} "
-                f"answered ({len(latencies) / len(sent):.0%}), latency p50 "
-                f"{np.percentile(latencies, 50):.1f} ms p99 {p99:.1f} ms max "
-                f"{max(latencies):.1f} ms; node RSS {statistics.median(head) / 2**20:.0f} -> "
-                f"{statistics.median(tail) / 2**20:.0f} MiB",
-                flush=True,
-            )
-            print(f"RESULT overload_p99_over_model={p99 / model_ms:.3f}", flush=True)
-            print(f"RESULT overload_rss_growth={growth:.4f}", flush=True)
-        finally:
-            if session is not None:
+                model_ms = throughput(args, predictor, frames, feeder, stats, node.pid)
+                overload(args, feeder, stats, node.pid, model_ms)
+            finally:
                 session.close()
-            node.stop()
-            rclpy.try_shutdown(context=context)
     return 0
 
 

@@ -31,7 +31,6 @@ Random weights (no download) unless ``--checkpoint`` is given.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -40,11 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1])
-)  # run from a checkout without installing
+# Run from a checkout without installing: the package, and the bench's own modules.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import node_bench
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
@@ -55,67 +54,20 @@ from sensor_msgs.msg import Image
 from sequence import camera_frames
 from vision_msgs.msg import Detection2DArray
 
-from mtl_perception.checkpoint import inference_fields, save_checkpoint
-from mtl_perception.core.constants import MIN_INPUT_SIDE, parse_hw
 from mtl_perception.core.errors import run_cli
-from mtl_perception.core.images import rgb8_to_image_fields
-from mtl_perception.predictor import Predictor
-from mtl_perception.ros.replay_launch import NodeProcess, dds_environment
 
 TOPIC = "/bench_latency/image_raw"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TARGET_MS = 10.0
 
 
-def _size(text: str) -> tuple[int, int]:
-    """``HEIGHTxWIDTH`` -> ``(height, width)``."""
-    try:
-        return parse_hw(text, "--input-size", MIN_INPUT_SIDE)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--checkpoint", type=Path, help="model to run (default: random-weights ssdlite_deeplabv3)"
-    )
-    parser.add_argument(
-        "--input-size",
-        type=_size,
-        default=(120, 160),
-        help="network input HEIGHTxWIDTH (default 120x160)",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads, model and node alike"
-    )
+    parser = node_bench.base_parser(__doc__, input_size=(120, 160))
     parser.add_argument("--rounds", type=int, default=4, help="alternating node/model rounds")
     parser.add_argument("--frames", type=int, default=15, help="frames per round")
     parser.add_argument(
         "--quick", action="store_true", help="short smoke run (2 rounds of 5 frames)"
     )
     return parser
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def random_checkpoint(folder: Path, input_size: tuple[int, int]) -> Path:
-    from mtl_perception.nets import build_model
-
-    torch.manual_seed(0)
-    model = build_model("ssdlite_deeplabv3", 3, 3, input_size)
-    path = folder / "bench_model.pt"
-    save_checkpoint(
-        path, inference_fields(model, ["box", "cone", "ball"], ["background", "floor", "wall"])
-    )
-    return path
 
 
 class Lockstep:
@@ -152,7 +104,7 @@ class Lockstep:
         """Latency (ms) of one frame, or None if an output did not arrive within ``timeout``."""
         self.count += 1
         stamp = 1_000_000_000 + self.count
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+        node_bench.set_stamp(msg, stamp)
         sent = time.perf_counter()
         self.publisher.publish(msg)
         deadline = sent + timeout
@@ -180,29 +132,16 @@ def _main() -> int:
     if args.quick:
         args.rounds, args.frames = 2, 5
     torch.set_num_threads(args.threads)
-    os.environ.update(dds_environment())
-    os.environ["OMP_NUM_THREADS"] = str(
-        args.threads
-    )  # the node subprocess gets the same thread count
     rgb_frames = [rgb for _, rgb in camera_frames(args.frames, seed=2)]
-    messages = [Image(**rgb8_to_image_fields(rgb)) for rgb in rgb_frames]
+    messages = node_bench.image_messages(rgb_frames)
 
     with tempfile.TemporaryDirectory(prefix="bench_node_latency_") as tmp:
-        checkpoint = args.checkpoint or random_checkpoint(Path(tmp), args.input_size)
-        predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-        predictor.warmup(3)
+        checkpoint, predictor = node_bench.warm_predictor(args, Path(tmp))
         for rgb in rgb_frames:  # warm caches on the bench frames
             predictor.predict(rgb)
-        context = Context()
-        rclpy.init(args=[], context=context)
-        node = NodeProcess(
-            checkpoint.resolve(),
-            TOPIC,
-            Path(tmp) / "node.log",
-            parameters=["device:=cpu", "diagnostics_period:=0.5"],
-        )
-        try:
-            node.start()
+        with node_bench.running_node(
+            checkpoint, TOPIC, Path(tmp), args.threads, ["diagnostics_period:=0.5"]
+        ) as (context, node):
             lockstep = Lockstep(context, node.namespace)
             lockstep.wait_ready(messages[0])
             for msg in messages:  # node warm-up on the bench frames
@@ -211,16 +150,15 @@ def _main() -> int:
             model_ms: list[float] = []
             node_cpu = model_cpu = 0.0
             for _ in range(args.rounds):
-                cpu_start = cpu_seconds(node.pid)
+                cpu_start = node_bench.cpu_seconds(node.pid)
                 for msg in messages:
                     latency = lockstep.send(msg)
                     if latency is None:
                         raise RuntimeError(f"a frame got no answer; node log: {node.log_tail()}")
                     node_ms.append(latency)
-                node_cpu += cpu_seconds(node.pid) - cpu_start
-                for (
-                    rgb
-                ) in rgb_frames:  # the forward pass alone (resize and post-processing timed apart)
+                node_cpu += node_bench.cpu_seconds(node.pid) - cpu_start
+                # The forward pass alone (resize and post-processing timed apart).
+                for rgb in rgb_frames:
                     with torch.inference_mode():
                         tensor = predictor._preprocess(rgb)
                         cpu_start, wall_start = time.thread_time(), time.perf_counter()
@@ -228,9 +166,6 @@ def _main() -> int:
                         model_cpu += time.thread_time() - cpu_start
                         model_ms.append((time.perf_counter() - wall_start) * 1000.0)
             lockstep.spin_for(1.5)  # the node's latest per-stage medians
-        finally:
-            node.stop()
-            rclpy.try_shutdown(context=context)
 
     node_p50, model_p50 = statistics.median(node_ms), statistics.median(model_ms)
     overhead = node_p50 - model_p50

@@ -81,7 +81,8 @@ def load_checkpoint(
         )
     if version != VERSION:
         raise UserError(
-            f"checkpoint {path} has format version {version}; this mtl_perception reads version {VERSION}"
+            f"checkpoint {path} has format version {version}; this mtl_perception reads "
+            f"version {VERSION}"
         )
     missing = [key for key in REQUIRED_KEYS if key not in payload]
     if missing:
@@ -95,7 +96,7 @@ def inference_fields(
     segmentation_classes: Sequence[str],
     palette: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
-    """The self-describing part of a checkpoint: everything ``Predictor`` needs to rebuild ``model``.
+    """The self-describing part of a checkpoint: all ``Predictor`` needs to rebuild ``model``.
 
     ``model`` is a ``mtl_perception.nets`` model (its ``model_kwargs`` rebuild it);
     classes of a task the model lacks are stored as an empty list. Without a palette, the

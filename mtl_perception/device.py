@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The one place that knows about devices: parsing ``auto``/``cpu``/``cuda``/``cuda:N``,
-choosing FP16, and CUDA-only speed settings. Code elsewhere asks here and never checks
-``torch.cuda`` itself, so the same code runs on the CPU (tests, CI) and the robot's GPU.
+"""The one place that knows about devices.
+
+It parses ``auto``/``cpu``/``cuda``/``cuda:N``, chooses FP16 and applies CUDA-only speed
+settings. Code elsewhere asks here and never checks ``torch.cuda`` itself, so the same code runs
+on the CPU (tests, CI) and the robot's GPU.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from mtl_perception.core.errors import UserError
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """Turn a user's device string into a ``torch.device``; a clear error if unavailable."""
+    """Turn a user's device string into a ``torch.device``.
+
+    Raises:
+        UserError: ``spec`` is not a device name, or names a CUDA device this machine lacks.
+    """
     spec = (spec or "auto").strip().lower()
     if not DEVICE_SPEC.match(spec):
         raise UserError(f"device {spec!r} is not one of {DEVICE_CHOICES}")
@@ -29,7 +35,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
         index = int(spec.split(":")[1]) if ":" in spec else 0
         if index >= torch.cuda.device_count():
             raise UserError(
-                f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
+                f"device {spec!r} asked for, but only {torch.cuda.device_count()} CUDA "
+                "device(s) exist"
             )
     return torch.device(spec)
 

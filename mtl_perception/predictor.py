@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Inference on single frames: the one pre/post-processing path shared by ``mtl-eval``, the
-ROS 2 node and bag replay (docs/CONTRACTS.md §7).
+"""Inference on single frames: the one pre/post-processing path of every consumer.
 
+``mtl-eval``, the ROS 2 node and bag replay all go through it (docs/CONTRACTS.md §7).
 ``Predictor.from_checkpoint`` rebuilds the model from a self-describing checkpoint;
 ``predict`` takes an RGB uint8 frame of any size and returns boxes/labels/scores, a class
 mask and a depth map (metres) in that frame's own pixels, plus how long each stage took (for
@@ -31,7 +31,7 @@ __all__ = ["Prediction", "Predictor", "Timing"]
 
 @dataclass(frozen=True)
 class Timing:
-    """Milliseconds per frame spent in each stage (a batch's time is shared equally by its frames)."""
+    """Milliseconds per frame spent in each stage (a batch's frames share its time equally)."""
 
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
@@ -39,6 +39,7 @@ class Timing:
 
     @property
     def total_ms(self) -> float:
+        """The sum of the three stages."""
         return self.preprocess_ms + self.inference_ms + self.postprocess_ms
 
 
@@ -81,8 +82,9 @@ class Predictor:
     """A model in eval mode on one device, with its class names and pre/post-processing.
 
     Pre-processing: resize to ``input_size`` with ``preprocessing.resize_to_input`` (the resize
-    training and validation use, so the network sees the pixels it was trained on), upload as uint8 (4x less transfer than float; pinned + non-blocking on CUDA)
-    and scale to [0, 1] on the device; the model normalises internally.
+    training and validation use, so the network sees the pixels it was trained on), upload as
+    uint8 (4x less transfer than float; pinned + non-blocking on CUDA) and scale to [0, 1] on the
+    device; the model normalises internally.
     Post-processing: score threshold, class filter, top ``max_detections`` by score, boxes
     scaled back to the frame's pixels and clipped, mask resized with nearest-neighbour, depth
     bilinearly. The model returns a class-id map (not logits, see CONTRACTS §6), and nearest is
@@ -114,7 +116,8 @@ class Predictor:
             raise UserError(f"max_detections {max_detections} must be at least 1")
         if len(segmentation_classes) > 256:
             raise UserError(
-                f"{len(segmentation_classes)} segmentation classes do not fit a uint8 mask (max 256)"
+                f"{len(segmentation_classes)} segmentation classes do not fit a uint8 mask "
+                "(max 256)"
             )
         self._device = device if isinstance(device, torch.device) else resolve_device(device)
         self._half = use_half(self._device, half)
@@ -184,14 +187,17 @@ class Predictor:
     # ----------------------------------------------------------------- properties
     @property
     def detection_classes(self) -> list[str]:
+        """Detection class names; label ``k`` is ``detection_classes[k - 1]``."""
         return list(self._detection_classes)
 
     @property
     def segmentation_classes(self) -> list[str]:
+        """Segmentation class names, indexed by mask id (background included)."""
         return list(self._segmentation_classes)
 
     @property
     def palette(self) -> list[tuple[int, ...]]:
+        """RGB colour per segmentation class, for overlays."""
         return list(self._palette)
 
     @property
@@ -201,10 +207,12 @@ class Predictor:
 
     @property
     def device(self) -> torch.device:
+        """The device the model runs on."""
         return self._device
 
     @property
     def half(self) -> bool:
+        """Whether inference runs under FP16 autocast."""
         return self._half
 
     # ----------------------------------------------------------------- inference

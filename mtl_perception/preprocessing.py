@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The one resize from a frame to the network's input size, shared by training, evaluation and the node.
+"""The one resize from a frame to the network's input size: training, evaluation and the node.
 
 A network only works as well in deployment as the pixels it is given resemble the ones it was
 trained on. Training, validation (``train.transforms``) and inference (``Predictor``: mtl-eval,
@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms.v2 import functional as F
 
 INTERPOLATION = InterpolationMode.BILINEAR
 ANTIALIAS = True
@@ -35,16 +34,18 @@ def resize_to_input(inputs: Any, size: Sequence[int]) -> Any:
     frame) or a ``tv_tensors`` image, boxes or mask (masks are resized nearest-neighbour by
     torchvision, so class ids stay valid).
     """
-    return F.resize(
+    return v2.functional.resize(
         inputs, [int(size[0]), int(size[1])], interpolation=INTERPOLATION, antialias=ANTIALIAS
     )
 
 
 def to_float(image: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[..., 3, H, W]`` -> float32 in [0, 1], exactly as ``v2.ToDtype(torch.float32,
-    scale=True)`` does in training (``x * (1/255)``, which differs from ``x / 255`` in the last bit).
+    """uint8 ``[..., 3, H, W]`` -> float32 in [0, 1], exactly as in training.
+
+    Training uses ``v2.ToDtype(torch.float32, scale=True)``: ``x * (1/255)``, which differs from
+    ``x / 255`` in the last bit.
     """
-    return F.to_dtype(image, torch.float32, scale=True)
+    return v2.functional.to_dtype(image, torch.float32, scale=True)
 
 
 class ResizeToInput(v2.Transform):
@@ -55,4 +56,5 @@ class ResizeToInput(v2.Transform):
         self.size = (int(size[0]), int(size[1]))
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """Resize one input (``transforms.v2`` calls this per image, boxes and mask)."""
         return resize_to_input(inpt, self.size)

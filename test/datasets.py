@@ -130,3 +130,25 @@ def make_processed_dataset(
         )
     )
     return root
+
+
+def tiny_run_overrides(
+    root: Path, out: Path, name: str, *extra: str, batch_size: int = 2
+) -> list[str]:
+    """`mtl-train` overrides for a short CPU run on a :func:`make_processed_dataset` folder.
+
+    ``extra`` comes last, so it can also change what is set here.
+    """
+    return [
+        f"data.root={root}",
+        f"output_dir={out}",
+        f"name={name}",
+        "device=cpu",
+        "model.input_size=[48,48]",
+        f"data.batch_size={batch_size}",
+        "data.val_batch_size=2",
+        "data.num_workers=0",
+        "optim.warmup_steps=1",
+        "logging.progress=false",
+        *extra,
+    ]

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from interim import build_args, write_topic_folder
 
 from data_tools import build
 from data_tools.split import SplitItem, assign_splits, parse_fractions
@@ -21,38 +20,13 @@ T0 = 1_700_000_000_000_000_000
 STEP = 500_000_000  # 2 Hz
 
 
-def write_interim(root: Path, bags: dict[str, int], suffix: str = ".png") -> dict[str, list[int]]:
+def write_interim(root: Path, bags: dict[str, int]) -> dict[str, list[int]]:
     """Interim layout (CONTRACTS §2): <bag>/camera__image_raw/<stamp>.png + manifest.csv."""
     stamps = {}
     for b, (bag, count) in enumerate(bags.items()):
-        topic = root / bag / "camera__image_raw"
-        topic.mkdir(parents=True)
-        rows, stamps[bag] = [], []
-        for i in range(count):
-            stamp = T0 + b * 10**12 + i * STEP
-            cv2.imwrite(
-                str(topic / f"{stamp}{suffix}"), np.full((H, W, 3), 10 * i % 255, np.uint8)
-            )
-            rows.append([i, stamp, stamp, "camera", "rgb8", W, H, bag, f"{stamp}{suffix}", "", ""])
-            stamps[bag].append(stamp)
-        with (topic / "manifest.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(
-                [
-                    "index",
-                    "stamp_ns",
-                    "bag_time_ns",
-                    "frame_id",
-                    "encoding",
-                    "width",
-                    "height",
-                    "bag",
-                    "file",
-                    "ssim",
-                    "compared_to",
-                ]
-            )
-            writer.writerows(rows)
+        stamps[bag] = [T0 + b * 10**12 + i * STEP for i in range(count)]
+        frames = {s: np.full((H, W, 3), 10 * i % 255, np.uint8) for i, s in enumerate(stamps[bag])}
+        write_topic_folder(root / bag / "camera__image_raw", bag, frames)
     return stamps
 
 
@@ -93,23 +67,12 @@ def run_build(
     *extra: str,
     classes=("--det-classes", "cone", "--seg-classes", "cone"),
 ) -> int:
-    parser = argparse.ArgumentParser()
-    build.add_arguments(parser)
-    args = parser.parse_args(
-        [
-            "--frames",
-            str(frames),
-            "--labels",
-            *map(str, labels),
-            "--name",
-            "ds",
-            "--out",
-            str(out),
-            *classes,
-            *extra,
-        ]
-    )
-    return build.run(args)
+    return build.run(build_args(frames, labels, out, *classes, *extra))
+
+
+def build_train_only(frames: Path, labels: list[Path], out: Path, *extra: str, **kwargs) -> int:
+    """``run_build`` with every image in train, for what the split does not change."""
+    return run_build(frames, labels, out, "--split", "1,0,0", *extra, **kwargs)
 
 
 def dump(path: Path, obj: dict) -> Path:
@@ -152,7 +115,7 @@ def test_missing_images_are_reported_and_the_rest_built(
     stamps = write_interim(tmp_path / "interim", {"bag_a": 4})["bag_a"]
     ghost = {"id": 555, "file_name": "gone/123.png", "width": W, "height": H}
     labels = dump(tmp_path / "l.json", coco_for(stamps, extra_images=[ghost]))
-    assert run_build(tmp_path / "interim", [labels], tmp_path / "out", "--split", "1,0,0") == 0
+    assert build_train_only(tmp_path / "interim", [labels], tmp_path / "out") == 0
     err = capfd.readouterr().err
     assert "warning: labels for an image not among the frames (pruned or missing): 1" in err
     assert "gone/123.png" in err
@@ -165,7 +128,7 @@ def test_boxes_outside_clipped_or_dropped(tmp_path: Path, capfd: pytest.CaptureF
     labels = dump(
         tmp_path / "l.json", coco_for(stamps, boxes=[[-4, 2, 10, 6], [40, 2, 5, 5], [3, 3, 0, 4]])
     )
-    assert run_build(tmp_path / "interim", [labels], tmp_path / "out", "--split", "1,0,0") == 1
+    assert build_train_only(tmp_path / "interim", [labels], tmp_path / "out") == 1
     err = capfd.readouterr().err
     assert "box outside the image: 1" in err and "box with zero area: 1" in err
     assert "warning: box partly outside the image (clipped): 1" in err
@@ -176,10 +139,7 @@ def test_boxes_outside_clipped_or_dropped(tmp_path: Path, capfd: pytest.CaptureF
 def test_strict_writes_nothing(tmp_path: Path) -> None:
     stamps = write_interim(tmp_path / "interim", {"bag_a": 2})["bag_a"]
     labels = dump(tmp_path / "l.json", coco_for(stamps, boxes=[[-4, 2, 10, 6]]))
-    assert (
-        run_build(tmp_path / "interim", [labels], tmp_path / "out", "--strict", "--split", "1,0,0")
-        == 1
-    )
+    assert build_train_only(tmp_path / "interim", [labels], tmp_path / "out", "--strict") == 1
     assert not (tmp_path / "out" / "ds").exists()
     assert [p.name for p in (tmp_path / "out").iterdir()] == []
 
@@ -187,17 +147,11 @@ def test_strict_writes_nothing(tmp_path: Path) -> None:
 def test_unlabeled_frames_skip_or_background(tmp_path: Path) -> None:
     stamps = write_interim(tmp_path / "interim", {"bag_a": 4})["bag_a"]
     labels = dump(tmp_path / "l.json", coco_for(stamps[:2]))
-    assert run_build(tmp_path / "interim", [labels], tmp_path / "skip", "--split", "1,0,0") == 0
+    assert build_train_only(tmp_path / "interim", [labels], tmp_path / "skip") == 0
     assert len(load(tmp_path / "skip" / "ds", "annotations.json")["images"]) == 2
     assert (
-        run_build(
-            tmp_path / "interim",
-            [labels],
-            tmp_path / "bg",
-            "--split",
-            "1,0,0",
-            "--unlabeled",
-            "background",
+        build_train_only(
+            tmp_path / "interim", [labels], tmp_path / "bg", "--unlabeled", "background"
         )
         == 0
     )
@@ -284,12 +238,10 @@ def test_plain_image_folder_and_classes_file(tmp_path: Path) -> None:
         "detection_classes: [cone]\nsegmentation_classes: [cone]\npalette: {cone: [1, 2, 3]}\n"
     )
     assert (
-        run_build(
+        build_train_only(
             tmp_path / "stills",
             [dump(tmp_path / "l.json", coco)],
             tmp_path / "out",
-            "--split",
-            "1,0,0",
             classes=("--classes-file", str(classes)),
         )
         == 0
@@ -325,13 +277,7 @@ def test_stills_named_by_time_stamp_keep_it(tmp_path: Path) -> None:
     for stamp in stamps:
         cv2.imwrite(str(photos / f"{stamp}.png"), np.zeros((H, W, 3), np.uint8))
     assert (
-        run_build(
-            photos,
-            [dump(tmp_path / "l.json", coco_for(stamps))],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-        )
+        build_train_only(photos, [dump(tmp_path / "l.json", coco_for(stamps))], tmp_path / "out")
         == 0
     )
     images = load(tmp_path / "out" / "ds", "annotations.json")["images"]
@@ -351,14 +297,12 @@ def test_names_from_manifests_never_leave_the_dataset(
         )
     cv2.imwrite(str(tmp_path / "outside.png"), np.zeros((H, W, 3), np.uint8))
     assert (
-        run_build(
+        build_train_only(
             tmp_path / "interim",
             [dump(tmp_path / "l.json", coco_for([]))],
             tmp_path / "out",
             "--unlabeled",
             "background",
-            "--split",
-            "1,0,0",
         )
         == 1
     )
@@ -381,14 +325,7 @@ def test_label_file_names_are_only_matched_never_used_as_paths(tmp_path: Path) -
         extra_images=[{"id": 1, "file_name": "../../../../etc/evil.jpg", "width": W, "height": H}],
     )
     assert (
-        run_build(
-            photos,
-            [dump(tmp_path / "l.json", coco)],
-            tmp_path / "work" / "out",
-            "--split",
-            "1,0,0",
-        )
-        == 0
+        build_train_only(photos, [dump(tmp_path / "l.json", coco)], tmp_path / "work" / "out") == 0
     )
     (image,) = load(tmp_path / "work" / "out" / "ds", "annotations.json")["images"]
     assert image["file_name"] == "images/evil.jpg"
@@ -404,13 +341,7 @@ def test_same_file_name_in_two_bags(tmp_path: Path) -> None:
         [], extra_images=[{"id": 1, "file_name": "b/img.png"}, {"id": 2, "file_name": "img.png"}]
     )
     assert (
-        run_build(
-            tmp_path / "stills",
-            [dump(tmp_path / "l.json", coco)],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-        )
+        build_train_only(tmp_path / "stills", [dump(tmp_path / "l.json", coco)], tmp_path / "out")
         == 1
     )  # the second one is ambiguous
     images = load(tmp_path / "out" / "ds", "annotations.json")["images"]
@@ -451,13 +382,7 @@ def test_same_stem_different_extension_and_label_studio_names(tmp_path: Path) ->
         ],
     )
     assert (
-        run_build(
-            tmp_path / "stills",
-            [dump(tmp_path / "l.json", coco)],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-        )
+        build_train_only(tmp_path / "stills", [dump(tmp_path / "l.json", coco)], tmp_path / "out")
         == 0
     )
     ds = tmp_path / "out" / "ds"
@@ -534,13 +459,7 @@ def test_rle_of_wrong_size_without_image_sizes(tmp_path: Path) -> None:
         }
     ]
     assert (
-        run_build(
-            tmp_path / "interim",
-            [dump(tmp_path / "l.json", coco)],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-        )
+        build_train_only(tmp_path / "interim", [dump(tmp_path / "l.json", coco)], tmp_path / "out")
         == 1
     )
     ds = tmp_path / "out" / "ds"
@@ -554,13 +473,7 @@ def test_label_folder_and_repeated_files_count_once(tmp_path: Path) -> None:
     export.mkdir(parents=True)
     labels = dump(export / "instances_default.json", coco_for(stamps))
     assert (
-        run_build(
-            tmp_path / "interim",
-            [tmp_path / "export", labels],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-        )
+        build_train_only(tmp_path / "interim", [tmp_path / "export", labels], tmp_path / "out")
         == 0
     )
     assert len(load(tmp_path / "out" / "ds", "annotations.json")["annotations"]) == 2

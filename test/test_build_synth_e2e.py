@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from interim import build_args
 
 from data_tools import build, prune, synth
 from data_tools import unpack as unpack_module
@@ -28,25 +29,19 @@ def synth_args(out: Path, **over) -> argparse.Namespace:
     return args
 
 
-def build_args(frames: Path, labels: list[Path], out: Path, *extra: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    build.add_arguments(parser)
-    return parser.parse_args(
-        [
-            "--frames",
-            str(frames),
-            "--labels",
-            *map(str, labels),
-            "--name",
-            "ds",
-            "--out",
-            str(out),
-            "--det-classes",
-            "box,cone,ball",
-            "--seg-classes",
-            "floor,wall",
-            *extra,
-        ]
+def synth_build_args(
+    frames: Path, labels: list[Path], out: Path, *extra: str
+) -> argparse.Namespace:
+    """`mtl-data build` arguments with the synthetic scene's classes."""
+    return build_args(
+        frames,
+        labels,
+        out,
+        "--det-classes",
+        "box,cone,ball",
+        "--seg-classes",
+        "floor,wall",
+        *extra,
     )
 
 
@@ -65,7 +60,7 @@ def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     assert synth.run(synth_args(root / "synth")) == 0
     unpack(root / "synth" / "synth_bag", root / "interim")
     code = build.run(
-        build_args(
+        synth_build_args(
             root / "interim",
             [root / "synth" / synth.COCO_NAME],
             root / "processed",
@@ -183,7 +178,7 @@ def test_prune_keeps_depth_whole_and_depth_only_frames_join(
     labels.write_text(json.dumps(coco))
     capfd.readouterr()
     code = build.run(
-        build_args(
+        synth_build_args(
             interim,
             [labels],
             root / "processed",

@@ -3,14 +3,23 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from test_build_dataset import H, W, coco_for, dump, load, run_build, write_interim
+from interim import write_topic_folder
+from test_build_dataset import (
+    H,
+    W,
+    build_train_only,
+    coco_for,
+    dump,
+    load,
+    run_build,
+    write_interim,
+)
 
 from mtl_perception.core.depth import (
     depth_to_metres,
@@ -30,35 +39,14 @@ def write_depth(
     root: Path, bag: str, frames: dict[int, np.ndarray], encoding: str = "16UC1"
 ) -> Path:
     """An unpacked depth topic folder (CONTRACTS §1): 16-bit PNG, or .npy for float metres."""
-    folder = root / bag / DEPTH_DIR
-    folder.mkdir(parents=True)
-    rows = []
-    for i, (stamp, array) in enumerate(sorted(frames.items())):
-        name = f"{stamp}.npy" if array.dtype == np.float32 else f"{stamp}.png"
-        if name.endswith(".npy"):
-            np.save(folder / name, array)
-        else:
-            assert cv2.imwrite(str(folder / name), array)
-        rows.append(
-            [i, stamp, stamp, "camera", encoding, array.shape[1], array.shape[0], bag, name]
-        )
-    with (folder / "manifest.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "index",
-                "stamp_ns",
-                "bag_time_ns",
-                "frame_id",
-                "encoding",
-                "width",
-                "height",
-                "bag",
-                "file",
-            ]
-        )
-        writer.writerows(rows)
-    return folder
+    return write_topic_folder(root / bag / DEPTH_DIR, bag, frames, encoding=encoding, pruned=False)
+
+
+def build_with_depth(tmp_path: Path, labels: Path, *extra: str, topic: str = DEPTH_TOPIC) -> int:
+    """Build ``tmp_path/interim`` into ``tmp_path/out``, all in train, depth from ``topic``."""
+    return build_train_only(
+        tmp_path / "interim", [labels], tmp_path / "out", "--depth-topic", topic, *extra
+    )
 
 
 def depth_mm(value: int, shape: tuple[int, int] = (H, W)) -> np.ndarray:
@@ -134,12 +122,7 @@ def test_pairs_nearest_stamp_within_tolerance(
         },
     )
     labels = dump(tmp_path / "l.json", coco_for(stamps))
-    assert (
-        run_build(
-            frames, [labels], tmp_path / "out", "--split", "1,0,0", "--depth-topic", DEPTH_TOPIC
-        )
-        == 0
-    )
+    assert build_with_depth(tmp_path, labels) == 0
     images = {
         i["stamp_ns"]: i for i in load(tmp_path / "out" / "ds", "annotations.json")["images"]
     }
@@ -154,17 +137,8 @@ def test_pairs_nearest_stamp_within_tolerance(
 
     # A wider tolerance picks up frame 2's depth; the dataset is rebuilt with --force.
     assert (
-        run_build(
-            frames,
-            [labels],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-            "--depth-topic",
-            DEPTH_DIR,
-            "--depth-tolerance-ms",
-            "35",
-            "--force",
+        build_with_depth(
+            tmp_path, labels, "--depth-tolerance-ms", "35", "--force", topic=DEPTH_DIR
         )
         == 0
     )
@@ -180,20 +154,7 @@ def test_float_metres_and_invalid_pixels(tmp_path: Path) -> None:
     metres[1, 0] = 12.0  # beyond --max-depth
     write_depth(frames, "bag", {stamps[0]: metres}, encoding="32FC1")
     labels = dump(tmp_path / "l.json", coco_for(stamps))
-    assert (
-        run_build(
-            frames,
-            [labels],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-            "--depth-topic",
-            DEPTH_TOPIC,
-            "--max-depth",
-            "10",
-        )
-        == 0
-    )
+    assert build_with_depth(tmp_path, labels, "--max-depth", "10") == 0
     ds = tmp_path / "out" / "ds"
     (image,) = load(ds, "annotations.json")["images"]
     target = cv2.imread(str(ds / image["depth_file"]), cv2.IMREAD_UNCHANGED)
@@ -215,12 +176,7 @@ def test_size_mismatch_refused_or_resampled_by_nearest(
         frames, "bag", {stamps[0]: half, stamps[1]: depth_mm(1000, (H, W // 2))}
     )  # 2nd: other aspect
     labels = dump(tmp_path / "l.json", coco_for(stamps))
-    assert (
-        run_build(
-            frames, [labels], tmp_path / "out", "--split", "1,0,0", "--depth-topic", DEPTH_TOPIC
-        )
-        == 1
-    )
+    assert build_with_depth(tmp_path, labels) == 1
     out, err = capfd.readouterr()
     assert "0 paired, 0 unmatched (none within 20 ms), 2 refused" in out
     depth_file = frames / "bag" / DEPTH_DIR / f"{stamps[0]}.png"
@@ -232,19 +188,7 @@ def test_size_mismatch_refused_or_resampled_by_nearest(
     )  # labels kept, no depth
 
     assert (
-        run_build(
-            frames,
-            [labels],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-            "--depth-topic",
-            DEPTH_TOPIC,
-            "--depth-resize",
-            "nearest",
-            "--force",
-        )
-        == 1
+        build_with_depth(tmp_path, labels, "--depth-resize", "nearest", "--force") == 1
     )  # the other aspect ratio is still refused
     out, err = capfd.readouterr()
     assert "aspect ratio differs" in err and "1 paired (1 resized), 0 unmatched" in out
@@ -263,18 +207,8 @@ def test_depth_only_frames_and_color_topic(tmp_path: Path) -> None:
     write_depth(frames, "bag", {s: depth_mm(1000 + i) for i, s in enumerate(stamps)})
     labels = dump(tmp_path / "l.json", coco_for(stamps[:1]))
     assert (
-        run_build(
-            frames,
-            [labels],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-            "--depth-topic",
-            DEPTH_TOPIC,
-            "--unlabeled",
-            "depth-only",
-            "--color-topic",
-            "/camera/image_raw",
+        build_with_depth(
+            tmp_path, labels, "--unlabeled", "depth-only", "--color-topic", "/camera/image_raw"
         )
         == 0
     )
@@ -291,14 +225,9 @@ def test_depth_only_frames_and_color_topic(tmp_path: Path) -> None:
 
     # --color-topic naming another topic: nothing is paired, so no depth-only frame can join.
     assert (
-        run_build(
-            frames,
-            [labels],
-            tmp_path / "out",
-            "--split",
-            "1,0,0",
-            "--depth-topic",
-            DEPTH_TOPIC,
+        build_with_depth(
+            tmp_path,
+            labels,
             "--unlabeled",
             "depth-only",
             "--color-topic",
@@ -337,7 +266,7 @@ def test_depth_topic_without_flag_is_not_labelable(tmp_path: Path) -> None:
     stamps = write_interim(frames, {"bag": 2})["bag"]
     write_depth(frames, "bag", {s: depth_mm(1000) for s in stamps})
     labels = dump(tmp_path / "l.json", coco_for(stamps))
-    assert run_build(frames, [labels], tmp_path / "out", "--split", "1,0,0") == 0
+    assert build_train_only(frames, [labels], tmp_path / "out") == 0
     images = load(tmp_path / "out" / "ds", "annotations.json")["images"]
     assert len(images) == 2 and all("depth_file" not in i for i in images)
     assert json.dumps(images).count(DEPTH_DIR) == 0

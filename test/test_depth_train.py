@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from datasets import make_processed_dataset
+from datasets import make_processed_dataset, tiny_run_overrides
 
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.core.errors import UserError
@@ -109,21 +109,9 @@ def test_bad_depth_files_are_clear_errors(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- training runs
 def _args(root: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return [
-        f"data.root={root}",
-        f"output_dir={out}",
-        f"name={name}",
-        "device=cpu",
-        "model.input_size=[48,48]",
-        "data.batch_size=3",
-        "data.val_batch_size=2",
-        "data.num_workers=0",
-        "optim.warmup_steps=1",
-        "logging.preview_images=1",
-        "logging.progress=false",
-        "logging.log_every=1",
-        *extra,
-    ]
+    return tiny_run_overrides(
+        root, out, name, "logging.preview_images=1", "logging.log_every=1", *extra, batch_size=3
+    )
 
 
 def test_three_task_run_records_the_task_set_and_depth_metrics(

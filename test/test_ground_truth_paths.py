@@ -10,14 +10,12 @@ dropped.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from interim import build_args, write_topic_folder
 
 from data_tools import build
 from mtl_perception.core.constants import IGNORE_INDEX
@@ -35,30 +33,8 @@ SEGMENTATION = ["floor", "box", "cone"]  # background (0) is implicit
 
 def _frames(root: Path) -> Path:
     """Interim layout (docs/CONTRACTS.md section 2) with one topic of three frames."""
-    topic = root / "run" / "camera__image_raw"
-    topic.mkdir(parents=True)
-    rows = []
-    for i, stamp in enumerate(STAMPS):
-        cv2.imwrite(str(topic / f"{stamp}.png"), np.full((H, W, 3), 40 * i, np.uint8))
-        rows.append([i, stamp, stamp, "camera", "rgb8", W, H, "run", f"{stamp}.png", "", ""])
-    with (topic / "manifest.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "index",
-                "stamp_ns",
-                "bag_time_ns",
-                "frame_id",
-                "encoding",
-                "width",
-                "height",
-                "bag",
-                "file",
-                "ssim",
-                "compared_to",
-            ]
-        )
-        writer.writerows(rows)
+    frames = {stamp: np.full((H, W, 3), 40 * i, np.uint8) for i, stamp in enumerate(STAMPS)}
+    write_topic_folder(root / "run" / "camera__image_raw", "run", frames)
     return root
 
 
@@ -115,25 +91,16 @@ def both_paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     """Per stamp: (boxes, mask) as mtl-eval sees them, and as mtl-replay sees them."""
     tmp = tmp_path_factory.mktemp("paths")
     labels = _labels(tmp / "labels.json")
-    parser = argparse.ArgumentParser()
-    build.add_arguments(parser)
-    args = parser.parse_args(
-        [
-            "--frames",
-            str(_frames(tmp / "interim")),
-            "--labels",
-            str(labels),
-            "--name",
-            "ds",
-            "--out",
-            str(tmp / "processed"),
-            "--split",
-            "1,0,0",
-            "--det-classes",
-            ",".join(DETECTION),
-            "--seg-classes",
-            ",".join(SEGMENTATION),
-        ]
+    args = build_args(
+        _frames(tmp / "interim"),
+        [labels],
+        tmp / "processed",
+        "--split",
+        "1,0,0",
+        "--det-classes",
+        ",".join(DETECTION),
+        "--seg-classes",
+        ",".join(SEGMENTATION),
     )
     assert build.run(args) == 0
     dataset = tmp / "processed" / "ds"

@@ -33,6 +33,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.serialization import serialize_message
+from rosnodes import ClientNode, cpu_node_args
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
@@ -123,15 +124,11 @@ class NodeProcess:
         return self.process.returncode
 
 
-class RosClient:
+class RosClient(ClientNode):
     """Test-side ROS node in its own context: publishes frames, gets outputs, calls services."""
 
     def __init__(self) -> None:
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("perception_test_client", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__("perception_test_client")
         self.received: dict[str, list[Any]] = {}
 
     def collect(self, msg_type: type, topic: str) -> list[Any]:
@@ -167,11 +164,6 @@ class RosClient:
             parameters=[Parameter(name, value=value).to_parameter_msg()]
         )
         return self.call(SetParameters, f"{NODE}/set_parameters", request).results[0]
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
 
 
 def _header(sec: int, frame_id: str) -> Header:
@@ -251,18 +243,9 @@ def nodes(
         ),
         "jpeg": NodeProcess(
             _node_command(
-                "-p",
-                f"model_path:={checkpoint}",
-                "-p",
-                "device:=cpu",
-                "-p",
-                "compressed:=true",
-                "-p",
-                "warmup_iterations:=0",
-                "-r",
-                "__ns:=/jpeg",
-                "-r",
-                "image:=/test_cam/image",
+                *cpu_node_args(
+                    checkpoint, "/jpeg", "-p", "compressed:=true", "-r", "image:=/test_cam/image"
+                )
             ),
             _env(ros_domain),
             folder / "jpeg_node.log",
@@ -568,18 +551,7 @@ def test_lifecycle_transitions_and_overlay_on_demand(
         context=context,
         args=[
             "--ros-args",
-            "-p",
-            f"model_path:={checkpoint}",
-            "-p",
-            "device:=cpu",
-            "-p",
-            "autostart:=false",
-            "-p",
-            "warmup_iterations:=0",
-            "-r",
-            "__ns:=/inproc",
-            "-r",
-            "image:=/inproc/camera",
+            *cpu_node_args(checkpoint, "/inproc", "-r", "image:=/inproc/camera", autostart=False),
         ],
     )
     node = PerceptionNode(context=context)
@@ -697,19 +669,7 @@ def test_a_bug_in_a_frame_is_logged_with_traceback_once_counted_and_an_error(
     context = Context()
     rclpy.init(
         context=context,
-        args=[
-            "--ros-args",
-            "-p",
-            f"model_path:={checkpoint}",
-            "-p",
-            "device:=cpu",
-            "-p",
-            "autostart:=false",
-            "-p",
-            "warmup_iterations:=0",
-            "-r",
-            "__ns:=/bug",
-        ],
+        args=["--ros-args", *cpu_node_args(checkpoint, "/bug", autostart=False)],
     )
     node = PerceptionNode(context=context)
     log = _Log()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,18 +11,9 @@ from xml.etree import ElementTree
 
 import pytest
 import yaml
+from package_sources import copy_package_sources
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [
-    "setup.py",
-    "setup.cfg",
-    "package.xml",
-    "resource",
-    "launch",
-    "config",
-    "mtl_perception",
-    "data_tools",
-]
 EXECUTABLES = {
     "mtl-data",
     "mtl-train",
@@ -39,12 +29,7 @@ EXECUTABLES = {
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     """Build a wheel from a copy of the sources (the build must not litter the checkout)."""
     src = tmp_path_factory.mktemp("src")
-    for name in SOURCES:
-        path = ROOT / name
-        if path.is_dir():
-            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(path, src / name)
+    copy_package_sources(src)
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
         [

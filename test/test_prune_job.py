@@ -16,19 +16,9 @@ from skimage.metrics import structural_similarity as reference
 
 from data_tools import prune
 from data_tools.ssim import structural_similarity
+from mtl_perception.core.constants import MANIFEST_COLUMNS
 from mtl_perception.core.errors import UserError
 
-COLUMNS = [
-    "index",
-    "stamp_ns",
-    "bag_time_ns",
-    "frame_id",
-    "encoding",
-    "width",
-    "height",
-    "bag",
-    "file",
-]
 BAG, TOPIC = "run1", "camera__image_raw"
 
 
@@ -77,7 +67,7 @@ def write_topic(
             }
         )
     with (folder / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     return folder
@@ -121,7 +111,7 @@ def test_keeps_first_drops_duplicates_keeps_changes(dirs) -> None:
     assert rows[0]["ssim"] == "" and rows[0]["compared_to"] == ""
     assert rows[1]["compared_to"] == "1000.png" and float(rows[1]["ssim"]) < 0.9
     assert rows[2]["compared_to"] == "1003.png"
-    assert list(rows[0]) == [*COLUMNS, "ssim", "compared_to"]
+    assert list(rows[0]) == [*MANIFEST_COLUMNS, "ssim", "compared_to"]
     files = sorted(p.name for p in (out / BAG / TOPIC).iterdir())
     assert files == [".prune_complete", "1000.png", "1003.png", "1005.png", "manifest.csv"]
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import rclpy
 import yaml
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
+from package_sources import copy_package_sources
+from rosnodes import ClientNode, cpu_node_args
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
 
@@ -46,17 +44,6 @@ from mtl_perception.nets import build_model
 pytestmark = pytest.mark.ros
 
 REPO = Path(__file__).resolve().parents[1]
-# What colcon needs of the checkout (a copy: building must not litter it).
-SOURCES = [
-    "setup.py",
-    "setup.cfg",
-    "package.xml",
-    "resource",
-    "launch",
-    "config",
-    "mtl_perception",
-    "data_tools",
-]
 # Every console script of setup.py (ros2 run looks for them in lib/mtl_perception).
 EXECUTABLES = set(re.findall(r'"([\w-]+) = [\w.]+:\w+"', (REPO / "setup.py").read_text()))
 LAUNCH_TEST = REPO / "test" / "launch" / "perception_node.test.py"
@@ -73,12 +60,7 @@ def workspace(
     root = tmp_path_factory.mktemp("ros2_ws")
     src = root / "src" / "mtl_perception"
     src.mkdir(parents=True)
-    for name in SOURCES:
-        path = REPO / name
-        if path.is_dir():
-            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(path, src / name)
+    copy_package_sources(src)
     # The venv's tools (colcon, ros2, launch_test) and ROS packages, activated or not.
     venv_bin = str(Path(sys.executable).parent)
     base = {
@@ -203,15 +185,11 @@ def ros2(
     )
 
 
-class Client:
+class Client(ClientNode):
     """Test-side rclpy node: publishes a frame until the answers with its stamp arrive."""
 
     def __init__(self) -> None:
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("ros2_tools_test_client", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__("ros2_tools_test_client")
 
     def round_trip(
         self, camera: str, outputs: dict[str, type], sec: int, timeout: float = TIMEOUT
@@ -245,11 +223,6 @@ class Client:
             self.node.destroy_subscription(subscription)
         self.node.destroy_publisher(publisher)
         return answers
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
 
 
 def _keep(answers: dict[str, Any], topic: str, msg: Any, sec: int) -> None:
@@ -309,18 +282,7 @@ def started(
                 "mtl_perception",
                 "perception_node",
                 "--ros-args",
-                "-p",
-                f"model_path:={checkpoint}",
-                "-p",
-                "device:=cpu",
-                "-p",
-                "autostart:=false",
-                "-p",
-                "warmup_iterations:=0",
-                "-r",
-                "__ns:=/run",
-                "-r",
-                "image:=/run/camera",
+                *cpu_node_args(checkpoint, "/run", "-r", "image:=/run/camera", autostart=False),
             ],
             workspace,
         ),

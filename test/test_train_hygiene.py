@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import make_processed_dataset
+from datasets import make_processed_dataset, tiny_run_overrides
 from torch import nn
 
 from mtl_perception.balancing import build_gradient_balancer, build_weighting
@@ -230,23 +230,16 @@ def test_ema_tracks_the_weights_with_warm_up() -> None:
 
 
 def _args(root: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return [
-        f"data.root={root}",
-        f"output_dir={out}",
-        f"name={name}",
-        "device=cpu",
-        "model.input_size=[48,48]",
-        "data.batch_size=2",
-        "data.val_batch_size=2",
-        "data.num_workers=0",
-        "optim.warmup_steps=1",
+    return tiny_run_overrides(
+        root,
+        out,
+        name,
         "logging.preview_images=0",
-        "logging.progress=false",
         "logging.tensorboard=false",
         "optim.ema_decay=0.5",
         "model.arch=ssdlite_lraspp",
         *extra,
-    ]
+    )
 
 
 def test_ema_weights_are_validated_saved_and_resumed_exactly(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import make_processed_dataset
+from datasets import make_processed_dataset, tiny_run_overrides
 
 from mtl_perception.checkpoint import load_checkpoint
 from mtl_perception.core.errors import UserError
@@ -25,22 +25,15 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _args(root: Path, out: Path, name: str, *extra: str) -> list[str]:
-    return [
-        f"data.root={root}",
-        f"output_dir={out}",
-        f"name={name}",
-        "device=cpu",
-        "model.input_size=[48,48]",
-        "data.batch_size=2",
-        "data.val_batch_size=2",
-        "data.num_workers=0",
-        "optim.warmup_steps=1",
+    return tiny_run_overrides(
+        root,
+        out,
+        name,
         "logging.preview_images=1",
-        "logging.progress=false",
         "logging.log_every=1",
         "balancing.cosine_every=2",
         *extra,
-    ]
+    )
 
 
 def test_run_writes_config_checkpoints_and_logs(dataset_root: Path, tmp_path: Path) -> None:

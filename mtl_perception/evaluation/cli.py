@@ -36,6 +36,7 @@ PROG = "mtl-eval"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mtl-eval`` command line (the module docstring is its description)."""
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -94,7 +95,7 @@ def _batches(samples: Iterator[EvalSample], size: int) -> Iterator[list[EvalSamp
 
 
 def evaluate(predictor: Predictor, dataset: EvalDataset, batch_size: int = 1) -> dict[str, Any]:
-    """Detection, segmentation and depth metrics of ``predictor`` over ``dataset`` (one full pass)."""
+    """Detection, segmentation and depth metrics of ``predictor`` over ``dataset`` (one pass)."""
     detection = (
         DetectionEvaluator(predictor.detection_classes, predictor.max_detections)
         if dataset.detection_scored
@@ -152,27 +153,29 @@ def _fmt(value: float | None) -> str:
 
 
 def print_table(report: dict[str, Any], stream: TextIO | None = None) -> None:
-    """Human-readable summary of a report (percentages for accuracy figures) on ``stream``
-    (default: the current ``sys.stdout``).
+    """Human-readable summary of a report (percentages for accuracy figures) on ``stream``.
+
+    ``stream`` defaults to the current ``sys.stdout``.
     """
     lines = [
-        f"{report['checkpoint']} on {report['data']} [{report['split']}], {report['num_images']} images"
+        f"{report['checkpoint']} on {report['data']} [{report['split']}], "
+        f"{report['num_images']} images"
     ]
     if "detection" in report:
         det = report["detection"]
         lines.append(
-            f"  detection   mAP@[.5:.95] {_fmt(det['map'])}   mAP@.5 {_fmt(det['map_50'])}   mAP@.75 {_fmt(det['map_75'])}"
+            f"  detection   mAP@[.5:.95] {_fmt(det['map'])}   mAP@.5 {_fmt(det['map_50'])}"
+            f"   mAP@.75 {_fmt(det['map_75'])}"
         )
         for name, ap in det["per_class_ap"].items():
             note = "" if ap is not None else "   (no ground truth: not in the mean)"
-            lines.append(
-                f"    {name:<20} AP {_fmt(ap):>6}   AP@.5 {_fmt(det['per_class_ap_50'][name]):>6}{note}"
-            )
+            ap_50 = _fmt(det["per_class_ap_50"][name])
+            lines.append(f"    {name:<20} AP {_fmt(ap):>6}   AP@.5 {ap_50:>6}{note}")
     if "segmentation" in report:
         seg = report["segmentation"]
         lines.append(
-            f"  segmentation mIoU {_fmt(seg['miou'])} (incl. background)   pixel accuracy {_fmt(seg['pixel_accuracy'])}"
-            f"   ({seg['num_images']} masks)"
+            f"  segmentation mIoU {_fmt(seg['miou'])} (incl. background)"
+            f"   pixel accuracy {_fmt(seg['pixel_accuracy'])}   ({seg['num_images']} masks)"
         )
         for name, iou in seg["per_class_iou"].items():
             note = "" if iou is not None else "   (absent from GT and prediction: not in the mean)"
@@ -182,11 +185,13 @@ def print_table(report: dict[str, Any], stream: TextIO | None = None) -> None:
     if "depth" in report:
         d = report["depth"]
         lines.append(
-            f"  depth       AbsRel {format_number(d['abs_rel'])}   SqRel {format_number(d['sq_rel'])}"
-            f"   RMSE {format_number(d['rmse'])} m   RMSE(log) {format_number(d['rmse_log'])}   MAE {format_number(d['mae'])} m"
+            f"  depth       AbsRel {format_number(d['abs_rel'])}"
+            f"   SqRel {format_number(d['sq_rel'])}   RMSE {format_number(d['rmse'])} m"
+            f"   RMSE(log) {format_number(d['rmse_log'])}   MAE {format_number(d['mae'])} m"
         )
         lines.append(
-            f"              d<1.25 {_fmt(d['delta1'])}   d<1.25^2 {_fmt(d['delta2'])}   d<1.25^3 {_fmt(d['delta3'])}"
+            f"              d<1.25 {_fmt(d['delta1'])}   d<1.25^2 {_fmt(d['delta2'])}"
+            f"   d<1.25^3 {_fmt(d['delta3'])}"
             f"   ({d['frames']} frames, {d['valid_pixels']} valid pixels)"
         )
     elif report.get("tasks") and "depth" in report["tasks"]:
@@ -195,7 +200,8 @@ def print_table(report: dict[str, Any], stream: TextIO | None = None) -> None:
     if "profile" in report:
         prof = report["profile"]
         lines.append(
-            f"  model       {prof['latency_ms']:.1f} ms/frame (batch 1, {prof['device']}, input {prof['input_size']})"
+            f"  model       {prof['latency_ms']:.1f} ms/frame"
+            f" (batch 1, {prof['device']}, input {prof['input_size']})"
             f"   {prof['parameters'] / 1e6:.2f} M parameters   {prof['gflops']:.2f} GFLOPs"
         )
     print("\n".join(lines), file=stream or sys.stdout)

@@ -132,6 +132,7 @@ class EvalDataset:
 
     @property
     def segmentation_available(self) -> bool:
+        """Whether masks can be scored: ``classes.json`` says what the mask ids mean."""
         return self.mask_lut is not None
 
     def _split_images(self, images: dict[Any, dict[str, Any]], split: str) -> list[dict[str, Any]]:

@@ -106,8 +106,10 @@ class DetectionEvaluator:
         self._num_images += len(preds)
 
     def _top_detections(self, pred: Mapping[str, Array]) -> dict[str, torch.Tensor]:
-        """One image's predictions on the CPU, only the ``max_detections`` best (COCO's rule:
-        COCOeval keeps the top-scoring ones too; cutting here keeps torchmetrics from warning).
+        """One image's predictions on the CPU, only the ``max_detections`` best.
+
+        That is COCO's rule (COCOeval keeps the top-scoring ones too); cutting here keeps
+        torchmetrics from warning.
         """
         scores = torch.as_tensor(pred["scores"], dtype=torch.float32).reshape(-1).cpu()
         keep = torch.argsort(scores, descending=True, stable=True)[: self.max_detections]
@@ -191,7 +193,8 @@ class ConfusionMatrix:
         target = torch.as_tensor(target)
         if pred.shape != target.shape:
             raise ValueError(
-                f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}"
+                f"prediction shape {tuple(pred.shape)} differs from target shape "
+                f"{tuple(target.shape)}"
             )
         pred = pred.reshape(-1).to(torch.int64)
         target = target.reshape(-1).to(device=pred.device, dtype=torch.int64)

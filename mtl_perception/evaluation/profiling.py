@@ -38,7 +38,7 @@ class LatencyStats:
 def sample_input(
     input_size: Sequence[int], device: torch.device | str = "cpu", seed: int = 0
 ) -> list[torch.Tensor]:
-    """A reproducible batch-1 input ``[3, H, W]`` in [0, 1], as the models take it (CONTRACTS §6)."""
+    """A reproducible batch-1 input ``[3, H, W]`` in [0, 1], as models take it (CONTRACTS §6)."""
     generator = torch.Generator().manual_seed(seed)
     return [torch.rand(3, int(input_size[0]), int(input_size[1]), generator=generator).to(device)]
 

@@ -1,14 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """The shared MobileNetV3-Large body: one construction recipe for every architecture.
 
-The body is torchvision's ``mobilenet_v3_large(...).features`` (state_dict keys ``features.N...``,
-so ImageNet classification weights load unchanged; see ``pretrained``). It runs once per forward and returns the
-"taps" (intermediate feature maps) that the model's heads asked for:
+The body is torchvision's ``mobilenet_v3_large(...).features`` (state_dict keys
+``features.N...``, so ImageNet classification weights load unchanged; see ``pretrained``). It runs
+once per forward and returns the "taps" (intermediate feature maps) that the model's heads asked
+for:
 
 - ``stride8``: output of the first stride-8 block (40 ch), LR-ASPP's low-level input;
-- ``stride16_expand``: the expansion layer of the last strided block (672 ch, stride 16), SSDLite's
-  first feature map (MobileNetV3 paper, section 6.3);
-- ``stride32_block``: output of that strided block (160 ch, stride 32), Faster R-CNN FPN's first input;
+- ``stride16_expand``: the expansion layer of the last strided block (672 ch, stride 16),
+  SSDLite's first feature map (MobileNetV3 paper, section 6.3);
+- ``stride32_block``: output of that strided block (160 ch, stride 32), Faster R-CNN FPN's first
+  input;
 - ``stride32``: the final 1x1 conv (960 ch, stride 32), consumed by every head.
 """
 
@@ -32,8 +34,16 @@ class MobileNetV3Body(nn.Module):
     """MobileNetV3-Large feature extractor returning the requested taps in ``TAPS`` order."""
 
     def __init__(self, taps: Collection[str], trainable_layers: int | None = None) -> None:
-        """``taps``: which feature maps ``forward`` returns; ``trainable_layers``: stages (0-6)
-        left trainable counting from the output end, as in torchvision; ``None`` = all.
+        """Build the body with random weights.
+
+        Args:
+            taps: Which feature maps ``forward`` returns (a non-empty subset of ``TAPS``).
+            trainable_layers: Stages (0-6) left trainable counting from the output end, as in
+                torchvision; ``None`` = all.
+
+        Raises:
+            ValueError: ``taps`` is empty or names an unknown tap.
+            UserError: ``trainable_layers`` is not an integer in 0..6.
         """
         super().__init__()
         unknown = sorted(set(taps) - set(TAPS))
@@ -69,12 +79,13 @@ class MobileNetV3Body(nn.Module):
         return self._expand_index
 
     def _freeze(self, trainable_layers: int) -> int:
-        """Freeze every block before the last ``trainable_layers`` stages; return how many are frozen."""
+        """Freeze every block before the last ``trainable_layers`` stages; return their count."""
         num_stages = len(self._stage_starts)
         is_int = isinstance(trainable_layers, int) and not isinstance(trainable_layers, bool)
         if not is_int or not 0 <= trainable_layers <= num_stages:
             raise UserError(
-                f"trainable_backbone_layers={trainable_layers!r} must be an integer in 0..{num_stages}"
+                f"trainable_backbone_layers={trainable_layers!r} must be an integer in "
+                f"0..{num_stages}"
             )
         frozen = (
             len(self.features)
@@ -86,7 +97,7 @@ class MobileNetV3Body(nn.Module):
         return frozen
 
     def train(self, mode: bool = True) -> MobileNetV3Body:
-        """Like ``nn.Module.train``, but frozen blocks stay in eval mode so their BatchNorm statistics stay fixed."""
+        """Like ``nn.Module.train``, but frozen blocks stay in eval mode (fixed BN statistics)."""
         super().train(mode)
         for block in self.features[: self._frozen_blocks]:
             block.eval()
@@ -96,9 +107,10 @@ class MobileNetV3Body(nn.Module):
         """Run the body once on a normalised batch ``[B, 3, H, W]``; return the taps by name.
 
         Intermediate taps are returned as aliases (``view_as``): the trunk continues from the
-        original tensor, so no returned tap lies on the autograd path to another one. The taps thus
-        cut the graph between body and heads cleanly, which torchjd's ``mtl_backward`` relies on
-        (the gradient w.r.t. a tap is then the heads' direct use of it only, nothing counted twice).
+        original tensor, so no returned tap lies on the autograd path to another one. The taps
+        thus cut the graph between body and heads cleanly, which torchjd's ``mtl_backward`` relies
+        on (the gradient w.r.t. a tap is then the heads' direct use of it only, nothing counted
+        twice).
         """
         out: dict[str, Tensor] = {}
         for index, block in enumerate(self.features):

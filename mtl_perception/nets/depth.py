@@ -25,7 +25,6 @@ import math
 from collections.abc import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation.lraspp import LRASPPHead
 
@@ -130,9 +129,11 @@ class DepthHead(nn.Module):
     def depth(self, features: Mapping[str, Tensor], images: Tensor) -> Tensor:
         """Depth ``[B, 1, H, W]`` in metres (>= ``MIN_DEPTH_M``) at the input size."""
         raw = self.head({"low": features[TAP_STRIDE8], "high": features[TAP_STRIDE32]})
-        raw = F.interpolate(raw, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        raw = nn.functional.interpolate(
+            raw, size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
         # float32: under autocast softplus and the log in SILog lose the small depths in fp16.
-        return F.softplus(raw.float()) + MIN_DEPTH_M
+        return nn.functional.softplus(raw.float()) + MIN_DEPTH_M
 
     def forward(
         self, features: Mapping[str, Tensor], images: Tensor, targets: Targets | None = None
@@ -155,8 +156,9 @@ class DepthHead(nn.Module):
 
     @staticmethod
     def _target_depth(targets: Targets, images: Tensor) -> Tensor:
-        """Stack the targets' depth maps (``[H, W]`` or ``[1, H, W]``) to ``[B, 1, H, W]`` float32;
-        a target without one is all invalid (adds nothing to the loss).
+        """Stack the targets' depth maps (``[H, W]`` or ``[1, H, W]``) to ``[B, 1, H, W]`` float32.
+
+        A target without one is all invalid (adds nothing to the loss).
         """
         size = tuple(images.shape[-2:])
         maps = []

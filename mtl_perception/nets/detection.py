@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
@@ -29,7 +28,8 @@ from mtl_perception.core.errors import UserError
 from mtl_perception.nets.backbone import TAP_STRIDE16_EXPAND, TAP_STRIDE32, TAP_STRIDE32_BLOCK
 from mtl_perception.nets.task_head import DETECTION, Targets, is_labeled
 
-# The detectors never see raw images (the model normalises once), so their transforms get identity stats.
+# The detectors never see raw images (the model normalises once): their transforms get identity
+# statistics.
 _IDENTITY_MEAN = [0.0, 0.0, 0.0]
 _IDENTITY_STD = [1.0, 1.0, 1.0]
 
@@ -66,7 +66,8 @@ def detection_targets(targets: Targets, num_classes: int) -> list[dict[str, Tens
                 )
             if labels.min() < 1 or labels.max() > num_classes:
                 raise ValueError(
-                    f"target {index}: labels {labels.tolist()} must be in 1..{num_classes} (0 is background)"
+                    f"target {index}: labels {labels.tolist()} must be in 1..{num_classes} "
+                    "(0 is background)"
                 )
         checked.append({"boxes": boxes.float(), "labels": labels.long()})
     return checked
@@ -98,9 +99,11 @@ class SSDLiteDetector(SSD):
         norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
         extra_channels = [512, 256, 256, 128]
         extra_in = [tap_channels[TAP_STRIDE32], *extra_channels[:-1]]
-        # torchvision's private builders, reused so the extra layers stay exactly torchvision's (version pinned).
+        # torchvision's private builders, reused so the extra layers stay exactly torchvision's
+        # (version pinned).
         extra = nn.ModuleList(
-            _extra_block(cin, cout, norm_layer) for cin, cout in zip(extra_in, extra_channels)
+            _extra_block(cin, cout, norm_layer)
+            for cin, cout in zip(extra_in, extra_channels, strict=True)
         )
         _normal_init(extra)
         anchor_generator = DefaultBoxGenerator(
@@ -148,7 +151,7 @@ class SSDLiteDetector(SSD):
         return self.head(maps), self.anchor_generator(_image_list(images), maps)
 
     def _match(self, anchors: Tensor, boxes: Tensor) -> Tensor:
-        """Ground-truth index per default box (-1 = background); an image without boxes is all negatives."""
+        """Ground-truth index per default box (-1 = background; all of them without boxes)."""
         if boxes.numel() == 0:
             return torch.full((anchors.size(0),), -1, dtype=torch.int64, device=anchors.device)
         return self.proposal_matcher(box_iou(boxes, anchors))
@@ -169,10 +172,12 @@ class SSDLiteDetector(SSD):
         targets = detection_targets(targets, self.num_classes)
         head_outputs, anchors = self._outputs(features, images)
         matched = [
-            self._match(anchors_i, target["boxes"]) for anchors_i, target in zip(anchors, targets)
+            self._match(anchors_i, target["boxes"])
+            for anchors_i, target in zip(anchors, targets, strict=True)
         ]
         losses = self.compute_loss(targets, head_outputs, anchors, matched)
-        # compute_loss normalises by the number of matched default boxes (at least 1); so does this term.
+        # compute_loss normalises by the number of matched default boxes (at least 1); so does
+        # this term.
         num_foreground = max(1, int(sum(int((m >= 0).sum()) for m in matched)))
         negatives = self._box_free_image_negatives(head_outputs["cls_logits"], matched, labeled)
         return _total(losses) + negatives / num_foreground
@@ -184,8 +189,8 @@ class SSDLiteDetector(SSD):
 
         torchvision mines ``neg_to_pos_ratio`` negatives per positive, so an image without boxes
         adds nothing to the loss and could never teach "no object here". Its minimum of
-        ``neg_to_pos_ratio`` negatives per image (present but commented out in ``SSD.compute_loss``)
-        is restored here for exactly those images.
+        ``neg_to_pos_ratio`` negatives per image (present but commented out in
+        ``SSD.compute_loss``) is restored here for exactly those images.
         """
         empty = [
             index
@@ -196,7 +201,7 @@ class SSDLiteDetector(SSD):
             return cls_logits.new_zeros(())
         logits = cls_logits[empty]
         background = torch.zeros(logits.shape[:2], dtype=torch.int64, device=logits.device)
-        per_box = F.cross_entropy(
+        per_box = nn.functional.cross_entropy(
             logits.flatten(0, 1), background.flatten(), reduction="none"
         ).view_as(background)
         hardest = min(int(self.neg_to_pos_ratio), per_box.shape[1])
@@ -209,7 +214,10 @@ class SSDLiteDetector(SSD):
 
 
 class TapFeaturePyramid(nn.Module):
-    """FPN over chosen backbone taps (+ a max-pooled level), as in ``fasterrcnn_mobilenet_v3_large_fpn``."""
+    """FPN over chosen backbone taps (+ a max-pooled level), as in torchvision's MobileNetV3 FPN.
+
+    The layout is that of ``fasterrcnn_mobilenet_v3_large_fpn``.
+    """
 
     def __init__(
         self, taps: Sequence[str], in_channels: Sequence[int], out_channels: int = 256
@@ -256,8 +264,17 @@ class FasterRCNNDetector(FasterRCNN):
         rpn_pre_nms_top_n_test: int = DEFAULT_RPN_PRE_NMS_TOP_N_TEST,
         rpn_post_nms_top_n_test: int = DEFAULT_RPN_POST_NMS_TOP_N_TEST,
     ) -> None:
-        """``num_classes`` counts real classes; background is added here. ``rpn_*_test``: proposals
-        per FPN level kept before NMS / per image after NMS in eval mode (see the defaults).
+        """Build Faster R-CNN on the two stride-32 taps.
+
+        Args:
+            tap_channels: Channels of each backbone tap.
+            num_classes: Real classes; background is added here.
+            input_size: ``(H, W)`` the model runs at.
+            rpn_pre_nms_top_n_test: Proposals per FPN level kept before NMS in eval mode.
+            rpn_post_nms_top_n_test: Proposals per image kept after NMS in eval mode.
+
+        Raises:
+            UserError: an ``rpn_*`` option is not an integer >= 1.
         """
         options = {
             "rpn_pre_nms_top_n_test": _positive_int(
@@ -315,7 +332,7 @@ class FasterRCNNDetector(FasterRCNN):
         return detections, {**rpn_losses, **roi_losses}
 
     def loss(self, features: Mapping[str, Tensor], images: Tensor, targets: Targets) -> Tensor:
-        """Sum of RPN objectness + RPN box + classifier + box regression losses (training mode only).
+        """Sum of RPN objectness and box, classifier and box-regression losses (training mode).
 
         Unlabeled targets (``"labeled": False``) are left out of the batch: torchvision's RPN and
         RoI samplers would take an image without boxes as all background. (Dropping samples is

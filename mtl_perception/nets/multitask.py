@@ -50,7 +50,7 @@ class MultiTaskModel(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        # Fixed task order (detection first) so loss dicts and parameter groups are always ordered alike.
+        # Fixed task order (detection first): loss dicts and parameter groups are ordered alike.
         self.heads = nn.ModuleDict(
             {task: _as_module(task, heads[task]) for task in TASKS if task in heads}
         )
@@ -60,9 +60,10 @@ class MultiTaskModel(nn.Module):
         self.num_detection_classes = num_detection_classes
         self.num_segmentation_classes = num_segmentation_classes
         self.arch = str(model_kwargs["arch"])
-        # What ``build_model(**model_kwargs)`` needs to rebuild this structure (stored in checkpoints).
+        # What ``build_model(**model_kwargs)`` needs to rebuild this structure (in checkpoints).
         self.model_kwargs = dict(model_kwargs)
-        # Not persistent: the statistics travel in the checkpoint's mean/std and model_kwargs, not the state_dict.
+        # Not persistent: the statistics travel in the checkpoint's mean/std and model_kwargs, not
+        # in the state_dict.
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
 
@@ -83,12 +84,19 @@ class MultiTaskModel(nn.Module):
     def forward_train(
         self, images: Sequence[Tensor] | Tensor, targets: Targets | None
     ) -> tuple[dict[str, Tensor], list[Tensor]]:
-        """``({task: loss}, shared features)``; the features are the backbone taps that the heads
-        consume, i.e. the last shared representation, as torchjd's ``mtl_backward`` wants it.
+        """``({task: loss}, shared features)`` for a training batch.
+
+        The features are the backbone taps that the heads consume, i.e. the last shared
+        representation, as torchjd's ``mtl_backward`` wants it.
+
+        Raises:
+            RuntimeError: the model is not in training mode.
+            ValueError: ``targets`` is missing or does not have one target per image.
         """
         if not self.training:
             raise RuntimeError(
-                "forward_train needs training mode (model.train()): detectors give losses only then"
+                "forward_train needs training mode (model.train()): the only mode in which "
+                "detectors give losses"
             )
         if targets is None or len(targets) != len(images):
             got = "no" if targets is None else len(targets)
@@ -106,23 +114,29 @@ class MultiTaskModel(nn.Module):
         return losses, list(features.values())
 
     def predict(self, images: Sequence[Tensor] | Tensor) -> list[dict[str, Tensor]]:
-        """Per-image outputs of every head merged into one dict (call under ``torch.inference_mode``)."""
+        """Per-image outputs of every head merged into one dict (call in ``inference_mode``)."""
         batch = self.preprocess(images)
         features = self.backbone(batch)
         outputs: list[dict[str, Tensor]] = [{} for _ in range(batch.shape[0])]
         for head in self.heads.values():
-            for merged, output in zip(outputs, head(features, batch)):
+            for merged, output in zip(outputs, head(features, batch), strict=True):
                 merged.update(output)
         return outputs
 
     def preprocess(self, images: Sequence[Tensor] | Tensor) -> Tensor:
-        """The batch the body and heads see: stacked, size-checked, normalised once with
-        ``mean``/``std``, in the model's dtype and (if the model is channels_last) memory format.
+        """The batch the body and heads see.
+
+        Stacked, size-checked, normalised once with ``mean``/``std``, in the model's dtype and
+        (if the model is channels_last) memory format.
+
+        Raises:
+            ValueError: the images are not ``[3, H, W]`` at ``input_size``.
         """
         batch = images if isinstance(images, Tensor) else torch.stack(list(images))
         if batch.ndim != 4 or batch.shape[1] != 3 or tuple(batch.shape[-2:]) != self.input_size:
             raise ValueError(
-                f"images must be [3, H, W] with (H, W) = input_size {self.input_size}; got batch {tuple(batch.shape)}"
+                f"images must be [3, H, W] with (H, W) = input_size {self.input_size}; "
+                f"got batch {tuple(batch.shape)}"
             )
         batch = (batch.to(self._mean.dtype) - self._mean) / self._std
         stem_weight = self.backbone.features[0][0].weight
@@ -138,11 +152,15 @@ class MultiTaskModel(nn.Module):
         return [p for p in self.backbone.parameters() if p.requires_grad]
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters of the backbone's last layer (GradNorm's ``W``; empty if frozen)."""
+        """Trainable parameters of the backbone's last layer (GradNorm's ``W``; [] if frozen)."""
         return [p for p in self.backbone.features[-1].parameters() if p.requires_grad]
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
-        """Trainable parameters of one task's head (for Faster R-CNN including its FPN)."""
+        """Trainable parameters of one task's head (for Faster R-CNN including its FPN).
+
+        Raises:
+            KeyError: the model has no head for ``task``.
+        """
         if task not in self.heads:
             raise KeyError(f"task {task!r} is not one of this model's tasks {self.tasks}")
         return [p for p in self.heads[task].parameters() if p.requires_grad]
@@ -161,14 +179,14 @@ def task_samples(task: str, targets: Targets) -> list[int]:
 
 
 def _as_module(task: str, head: TaskHead) -> nn.Module:
-    """``head`` itself; a ``TypeError`` unless it is an ``nn.Module`` (its parameters must train)."""
+    """``head`` itself, checked to be an ``nn.Module`` (its parameters must train)."""
     if not isinstance(head, nn.Module):
         raise TypeError(f"the {task} head {type(head).__name__} is not an nn.Module")
     return head
 
 
 def _zero_loss(head: nn.Module, features: Mapping[str, Tensor]) -> Tensor:
-    """0, depending on the head's parameters and the taps it reads (so gradients exist and are 0)."""
+    """0, depending on the head's parameters and the taps it reads (gradients exist and are 0)."""
     # Every head is a TaskHead (``_as_module``); nn.ModuleDict types it as a plain module.
     taps = cast(TaskHead, head).feature_taps
     terms = [features[tap].sum() for tap in taps]

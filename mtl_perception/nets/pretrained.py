@@ -88,7 +88,9 @@ def _prefix(rules: Mapping[str, str]) -> Rename:
 
 
 def _ssdlite_rename(expand_index: int) -> Rename:
-    """SSDLite's feature extractor splits the body inside its last strided block (index
+    """Rename torchvision SSDLite keys to this package's whole-block body and detection head.
+
+    SSDLite's feature extractor splits the body inside its last strided block (index
     ``expand_index``): ``features.0`` = blocks before it + that block's expansion layer,
     ``features.1`` = ``(block[1:], *later blocks)``. Map back to whole blocks.
     """
@@ -110,7 +112,8 @@ def _ssdlite_rename(expand_index: int) -> Rename:
             index, rest = int(match[1]), match[2]
             if index > 0:
                 return f"backbone.features.{expand_index + index}.{rest}"
-            return f"backbone.features.{expand_index}.block.{rest}"  # a slice keeps its layers' indices
+            # block[1:] is a slice of the block, so its layers keep their indices.
+            return f"backbone.features.{expand_index}.block.{rest}"
         return heads(key)
 
     return rename
@@ -167,8 +170,9 @@ def _fetch(source: Source, part: str) -> dict[str, Tensor]:
     except OSError as err:  # urllib's URLError / HTTPError are OSErrors: offline or no access
         reason = getattr(err, "reason", None) or err.strerror or type(err).__name__
         raise UserError(
-            f"pretrained {part} weights {source.weights}: {source.file_name} is not in {cache} and cannot be "
-            f"downloaded ({reason}); download {source.weights.url} and place it in {cache}"
+            f"pretrained {part} weights {source.weights}: {source.file_name} is not in {cache} "
+            f"and cannot be downloaded ({reason}); download {source.weights.url} and place it "
+            f"in {cache}"
         ) from None
     except Exception as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
@@ -179,7 +183,7 @@ def _fetch(source: Source, part: str) -> dict[str, Tensor]:
 
 
 def _local_backbone(path: Path) -> tuple[dict[str, Tensor], Rename]:
-    """A MobileNetV3-Large state_dict file: a classifier, its ``features`` or this package's body."""
+    """A MobileNetV3-Large state_dict file: a classifier, its ``features`` or this body."""
     state = read_weights_file(path)
     if any(key.startswith("backbone.features.") for key in state):  # a whole MultiTaskModel's
         return state, _prefix({"backbone.features.": "backbone.features."})
@@ -191,7 +195,11 @@ def _local_backbone(path: Path) -> tuple[dict[str, Tensor], Rename]:
 def _resolve(
     model: MultiTaskModel, part: str, choice: str
 ) -> tuple[str, str, dict[str, Tensor], Rename]:
-    """(source name, file, state_dict, rename) for ``part`` = ``choice``; a bad choice is a UserError."""
+    """(source name, file, state_dict, rename) for ``part`` = ``choice``.
+
+    Raises:
+        UserError: ``choice`` is not valid for ``part``, or its weights cannot be read.
+    """
     if part == BACKBONE and choice.lower() not in (IMAGENET, COCO):
         path = Path(choice)
         state, rename = _local_backbone(path)
@@ -215,8 +223,9 @@ def _resolve(
         )
         if task is None:
             raise UserError(
-                f"model.pretrained.backbone={choice!r} takes the body of a COCO detector or segmenter; "
-                f"this model has neither head (tasks {list(model.tasks)}): use {IMAGENET!r}"
+                f"model.pretrained.backbone={choice!r} takes the body of a COCO detector or "
+                f"segmenter; this model has neither head (tasks {list(model.tasks)}): use "
+                f"{IMAGENET!r}"
             )
         source = coco_source(model, task)
     else:
@@ -269,7 +278,8 @@ def load_pretrained(
         loaded = [key for key in counted if key in assign]
         if not loaded:
             raise UserError(
-                f"model.pretrained.{part}: no tensor of {name} fits the {part} of arch {model.arch!r}"
+                f"model.pretrained.{part}: no tensor of {name} fits the {part} of arch "
+                f"{model.arch!r}"
             )
         model.load_state_dict(assign, strict=False)
         records[part] = {
@@ -287,7 +297,8 @@ def describe(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """One log line per loaded part: source, counts, and the first names left at initialisation."""
     lines = []
     for part, record in records.items():
-        line = f"pretrained {part}: {record['source']} ({record['file']}): loaded {record['loaded']}/{record['total']} tensors"
+        counts = f"{record['loaded']}/{record['total']}"
+        line = f"pretrained {part}: {record['source']} ({record['file']}): loaded {counts} tensors"
         rest = record["not_loaded"]
         if rest:
             more = f" (+{len(rest) - _EXAMPLES} more)" if len(rest) > _EXAMPLES else ""

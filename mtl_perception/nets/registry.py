@@ -100,8 +100,8 @@ def build_model(
     ``num_segmentation_classes`` includes background. Weights are random (torchvision's
     initialisation); ``pretrained.load_pretrained`` starts parts from pretrained ones.
 
-    ``bn_momentum``: momentum of every BatchNorm in the model; ``None`` keeps torchvision's (0.01 in
-    the body, 0.03 in SSDLite, 0.1 elsewhere), tuned for long runs from ImageNet weights. Short
+    ``bn_momentum``: momentum of every BatchNorm in the model; ``None`` keeps torchvision's (0.01
+    in the body, 0.03 in SSDLite, 0.1 elsewhere), tuned for long runs from ImageNet weights. Short
     from-scratch runs want 0.1: with 0.01 the running statistics lag the weights and eval-mode
     outputs look washed out. Head options (``None`` = the head's default; an option the
     architecture has no head for is a ``UserError``): ``aspp_channels`` / ``aspp_separable``
@@ -119,7 +119,8 @@ def build_model(
         raise UserError(f"std {list(std)} must be positive")
     if DETECTION in chosen and num_detection_classes < 1:
         raise UserError(
-            f"arch {arch!r} detects objects: num_detection_classes={num_detection_classes} must be >= 1"
+            f"arch {arch!r} detects objects: num_detection_classes={num_detection_classes} "
+            "must be >= 1"
         )
     if SEGMENTATION in chosen and num_segmentation_classes < 2:
         raise UserError(
@@ -135,7 +136,7 @@ def build_model(
         "depth_loss": depth_loss,
         "depth_channels": depth_channels,
     }
-    # ``_check_tasks`` admits only tasks with a head; ``heads`` is in ``TASKS`` order like ``chosen``.
+    # _check_tasks admits only tasks with a head; ``heads`` is in TASKS order, as ``chosen`` is.
     head_classes = {
         task: head for task, head in spec.heads.items() if task in chosen and head is not None
     }
@@ -272,14 +273,19 @@ def load_weights(
     source: str,
     source_arch: str | None = None,
 ) -> None:
-    """Load a full-model state_dict; any mismatch is one ``UserError`` naming ``source`` and both architectures."""
+    """Load a full-model state_dict into ``model``.
+
+    Raises:
+        UserError: the state_dict does not fit (one line naming ``source`` and both
+            architectures).
+    """
     problems = state_dict_problems(model, state_dict)
     if problems:
         origin = f" (arch {source_arch!r})" if source_arch else ""
         raise UserError(
             f"{source}{origin} does not fit a {model.arch!r} model with "
-            f"{model.num_detection_classes} detection / {model.num_segmentation_classes} segmentation classes "
-            f"and input {list(model.input_size)}: {'; '.join(problems)}"
+            f"{model.num_detection_classes} detection / {model.num_segmentation_classes} "
+            f"segmentation classes and input {list(model.input_size)}: {'; '.join(problems)}"
         )
     model.load_state_dict(state_dict, strict=True)
 
@@ -287,7 +293,13 @@ def load_weights(
 def model_from_checkpoint(
     payload: Mapping[str, Any], source: str | os.PathLike[str]
 ) -> MultiTaskModel:
-    """Rebuild the model of a checkpoint (from ``mtl_perception.checkpoint.load_checkpoint``) with its weights."""
+    """Rebuild the model of a checkpoint payload, with its weights.
+
+    ``payload`` comes from ``mtl_perception.checkpoint.load_checkpoint``.
+
+    Raises:
+        UserError: the checkpoint's ``model_kwargs`` or weights do not fit this version.
+    """
     kwargs = payload["model_kwargs"]
     if not isinstance(kwargs, Mapping):
         raise UserError(f"checkpoint {source}: model_kwargs is not a mapping")

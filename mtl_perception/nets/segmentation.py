@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 from torchvision.models.segmentation.lraspp import LRASPPHead
@@ -53,37 +52,42 @@ class SegmentationHead(nn.Module):
         )
 
     def _full_resolution_logits(self, features: Mapping[str, Tensor], images: Tensor) -> Tensor:
-        return F.interpolate(
+        return nn.functional.interpolate(
             self.logits(features), size=images.shape[-2:], mode="bilinear", align_corners=False
         )
 
     def loss(self, features: Mapping[str, Tensor], images: Tensor, targets: Targets) -> Tensor:
-        """Pixel-mean cross-entropy over non-ignored pixels; 0 (still in the graph) if all are ignored."""
+        """Pixel-mean cross-entropy over the non-ignored pixels (0, in the graph, if none)."""
         masks = self._target_masks(targets, images)
         logits = self._full_resolution_logits(features, images)
-        # reduction="mean" divides by zero (NaN) for an all-ignore batch; divide by the clamped count instead.
-        total = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
+        # reduction="mean" divides by zero (NaN) for an all-ignore batch; divide by the clamped
+        # count instead.
+        total = nn.functional.cross_entropy(
+            logits, masks, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
         return total / (masks != IGNORE_INDEX).sum().clamp(min=1)
 
     def predict(self, features: Mapping[str, Tensor], images: Tensor) -> list[dict[str, Tensor]]:
         """One int64 class-id ``mask`` ``[H, W]`` per image, at input resolution."""
-        # ``max(dim).indices`` instead of ``argmax(dim)``: the same indices (both documented to return
-        # the first maximal index on ties; NaN counts as the maximum in both), but PyTorch's CPU
-        # argmax over the channel dim of a [B, C, H, W] tensor is ~10-30x slower (~25 ms vs ~1 ms at
-        # 240x320), which was a fifth of a whole SSDLite + LR-ASPP forward pass.
+        # ``max(dim).indices`` instead of ``argmax(dim)``: the same indices (both documented to
+        # return the first maximal index on ties; NaN counts as the maximum in both), but PyTorch's
+        # CPU argmax over the channel dim of a [B, C, H, W] tensor is ~10-30x slower (~25 ms vs
+        # ~1 ms at 240x320), which was a fifth of a whole SSDLite + LR-ASPP forward pass.
         classes = self._full_resolution_logits(features, images).max(dim=1).indices
         return [{"mask": mask} for mask in classes]
 
     def _target_masks(self, targets: Targets, images: Tensor) -> Tensor:
-        """Stack the targets' masks ``[B, H, W]`` int64 after checking size and class ids; an
-        unlabeled target (``"labeled": False``) is all ignore.
+        """Stack the targets' masks ``[B, H, W]`` int64 after checking size and class ids.
+
+        An unlabeled target (``"labeled": False``) is all ignore.
         """
         size = tuple(images.shape[-2:])
         for index, target in enumerate(targets):
             mask = target["mask"]
             if is_labeled(target) and tuple(mask.shape) != size:
                 raise ValueError(
-                    f"target {index}: mask shape {tuple(mask.shape)} must equal the input size {size}"
+                    f"target {index}: mask shape {tuple(mask.shape)} must equal the input "
+                    f"size {size}"
                 )
         ignore = torch.full(size, IGNORE_INDEX, dtype=torch.int64, device=images.device)
         masks = torch.stack(
@@ -101,21 +105,25 @@ class SegmentationHead(nn.Module):
 # (torchvision's DeepLabHead fixes (12, 24, 36)). The shared body is not dilated (stride 32), so
 # the rates are halved instead: larger ones would only sample zero padding on its small maps.
 ASPP_RATES_STRIDE32 = (3, 6, 9)
-# torchvision's (and the paper's) ASPP width; with it the head has exactly torchvision's DeepLabHead layout.
+# torchvision's (and the paper's) ASPP width; with it the head has exactly torchvision's
+# DeepLabHead layout.
 DEFAULT_ASPP_CHANNELS = 256
-# Depthwise-separable atrous convolutions by default: speed on the robot at similar accuracy. With
-# full 3x3 convs on the 960-channel stride-32 map the head costs ~1.3 GFLOPs at 240x320, about twice
-# the whole MobileNetV3 body (~0.6), so sharing the body saves little; separable convs bring the head
-# to ~0.3 GFLOPs (measured CPU latency gain is smaller, ~3 ms of ~23, since depthwise convs run at low
-# arithmetic efficiency on CPU). DeepLabv3+ (Chen et al. 2018, sec. 3.2 and 4) reports that
-# separable ASPP and decoder convs cut compute by 33-41% at equal or better mIoU, and MobileNetV2 (Sandler et al. 2018, table 7) found the full ASPP adds little (+0.4 mIoU for 2x the
-# MAdds) on a mobile backbone.
+# Depthwise-separable atrous convolutions by default: speed on the robot at similar accuracy.
+# With full 3x3 convs on the 960-channel stride-32 map the head costs ~1.3 GFLOPs at 240x320,
+# about twice the whole MobileNetV3 body (~0.6), so sharing the body saves little; separable
+# convs bring the head to ~0.3 GFLOPs (measured CPU latency gain is smaller, ~3 ms of ~23, since
+# depthwise convs run at low arithmetic efficiency on CPU). DeepLabv3+ (Chen et al. 2018,
+# sec. 3.2 and 4) reports that separable ASPP and decoder convs cut compute by 33-41% at equal or
+# better mIoU, and MobileNetV2 (Sandler et al. 2018, table 7) found the full ASPP adds little
+# (+0.4 mIoU for 2x the MAdds) on a mobile backbone.
 DEFAULT_ASPP_SEPARABLE = True
 
 
 def _conv3x3(in_channels: int, out_channels: int, dilation: int, separable: bool) -> nn.Sequential:
-    """3x3 (atrous) conv + BN + ReLU; if ``separable``, a depthwise 3x3 + BN + ReLU then a pointwise
-    1x1 + BN + ReLU (the DeepLabv3+ / MobileNet factorisation).
+    """3x3 (atrous) conv + BN + ReLU.
+
+    If ``separable``: a depthwise 3x3 + BN + ReLU then a pointwise 1x1 + BN + ReLU (the
+    DeepLabv3+ / MobileNet factorisation).
     """
     if not separable:
         return Conv2dNormActivation(in_channels, out_channels, 3, dilation=dilation, bias=False)
@@ -130,12 +138,13 @@ def _conv3x3(in_channels: int, out_channels: int, dilation: int, separable: bool
 def deeplabv3_head(
     in_channels: int, num_classes: int, channels: int, separable: bool
 ) -> nn.Sequential:
-    """DeepLabv3's head: ASPP (1x1, three atrous 3x3 at ``ASPP_RATES_STRIDE32``, image pooling), a
-    3x3 conv and the 1x1 classifier.
+    """DeepLabv3's head: ASPP, a 3x3 conv and the 1x1 classifier.
 
-    Built here rather than with torchvision's ``DeepLabHead``, which fixes the width at 256 and full
-    convs; with ``channels=256, separable=False`` the layers and state_dict keys are exactly
-    ``DeepLabHead``'s (ASPP's atrous branches are ``Conv2dNormActivation``-shaped: conv, BN, ReLU).
+    The ASPP has a 1x1 branch, three atrous 3x3 branches at ``ASPP_RATES_STRIDE32`` and image
+    pooling. Built here rather than with torchvision's ``DeepLabHead``, which fixes the width at
+    256 and full convs; with ``channels=256, separable=False`` the layers and state_dict keys are
+    exactly ``DeepLabHead``'s (ASPP's atrous branches are ``Conv2dNormActivation``-shaped: conv,
+    BN, ReLU).
     """
     aspp = ASPP(in_channels, list(ASPP_RATES_STRIDE32), out_channels=channels)
     for branch, rate in enumerate(ASPP_RATES_STRIDE32, start=1):
@@ -159,8 +168,17 @@ class DeepLabV3Segmenter(SegmentationHead):
         aspp_channels: int = DEFAULT_ASPP_CHANNELS,
         aspp_separable: bool = DEFAULT_ASPP_SEPARABLE,
     ) -> None:
-        """``aspp_channels``: width of the ASPP branches and the conv after it; ``aspp_separable``:
-        depthwise-separable 3x3 convs in the head (see ``DEFAULT_ASPP_SEPARABLE``).
+        """Build the head on the stride-32 tap.
+
+        Args:
+            tap_channels: Channels of each backbone tap.
+            num_classes: Segmentation classes, including background.
+            aspp_channels: Width of the ASPP branches and the conv after it (>= 8).
+            aspp_separable: Depthwise-separable 3x3 convs in the head (see
+                ``DEFAULT_ASPP_SEPARABLE``).
+
+        Raises:
+            UserError: ``aspp_channels`` or ``aspp_separable`` has an invalid value.
         """
         super().__init__(num_classes)
         if (
@@ -177,6 +195,7 @@ class DeepLabV3Segmenter(SegmentationHead):
         )
 
     def logits(self, features: Mapping[str, Tensor]) -> Tensor:
+        """ASPP head on the stride-32 tap: ``[B, C, h/32, w/32]``."""
         return self.head(features[TAP_STRIDE32])
 
 
@@ -194,4 +213,5 @@ class LRASPPSegmenter(SegmentationHead):
         )
 
     def logits(self, features: Mapping[str, Tensor]) -> Tensor:
+        """LR-ASPP head on the stride-8 and stride-32 taps: ``[B, C, h/8, w/8]``."""
         return self.head({"low": features[TAP_STRIDE8], "high": features[TAP_STRIDE32]})

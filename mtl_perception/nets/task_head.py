@@ -47,7 +47,8 @@ class TaskHead(Protocol):
         ...
 
     def predict(self, features: Mapping[str, Tensor], images: Tensor) -> list[dict[str, Tensor]]:
-        """Per-image outputs in input pixels (detection: boxes/labels/scores; segmentation: mask;
-        depth: depth).
+        """Per-image outputs in input pixels.
+
+        Detection: ``boxes``/``labels``/``scores``; segmentation: ``mask``; depth: ``depth``.
         """
         ...

@@ -3,7 +3,8 @@
 
 ``torch.nn.Module.load_state_dict`` reports mismatches as a multi-line ``RuntimeError`` (and shape
 mismatches only after partially copying). Here every mismatch is found first and summarised in
-one line naming the source file, so a wrong checkpoint or weights file is a user error, not a crash.
+one line naming the source file, so a wrong checkpoint or weights file is a user error, not a
+crash.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ _EXAMPLES = 2
 
 
 def state_dict_problems(module: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
-    """Describe why ``state_dict`` does not fit ``module`` (missing, unexpected, wrong shape); empty if it fits."""
+    """Why ``state_dict`` does not fit ``module``: missing, unexpected, misshapen keys.
+
+    Returns:
+        One description per kind of problem; empty if the state_dict fits.
+    """
     own = module.state_dict()
     missing = [key for key in own if key not in state_dict]
     unexpected = [key for key in state_dict if key not in own]

@@ -1,2 +1,2 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Training: config, dataset, transforms, loops, checkpoints, distributed helpers, ``mtl-train``."""
+"""Training: config, dataset, transforms, loops, checkpoints, distributed helpers, mtl-train."""

@@ -46,7 +46,8 @@ class Progress:
             self.epoch_loss_counts[task] = self.epoch_loss_counts.get(task, 0) + 1
 
     def epoch_mean_losses(self, tasks: Sequence[str]) -> dict[str, float]:
-        """Mean raw loss per task over the steps of the current epoch that had one (for DWA);
+        """Mean raw loss per task over the steps of the current epoch that had one (for DWA).
+
         NaN for a task without any.
         """
         return {
@@ -180,8 +181,9 @@ def restore_training_state(
 
 
 def _loss_counts(checkpoint: dict[str, Any]) -> dict[str, int]:
-    """Steps with a loss per task this epoch; checkpoints from before per-task counts had a loss
-    for every task on every step.
+    """Steps with a loss per task this epoch.
+
+    Checkpoints from before per-task counts had a loss for every task on every step.
     """
     counts = checkpoint.get("epoch_loss_counts")
     if counts is None:

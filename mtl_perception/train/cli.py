@@ -19,6 +19,7 @@ PROG = "mtl-train"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mtl-train`` command line: ``--config``, ``key=value`` overrides and flags."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Train a multi-task perception model from a YAML config."
     )
@@ -46,7 +47,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         saved = config.run_dir / "config.yaml"
         if not (config.run_dir / "last.pt").is_file():
             raise UserError(
-                f"--resume: {config.run_dir / 'last.pt'} does not exist (no run named {config.name!r} to continue)"
+                f"--resume: {config.run_dir / 'last.pt'} does not exist (no run named "
+                f"{config.name!r} to continue)"
             )
         if saved.is_file():
             config = load_config(saved, args.overrides)
@@ -76,9 +78,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     finally:
         shutdown_distributed(wait_for_peers=finished)
     if context.is_main:
-        best = result.progress.best_score
+        progress = result.progress
         print(
-            f"{PROG}: {result.progress.global_step} steps, {result.progress.epoch} epochs; best score {best:.4f}; run in {result.run_dir}"
+            f"{PROG}: {progress.global_step} steps, {progress.epoch} epochs; "
+            f"best score {progress.best_score:.4f}; run in {result.run_dir}"
         )
     return 0
 

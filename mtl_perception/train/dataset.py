@@ -56,7 +56,8 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
         raise UserError(f"{path}: missing or malformed field {err}") from None
     if len(info.palette) != len(info.segmentation_classes):
         raise UserError(
-            f"{path}: {len(info.palette)} palette colours for {len(info.segmentation_classes)} segmentation classes"
+            f"{path}: {len(info.palette)} palette colours for "
+            f"{len(info.segmentation_classes)} segmentation classes"
         )
     return info
 
@@ -86,14 +87,14 @@ class ProcessedDataset(Dataset):
         annotations = _read_json(self.root / "annotations.json")
         splits = _read_json(self.root / "splits.json")
         if split not in splits:
-            raise UserError(
-                f"{self.root / 'splits.json'}: no {split!r} split (has {sorted(k for k in splits if isinstance(splits[k], list))})"
-            )
+            known = sorted(k for k in splits if isinstance(splits[k], list))
+            raise UserError(f"{self.root / 'splits.json'}: no {split!r} split (has {known})")
         images = {image["id"]: image for image in annotations.get("images", [])}
         missing_ids = [i for i in splits[split] if i not in images]
         if missing_ids:
             raise UserError(
-                f"{self.root / 'splits.json'}: {split} lists image id {missing_ids[0]} not in annotations.json ({len(missing_ids)} such ids)"
+                f"{self.root / 'splits.json'}: {split} lists image id {missing_ids[0]} not in "
+                f"annotations.json ({len(missing_ids)} such ids)"
             )
         self.images = [images[i] for i in splits[split]]
         missing_files = [
@@ -106,7 +107,8 @@ class ProcessedDataset(Dataset):
         ]
         if missing_files:
             raise UserError(
-                f"{self.root}: {len(missing_files)} image/depth file(s) of the {split} split missing, first {missing_files[0]}"
+                f"{self.root}: {len(missing_files)} image/depth file(s) of the {split} split "
+                f"missing, first {missing_files[0]}"
             )
         self.has_depth = any(im.get("depth_file") for im in self.images)
         num_classes = len(self.info.detection_classes)
@@ -114,11 +116,11 @@ class ProcessedDataset(Dataset):
         for ann in annotations.get("annotations", []):
             if not 1 <= ann.get("category_id", 0) <= num_classes:
                 raise UserError(
-                    f"{self.root / 'annotations.json'}: annotation {ann.get('id')} has category_id {ann.get('category_id')}, expected 1..{num_classes}"
+                    f"{self.root / 'annotations.json'}: annotation {ann.get('id')} has "
+                    f"category_id {ann.get('category_id')}, expected 1..{num_classes}"
                 )
-            if (
-                ann.get("iscrowd", 0) == 0 and ann["image_id"] in self.boxes
-            ):  # crowd regions are not instances
+            # Crowd regions are not instances.
+            if ann.get("iscrowd", 0) == 0 and ann["image_id"] in self.boxes:
                 self.boxes[ann["image_id"]].append(ann)
 
     def __len__(self) -> int:

@@ -33,6 +33,7 @@ class DistributedContext:
 
     @property
     def enabled(self) -> bool:
+        """More than one process: collectives are needed."""
         return self.world_size > 1
 
     @property
@@ -123,7 +124,7 @@ class TorchDistSync:
     def broadcast_module_(self, module: nn.Module, buffers_only: bool = False) -> None:
         """Rank 0's parameters (unless ``buffers_only``) and floating/int buffers to every rank."""
         tensors = [] if buffers_only else [p.data for p in module.parameters()]
-        tensors += [b for b in module.buffers()]
+        tensors += list(module.buffers())
         by_dtype: dict[torch.dtype, list[Tensor]] = {}
         for tensor in tensors:  # flattening needs one dtype per buffer
             by_dtype.setdefault(tensor.dtype, []).append(tensor)

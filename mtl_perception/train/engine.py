@@ -69,10 +69,15 @@ def _nonfinite(
     buffers: list[Tensor],
     saved: list[Tensor],
 ) -> dict[str, float]:
-    """Stop (``NonFiniteLossError``) or skip a step whose ``bad`` tasks' losses are not finite; the parameters
-    are left untouched either way, and on a skip the forward pass's BatchNorm statistics are
-    undone too (``saved``: the ``buffers`` before it). A skipped step still advances the
-    schedule (as a step the AMP scaler skips), so the learning rate stays tied to the global step.
+    """Stop or skip a step whose ``bad`` tasks' losses are not finite.
+
+    The parameters are left untouched either way, and on a skip the forward pass's BatchNorm
+    statistics are undone too (``saved``: the ``buffers`` before it). A skipped step still
+    advances the schedule (as a step the AMP scaler skips), so the learning rate stays tied to
+    the global step.
+
+    Raises:
+        NonFiniteLossError: the policy is ``stop``, or too many steps in a row were skipped.
     """
     values = ", ".join(f"{task} {float(loss.detach()):.4g}" for task, loss in losses.items())
     what = f"the {' and '.join(bad)} loss"
@@ -83,9 +88,9 @@ def _nonfinite(
             else f"{MAX_CONSECUTIVE_SKIPS} such steps in a row"
         )
         raise NonFiniteLossError(
-            f"step {step + 1}: {what} is not finite (losses: {values}); stopped before it reached the weights "
-            f"({why}). Lower optim.lr, keep optim.grad_clip_norm, check the labels of this batch, or set "
-            "optim.nonfinite_loss=skip to drop such steps"
+            f"step {step + 1}: {what} is not finite (losses: {values}); stopped before it reached "
+            f"the weights ({why}). Lower optim.lr, keep optim.grad_clip_norm, check the labels of "
+            "this batch, or set optim.nonfinite_loss=skip to drop such steps"
         )
     ctx.optimizer.zero_grad(set_to_none=True)
     if saved:
@@ -214,8 +219,9 @@ def validation_metrics(
     amp: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Validation metrics at input resolution: ``{"detection", "segmentation", "depth", "score"}``
-    (the model's tasks; depth over the frames that have a depth map, see ``DepthMetrics``).
+    """Validation metrics at input resolution: ``{"detection", "segmentation", "depth", "score"}``.
+
+    Only the model's tasks; depth over the frames that have a depth map (see ``DepthMetrics``).
     """
     from mtl_perception.evaluation.depth_metrics import DepthMetrics
 

@@ -69,7 +69,9 @@ def parameter_groups(
 def build_optimizer(
     config: OptimConfig, params: Iterable[nn.Parameter] | Sequence[dict[str, Any]]
 ) -> torch.optim.Optimizer:
-    """AdamW or SGD (Nesterov momentum) over ``params``: parameters (all with
+    """AdamW or SGD (Nesterov momentum) over ``params``.
+
+    ``params`` are parameters (the trainable ones are optimised, all with
     ``config.weight_decay``) or groups from ``parameter_groups``.
     """
     items = list(params)
@@ -119,8 +121,9 @@ def build_scheduler(
 
 
 def _ema_update(decay: float) -> Callable[[TensorList, TensorList, Tensor | int], None]:
-    """``multi_avg_fn`` for ``AveragedModel``: exponential moving average with warm-up; integer
-    buffers (BatchNorm's batch counters) are copied, not averaged.
+    """``multi_avg_fn`` for ``AveragedModel``: exponential moving average with warm-up.
+
+    Integer buffers (BatchNorm's batch counters) are copied, not averaged.
     """
 
     def update(averaged: TensorList, current: TensorList, num_averaged: Tensor | int) -> None:
@@ -135,8 +138,9 @@ def _ema_update(decay: float) -> Callable[[TensorList, TensorList, Tensor | int]
 
 
 def build_ema(model: nn.Module, decay: float) -> AveragedModel:
-    """An exponential moving average of ``model``'s weights and buffers (BatchNorm statistics
-    included, so the averaged model evaluates consistently); ``update_parameters(model)``
-    after each optimiser step, ``.module`` is the averaged model.
+    """An exponential moving average of ``model``'s weights and buffers.
+
+    BatchNorm statistics are included, so the averaged model evaluates consistently. Call
+    ``update_parameters(model)`` after each optimiser step; ``.module`` is the averaged model.
     """
     return AveragedModel(model, multi_avg_fn=_ema_update(decay), use_buffers=True)

@@ -81,8 +81,10 @@ class RunLogger:
         seconds: float,
         skipped_steps: int = 0,
     ) -> None:
-        """One line per finished epoch on stdout: mean raw loss and last weight per task, the
-        validation score with its parts, wall time (and non-finite steps skipped so far, if any).
+        """One line per finished epoch on stdout.
+
+        The line holds the mean raw loss and last weight per task, the validation score with its
+        parts, the wall time (and the non-finite steps skipped so far, if any).
         """
         if not self.enabled:
             return
@@ -143,6 +145,7 @@ class RunLogger:
         self.writer.add_images("val/predictions", torch.stack(tiles), step)
 
     def close(self) -> None:
+        """Flush and close TensorBoard and Weights & Biases (whichever are open)."""
         if self.writer is not None:
             self.writer.close()
         if self.wandb is not None:

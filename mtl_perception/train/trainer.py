@@ -134,7 +134,8 @@ class Trainer:
         # a last batch of one image is dropped, and a split of one image per process is an error.
         if self.sampler.num_samples < 2:
             raise UserError(
-                f"{root}: the train split has {len(self.train_set)} image(s); need at least 2 per process"
+                f"{root}: the train split has {len(self.train_set)} image(s); need at least 2 "
+                "per process"
             )
         full_batches, rest = divmod(self.sampler.num_samples, config.data.batch_size)
         self.drop_last = rest == 1
@@ -174,6 +175,7 @@ class Trainer:
 
     @property
     def run_dir(self) -> Path:
+        """``<output_dir>/<name>``: config, checkpoints and logs of this run."""
         return self.config.run_dir
 
     def resume(self, path: Path | None = None) -> None:
