@@ -85,6 +85,18 @@ def test_killed_run_resumes_to_identical_parameters(dataset_root: Path, tmp_path
     assert resumed["history"] == straight["history"]
 
 
+def test_resume_from_a_checkpoint_without_training_state_names_the_fields(
+    dataset_root: Path, tmp_path: Path
+) -> None:
+    cli.run(_args(dataset_root, tmp_path, "cut", "max_steps=1"))
+    last = tmp_path / "cut" / "last.pt"
+    payload = load_checkpoint(last)
+    del payload["epoch_loss_counts"], payload["rng"]
+    torch.save(payload, last)
+    with pytest.raises(UserError, match=r"cannot resume.*epoch_loss_counts, rng"):
+        cli.run(_args(dataset_root, tmp_path, "cut", "--resume"))
+
+
 def test_empty_train_split_is_a_clear_error(dataset_root: Path, tmp_path: Path) -> None:
     root = make_processed_dataset(tmp_path / "ds")
     splits = json.loads((root / "splits.json").read_text())

@@ -127,6 +127,20 @@ def training_payload(
     }
 
 
+# What a training checkpoint must hold to continue exactly where it stopped.
+RESUME_KEYS = (
+    "optimizer",
+    "scheduler",
+    "balancer",
+    "epoch",
+    "step_in_epoch",
+    "epoch_loss_sums",
+    "epoch_loss_counts",
+    "global_step",
+    "rng",
+)
+
+
 def restore_training_state(
     checkpoint: dict[str, Any],
     model: nn.Module,
@@ -141,11 +155,7 @@ def restore_training_state(
 
     A run that now averages weights (``ema``) but did not before starts its average afresh.
     """
-    missing = [
-        key
-        for key in ("optimizer", "scheduler", "balancer", "epoch", "global_step", "rng")
-        if key not in checkpoint
-    ]
+    missing = [key for key in RESUME_KEYS if key not in checkpoint]
     if missing:
         raise UserError(
             f"{source}: cannot resume, checkpoint lacks training field(s) {', '.join(missing)}"
@@ -168,25 +178,12 @@ def restore_training_state(
     set_rng_state(checkpoint["rng"])
     return Progress(
         epoch=int(checkpoint["epoch"]),
-        step_in_epoch=int(checkpoint.get("step_in_epoch", 0)),
+        step_in_epoch=int(checkpoint["step_in_epoch"]),
         global_step=int(checkpoint["global_step"]),
         best_score=float(checkpoint.get("best_score", float("-inf"))),
         metrics=dict(checkpoint.get("metrics") or {}),
-        epoch_loss_sums={
-            k: float(v) for k, v in (checkpoint.get("epoch_loss_sums") or {}).items()
-        },
-        epoch_loss_counts=_loss_counts(checkpoint),
+        epoch_loss_sums={k: float(v) for k, v in checkpoint["epoch_loss_sums"].items()},
+        epoch_loss_counts={k: int(v) for k, v in checkpoint["epoch_loss_counts"].items()},
+        # Version-2 training checkpoints written before the history was kept have none.
         history=[dict(entry) for entry in checkpoint.get("history") or []],
     )
-
-
-def _loss_counts(checkpoint: dict[str, Any]) -> dict[str, int]:
-    """Steps with a loss per task this epoch.
-
-    Checkpoints from before per-task counts had a loss for every task on every step.
-    """
-    counts = checkpoint.get("epoch_loss_counts")
-    if counts is None:
-        steps = int(checkpoint.get("step_in_epoch", 0))
-        counts = dict.fromkeys(checkpoint.get("epoch_loss_sums") or {}, steps)
-    return {task: int(count) for task, count in counts.items()}

@@ -170,7 +170,7 @@ class Trainer:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """Per finished epoch, resumed epochs included: mean raw losses, task weights, val score."""
+        """Per finished epoch, resumed ones included: mean raw losses, task weights, val score."""
         return self.progress.history
 
     @property
