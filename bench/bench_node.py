@@ -40,7 +40,7 @@ import torch
 from sensor_msgs.msg import Image
 from sequence import camera_frames
 
-from mtl_perception.core.errors import run_cli
+from mtl_perception.core.errors import UserError, run_cli
 from mtl_perception.predictor import Predictor
 from mtl_perception.replay.outputs import OutputSink
 from mtl_perception.replay.stats import ReplayStats
@@ -185,6 +185,12 @@ def overload(
         for s in stamps
         if s in stats.answered_at
     ]
+    if not latencies:  # the p99 of nothing: say why instead of failing inside numpy
+        raise UserError(
+            f"overload: none of {len(stamps)} frames sent at {args.overload_rate:g} Hz was "
+            f"answered within {args.overload_seconds:g} s + 10 s (model {model_ms:.0f} ms a "
+            "frame); give it more --overload-seconds or a less loaded machine"
+        )
     p99 = float(np.percentile(latencies, 99))
     warm = [v for t, v in rss if t >= 0.25 * args.overload_seconds]
     head, tail = warm[: max(1, len(warm) // 10)], warm[-max(1, len(warm) // 10) :]
