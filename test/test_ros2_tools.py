@@ -117,6 +117,11 @@ class Process:
         self.command = command
         self.lines: list[str] = []
         self._changed = threading.Condition()
+        # Ctrl-C must reach the process as in a terminal: a suite started in the background
+        # (`make test &`, a CI runner) inherits SIGINT ignored, and an ignored signal stays
+        # ignored across exec, so give this process (and hence the child) a real handler.
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         self.popen = subprocess.Popen(
             command,
             env=env,
